@@ -116,28 +116,14 @@ int64_t ring_all_gather(Transport& t, at::Tensor& output, const at::Tensor& inpu
 }
 
 int64_t ring_all_reduce(Transport& t, at::Tensor& buffer, ReduceOp op, const RingOptions& o) {
-  const int n = t.size(), r = t.rank();
+  const int n = t.size();
   if (n == 1) return 0;
   at::Tensor flat = buffer.view(-1);
-  const int64_t numel = flat.numel();
-  at::Tensor scratch = at::empty({chunk_of(numel, n, 0).length}, flat.options());
-  int64_t sent = 0;
-  // Reduce-scatter in place: after it, chunk r of `flat` holds the full reduction.
-  for (int s = 0; s < n - 1; ++s) {
-    at::Tensor sending = chunk_view(flat, numel, n, mod(r - s - 1, n));
-    at::Tensor local = chunk_view(flat, numel, n, mod(r - s - 2, n));
-    at::Tensor incoming = scratch.slice(0, 0, local.numel());
-    sent += ring_step(t, sending, incoming, step_tag(o, s), o, [&](int64_t b, int64_t e) {
-      at::Tensor seg = local.slice(0, b, e);
-      reduce_into(seg, incoming.slice(0, b, e), op);
-    });
-  }
-  at::Tensor mine = chunk_view(flat, numel, n, r);
-  if (op == ReduceOp::Avg) mine.div_(n);
+  at::Tensor mine = at::empty({chunk_of(flat.numel(), n, t.rank()).length}, flat.options());
+  int64_t sent = ring_reduce_scatter(t, mine, flat, op, o);
   RingOptions gather = o;
   gather.tag_base = step_tag(o, n);
-  at::Tensor mine_copy = mine.clone();
-  return sent + ring_all_gather(t, flat, mine_copy, gather);
+  return sent + ring_all_gather(t, flat, mine, gather);
 }
 
 int64_t tree_broadcast(Transport& t, at::Tensor& buffer, int root, const RingOptions& o) {
