@@ -1,0 +1,19 @@
+// Internal: JSON text to a document, the way a ds_config.json is read.
+//
+// Comments (// and /* */) are accepted, as DeepSpeed accepts them. A key given twice in one
+// object is an error naming its path: nlohmann::json would silently keep the last value.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+namespace ds::config_detail {
+
+// Parses `text`; errors are one-line ds::ConfigError messages starting with "<source>: ".
+nlohmann::json parse_json_text(std::string_view text, const std::string& source);
+
+// The contents of the file at `path`; a missing or unreadable file is a ds::ConfigError naming it.
+std::string read_text_file(const std::string& path);
+
+}  // namespace ds::config_detail

@@ -1,0 +1,165 @@
+// The batch keys and Config::resolve(): the batch identity
+//   train_batch_size = train_micro_batch_size_per_gpu x gradient_accumulation_steps x data-parallel size,
+// with data-parallel size = world size / (pipeline stages x tensor-parallel size). Any two batch keys
+// imply the third; train_batch_size alone or the micro batch alone mean accumulation 1 (DeepSpeed's
+// _set_batch_related_parameters, but with exact division and the arithmetic in every message).
+#include <algorithm>
+
+#include "ds/common/error.h"
+#include "sections.h"
+
+namespace ds::config_detail {
+
+namespace {
+
+constexpr const char* kTrainBatch = "train_batch_size";
+constexpr const char* kMicroBatch = "train_micro_batch_size_per_gpu";
+constexpr const char* kAccumulation = "gradient_accumulation_steps";
+
+// Absent, null or "auto": 0, to be derived by resolve().
+void read_batch_key(ObjectReader& in, const char* key, int64_t& out) {
+  out = 0;
+  const Json* v = in.find(key);
+  if (!v || v->is_null() || ObjectReader::is_auto(*v)) return;
+  read_value(*v, in.path_of(key), in.ctx(), at_least(1), out);
+}
+
+int64_t multiply(int64_t a, int64_t b, const ParseContext& ctx, const char* path) {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product)) ctx.fail(path, str(a, " x ", b, " overflows a 64-bit integer"));
+  return product;
+}
+
+struct BatchSolver {
+  const ParseContext& ctx;
+  const ParallelLayout& layout;
+
+  std::string dp_text() const {
+    std::string why =
+        layout.pipeline_stages * layout.tensor_parallel_size > 1
+            ? str("world size ", layout.world_size, " / (pipeline stages ", layout.pipeline_stages,
+                  " x tensor-parallel size ", layout.tensor_parallel_size, ")")
+            : str("world size ", layout.world_size);
+    return str("data-parallel size ", layout.data_parallel_size, " (", why, ")");
+  }
+
+  // `total` must split into `parts`; the quotient is the derived key.
+  int64_t divide(int64_t total, int64_t parts, const std::string& parts_text, const char* derived) const {
+    if (total % parts != 0) {
+      ctx.fail(kTrainBatch, str("train_batch_size ", total, " is not a multiple of ", parts_text, " = ",
+                                parts, ", so ", derived, " cannot be derived"));
+    }
+    return total / parts;
+  }
+
+  void solve(int64_t& tbs, int64_t& mbs, int64_t& gas) const {
+    const int64_t dp = layout.data_parallel_size;
+    if (tbs > 0 && mbs > 0 && gas > 0) {
+      int64_t product = multiply(multiply(mbs, gas, ctx, kTrainBatch), dp, ctx, kTrainBatch);
+      if (tbs != product) {
+        ctx.fail(kTrainBatch, str("train_batch_size ", tbs, " != train_micro_batch_size_per_gpu ", mbs,
+                                  " x gradient_accumulation_steps ", gas, " x ", dp_text(), " = ", product));
+      }
+    } else if (tbs > 0 && mbs > 0) {
+      gas = divide(tbs, multiply(mbs, dp, ctx, kTrainBatch),
+                   str("train_micro_batch_size_per_gpu ", mbs, " x ", dp_text()), kAccumulation);
+    } else if (tbs > 0 && gas > 0) {
+      mbs = divide(tbs, multiply(gas, dp, ctx, kTrainBatch),
+                   str("gradient_accumulation_steps ", gas, " x ", dp_text()), kMicroBatch);
+    } else if (mbs > 0 && gas > 0) {
+      tbs = multiply(multiply(mbs, gas, ctx, kTrainBatch), dp, ctx, kTrainBatch);
+    } else if (tbs > 0) {
+      gas = 1;
+      mbs = divide(tbs, dp, dp_text(), kMicroBatch);
+    } else if (mbs > 0) {
+      gas = 1;
+      tbs = multiply(mbs, dp, ctx, kTrainBatch);
+    } else {
+      ctx.fail(kTrainBatch,
+               str("cannot derive the batch size: set train_batch_size or ", kMicroBatch,
+                   " (for \"auto\", the program passes the micro batch size to resolve(); ds-config: "
+                   "--micro-batch)"));
+    }
+  }
+};
+
+bool needs_total_steps(SchedulerType type) {
+  return type == SchedulerType::kWarmupDecayLR || type == SchedulerType::kWarmupCosineLR;
+}
+
+}  // namespace
+
+void add_batch_keys(Schema<Config>& root) {
+  const std::pair<const char*, int64_t Config::*> keys[] = {
+      {kTrainBatch, &Config::train_batch_size},
+      {kMicroBatch, &Config::train_micro_batch_size_per_gpu},
+      {kAccumulation, &Config::gradient_accumulation_steps}};
+  for (const auto& [key, member] : keys) {
+    root.custom(
+        [key = key, member = member](ObjectReader& in, Config& c) { read_batch_key(in, key, c.*member); },
+        [key = key, member = member](const Config& c, Json& j) {
+          j[key] = c.*member > 0 ? Json(c.*member) : Json("auto");
+        });
+  }
+}
+
+}  // namespace ds::config_detail
+
+namespace ds {
+
+void Config::resolve(int64_t world_size) {
+  ResolveOptions options;
+  options.world_size = world_size;
+  resolve(options);
+}
+
+void Config::resolve(const ResolveOptions& options) {
+  using namespace config_detail;
+  ParseContext ctx(source_);
+  if (options.world_size < 1) ctx.fail("", str("world size must be at least 1, got ", options.world_size));
+  if (options.train_micro_batch_size_per_gpu < 0 || options.gradient_accumulation_steps < 0 ||
+      options.total_num_steps < 0) {
+    ctx.fail("", "resolve options: batch sizes and step counts must not be negative");
+  }
+  ParallelLayout layout;
+  layout.world_size = options.world_size;
+  layout.pipeline_stages = pipeline.stages > 0 ? pipeline.stages : 1;
+  layout.tensor_parallel_size = tensor_parallel.autotp_size > 1 ? tensor_parallel.autotp_size : 1;
+  int64_t model_ranks = multiply(layout.pipeline_stages, layout.tensor_parallel_size, ctx, "pipeline.stages");
+  if (layout.world_size % model_ranks != 0) {
+    ctx.fail(
+        layout.pipeline_stages > 1 ? "pipeline.stages" : "tensor_parallel.autotp_size",
+        str("world size ", layout.world_size, " is not divisible by pipeline stages ", layout.pipeline_stages,
+            " x tensor-parallel size ", layout.tensor_parallel_size, " = ", model_ranks));
+  }
+  layout.data_parallel_size = layout.world_size / model_ranks;
+  if (layout.pipeline_stages > 1 && zero_optimization.stage >= 2) {
+    ctx.fail("zero_optimization.stage",
+             str("stage ", zero_optimization.stage, " cannot be combined with ", layout.pipeline_stages,
+                 " pipeline stages (use stage 0 or 1, as in DeepSpeed)"));
+  }
+
+  int64_t tbs = train_batch_size, mbs = train_micro_batch_size_per_gpu, gas = gradient_accumulation_steps;
+  if (mbs == 0) mbs = options.train_micro_batch_size_per_gpu;
+  if (gas == 0) gas = options.gradient_accumulation_steps;
+  BatchSolver{ctx, layout}.solve(tbs, mbs, gas);
+
+  if (needs_total_steps(scheduler.type) && scheduler.total_num_steps == 0) {
+    scheduler.total_num_steps = options.total_num_steps;
+    if (scheduler.total_num_steps == 0) {
+      ctx.warn("scheduler.params.total_num_steps",
+               "\"auto\": the training program must supply the number of steps");
+    }
+  }
+  train_batch_size = tbs;
+  train_micro_batch_size_per_gpu = mbs;
+  gradient_accumulation_steps = gas;
+  parallel = layout;
+  resolved_ = true;
+  for (auto& w : ctx.take_warnings()) {
+    if (std::find(warnings_.begin(), warnings_.end(), w) == warnings_.end())
+      warnings_.push_back(std::move(w));
+  }
+}
+
+}  // namespace ds
