@@ -176,26 +176,37 @@ class GlooCommunicator final : public QueuedCommunicator {
   uint32_t collective_seq_ = 0;
 };
 
+std::string rank_list(const std::vector<int>& ranks) {
+  std::string list;
+  for (size_t i = 0; i < ranks.size() && i < 16; ++i) list += (i ? ", " : "") + std::to_string(ranks[i]);
+  if (ranks.size() > 16) list += ", ...";
+  return list;
+}
+
 // Every rank announces itself in the store, then waits for all others; on a timeout the
-// error names the ranks that never arrived.
+// error names the ranks that never arrived. Rank 0 serves the store, so it waits a little
+// longer than the others: they time out first, with the full list, instead of losing the
+// store under their feet.
 void wait_for_all_ranks(c10d::Store& store, int rank, int world, Millis timeout) {
   store.set("ds/arrived/" + std::to_string(rank), std::vector<uint8_t>{1});
-  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto deadline = std::chrono::steady_clock::now() + timeout + (rank == 0 ? std::chrono::seconds(2) : std::chrono::seconds(0));
   std::vector<int> missing;
   while (true) {
     missing.clear();
-    for (int r = 0; r < world; ++r)
-      if (!store.check({"ds/arrived/" + std::to_string(r)})) missing.push_back(r);
+    try {
+      for (int r = 0; r < world; ++r)
+        if (!store.check({"ds/arrived/" + std::to_string(r)})) missing.push_back(r);
+    } catch (const std::exception& e) {
+      throw CommError(ds::str("rank ", rank, " lost the rendezvous store served by rank 0 (", first_line(e),
+                              "): did rank 0 exit? Ranks not yet seen: ", missing.empty() ? std::string("unknown") : rank_list(missing)));
+    }
     if (missing.empty()) return;
     if (std::chrono::steady_clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  std::string list;
-  for (size_t i = 0; i < missing.size() && i < 16; ++i) list += (i ? ", " : "") + std::to_string(missing[i]);
-  if (missing.size() > 16) list += ", ...";
   throw TimeoutError(ds::str("rendezvous timed out after ", timeout.count() / 1000.0, " s on rank ", rank, ": ",
-                         missing.size(), " of ", world, " ranks never arrived (rank", missing.size() > 1 ? "s " : " ",
-                         list, "); were they started with the same MASTER_ADDR/MASTER_PORT?"));
+                             missing.size(), " of ", world, " ranks never arrived (rank", missing.size() > 1 ? "s " : " ",
+                             rank_list(missing), "); were they started with the same MASTER_ADDR/MASTER_PORT?"));
 }
 
 }  // namespace

@@ -1,0 +1,140 @@
+// Two "hosts" as network namespaces joined by a veth pair: ds-launch starts 2 nodes x 2 ranks
+// through `ip netns exec {host}` as its remote shell. Traffic stays inside the namespaces this
+// test creates; they are always deleted (RAII guard), also when a check fails. Needs root and
+// `ip`; skips otherwise.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "launch_test_util.h"
+
+using namespace ds_test;
+
+namespace {
+
+std::string find_ip() {
+  for (const char* p : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"})
+    if (::access(p, X_OK) == 0) return p;
+  return "";
+}
+
+// Runs a command (10 s at most); returns "" on success, else what went wrong.
+std::string run_cmd(const std::vector<std::string>& argv) {
+  Spawned p(argv);
+  RunOutput r = p.wait(10.0);
+  if (r.exit_code() == 0 && !r.timed_out) return "";
+  std::string cmd;
+  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+  return cmd + ": " + diag(r);
+}
+
+// Two namespaces A and B with a veth pair A:ip_a <-> B:ip_b (a /24 of 10.2xx.x.x chosen from
+// the pid). Whatever was created is deleted by the destructor.
+class TwoHostNetwork {
+ public:
+  TwoHostNetwork() : ip_(find_ip()) {
+    std::string id = std::to_string(::getpid());
+    ns_a = "dsl" + id + "a", ns_b = "dsl" + id + "b";
+    veth_a = "dsl" + id + "va", veth_b = "dsl" + id + "vb";
+    std::string net =
+        "10." + std::to_string(200 + ::getpid() % 50) + "." + std::to_string(::getpid() / 50 % 256) + ".";
+    ip_a = net + "1", ip_b = net + "2";
+  }
+  ~TwoHostNetwork() {
+    for (auto it = cleanup_.rbegin(); it != cleanup_.rend(); ++it) run_cmd(*it);  // errors: already gone
+  }
+  TwoHostNetwork(const TwoHostNetwork&) = delete;
+  TwoHostNetwork& operator=(const TwoHostNetwork&) = delete;
+
+  // "" when the network is up, else why it could not be made.
+  std::string create() {
+    if (::geteuid() != 0) return "network namespaces need root";
+    if (ip_.empty()) return "the 'ip' tool (iproute2) is not installed";
+    for (const std::string& ns : {ns_a, ns_b}) {
+      if (std::string e = run_cmd({ip_, "netns", "add", ns}); !e.empty()) return e;
+      cleanup_.push_back({ip_, "netns", "del", ns});
+    }
+    cleanup_.push_back({ip_, "link", "del", veth_a});  // only matters if it stayed in this namespace
+    std::vector<std::vector<std::string>> steps = {
+        {ip_, "link", "add", veth_a, "netns", ns_a, "type", "veth", "peer", "name", veth_b, "netns", ns_b},
+        {ip_, "-n", ns_a, "addr", "add", ip_a + "/24", "dev", veth_a},
+        {ip_, "-n", ns_b, "addr", "add", ip_b + "/24", "dev", veth_b},
+        {ip_, "-n", ns_a, "link", "set", veth_a, "up"},
+        {ip_, "-n", ns_b, "link", "set", veth_b, "up"},
+        {ip_, "-n", ns_a, "link", "set", "lo", "up"},
+        {ip_, "-n", ns_b, "link", "set", "lo", "up"},
+    };
+    for (const auto& s : steps)
+      if (std::string e = run_cmd(s); !e.empty()) return e;
+    return "";
+  }
+
+  // "net:[inode]" as /proc/<pid>/ns/net shows it for processes inside `ns`.
+  static std::string netns_id(const std::string& ns) {
+    struct stat st;
+    if (::stat(("/run/netns/" + ns).c_str(), &st) != 0) return "<no /run/netns/" + ns + ">";
+    return "net:[" + std::to_string(st.st_ino) + "]";
+  }
+
+  std::string ns_a, ns_b, veth_a, veth_b, ip_a, ip_b;
+
+ private:
+  std::string ip_;
+  std::vector<std::vector<std::string>> cleanup_;
+};
+
+class TwoHosts : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why = net_.create();
+    if (!why.empty()) GTEST_SKIP() << "cannot create network namespaces: " << why;
+    hostfile_ = dir_.write("hostfile", net_.ns_a + " slots=2\n" + net_.ns_b + " slots=2\n");
+  }
+  std::vector<std::string> args(std::vector<std::string> program) {
+    std::vector<std::string> a = {"--hostfile",    hostfile_, "--launcher_cmd", "ip netns exec {host}",
+                                  "--master_addr", net_.ip_a, "--kill_timeout", "2",
+                                  probe_bin()};
+    a.insert(a.end(), program.begin(), program.end());
+    return a;
+  }
+
+  TwoHostNetwork net_;  // destroyed last: after every process of the test is gone
+  TempDir dir_;
+  std::string hostfile_;
+};
+
+}  // namespace
+
+TEST_F(TwoHosts, TwoNodesOfTwoRanksRendezvousAcrossTheVethLink) {
+  RunOutput r = run_launch(args({"--print-env", "--rendezvous"}), 25);
+  ASSERT_EQ(r.exit_code(), 0) << diag(r);
+  auto envs = env_lines(r.out);
+  ASSERT_EQ(envs.size(), 4u) << diag(r);
+  for (int i = 0; i < 4; ++i) {
+    auto& e = envs[static_cast<size_t>(i)];
+    EXPECT_EQ(e["RANK"], std::to_string(i));
+    EXPECT_EQ(e["WORLD_SIZE"], "4");
+    EXPECT_EQ(e["LOCAL_RANK"], std::to_string(i % 2));
+    EXPECT_EQ(e["NODE_RANK"], std::to_string(i / 2));
+    EXPECT_EQ(e["MASTER_ADDR"], net_.ip_a);
+    EXPECT_EQ(e["MASTER_PORT"], "29500");  // the master is not an address of the driver's host
+    EXPECT_EQ(e["NETNS"], TwoHostNetwork::netns_id(i < 2 ? net_.ns_a : net_.ns_b)) << "rank " << i;
+    EXPECT_NE(r.out.find("[rank" + std::to_string(i) + "]: RANK=" + std::to_string(i) + " CONNECTED=1"),
+              std::string::npos)
+        << diag(r);
+  }
+}
+
+TEST_F(TwoHosts, FailureOnTheSecondHostStopsBothNodes) {
+  RunOutput r = run_launch(
+      args({"--pid-dir", dir_.path(), "--wait-pids", dir_.path(), "4", "--exit", "2:5", "--sleep", "30"}),
+      25);
+  EXPECT_EQ(r.exit_code(), 5) << diag(r);
+  EXPECT_LT(r.seconds, 10.0);
+  auto pids = wait_for_pids(dir_, 4, 1.0);
+  ASSERT_EQ(pids.size(), 4u);
+  auto errors = error_lines(r.err);
+  ASSERT_EQ(errors.size(), 1u) << diag(r);
+  EXPECT_EQ(errors[0], "ds-launch: error: rank 2 (pid " + std::to_string(pids[2]) + ") on " + net_.ns_b +
+                           " exited with status 5; stopped the other 3 ranks");
+  expect_all_gone(pids);
+}
