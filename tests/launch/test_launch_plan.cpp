@@ -15,23 +15,12 @@
 #include "ds/launch/launcher.h"
 #include "ds/launch/net.h"
 #include "ds/launch/process.h"
+#include "support/errors.h"
 
 using namespace ds::launch;
 
 namespace {
 
-template <typename Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const ds::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_ERROR_HAS(expr, text) \
-  EXPECT_NE(error_of([&] { expr; }).find(text), std::string::npos) << error_of([&] { expr; })
 
 std::vector<HostEntry> two_hosts() { return parse_hostfile("a slots=2\nb slots=3\n", "hf"); }
 
@@ -223,7 +212,7 @@ TEST(Plan, RejectsBadAndContradictoryOptions) {
   auto plan_error = [&](auto change, const std::vector<HostEntry>& hf = {}) {
     LaunchOptions copy = o;
     change(copy);
-    return error_of([&] { make_plan(copy, hf); });
+    return ds::test::error_of([&] { make_plan(copy, hf); });
   };
   EXPECT_NE(plan_error([](LaunchOptions& c) { c.program.clear(); }).find("no program"), std::string::npos);
   EXPECT_NE(plan_error([](LaunchOptions& c) { c.num_procs = 0; }).find("--num_procs must be at least 1"),

@@ -1,0 +1,68 @@
+// The reference GPT: a GPT-2 style decoder (token + position embeddings, pre-LayerNorm
+// blocks of causal self-attention and a GELU MLP, final LayerNorm, LM head tied to the
+// token embedding). Each block is a natural ZeRO unit (ds::find_units picks them up).
+//
+//   ds::GptConfig c;  c.n_layer = 12; c.n_head = 12; c.d_model = 768; c.seq_len = 1024;  // GPT-2 124M
+//   c.vocab_size = 50257;
+//   ds::Gpt model(c);
+//   at::Tensor logits = model->forward(tokens);                  // [B, T, vocab]
+//   at::Tensor loss = model->loss(tokens, targets);              // mean over targets != -1
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+
+namespace ds {
+
+struct GptConfig {
+  int64_t vocab_size = 256;  // byte-level tokens
+  int64_t n_layer = 2;
+  int64_t n_head = 4;
+  int64_t d_model = 128;
+  int64_t seq_len = 64;  // maximum context
+  // Throws ds::ConfigError naming the offending field (heads must divide the width, ...).
+  void validate() const;
+  // Parameters of this shape (tied head counted once).
+  int64_t parameter_count() const;
+  // Training FLOPs per token (forward + backward), as in the PaLM / nanoGPT estimate:
+  // 6 N + 12 L T d.
+  double flops_per_token(int64_t context) const;
+  std::string describe() const;
+};
+
+class GptBlockImpl : public torch::nn::Module {
+ public:
+  GptBlockImpl(const GptConfig& c, int64_t layer);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  int64_t n_head_;
+  torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
+  torch::nn::Linear qkv_{nullptr}, attn_proj_{nullptr}, fc_{nullptr}, mlp_proj_{nullptr};
+};
+TORCH_MODULE(GptBlock);
+
+class GptImpl : public torch::nn::Module {
+ public:
+  explicit GptImpl(const GptConfig& c);
+  // tokens: [B, T] int64 with T <= seq_len. Returns logits [B, T, vocab].
+  at::Tensor forward(const at::Tensor& tokens);
+  // Mean cross-entropy over positions whose target is not -1.
+  at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
+  const GptConfig& config() const { return config_; }
+
+ private:
+  GptConfig config_;
+  torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
+  torch::nn::ModuleList blocks_{nullptr};
+  torch::nn::LayerNorm ln_f_{nullptr};
+};
+TORCH_MODULE(Gpt);
+
+}  // namespace ds

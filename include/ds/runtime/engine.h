@@ -1,0 +1,131 @@
+// Engine: DeepSpeed's training loop for a LibTorch module over data-parallel ranks.
+//
+//   auto comm = ds::comm::init_from_env();
+//   ds::Config config = ds::Config::load("ds_config.json");
+//   config.resolve(comm->size());
+//   ds::Engine engine(model, config, comm);
+//   for (...) {
+//     at::Tensor loss = engine.forward([&] { return model->loss(x, y); });
+//     engine.backward(loss);      // scales by 1/accumulation (and the fp16 loss scale)
+//     engine.step();              // optimizer step only at the end of an accumulation window
+//   }
+//
+// Composition, not a god object: FlatUnits hold the parameters, a GradReducer averages
+// gradients during backward, a FlatOptimizer updates fp32 masters, an LrSchedule and a
+// LossScaler give lr and scale. Under bf16/fp16 the engine keeps fp32 masters and the model's
+// weights hold the bf16/fp16-rounded values, computed in fp32: on CPUs without native bf16
+// GEMMs, half precision is a storage and communication format (see docs/ARCHITECTURE.md).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ds/comm/communicator.h"
+#include "ds/config/config.h"
+#include "ds/runtime/flat_unit.h"
+#include "ds/runtime/grad_reducer.h"
+#include "ds/runtime/loss_scaler.h"
+#include "ds/runtime/lr_schedule.h"
+#include "ds/runtime/optimizer.h"
+
+namespace ds {
+
+enum class Precision { FP32, BF16, FP16 };
+const char* to_string(Precision p);
+Precision precision_of(const Config& config);
+
+struct StepStats {
+  int64_t step = 0;  // optimizer steps so far, skipped ones included
+  bool skipped = false;
+  double loss = NAN;  // mean over the whole global batch (all ranks, all micro-batches)
+  double lr = 0, grad_norm = 0, loss_scale = 1;
+  double seconds = 0;  // wall time of this step (since the previous one)
+  double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;
+  int64_t rss_bytes = 0;
+};
+
+class Engine {
+ public:
+  // `config` must be resolved for comm->size() ranks. `units` default to ds::find_units(*model).
+  // Throws ds::ConfigError for settings this engine cannot honour.
+  Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, std::shared_ptr<comm::Communicator> comm,
+         std::vector<UnitSpec> units = {});
+  ~Engine();
+
+  // Runs f() (the model's forward and loss) and times it.
+  template <typename F>
+  auto forward(F&& f) {
+    auto start = std::chrono::steady_clock::now();
+    auto out = f();
+    forward_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return out;
+  }
+  // loss: this micro-batch's mean loss (a scalar). Accumulates gradients.
+  void backward(const at::Tensor& loss);
+  // At an accumulation boundary: waits for the gradient reduction, unscales and checks for
+  // overflow (fp16), clips, updates, steps the schedule, and returns the step's stats.
+  // Between boundaries it does nothing and returns nullopt.
+  std::optional<StepStats> step();
+
+  bool is_gradient_accumulation_boundary() const;
+  int64_t global_step() const { return global_step_; }
+  int64_t micro_step() const { return micro_step_; }
+  double current_lr() const;
+  double loss_scale() const { return scaler_.scale(); }
+  const Config& config() const { return config_; }
+  Precision precision() const { return precision_; }
+  // Rank 0 appends one row per optimizer step (overrides csv_monitor's path).
+  void set_metrics_csv(const std::string& path);
+  comm::Communicator& comm() { return *comm_; }
+  const std::vector<std::unique_ptr<FlatUnit>>& units() const { return units_; }
+  // The fp32 master weights of unit u (the unit's own buffer under fp32).
+  const at::Tensor& master(size_t u) const { return masters_[u]; }
+  std::vector<at::Tensor>& optimizer_state(size_t u) { return states_[u]; }
+  int64_t parameter_count() const;
+  // Tokens per optimizer step over all ranks, for the tokens/s figure.
+  void set_tokens_per_step(int64_t tokens) { tokens_per_step_ = tokens; }
+  // The progress line for a step, as printed every steps_per_print steps.
+  std::string progress_line(const StepStats& s) const;
+
+ private:
+  bool unscale_and_check_overflow();
+  double global_grad_norm() const;
+  void apply_update(double lr);
+  void log_step(const StepStats& s);
+
+  std::shared_ptr<torch::nn::Module> model_;
+  Config config_;
+  Precision precision_;
+  std::shared_ptr<comm::Communicator> comm_;
+  std::vector<std::unique_ptr<FlatUnit>> units_;
+  std::vector<at::Tensor> masters_;
+  std::vector<std::vector<at::Tensor>> states_;
+  std::unique_ptr<FlatOptimizer> optimizer_;
+  std::unique_ptr<GradReducer> reducer_;
+  LrSchedule schedule_;
+  LossScaler scaler_;
+  int64_t micro_step_ = 0;       // backward() calls so far
+  int64_t global_step_ = 0;      // optimizer steps so far, skipped included
+  int64_t optimizer_steps_ = 0;  // steps actually applied (Adam's t)
+  int64_t schedule_iteration_ = -1;  // DeepSpeed's last_batch_iteration
+  double loss_sum_ = 0.0;
+  int64_t tokens_per_step_ = 0;
+  double forward_s_ = 0, backward_s_ = 0;
+  std::chrono::steady_clock::time_point last_step_time_;
+  std::ofstream csv_;
+};
+
+// Resident and peak resident memory of this process, in bytes.
+int64_t current_rss_bytes();
+int64_t peak_rss_bytes();
+// The path of the BLAS library this process loaded ("" if none yet).
+std::string loaded_blas_library();
+
+}  // namespace ds

@@ -1,0 +1,74 @@
+// FlatUnit: a group of parameters stored in one flat, padded fp32 buffer (FSDP's flat
+// parameter). Every parameter tensor becomes a view into the buffer and its .grad() a view
+// into a flat gradient buffer of the same layout, so the engine reduces, clips, steps and
+// (with ZeRO) shards one contiguous tensor per unit instead of hundreds of small ones.
+//
+//   auto units = ds::find_units(*model);                 // one per block, plus the rest
+//   ds::FlatUnit u("blocks.0", units[1].params, /*pad_to=*/64);
+//   u.params();  u.grads();                               // 1-D, u.padded_numel() elements
+//
+// The padding (zeros, never updated by gradients) makes the buffer divide evenly into
+// shards and SIMD tiles.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace ds {
+
+using NamedParams = std::vector<std::pair<std::string, at::Tensor>>;
+
+struct UnitSpec {
+  std::string name;
+  NamedParams params;
+};
+
+// The default split of a model into units: each child of the root is a unit, except that
+// the elements of a ModuleList / Sequential child are units each; parameters registered on
+// the root itself form a unit named "root". Frozen parameters (requires_grad false) and
+// empty units are left out. A parameter shared by two modules goes to the first unit only.
+std::vector<UnitSpec> find_units(torch::nn::Module& model);
+
+struct ParamSlot {
+  std::string name;
+  int64_t offset = 0;
+  int64_t numel = 0;
+  std::vector<int64_t> shape;
+};
+
+class FlatUnit {
+ public:
+  FlatUnit(std::string name, const NamedParams& params, int64_t pad_to);
+
+  const std::string& name() const { return name_; }
+  const at::Tensor& params() const { return params_; }
+  const at::Tensor& grads() const { return grads_; }
+  int64_t numel() const { return numel_; }
+  int64_t padded_numel() const { return params_.numel(); }
+  const std::vector<ParamSlot>& slots() const { return slots_; }
+  // The module's parameter tensors (views of params()), in slot order.
+  const std::vector<at::Tensor>& tensors() const { return tensors_; }
+
+  void zero_grad();
+  // Makes sure each parameter's .grad() is still the view into grads() (a user's
+  // module->zero_grad() sets grads to undefined); throws when a grad was replaced.
+  void check_grad_views();
+
+ private:
+  std::string name_;
+  at::Tensor params_, grads_;
+  int64_t numel_ = 0;
+  std::vector<ParamSlot> slots_;
+  std::vector<at::Tensor> tensors_;
+};
+
+int64_t round_up(int64_t n, int64_t multiple);
+
+}  // namespace ds

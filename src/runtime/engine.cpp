@@ -1,0 +1,273 @@
+#include "ds/runtime/engine.h"
+
+#include <ATen/ATen.h>
+#include <sys/resource.h>
+#include <torch/nn/module.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "ds/common/error.h"
+#include "ds/common/strings.h"
+
+namespace ds {
+
+using Clock = std::chrono::steady_clock;
+constexpr int64_t kPadTo = 64;  // flat buffers padded to 64 elements (256 B): SIMD tiles, shards
+
+const char* to_string(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::BF16: return "bf16";
+    case Precision::FP16: return "fp16";
+  }
+  return "?";
+}
+
+int64_t current_rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  f >> pages >> resident;
+  return resident * ::sysconf(_SC_PAGESIZE);
+}
+
+std::string loaded_blas_library() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    auto pos = line.find('/');
+    if (pos != std::string::npos && line.find("blas", pos) != std::string::npos) return line.substr(pos);
+  }
+  return "";
+}
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+Precision precision_of(const Config& c) {
+  if (c.fp16.enabled && c.bf16.enabled) throw ConfigError("fp16.enabled and bf16.enabled are both true; choose one");
+  return c.fp16.enabled ? Precision::FP16 : c.bf16.enabled ? Precision::BF16 : Precision::FP32;
+}
+
+namespace {
+
+at::ScalarType half_dtype(Precision p) { return p == Precision::BF16 ? at::kBFloat16 : at::kHalf; }
+
+at::ScalarType comm_dtype(const Config& c, Precision p) {
+  if (c.communication_data_type) {
+    switch (*c.communication_data_type) {
+      case DataType::kFp32: return at::kFloat;
+      case DataType::kFp16: return at::kHalf;
+      case DataType::kBf16: return at::kBFloat16;
+    }
+  }
+  return p == Precision::FP32 ? at::kFloat : half_dtype(p);
+}
+
+// What the engine cannot honour yet is refused here, in one place, with the key's path.
+void check_supported(const Config& c, int world) {
+  if (!c.resolved()) throw ConfigError("the engine needs a resolved config: call config.resolve(world_size) first");
+  if (c.parallel.data_parallel_size != world)
+    throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
+                              " data-parallel ranks but the communicator has ", world));
+  if (c.zero_optimization.stage != 0)
+    throw ConfigError(ds::str("zero_optimization.stage ", c.zero_optimization.stage,
+                              ": this build's engine runs stage 0 only; set \"stage\": 0"));
+  if (c.zero_optimization.offload_optimizer.device != OffloadDevice::kNone ||
+      c.zero_optimization.offload_param.device != OffloadDevice::kNone)
+    throw ConfigError("zero_optimization.offload_*: offloading needs ZeRO, which this build's engine does not run yet");
+  if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
+  if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
+    throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
+  if (c.sparse_attention.enabled)
+    throw ConfigError("sparse_attention: the engine has no sparse attention kernels yet; remove the section");
+}
+
+}  // namespace
+
+Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, std::shared_ptr<comm::Communicator> comm,
+               std::vector<UnitSpec> units)
+    : model_(std::move(model)), config_(config), precision_(precision_of(config)), comm_(std::move(comm)),
+      schedule_(LrSchedule::from_config(config.scheduler, config.optimizer.lr)),
+      scaler_(precision_ == Precision::FP16 ? LossScaler::from_config(config.fp16) : LossScaler::none()) {
+  check_supported(config_, comm_->size());
+  comm_->logger().set_enabled(config_.comms_logger.enabled);
+  if (units.empty()) units = find_units(*model_);
+  if (units.empty()) throw Error("the model has no trainable parameters");
+  optimizer_ = make_optimizer(config_.optimizer);
+  for (auto& spec : units) {
+    auto unit = std::make_unique<FlatUnit>(spec.name, spec.params, kPadTo);
+    at::Tensor params = unit->params();
+    comm_->broadcast(params, 0).wait();  // every rank starts from rank 0's weights
+    if (precision_ != Precision::FP32) {
+      params.copy_(params.to(half_dtype(precision_)));  // the model holds half-precision values
+      masters_.push_back(params.clone());
+    } else {
+      masters_.push_back(params);
+    }
+    states_.push_back(optimizer_->init_state(unit->padded_numel()));
+    units_.push_back(std::move(unit));
+  }
+  GradReducerOptions ro;
+  ro.bucket_elements = config_.zero_optimization.reduce_bucket_size;
+  ro.overlap = true;  // stage 0 always overlaps; overlap_comm is a ZeRO key
+  ro.predivide_factor = config_.gradient_predivide_factor;
+  ro.comm_dtype = comm_dtype(config_, precision_);
+  std::vector<FlatUnit*> raw;
+  for (auto& u : units_) raw.push_back(u.get());
+  reducer_ = std::make_unique<GradReducer>(raw, comm_, ro);
+  if (config_.csv_monitor.enabled) {
+    std::string dir = config_.csv_monitor.output_path.empty() ? "." : config_.csv_monitor.output_path;
+    set_metrics_csv(dir + "/" + config_.csv_monitor.job_name + "_metrics.csv");
+  }
+  std::string blas = loaded_blas_library();
+  if (comm_->rank() == 0 && blas.find("/blas/libblas") != std::string::npos)
+    std::fprintf(stderr, "warning: LibTorch is using the reference BLAS (%s), ~50x slower than OpenBLAS; "
+                         "install libopenblas0-pthread (scripts/setup does)\n", blas.c_str());
+  last_step_time_ = Clock::now();
+}
+
+void Engine::set_metrics_csv(const std::string& path) {
+  if (comm_->rank() != 0) return;
+  csv_.close();
+  csv_.open(path);
+  if (!csv_) throw Error(ds::str("cannot write the metrics file ", path, " (does its directory exist?)"));
+  csv_ << "step,loss,lr,grad_norm,loss_scale,skipped,ms_per_step,tokens_per_s,rss_bytes\n";
+}
+
+Engine::~Engine() = default;
+
+bool Engine::is_gradient_accumulation_boundary() const {
+  return micro_step_ % config_.gradient_accumulation_steps == 0 && micro_step_ > 0;
+}
+
+double Engine::current_lr() const { return schedule_.lr(schedule_iteration_); }
+
+int64_t Engine::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& u : units_) n += u->numel();
+  return n;
+}
+
+void Engine::backward(const at::Tensor& loss) {
+  if (loss.numel() != 1) throw Error(ds::str("backward() takes a scalar loss, got shape ", loss.sizes()));
+  auto start = Clock::now();
+  double value = loss.item<double>();
+  loss_sum_ += value;
+  bool boundary = (micro_step_ + 1) % config_.gradient_accumulation_steps == 0;
+  for (auto& u : units_) u->check_grad_views();
+  reducer_->begin_backward(boundary);
+  at::Tensor scaled = loss * (scaler_.scale() / double(config_.gradient_accumulation_steps));
+  scaled.backward();
+  ++micro_step_;
+  backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+bool Engine::unscale_and_check_overflow() {
+  bool overflow = false;
+  for (auto& u : units_) {
+    at::Tensor g = u->grads();
+    if (scaler_.scale() != 1.0) g.div_(scaler_.scale());
+    if (!overflow && !at::isfinite(g).all().item<bool>()) overflow = true;
+  }
+  return overflow;  // identical on every rank: the gradients were all-reduced
+}
+
+double Engine::global_grad_norm() const {
+  double sq = 0.0;
+  for (const auto& u : units_) {
+    double n = u->grads().norm().item<double>();
+    sq += n * n;
+  }
+  return std::sqrt(sq);
+}
+
+void Engine::apply_update(double lr) {
+  ++optimizer_steps_;
+  auto beta1 = schedule_.momentum(schedule_iteration_);
+  for (size_t u = 0; u < units_.size(); ++u) {
+    optimizer_->step(masters_[u], units_[u]->grads(), states_[u], optimizer_steps_, lr, beta1);
+    if (precision_ != Precision::FP32)
+      units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
+  }
+}
+
+std::optional<StepStats> Engine::step() {
+  if (micro_step_ == 0 || micro_step_ % config_.gradient_accumulation_steps != 0 ||
+      global_step_ * config_.gradient_accumulation_steps == micro_step_)
+    return std::nullopt;  // not at a boundary, or this boundary was already stepped
+  StepStats s;
+  auto reduce_start = Clock::now();
+  reducer_->finish();
+  // The logged loss: mean over micro-batches here, then over ranks.
+  at::Tensor loss = at::full({1}, loss_sum_ / double(config_.gradient_accumulation_steps), at::kDouble);
+  if (comm_->size() > 1) comm_->all_reduce(loss, comm::ReduceOp::Avg).wait();
+  s.loss = loss.item<double>();
+  s.reduce_s = std::chrono::duration<double>(Clock::now() - reduce_start).count();
+
+  auto opt_start = Clock::now();
+  s.loss_scale = scaler_.scale();
+  bool overflow = unscale_and_check_overflow();
+  s.lr = current_lr();
+  s.skipped = scaler_.update(overflow);
+  if (!s.skipped) {
+    s.grad_norm = global_grad_norm();
+    if (config_.gradient_clipping > 0) {
+      double coef = config_.gradient_clipping / (s.grad_norm + 1e-6);
+      if (coef < 1.0)
+        for (auto& u : units_) u->grads().mul_(coef);
+    }
+    apply_update(s.lr);
+    ++schedule_iteration_;
+  } else {
+    s.grad_norm = NAN;
+  }
+  for (auto& u : units_) u->zero_grad();
+  ++global_step_;
+  loss_sum_ = 0.0;
+  s.step = global_step_;
+  auto now = Clock::now();
+  s.optimizer_s = std::chrono::duration<double>(now - opt_start).count();
+  s.seconds = std::chrono::duration<double>(now - last_step_time_).count();
+  last_step_time_ = now;
+  s.forward_s = forward_s_, s.backward_s = backward_s_;
+  forward_s_ = backward_s_ = 0.0;
+  s.rss_bytes = current_rss_bytes();
+  log_step(s);
+  return s;
+}
+
+std::string Engine::progress_line(const StepStats& s) const {
+  char buf[512];
+  double tps = s.seconds > 0 ? tokens_per_step_ / s.seconds : 0.0;
+  int n = std::snprintf(buf, sizeof buf, "step %lld | loss %.4f | lr %.3e | grad_norm %.4f | scale %g | %.0f tok/s | %.1f ms/step | rss %s%s",
+                        static_cast<long long>(s.step), s.loss, s.lr, s.grad_norm, s.loss_scale, tps, s.seconds * 1e3,
+                        format_bytes(double(s.rss_bytes)).c_str(), s.skipped ? " | SKIPPED (fp16 overflow)" : "");
+  std::string line(buf, std::min<size_t>(n, sizeof buf - 1));
+  if (config_.wall_clock_breakdown) {
+    std::snprintf(buf, sizeof buf, " | fwd %.1f bwd %.1f reduce %.1f step %.1f ms", s.forward_s * 1e3,
+                  s.backward_s * 1e3, s.reduce_s * 1e3, s.optimizer_s * 1e3);
+    line += buf;
+  }
+  return line;
+}
+
+void Engine::log_step(const StepStats& s) {
+  if (comm_->rank() != 0) return;
+  if (config_.steps_per_print.value_or(0) > 0 && (s.step % *config_.steps_per_print == 0 || s.skipped)) {
+    std::printf("[ds] %s\n", progress_line(s).c_str());
+    std::fflush(stdout);
+  }
+  if (csv_.is_open()) {
+    double tps = s.seconds > 0 ? tokens_per_step_ / s.seconds : 0.0;
+    csv_ << s.step << ',' << s.loss << ',' << s.lr << ',' << s.grad_norm << ',' << s.loss_scale << ','
+         << (s.skipped ? 1 : 0) << ',' << s.seconds * 1e3 << ',' << tps << ',' << s.rss_bytes << '\n';
+    csv_.flush();
+  }
+}
+
+}  // namespace ds

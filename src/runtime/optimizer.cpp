@@ -1,0 +1,96 @@
+#include "ds/runtime/optimizer.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "ds/common/error.h"
+
+namespace ds {
+
+namespace {
+
+void check_step_args(const at::Tensor& param, const at::Tensor& grad, const std::vector<at::Tensor>& state,
+                     size_t nstate, const char* who) {
+  if (param.scalar_type() != at::kFloat || grad.scalar_type() != at::kFloat)
+    throw Error(ds::str(who, ": expects float32 master parameters and gradients, got ", param.scalar_type(), " and ",
+                        grad.scalar_type()));
+  if (param.numel() != grad.numel())
+    throw Error(ds::str(who, ": parameter has ", param.numel(), " elements but gradient ", grad.numel()));
+  if (state.size() != nstate) throw Error(ds::str(who, ": expected ", nstate, " state tensors, got ", state.size()));
+  for (const auto& s : state)
+    if (s.numel() != param.numel()) throw Error(ds::str(who, ": state has ", s.numel(), " elements, parameter ", param.numel()));
+}
+
+// torch.optim.Adam / AdamW arithmetic, in place.
+class TorchAdam final : public FlatOptimizer {
+ public:
+  explicit TorchAdam(OptimizerConfig c) : FlatOptimizer(std::move(c)) {}
+  std::string name() const override { return config_.decoupled_weight_decay() ? "AdamW" : "Adam"; }
+  std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
+  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
+            std::optional<double> beta1) override {
+    check_step_args(p, grad, st, 2, "Adam");
+    const double b1 = beta1.value_or(config_.betas[0]), b2 = config_.betas[1], wd = config_.weight_decay;
+    at::Tensor g = grad;
+    if (wd != 0.0) {
+      if (config_.decoupled_weight_decay()) p.mul_(1.0 - lr * wd);
+      else g = grad.add(p, wd);
+    }
+    at::Tensor& m = st[0];
+    at::Tensor& v = st[1];
+    m.mul_(b1).add_(g, 1.0 - b1);
+    v.mul_(b2).addcmul_(g, g, 1.0 - b2);
+    double bc1 = config_.bias_correction ? 1.0 - std::pow(b1, double(step)) : 1.0;
+    double bc2 = config_.bias_correction ? 1.0 - std::pow(b2, double(step)) : 1.0;
+    at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(config_.eps);
+    p.addcdiv_(m, denom, -lr / bc1);
+  }
+};
+
+// torch.optim.SGD arithmetic (momentum buffer starts as the first gradient).
+class TorchSgd final : public FlatOptimizer {
+ public:
+  explicit TorchSgd(OptimizerConfig c) : FlatOptimizer(std::move(c)) {}
+  std::string name() const override { return "SGD"; }
+  std::vector<at::Tensor> init_state(int64_t n) const override {
+    return config_.momentum != 0.0 ? std::vector<at::Tensor>{at::zeros({n})} : std::vector<at::Tensor>{};
+  }
+  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
+            std::optional<double> beta1) override {
+    const double momentum = beta1.value_or(config_.momentum);
+    check_step_args(p, grad, st, config_.momentum != 0.0 ? 1 : 0, "SGD");
+    at::Tensor g = config_.weight_decay != 0.0 ? grad.add(p, config_.weight_decay) : grad;
+    if (config_.momentum != 0.0) {
+      at::Tensor& buf = st[0];
+      if (step == 1) buf.copy_(g);
+      else buf.mul_(momentum).add_(g, 1.0 - config_.dampening);
+      g = config_.nesterov ? g.add(buf, momentum) : buf;
+    }
+    p.add_(g, -lr);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
+  if (c.lr < 0) throw ConfigError(ds::str("optimizer.params.lr must be >= 0, got ", c.lr));
+  switch (c.type) {
+    case OptimizerType::kAdam:
+    case OptimizerType::kAdamW:
+      if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
+        throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+      return std::make_unique<TorchAdam>(c);
+    case OptimizerType::kSGD:
+      if (c.nesterov && (c.momentum <= 0 || c.dampening != 0))
+        throw ConfigError("optimizer.params: nesterov needs momentum > 0 and dampening 0");
+      return std::make_unique<TorchSgd>(c);
+    case OptimizerType::kNone:
+      throw ConfigError("the config has no \"optimizer\" section; add one (e.g. {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-3}})");
+    default:
+      throw ConfigError(ds::str("optimizer.type \"", optimizer_type_name(c.type),
+                                "\" needs the CPU optimizer kernels, which this build does not have yet"));
+  }
+}
+
+}  // namespace ds
