@@ -80,14 +80,20 @@ INSTANTIATE_TEST_SUITE_P(
     scheduler_name);
 
 TEST(MixedPrecision, Bf16AndFp16TrackFp32) {
-  // Half precision rounds weights (bf16: 8 mantissa bits) and the gradients on the wire, so
-  // the curves drift apart slowly; 0.05 absolute over 20 steps on a loss that starts near 5.
+  // Half precision rounds the weights (bf16 keeps 8 significant bits: a relative error up to
+  // 2^-9 per weight; fp16 11 bits: 2^-12) and the gradients on the wire, so the curves drift
+  // apart slowly. Measured over 20 steps (loss 5.53 -> 3.33): bf16 0.0013, fp16 0.00028 at
+  // most; the bounds are ~8x that, and the fp16/bf16 ratio follows the mantissa widths.
   test::run_ranks(2, [](comm::Communicator& c) {
     auto fp32 = test::train_tiny(c.shared_from_this(), config(kMicro4, ""), 20);
     auto bf16 = test::train_tiny(c.shared_from_this(), config(kMicro4, "", R"(, "bf16": {"enabled": true})"), 20);
     auto fp16 = test::train_tiny(c.shared_from_this(), config(kMicro4, "", R"(, "fp16": {"enabled": true, "initial_scale_power": 8})"), 20);
-    EXPECT_LT(test::max_abs_diff(bf16.losses, fp32.losses), 0.05);
-    EXPECT_LT(test::max_abs_diff(fp16.losses, fp32.losses), 0.05);
+    if (c.rank() == 0)
+      std::printf("max |loss - fp32 loss| over 20 steps: bf16 %.4g, fp16 %.4g (fp32 loss %.3f -> %.3f)\n",
+                  test::max_abs_diff(bf16.losses, fp32.losses), test::max_abs_diff(fp16.losses, fp32.losses),
+                  fp32.losses.front(), fp32.losses.back());
+    EXPECT_LT(test::max_abs_diff(bf16.losses, fp32.losses), 0.01);
+    EXPECT_LT(test::max_abs_diff(fp16.losses, fp32.losses), 0.002);
     EXPECT_GT(test::max_abs_diff(bf16.losses, fp32.losses), 0.0) << "bf16 run identical to fp32: not rounding?";
     for (bool s : fp16.skipped) EXPECT_FALSE(s);
     // bf16 weights are bf16-representable: rounding them again changes nothing... except in

@@ -1,0 +1,104 @@
+// ds-train end to end, as a user runs it: the README's demo learns, runs with different rank
+// counts / micro-batches / accumulation give the same per-step losses from the command line,
+// and bad input ends with one error line and exit status 1.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "../launch/launch_test_util.h"
+
+using namespace ds_test;
+
+namespace {
+
+std::string bin(const std::string& name) {
+  const char* dir = std::getenv("DS_BIN_DIR");
+  return std::string(dir ? dir : DS_APPS_DIR) + "/" + name;
+}
+
+// The `loss` column of a metrics CSV.
+std::vector<double> losses_of(const std::string& csv) {
+  std::istringstream in(read_file(csv));
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line.rfind("step,loss,", 0), 0u) << "header: " << line;
+  std::vector<double> out;
+  while (std::getline(in, line)) out.push_back(std::stod(line.substr(line.find(',') + 1)));
+  return out;
+}
+
+const char* kSmallModel[] = {"--n-layer", "1", "--n-head", "2", "--d-model", "32"};
+
+}  // namespace
+
+TEST(DsTrain, ReadmeDemoReachesNinetyFivePercentHeldOutAccuracy) {
+  TempDir dir;
+  RunOutput r = run_launch({"--num_procs", "2", bin("ds-train"), "--task", "reverse", "--steps", "80", "--eval-interval", "0",
+                            "--metrics", dir.file("m.csv"), "--plot", dir.file("loss.svg")}, 240);
+  ASSERT_EQ(r.exit_code(), 0) << diag(r);
+  auto at = r.out.find("held-out accuracy ", r.out.find("done:"));
+  ASSERT_NE(at, std::string::npos) << r.out;
+  double acc = std::stod(r.out.substr(at + 18));
+  EXPECT_GE(acc, 0.95) << r.out;
+  EXPECT_EQ(losses_of(dir.file("m.csv")).size(), 80u);
+  EXPECT_EQ(read_file(dir.file("loss.svg")).rfind("<svg", 0), 0u);
+}
+
+TEST(DsTrain, LayoutsGiveTheSameLossesFromTheCommandLine) {
+  TempDir dir;
+  auto config = [&](const std::string& name, const std::string& batch) {
+    return dir.write(name, "{" + batch + R"(, "optimizer": {"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9}}})");
+  };
+  std::string one = config("one.json", R"("train_batch_size": 8)");
+  std::string micro4 = config("micro4.json", R"("train_batch_size": 8, "train_micro_batch_size_per_gpu": 4)");
+  auto train = [&](int ranks, const std::string& cfg, const std::string& csv) {
+    std::vector<std::string> args = {"--num_procs", std::to_string(ranks), bin("ds-train"), "--config", cfg, "--steps", "10",
+                                     "--eval-interval", "0", "--eval-examples", "8", "--plot", "", "--metrics", dir.file(csv)};
+    args.insert(args.end(), std::begin(kSmallModel), std::end(kSmallModel));
+    RunOutput r = run_launch(args, 120);
+    EXPECT_EQ(r.exit_code(), 0) << diag(r);
+    return losses_of(dir.file(csv));
+  };
+  auto base = train(1, one, "a.csv");            // 1 process x batch 8
+  auto two = train(2, micro4, "b.csv");          // 2 ranks x micro 4
+  auto accum = train(1, micro4, "c.csv");        // 1 process x micro 4 x accumulation 2
+  ASSERT_EQ(base.size(), 10u);
+  for (size_t i = 0; i < base.size(); ++i) {
+    EXPECT_NEAR(two[i], base[i], 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(accum[i], base[i], 1e-5) << "step " << i + 1;
+  }
+}
+
+struct BadInput {
+  const char* what;
+  std::vector<std::string> args;
+  const char* message;
+};
+
+TEST(DsTrain, BadInputIsOneErrorLineAndExitOne) {
+  TempDir dir;
+  std::string tiny = dir.write("tiny.txt", std::string(100, 'x'));
+  std::string stage3 = dir.write("s3.json", R"({"train_batch_size": 8, "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 3}})");
+  std::string typo = dir.write("typo.json", R"({"train_batch_size": 8, "zero_optimization": {"stgae": 0}})");
+  std::vector<BadInput> cases = {
+      {"missing data file", {"--data", dir.file("nope.txt")}, "cannot read data file"},
+      {"sequence longer than the data", {"--data", tiny, "--seq-len", "64"}, "too short for sequence length 64"},
+      {"heads do not divide the width", {"--n-head", "3", "--d-model", "128"}, "not divisible by n_head 3"},
+      {"context shorter than the task", {"--seq-len", "4"}, "shorter than the task's examples"},
+      {"config the engine cannot honour", {"--config", stage3}, "zero_optimization.stage 3"},
+      {"typo in the config", {"--config", typo}, "did you mean \"stage\""},
+      {"missing config", {"--config", dir.file("none.json")}, "none.json"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> argv = {bin("ds-train"), "--steps", "1", "--plot", ""};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    Spawned p(argv);
+    RunOutput r = p.wait(60);
+    EXPECT_EQ(r.exit_code(), 1) << c.what << ": " << diag(r);
+    auto lines = lines_of(r.err);
+    ASSERT_EQ(lines.size(), 1u) << c.what << ": " << r.err;
+    EXPECT_EQ(lines[0].rfind("ds-train: error: ", 0), 0u) << c.what << ": " << lines[0];
+    EXPECT_NE(lines[0].find(c.message), std::string::npos) << c.what << ": " << lines[0];
+  }
+}
