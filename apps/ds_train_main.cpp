@@ -15,6 +15,7 @@
 
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
+#include "ds/common/openmp_env.h"
 #include "ds/common/plot.h"
 #include "ds/common/strings.h"
 #include "ds/config/config.h"
@@ -24,7 +25,7 @@
 
 namespace {
 
-// Used when no --config is given: AdamW with warm-up and linear decay, clipping, stage 0.
+// Used when no --config is given: AdamW with warm-up and linear decay, clipping, ZeRO stage 2.
 const char* kDefaultConfig = R"({
   "train_batch_size": 64,
   "gradient_accumulation_steps": 1,
@@ -34,7 +35,7 @@ const char* kDefaultConfig = R"({
                            "warmup_type": "linear", "total_num_steps": "auto"}},
   "gradient_clipping": 1.0,
   "steps_per_print": 50,
-  "zero_optimization": {"stage": 0}
+  "zero_optimization": {"stage": 2, "overlap_comm": true}
 })";
 
 struct Args {
@@ -166,6 +167,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ds::ensure_passive_openmp(argv);
   Args args = parse(argc, argv);
   try {
     return run(args);

@@ -17,6 +17,7 @@
 
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
+#include "ds/common/openmp_env.h"
 #include "ds/config/config.h"
 #include "ds/models/gpt.h"
 #include "ds/runtime/engine.h"
@@ -54,6 +55,7 @@ int64_t arg(int argc, char** argv, const char* name, int64_t fallback) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ds::ensure_passive_openmp(argv);
   ds::GptConfig mc;
   mc.n_layer = arg(argc, argv, "--layers", 4);
   mc.d_model = arg(argc, argv, "--width", 256);

@@ -172,7 +172,10 @@ class MpiCommunicator final : public QueuedCommunicator {
       displs[r] = count_of(c.offset, "all_gather");
     }
     MPI_Datatype t = rt_->type_of(out.scalar_type());
-    check_mpi(MPI_Allgatherv(in.data_ptr(), counts[rank()], t, out.data_ptr(), counts.data(), displs.data(), t, comm_),
+    // MPI forbids aliased buffers: when the input is already the output's own chunk, say so.
+    const void* own = static_cast<const char*>(out.data_ptr()) + int64_t(displs[rank()]) * out.element_size();
+    const void* send = in.data_ptr() == own ? MPI_IN_PLACE : in.data_ptr();
+    check_mpi(MPI_Allgatherv(send, counts[rank()], t, out.data_ptr(), counts.data(), displs.data(), t, comm_),
               "MPI_Allgatherv");
     return size() > 1 ? nbytes(out) - chunk_bytes(out, (rank() + 1) % size()) : 0;
   }

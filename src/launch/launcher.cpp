@@ -152,6 +152,10 @@ LaunchResult run_ranks(const LaunchOptions& o, const LaunchPlan& plan) {
     int threads = default_omp_threads(static_cast<int>(cpus), static_cast<int>(node.ranks.size()));
     common.emplace_back("OMP_NUM_THREADS", std::to_string(threads));
   }
+  // libgomp's idle threads spin by default and starve OpenBLAS's and our optimizer's threads
+  // on small machines (a 124M-parameter step: 4.8 s spinning, 2.0 s passive). It is read
+  // when libgomp loads, so it has to come from the environment.
+  if (!env_has(o, "OMP_WAIT_POLICY")) common.emplace_back("OMP_WAIT_POLICY", "PASSIVE");
   std::vector<ChildSpec> children;
   for (const RankInfo& r : node.ranks) {
     ChildSpec c;

@@ -74,12 +74,23 @@ void check_supported(const Config& c, int world) {
   if (c.parallel.data_parallel_size != world)
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the communicator has ", world));
-  if (c.zero_optimization.stage != 0)
+  if (c.zero_optimization.stage > 2)
     throw ConfigError(ds::str("zero_optimization.stage ", c.zero_optimization.stage,
-                              ": this build's engine runs stage 0 only; set \"stage\": 0"));
-  if (c.zero_optimization.offload_optimizer.device != OffloadDevice::kNone ||
-      c.zero_optimization.offload_param.device != OffloadDevice::kNone)
-    throw ConfigError("zero_optimization.offload_*: offloading needs ZeRO, which this build's engine does not run yet");
+                              ": this build's engine runs stages 0, 1 and 2; stage 3 is not built yet"));
+  const auto& z = c.zero_optimization;
+  if (z.offload_optimizer.device == OffloadDevice::kCpu) {
+    // On a CPU build the states already live in host memory; what offload changes is that the
+    // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
+    if (z.stage == 0) throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1 or 2 (as in DeepSpeed)");
+    if (c.optimizer.torch_adam)
+      throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
+                        "kernels; remove torch_adam");
+  }
+  if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device != OffloadDevice::kNone)
+    throw ConfigError(ds::str("zero_optimization.", z.offload_param.device != OffloadDevice::kNone ? "offload_param" : "offload_optimizer",
+                              ".device \"", offload_device_name(z.offload_param.device != OffloadDevice::kNone ? z.offload_param.device
+                                                                                                                 : z.offload_optimizer.device),
+                              "\": swapping to disk and parameter offload (ZeRO-Infinity, stage 3) are not built yet"));
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
     throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
@@ -95,31 +106,35 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, s
       schedule_(LrSchedule::from_config(config.scheduler, config.optimizer.lr)),
       scaler_(precision_ == Precision::FP16 ? LossScaler::from_config(config.fp16) : LossScaler::none()) {
   check_supported(config_, comm_->size());
+  stage_ = static_cast<int>(config_.zero_optimization.stage);
   comm_->logger().set_enabled(config_.comms_logger.enabled);
   if (units.empty()) units = find_units(*model_);
   if (units.empty()) throw Error("the model has no trainable parameters");
   optimizer_ = make_optimizer(config_.optimizer);
+  const int world = comm_->size(), rank = comm_->rank();
   for (auto& spec : units) {
-    auto unit = std::make_unique<FlatUnit>(spec.name, spec.params, kPadTo);
+    // Padding to 64 x world elements gives every rank an equal, 64-aligned shard.
+    auto unit = std::make_unique<FlatUnit>(spec.name, spec.params, kPadTo * world, /*persistent_grads=*/stage_ < 2);
     at::Tensor params = unit->params();
     comm_->broadcast(params, 0).wait();  // every rank starts from rank 0's weights
-    if (precision_ != Precision::FP32) {
-      params.copy_(params.to(half_dtype(precision_)));  // the model holds half-precision values
-      masters_.push_back(params.clone());
-    } else {
-      masters_.push_back(params);
-    }
-    states_.push_back(optimizer_->init_state(unit->padded_numel()));
+    if (precision_ != Precision::FP32) params.copy_(params.to(half_dtype(precision_)));  // the model holds half values
+    comm::Chunk own = stage_ == 0 ? comm::Chunk{0, params.numel()} : comm::chunk_of(params.numel(), world, rank);
+    at::Tensor own_params = params.slice(0, own.offset, own.offset + own.length);
+    masters_.push_back(precision_ == Precision::FP32 ? own_params : own_params.clone());
+    if (stage_ > 0) grad_shards_.push_back(at::zeros({own.length}));
+    states_.push_back(optimizer_->init_state(own.length));
     units_.push_back(std::move(unit));
   }
   GradReducerOptions ro;
+  ro.mode = stage_ == 0 ? GradReducerOptions::Mode::AllReduce : GradReducerOptions::Mode::ReduceScatter;
+  ro.every_micro_batch = stage_ == 2;
+  ro.overlap = stage_ == 0 || config_.zero_optimization.overlap_comm;  // stage 0 always overlaps
   ro.bucket_elements = config_.zero_optimization.reduce_bucket_size;
-  ro.overlap = true;  // stage 0 always overlaps; overlap_comm is a ZeRO key
   ro.predivide_factor = config_.gradient_predivide_factor;
   ro.comm_dtype = comm_dtype(config_, precision_);
   std::vector<FlatUnit*> raw;
   for (auto& u : units_) raw.push_back(u.get());
-  reducer_ = std::make_unique<GradReducer>(raw, comm_, ro);
+  reducer_ = std::make_unique<GradReducer>(raw, comm_, ro, grad_shards_);
   if (config_.csv_monitor.enabled) {
     std::string dir = config_.csv_monitor.output_path.empty() ? "." : config_.csv_monitor.output_path;
     set_metrics_csv(dir + "/" + config_.csv_monitor.job_name + "_metrics.csv");
@@ -163,25 +178,37 @@ void Engine::backward(const at::Tensor& loss) {
   reducer_->begin_backward(boundary);
   at::Tensor scaled = loss * (scaler_.scale() / double(config_.gradient_accumulation_steps));
   scaled.backward();
+  if (stage_ == 2) reducer_->finish();  // this micro-batch's gradients go to the shards now
   ++micro_step_;
   backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+const at::Tensor& Engine::grad_of(size_t u) const { return stage_ == 0 ? units_[u]->grads() : grad_shards_[u]; }
+
 bool Engine::unscale_and_check_overflow() {
+  if (!scaler_.enabled()) return false;  // only fp16 overflows (DeepSpeed checks only there too)
   bool overflow = false;
-  for (auto& u : units_) {
-    at::Tensor g = u->grads();
+  for (size_t u = 0; u < units_.size(); ++u) {
+    const at::Tensor& g = grad_of(u);
     if (scaler_.scale() != 1.0) g.div_(scaler_.scale());
     if (!overflow && !at::isfinite(g).all().item<bool>()) overflow = true;
   }
-  return overflow;  // identical on every rank: the gradients were all-reduced
+  if (stage_ == 0 || comm_->size() == 1) return overflow;  // all-reduced: the same on every rank
+  at::Tensor flag = at::full({1}, overflow ? 1 : 0, at::kInt);
+  comm_->all_reduce(flag, comm::ReduceOp::Max).wait();  // any rank's shard overflowing skips all
+  return flag.item<int>() != 0;
 }
 
-double Engine::global_grad_norm() const {
+double Engine::global_grad_norm() {
   double sq = 0.0;
-  for (const auto& u : units_) {
-    double n = u->grads().norm().item<double>();
+  for (size_t u = 0; u < units_.size(); ++u) {
+    double n = grad_of(u).norm().item<double>();
     sq += n * n;
+  }
+  if (stage_ > 0 && comm_->size() > 1) {  // each rank holds a disjoint chunk of every unit
+    at::Tensor t = at::full({1}, sq, at::kDouble);
+    comm_->all_reduce(t, comm::ReduceOp::Sum).wait();
+    sq = t.item<double>();
   }
   return std::sqrt(sq);
 }
@@ -190,10 +217,43 @@ void Engine::apply_update(double lr) {
   ++optimizer_steps_;
   auto beta1 = schedule_.momentum(schedule_iteration_);
   for (size_t u = 0; u < units_.size(); ++u) {
-    optimizer_->step(masters_[u], units_[u]->grads(), states_[u], optimizer_steps_, lr, beta1);
-    if (precision_ != Precision::FP32)
-      units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
+    optimizer_->step(masters_[u], grad_of(u), states_[u], optimizer_steps_, lr, beta1);
+    if (stage_ == 0 && precision_ != Precision::FP32) units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
   }
+  if (stage_ > 0) gather_parameters();
+}
+
+// Stages 1-2: every rank updated its chunk; an all-gather per unit (all in flight at once)
+// rebuilds the full weights, in the half dtype under bf16/fp16 (half the bytes).
+void Engine::gather_parameters() {
+  std::vector<comm::Work> works;
+  std::vector<at::Tensor> gathered(units_.size());
+  for (size_t u = 0; u < units_.size(); ++u) {
+    at::Tensor full = units_[u]->params();
+    if (precision_ == Precision::FP32) {
+      works.push_back(comm_->all_gather(full, masters_[u]));  // the master is full's own chunk
+    } else {
+      gathered[u] = at::empty({full.numel()}, full.options().dtype(half_dtype(precision_)));
+      at::Tensor mine = masters_[u].to(half_dtype(precision_));
+      works.push_back(comm_->all_gather(gathered[u], mine));
+    }
+  }
+  for (size_t u = 0; u < units_.size(); ++u) {
+    works[u].wait();
+    if (gathered[u].defined()) units_[u]->params().copy_(gathered[u]);
+  }
+}
+
+Engine::MemoryBreakdown Engine::memory_breakdown() const {
+  MemoryBreakdown m;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    m.params += units_[u]->params().nbytes();
+    if (units_[u]->persistent_grads()) m.grads += units_[u]->grads().nbytes();
+    if (stage_ > 0) m.grads += grad_shards_[u].nbytes();
+    if (precision_ != Precision::FP32) m.masters += masters_[u].nbytes();  // fp32: views of params
+    for (const auto& s : states_[u]) m.optimizer_state += s.nbytes();
+  }
+  return m;
 }
 
 std::optional<StepStats> Engine::step() {
@@ -202,7 +262,7 @@ std::optional<StepStats> Engine::step() {
     return std::nullopt;  // not at a boundary, or this boundary was already stepped
   StepStats s;
   auto reduce_start = Clock::now();
-  reducer_->finish();
+  if (stage_ < 2) reducer_->finish();  // stage 2 reduced every micro-batch already
   // The logged loss: mean over micro-batches here, then over ranks.
   at::Tensor loss = at::full({1}, loss_sum_ / double(config_.gradient_accumulation_steps), at::kDouble);
   if (comm_->size() > 1) comm_->all_reduce(loss, comm::ReduceOp::Avg).wait();
@@ -219,7 +279,7 @@ std::optional<StepStats> Engine::step() {
     if (config_.gradient_clipping > 0) {
       double coef = config_.gradient_clipping / (s.grad_norm + 1e-6);
       if (coef < 1.0)
-        for (auto& u : units_) u->grads().mul_(coef);
+        for (size_t u = 0; u < units_.size(); ++u) grad_of(u).mul_(coef);
     }
     apply_update(s.lr);
     ++schedule_iteration_;
@@ -227,6 +287,7 @@ std::optional<StepStats> Engine::step() {
     s.grad_norm = NAN;
   }
   for (auto& u : units_) u->zero_grad();
+  for (auto& g : grad_shards_) g.zero_();
   ++global_step_;
   loss_sum_ = 0.0;
   s.step = global_step_;

@@ -48,7 +48,8 @@ std::vector<UnitSpec> find_units(torch::nn::Module& model) {
   return out;
 }
 
-FlatUnit::FlatUnit(std::string name, const NamedParams& params, int64_t pad_to) : name_(std::move(name)) {
+FlatUnit::FlatUnit(std::string name, const NamedParams& params, int64_t pad_to, bool persistent_grads)
+    : name_(std::move(name)) {
   if (params.empty()) throw Error(ds::str("unit '", name_, "' has no parameters"));
   for (const auto& [pname, p] : params) {
     if (p.scalar_type() != at::kFloat)
@@ -59,21 +60,38 @@ FlatUnit::FlatUnit(std::string name, const NamedParams& params, int64_t pad_to) 
     numel_ += p.numel();
   }
   params_ = at::zeros({round_up(numel_, pad_to)}, at::kFloat);
-  grads_ = at::zeros_like(params_);
+  if (persistent_grads) grads_ = at::zeros_like(params_);
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSlot& s = slots_[i];
     at::Tensor p = params[i].second;
     at::Tensor view = params_.slice(0, s.offset, s.offset + s.numel).view(s.shape);
     view.copy_(p.detach());
     p.set_data(view);
-    p.mutable_grad() = grads_.slice(0, s.offset, s.offset + s.numel).view(s.shape);
+    if (persistent_grads) p.mutable_grad() = grads_.slice(0, s.offset, s.offset + s.numel).view(s.shape);
+    else p.mutable_grad() = at::Tensor();
     tensors_.push_back(p);
   }
 }
 
-void FlatUnit::zero_grad() { grads_.zero_(); }
+void FlatUnit::zero_grad() {
+  if (grads_.defined()) grads_.zero_();
+  else
+    for (auto& p : tensors_) p.mutable_grad() = at::Tensor();
+}
+
+at::Tensor FlatUnit::pack_grads(at::ScalarType dtype) {
+  if (grads_.defined()) return grads_.to(dtype);
+  at::Tensor flat = at::zeros({padded_numel()}, params_.options().dtype(dtype));
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    at::Tensor& g = tensors_[i].mutable_grad();
+    if (g.defined()) flat.slice(0, slots_[i].offset, slots_[i].offset + slots_[i].numel).copy_(g.reshape(-1));
+    g = at::Tensor();
+  }
+  return flat;
+}
 
 void FlatUnit::check_grad_views() {
+  if (!grads_.defined()) return;  // transient grads: nothing to check
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const ParamSlot& s = slots_[i];
     at::Tensor& g = tensors_[i].mutable_grad();

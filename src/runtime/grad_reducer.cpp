@@ -37,13 +37,19 @@ class ReadyHook final : public torch::autograd::FunctionPostHook {
 }  // namespace
 
 GradReducer::GradReducer(std::vector<FlatUnit*> units, std::shared_ptr<comm::Communicator> comm,
-                         GradReducerOptions options)
-    : units_(std::move(units)), comm_(std::move(comm)), options_(options), shared_(std::make_shared<Shared>()) {
+                         GradReducerOptions options, std::vector<at::Tensor> shards)
+    : units_(std::move(units)), comm_(std::move(comm)), options_(options), shards_(std::move(shards)),
+      shared_(std::make_shared<Shared>()) {
   if (options_.bucket_elements < 1) throw ConfigError(ds::str("reduce_bucket_size must be >= 1, got ", options_.bucket_elements));
+  if (options_.mode == GradReducerOptions::Mode::ReduceScatter) {
+    DS_CHECK(shards_.size() == units_.size(), "reduce-scatter needs one shard per unit");
+    for (size_t u = 0; u < units_.size(); ++u)
+      DS_CHECK(shards_[u].numel() == comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).length,
+               "shard of unit ", units_[u]->name(), " has the wrong size");
+  }
   shared_->owner = this;
   ready_count_.assign(units_.size(), 0);
   launched_.assign(units_.size(), false);
-  buckets_.resize(units_.size());
   for (size_t u = 0; u < units_.size(); ++u) {
     for (const at::Tensor& p : units_[u]->tensors()) {
       auto acc = torch::autograd::impl::grad_accumulator(p);
@@ -64,13 +70,12 @@ GradReducer::~GradReducer() {
     std::lock_guard<std::mutex> lock(shared_->mu);
     shared_->owner = nullptr;
   }
-  for (auto& unit : buckets_)
-    for (auto& b : unit) {
-      try {
-        b.work.wait();
-      } catch (...) {
-      }
+  for (auto& b : in_flight_) {
+    try {
+      b.work.wait();
+    } catch (...) {
     }
+  }
 }
 
 void GradReducer::begin_backward(bool boundary) {
@@ -79,39 +84,57 @@ void GradReducer::begin_backward(bool boundary) {
 }
 
 void GradReducer::on_param_ready(size_t u) {
-  if (++ready_count_[u] == static_cast<int>(units_[u]->tensors().size()) && boundary_ && options_.overlap && !launched_[u])
+  if (++ready_count_[u] == static_cast<int>(units_[u]->tensors().size()) && reduces_this_micro_batch() && options_.overlap &&
+      !launched_[u])
     launch(u);
 }
 
 void GradReducer::launch(size_t u) {
   launched_[u] = true;
+  FlatUnit& unit = *units_[u];
+  const at::ScalarType dtype = options_.comm_dtype;
+  if (options_.mode == GradReducerOptions::Mode::ReduceScatter) {
+    Bucket b;
+    b.unit = u;
+    b.wire = unit.pack_grads(dtype);  // a copy (persistent grads) or the released grads
+    if (options_.predivide_factor != 1.0) b.wire.div_(options_.predivide_factor);
+    b.wire_out = at::empty({shards_[u].numel()}, b.wire.options());
+    if (comm_->size() == 1) b.wire_out.copy_(b.wire);
+    else b.work = comm_->reduce_scatter(b.wire_out, b.wire, comm::ReduceOp::Sum);
+    in_flight_.push_back(std::move(b));
+    return;
+  }
   if (comm_->size() == 1) return;
-  const at::Tensor& flat = units_[u]->grads();
+  const at::Tensor& flat = unit.grads();
   const int64_t n = flat.numel();
-  for (int64_t b = 0; b < n; b += options_.bucket_elements) {
-    Bucket bucket;
-    bucket.grad_slice = flat.slice(0, b, std::min(n, b + options_.bucket_elements));
-    if (options_.predivide_factor != 1.0) bucket.grad_slice.div_(options_.predivide_factor);
-    bucket.wire = options_.comm_dtype == at::kFloat ? bucket.grad_slice : bucket.grad_slice.to(options_.comm_dtype);
-    bucket.work = comm_->all_reduce(bucket.wire, comm::ReduceOp::Sum);
-    buckets_[u].push_back(std::move(bucket));
+  for (int64_t s = 0; s < n; s += options_.bucket_elements) {
+    Bucket b;
+    b.unit = u;
+    b.grad_slice = flat.slice(0, s, std::min(n, s + options_.bucket_elements));
+    if (options_.predivide_factor != 1.0) b.grad_slice.div_(options_.predivide_factor);
+    b.wire = dtype == at::kFloat ? b.grad_slice : b.grad_slice.to(dtype);
+    b.work = comm_->all_reduce(b.wire, comm::ReduceOp::Sum);
+    in_flight_.push_back(std::move(b));
   }
 }
 
 void GradReducer::finish() {
   auto start = std::chrono::steady_clock::now();
-  for (size_t u = 0; u < units_.size(); ++u)
-    if (!launched_[u]) launch(u);
+  if (reduces_this_micro_batch())
+    for (size_t u = 0; u < units_.size(); ++u)
+      if (!launched_[u]) launch(u);
   const double post = options_.predivide_factor / comm_->size();
-  for (size_t u = 0; u < units_.size(); ++u) {
-    for (Bucket& b : buckets_[u]) {
-      b.work.wait();
-      if (b.wire.data_ptr() != b.grad_slice.data_ptr()) b.grad_slice.copy_(b.wire);
-      if (post != 1.0) b.grad_slice.mul_(post);
+  for (Bucket& b : in_flight_) {
+    b.work.wait();
+    if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
+      shards_[b.unit].add_(b.wire_out, post);
+      continue;
     }
-    buckets_[u].clear();
-    launched_[u] = false;
+    if (b.wire.data_ptr() != b.grad_slice.data_ptr()) b.grad_slice.copy_(b.wire);
+    if (post != 1.0) b.grad_slice.mul_(post);
   }
+  in_flight_.clear();
+  std::fill(launched_.begin(), launched_.end(), false);
   last_wait_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "ds/common/error.h"
+#include "ds/ops/cpu_optimizer.h"
 
 namespace ds {
 
@@ -71,6 +72,38 @@ class TorchSgd final : public FlatOptimizer {
   }
 };
 
+// The SIMD CPU kernels (ds::ops): DeepSpeed's default for Adam/AdamW (its FusedAdam / CPUAdam
+// role), and the only implementation of Adagrad and Lion here.
+class KernelOptimizer final : public FlatOptimizer {
+ public:
+  KernelOptimizer(OptimizerConfig c, ops::OptimizerKind kind) : FlatOptimizer(c), kernel_(options_for(c, kind)) {}
+  std::string name() const override {
+    return ds::str(optimizer_type_name(config_.type), " (CPU ", kernel_.simd_target().name, " kernel, ",
+                   kernel_.threads(), " threads)");
+  }
+  std::vector<at::Tensor> init_state(int64_t n) const override { return kernel_.make_state(n); }
+  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
+            std::optional<double> beta1) override {
+    if (beta1 && *beta1 != kernel_.options().beta1) kernel_.set_beta1(*beta1);
+    kernel_.step(p, grad, st, step, lr);
+  }
+
+ private:
+  static ops::CpuOptimizerOptions options_for(const OptimizerConfig& c, ops::OptimizerKind kind) {
+    ops::CpuOptimizerOptions o;
+    o.kind = kind;
+    o.lr = c.lr;
+    o.beta1 = c.betas[0], o.beta2 = c.betas[1];
+    o.eps = c.eps;
+    o.weight_decay = c.weight_decay;
+    o.bias_correction = c.bias_correction;
+    o.lr_decay = c.lr_decay;
+    o.initial_accumulator_value = c.initial_accumulator_value;
+    return o;
+  }
+  ops::CpuOptimizer kernel_;
+};
+
 }  // namespace
 
 std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
@@ -80,7 +113,13 @@ std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
     case OptimizerType::kAdamW:
       if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
         throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
-      return std::make_unique<TorchAdam>(c);
+      if (c.torch_adam) return std::make_unique<TorchAdam>(c);  // DeepSpeed's torch_adam: torch.optim's path
+      return std::make_unique<KernelOptimizer>(c, c.decoupled_weight_decay() ? ops::OptimizerKind::AdamW
+                                                                             : ops::OptimizerKind::Adam);
+    case OptimizerType::kAdagrad:
+      return std::make_unique<KernelOptimizer>(c, ops::OptimizerKind::Adagrad);
+    case OptimizerType::kLion:
+      return std::make_unique<KernelOptimizer>(c, ops::OptimizerKind::Lion);
     case OptimizerType::kSGD:
       if (c.nesterov && (c.momentum <= 0 || c.dampening != 0))
         throw ConfigError("optimizer.params: nesterov needs momentum > 0 and dampening 0");
@@ -89,7 +128,7 @@ std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
       throw ConfigError("the config has no \"optimizer\" section; add one (e.g. {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-3}})");
     default:
       throw ConfigError(ds::str("optimizer.type \"", optimizer_type_name(c.type),
-                                "\" needs the CPU optimizer kernels, which this build does not have yet"));
+                                "\" (1-bit Adam) is not built yet; use Adam, AdamW, SGD, Adagrad or Lion"));
   }
 }
 

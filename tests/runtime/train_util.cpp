@@ -42,7 +42,7 @@ TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::stri
   std::vector<at::Tensor> parts, masks;
   for (size_t u = 0; u < engine.units().size(); ++u) {
     const FlatUnit& unit = *engine.units()[u];
-    parts.push_back(engine.master(u).slice(0, 0, unit.numel()));
+    parts.push_back(unit.params().slice(0, 0, unit.numel()));  // the full (gathered) weights
     at::Tensor mask = at::zeros({unit.numel()}, at::kBool);
     for (const ParamSlot& slot : unit.slots())
       if (slot.name.size() >= 8 && slot.name.compare(slot.name.size() - 8, 8, "qkv.bias") == 0)

@@ -17,7 +17,7 @@ struct TrainResult {
   std::vector<double> losses;  // global-batch mean per step
   std::vector<double> scales;  // loss scale per step
   std::vector<bool> skipped;
-  at::Tensor weights;          // every unit's fp32 master, concatenated (unpadded)
+  at::Tensor weights;          // the model's full weights, every unit concatenated (unpadded)
   at::Tensor key_bias;         // bool mask over `weights`: the attention key biases, whose true
                                // gradient is 0 (softmax ignores a shift), so what they get is
                                // rounding noise that Adam amplifies to +-lr steps

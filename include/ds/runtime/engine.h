@@ -85,8 +85,16 @@ class Engine {
   void set_metrics_csv(const std::string& path);
   comm::Communicator& comm() { return *comm_; }
   const std::vector<std::unique_ptr<FlatUnit>>& units() const { return units_; }
-  // The fp32 master weights of unit u (the unit's own buffer under fp32).
+  // The fp32 master weights of unit u: the whole unit at stage 0, this rank's chunk of it
+  // (ds::comm::chunk_of over the padded unit) at stages 1-2. Under fp32 a view of the unit.
   const at::Tensor& master(size_t u) const { return masters_[u]; }
+  int zero_stage() const { return stage_; }
+  // Bytes this rank holds for model states, counted from the engine's own buffers.
+  struct MemoryBreakdown {
+    int64_t params = 0, grads = 0, masters = 0, optimizer_state = 0;
+    int64_t total() const { return params + grads + masters + optimizer_state; }
+  };
+  MemoryBreakdown memory_breakdown() const;
   std::vector<at::Tensor>& optimizer_state(size_t u) { return states_[u]; }
   int64_t parameter_count() const;
   // Tokens per optimizer step over all ranks, for the tokens/s figure.
@@ -95,9 +103,12 @@ class Engine {
   std::string progress_line(const StepStats& s) const;
 
  private:
+  // What the optimizer reads for unit u: the unit's gradient (stage 0) or this rank's shard.
+  const at::Tensor& grad_of(size_t u) const;
   bool unscale_and_check_overflow();
-  double global_grad_norm() const;
+  double global_grad_norm();
   void apply_update(double lr);
+  void gather_parameters();
   void log_step(const StepStats& s);
 
   std::shared_ptr<torch::nn::Module> model_;
@@ -105,7 +116,9 @@ class Engine {
   Precision precision_;
   std::shared_ptr<comm::Communicator> comm_;
   std::vector<std::unique_ptr<FlatUnit>> units_;
+  int stage_ = 0;
   std::vector<at::Tensor> masters_;
+  std::vector<at::Tensor> grad_shards_;  // stages 1-2: this rank's averaged gradient chunk per unit
   std::vector<std::vector<at::Tensor>> states_;
   std::unique_ptr<FlatOptimizer> optimizer_;
   std::unique_ptr<GradReducer> reducer_;

@@ -45,11 +45,15 @@ struct ParamSlot {
 
 class FlatUnit {
  public:
-  FlatUnit(std::string name, const NamedParams& params, int64_t pad_to);
+  // persistent_grads: each .grad() is a view of a flat gradient buffer that lives as long as
+  // the unit (stages 0-1). false (ZeRO stage 2): no such buffer; autograd makes the grads,
+  // pack_grads() copies them out and drops them, so a full gradient exists only briefly.
+  FlatUnit(std::string name, const NamedParams& params, int64_t pad_to, bool persistent_grads = true);
 
   const std::string& name() const { return name_; }
   const at::Tensor& params() const { return params_; }
-  const at::Tensor& grads() const { return grads_; }
+  const at::Tensor& grads() const { return grads_; }  // undefined without persistent grads
+  bool persistent_grads() const { return grads_.defined(); }
   int64_t numel() const { return numel_; }
   int64_t padded_numel() const { return params_.numel(); }
   const std::vector<ParamSlot>& slots() const { return slots_; }
@@ -57,6 +61,9 @@ class FlatUnit {
   const std::vector<at::Tensor>& tensors() const { return tensors_; }
 
   void zero_grad();
+  // The gradients as one flat padded tensor of `dtype` (zeros where a parameter got none);
+  // without persistent grads the parameters' .grad() are released afterwards.
+  at::Tensor pack_grads(at::ScalarType dtype);
   // Makes sure each parameter's .grad() is still the view into grads() (a user's
   // module->zero_grad() sets grads to undefined); throws when a grad was replaced.
   void check_grad_views();

@@ -35,7 +35,8 @@ class FlatOptimizer {
   OptimizerConfig config_;
 };
 
-// Adam/AdamW/SGD with torch.optim's arithmetic in ATen ops. Throws ds::ConfigError for a
+// Adam/AdamW on the SIMD CPU kernels (or, with "torch_adam": true, torch.optim's arithmetic in
+// ATen ops), Adagrad and Lion on the kernels, SGD in ATen ops. Throws ds::ConfigError for a
 // type or hyper-parameter it cannot run.
 std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& config);
 

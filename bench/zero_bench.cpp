@@ -1,0 +1,109 @@
+// ZeRO memory, traffic and speed per stage, run under ds-launch (one process per rank):
+//
+//   ds-launch --num_procs 4 build/bench/zero_bench --stage 2          # GPT-2 124M shape
+//   bench/zero_bench.sh                                               # stages 0-2 x 1, 2, 4 ranks
+//
+// Per rank: bytes of parameters, gradients, masters and optimizer state counted from the
+// engine's own buffers (after a step, so gradients exist), the formula for this stage, peak
+// RSS, bytes sent per step (comms logger) against 2 (N-1)/N x 4 bytes x padded parameters,
+// and the median step time. Sequences are short (--tokens): the shape, not the context,
+// sets the parameter count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "ds/comm/communicator.h"
+#include "ds/common/error.h"
+#include "ds/common/openmp_env.h"
+#include "ds/common/strings.h"
+#include "ds/config/config.h"
+#include "ds/models/gpt.h"
+#include "ds/runtime/engine.h"
+
+namespace {
+
+int64_t arg(int argc, char** argv, const char* name, int64_t fallback) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (!std::strcmp(argv[i], name)) return std::atoll(argv[i + 1]);
+  return fallback;
+}
+
+// Model-state bytes per rank for fp32 Adam in this engine (Psi = padded parameters, N ranks):
+// stage 0: params 4 + grads 4 + Adam m, v 8 = 16 Psi; the master is the parameter itself.
+// stage 1: 4 Psi params + 4 Psi grads + (4 grad shard + 8 state) Psi / N.
+// stage 2: 4 Psi params + (4 grad shard + 8 state) Psi / N.
+double formula_bytes(int stage, double psi, int n) {
+  switch (stage) {
+    case 0: return 16 * psi;
+    case 1: return 8 * psi + 12 * psi / n;
+    default: return 4 * psi + 12 * psi / n;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ds::ensure_passive_openmp(argv);
+  try {
+    const int stage = static_cast<int>(arg(argc, argv, "--stage", 0));
+    const int64_t steps = arg(argc, argv, "--steps", 3), tokens = arg(argc, argv, "--tokens", 32);
+    ds::GptConfig mc;  // GPT-2 small by default
+    mc.vocab_size = arg(argc, argv, "--vocab", 50257);
+    mc.n_layer = arg(argc, argv, "--layers", 12);
+    mc.n_head = arg(argc, argv, "--heads", 12);
+    mc.d_model = arg(argc, argv, "--width", 768);
+    mc.seq_len = arg(argc, argv, "--context", 1024);
+    auto comm = ds::comm::init_from_env();
+    const int n = comm->size();
+    at::set_num_threads(std::max(1, 2 / n));
+    ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n,
+        R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "comms_logger": {"enabled": true},)",
+        R"( "zero_optimization": {"stage": )", stage, R"(, "overlap_comm": true}})"));
+    config.resolve(n);
+    torch::manual_seed(0);
+    ds::Gpt model(mc);
+    ds::Engine engine(model.ptr(), config, comm);
+    at::Tensor x = at::randint(0, mc.vocab_size, {1, tokens}, at::kLong);
+    ds::Engine::MemoryBreakdown mem;
+    std::vector<double> times;
+    for (int64_t s = 0; s < steps; ++s) {
+      if (s == 1) comm->logger().reset();  // traffic of steady-state steps only
+      engine.backward(engine.forward([&] { return model->loss(x, x); }));
+      mem = engine.memory_breakdown();  // gradients are held now (before step() zeroes them)
+      auto st = engine.step();
+      if (s > 0) times.push_back(st->seconds);
+    }
+    int64_t psi = 0;
+    for (const auto& u : engine.units()) psi += u->padded_numel();
+    int64_t sent = 0;
+    for (const auto& [op, st] : comm->logger().totals())
+      if (op == "all_reduce" || op == "reduce_scatter" || op == "all_gather") sent += st.sent_bytes;
+    const double per_step = double(sent) / double(steps - 1);
+    const double traffic_theory = n > 1 ? 2.0 * (n - 1) / n * 4.0 * double(psi) : 0.0;
+    std::sort(times.begin(), times.end());
+    at::Tensor rss = at::full({1}, double(ds::peak_rss_bytes()), at::kDouble);
+    comm->all_reduce(rss, ds::comm::ReduceOp::Max).wait();
+    if (comm->rank() == 0) {
+      const double f = formula_bytes(stage, double(psi), n);
+      std::printf("zero_bench: stage %d, %d ranks, %s\n", stage, n, mc.describe().c_str());
+      std::printf("  per rank: params %s, grads %s, masters %s, optimizer %s = %s; formula %s (%+.2f %%)\n",
+                  ds::format_bytes(mem.params).c_str(), ds::format_bytes(mem.grads).c_str(),
+                  ds::format_bytes(mem.masters).c_str(), ds::format_bytes(mem.optimizer_state).c_str(),
+                  ds::format_bytes(mem.total()).c_str(), ds::format_bytes(f).c_str(), 100.0 * (mem.total() - f) / f);
+      std::printf("  peak RSS (max over ranks) %s\n", ds::format_bytes(rss.item<double>()).c_str());
+      std::printf("  sent per rank per step %s; 2(N-1)/N x 4 B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(),
+                  ds::format_bytes(traffic_theory).c_str(), traffic_theory > 0 ? 100.0 * (per_step - traffic_theory) / traffic_theory : 0.0);
+      std::printf("  step time (median of %zu) %.0f ms\n", times.size(), times.empty() ? 0.0 : times[times.size() / 2] * 1e3);
+    }
+    comm->barrier().wait();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zero_bench: error: %s\n", e.what());
+    return 1;
+  }
+}
