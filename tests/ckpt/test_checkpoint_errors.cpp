@@ -1,0 +1,244 @@
+// What a loader meets on disk: corruption, missing pieces, another model, crashed saves.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "ckpt_test_util.h"
+#include "ds/ckpt/atomic_file.h"
+#include "ds/ckpt/checkpoint.h"
+#include "support/errors.h"
+
+namespace ds::ckpt {
+namespace {
+
+using test::TempDir;
+
+const Partition kThree{PartitionScheme::kTensorSplit, 3};
+
+// A saved checkpoint with tag "global_step42" over three parts.
+struct Saved {
+  TempDir dir;
+  std::vector<UnitInfo> units = test::toy_units(8);
+  test::FullState full = test::random_state(units, 2, 1);
+  Saved() { test::save_as_ranks(dir.path(), units, full, kThree, "global_step42"); }
+  std::string file(const std::string& name) const { return dir.path() + "/global_step42/" + name; }
+  std::vector<UnitShard> load(int rank = 0) const {
+    return CheckpointReader(dir.path()).load_partition(units, {PartitionScheme::kTensorSplit, 2}, rank);
+  }
+};
+
+TEST(CheckpointErrors, TruncatedFileIsNamedBeforeAnythingIsParsed) {
+  Saved s;
+  std::string path = s.file(optim_states_name(1));
+  std::string bytes = test::slurp(path);
+  test::spit(path, bytes.substr(0, bytes.size() / 2));
+  EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()},
+                   ds::str("checkpoint file ", path, " has ", bytes.size() / 2,
+                           " bytes but the manifest records ", bytes.size(), " (truncated or overwritten)"));
+}
+
+TEST(CheckpointErrors, OneFlippedByteIsACorruptFileError) {
+  Saved s;
+  for (const std::string& name : {optim_states_name(2), model_states_name()}) {
+    std::string path = s.file(name), bytes = test::slurp(path), good = bytes;
+    bytes[bytes.size() / 3] ^= 0x10;
+    test::spit(path, bytes);
+    CheckpointReader ck(s.dir.path());  // sizes still match: opening succeeds
+    std::string want = ds::str("checkpoint file ", path, " is corrupt: its xxh64 is ");
+    if (name == model_states_name())
+      EXPECT_ERROR_HAS(ck.load_model_states(), want);
+    else
+      EXPECT_ERROR_HAS(s.load(1), want);
+    EXPECT_ERROR_HAS(ck.verify_all(), want);
+    EXPECT_NE(ck.verify_file(*ck.manifest().find_file(name)), "");
+    test::spit(path, good);
+  }
+  EXPECT_NO_THROW(s.load(1));
+}
+
+TEST(CheckpointErrors, MissingShardsAreListed) {
+  Saved s;
+  ASSERT_TRUE(remove_file_durably(s.file(optim_states_name(0))));
+  ASSERT_TRUE(remove_file_durably(s.file(optim_states_name(2))));
+  EXPECT_ERROR_HAS(
+      CheckpointReader{s.dir.path()},
+      ds::str("checkpoint ", s.dir.path(), "/global_step42 is missing 2 of 4 files: ",
+              "zero_pp_rank_0_mp_rank_00_optim_states.pt, zero_pp_rank_2_mp_rank_00_optim_states.pt"));
+}
+
+TEST(CheckpointErrors, AnotherModelNamesTheFirstMismatchingParameter) {
+  Saved s;
+  auto other = s.units;
+  other[2].slots[0].shape = {3, 5};
+  CheckpointReader ck(s.dir.path());
+  EXPECT_ERROR_HAS(ck.check_model(other),
+                   "parameter blocks.1.w has shape [5, 3] in the checkpoint but [3, 5] in the model");
+  EXPECT_ERROR_HAS(ck.load_partition(other, kThree, 0), "parameter blocks.1.w has shape [5, 3]");
+}
+
+TEST(CheckpointErrors, NoDirectoryEmptyDirectoryNoLatestMissingTagIncompleteTag) {
+  TempDir empty;
+  EXPECT_ERROR_HAS(CheckpointReader{empty.path() + "/nope"},
+                   ds::str("checkpoint directory ", empty.path(), "/nope does not exist"));
+  EXPECT_ERROR_HAS(
+      CheckpointReader{empty.path()},
+      ds::str("no checkpoint in ", empty.path(), ": it has no 'latest' file and no complete checkpoint tag"));
+  Saved s;
+  ASSERT_TRUE(remove_file_durably(s.dir.path() + "/latest"));
+  EXPECT_ERROR_HAS(
+      CheckpointReader{s.dir.path()},
+      ds::str(s.dir.path(),
+              " has no 'latest' file; complete tags there: global_step42 (pass one as the tag)"));
+  EXPECT_NO_THROW(CheckpointReader(s.dir.path(), "global_step42"));
+  EXPECT_ERROR_HAS(CheckpointReader(s.dir.path(), "global_step7"),
+                   "checkpoint tag 'global_step7' not found: " + s.dir.path() +
+                       "/global_step7 does not exist (complete tags in " + s.dir.path() + ": global_step42)");
+  test::spit(s.dir.path() + "/latest", "\n");
+  EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()},
+                   "/latest is empty: it should name the newest checkpoint tag");
+  make_directories(s.dir.path() + "/global_step50");
+  test::spit(s.dir.path() + "/latest", "global_step50\n");
+  EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()}, ds::str("checkpoint ", s.dir.path(),
+                                                           "/global_step50 is incomplete: it "
+                                                           "has no manifest.json (its save did not finish)"));
+}
+
+// Rewrites the manifest on disk with one edit.
+template <typename Edit>
+void edit_manifest(const Saved& s, Edit edit) {
+  auto j = nlohmann::json::parse(test::slurp(s.file(kManifestName)));
+  edit(j);
+  test::spit(s.file(kManifestName), j.dump());
+}
+
+TEST(CheckpointErrors, MalformedManifestOffsetsAndSizesAreErrorsNotCrashes) {
+  {
+    Saved s;
+    edit_manifest(s, [](auto& j) { j["units"][1]["slots"][0]["offset"] = -8; });
+    EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()},
+                     "manifest.json: units[1].slots[0] (blocks.0.w): elements [-8, -8+15)");
+  }
+  {
+    Saved s;
+    edit_manifest(s, [](auto& j) { j["units"][0]["slots"][1]["offset"] = 1000; });
+    EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()}, "are outside the unit's 50 parameter elements");
+  }
+  {
+    Saved s;  // every offset fine, but far more elements than the files hold
+    edit_manifest(s, [](auto& j) {
+      j["units"][0]["numel"] = int64_t(1) << 40;
+      j["units"][0]["padded_numel"] = int64_t(1) << 40;
+    });
+    EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()},
+                     "the units claim more elements for part 0 than "
+                     "zero_pp_rank_0_mp_rank_00_optim_states.pt can hold");
+  }
+  {
+    Saved s;  // consistent with the sizes, but not with the files' tensors
+    edit_manifest(s, [](auto& j) { j["units"][0]["padded_numel"] = 51; });
+    EXPECT_ERROR_HAS(s.load(0), "per the manifest");  // a checksum-valid file whose tensors disagree
+  }
+  {
+    Saved s;
+    test::spit(s.file(kManifestName), "{\"format\": ");
+    EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()}, "manifest.json: not valid JSON");
+  }
+}
+
+TEST(CheckpointErrors, ACrashMidSaveLeavesLatestOnTheLastCompleteTag) {
+  Saved s;  // global_step42 complete
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // the next save dies after two of three parts and half of the third
+    try {
+      CheckpointWriter w(s.dir.path(), test::toy_layout(s.units, "global_step43", kThree));
+      w.prepare();
+      w.write_optimizer_part(0, test::part_of(s.units, s.full, kThree, 0));
+      w.write_optimizer_part(1, test::part_of(s.units, s.full, kThree, 1));
+      AtomicFile f(s.dir.path() + "/global_step43/" + optim_states_name(2));
+      f.write("PK", 2);
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(1);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(read_latest(s.dir.path()), "global_step42");
+  CheckpointReader ck(s.dir.path());
+  EXPECT_EQ(ck.tag(), "global_step42");
+  ck.verify_all();
+  EXPECT_NO_THROW(s.load(1));
+  EXPECT_ERROR_HAS(CheckpointReader(s.dir.path(), "global_step43"), "global_step43 is incomplete");
+  EXPECT_EQ(list_tags(s.dir.path()), std::vector<std::string>{"global_step42"});
+}
+
+// Whether a killed save left traces: a tag directory without manifest, or a temp file.
+bool save_was_interrupted(const std::string& dir) {
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
+    std::string name = entry.path().filename().string();
+    if (name.find(".tmp.") != std::string::npos) return true;
+    if (entry.is_directory() && !file_size(entry.path().string() + "/" + kManifestName)) return true;
+  }
+  return false;
+}
+
+TEST(CheckpointErrors, KillNineDuringLargeSavesNeverLeavesABrokenLatest) {
+  auto units = test::toy_units(8);
+  units[0].slots[0].shape = {1024, 1024};  // 4 MiB per tensor: 6 MiB per part file, 16 MiB per save
+  units[0].slots[0].numel = 1 << 20;
+  units[0].slots[1].offset = 1 << 20;
+  units[0].numel = (1 << 20) + 15;
+  units[0].padded_numel = (units[0].numel + 7) / 8 * 8;
+  auto full = test::random_state(units, 2, 2);
+  int interrupted = 0;
+  for (int round = 0; round < 20 && interrupted < 3; ++round) {
+    TempDir dir;
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {  // saves new tags until killed
+      try {
+        for (int step = 1;; ++step)
+          test::save_as_ranks(dir.path(), units, full, {PartitionScheme::kTensorSplit, 2},
+                              ds::str("global_step", step));
+      } catch (...) {
+        ::_exit(1);
+      }
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!file_size(dir.path() + "/latest") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(10 + 37 * round % 150));  // somewhere in a later save
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the saving child failed on its own (status " << status << ")";
+    interrupted += save_was_interrupted(dir.path());
+    CheckpointReader ck(dir.path());
+    ck.verify_all();
+    auto loaded = ck.load_partition(units, {PartitionScheme::kTensorSplit, 1}, 0);
+    ASSERT_TRUE(test::bit_equal(loaded[0].fp32, full.fp32[0])) << "round " << round << " tag " << ck.tag();
+  }
+  EXPECT_GE(interrupted, 1) << "no kill landed inside a save: the test proved nothing";
+}
+
+TEST(CheckpointErrors, OverwritingATagDropsItsManifestFirst) {
+  Saved s;
+  CheckpointWriter w(s.dir.path(), test::toy_layout(s.units, "global_step42", kThree));
+  w.prepare();  // a crash from here until commit() leaves global_step42 visibly incomplete
+  EXPECT_FALSE(file_size(s.file(kManifestName)));
+  EXPECT_ERROR_HAS(CheckpointReader{s.dir.path()}, "global_step42 is incomplete");
+  test::save_as_ranks(s.dir.path(), s.units, s.full, kThree, "global_step42");
+  EXPECT_NO_THROW(s.load(0));
+}
+
+}  // namespace
+}  // namespace ds::ckpt

@@ -1,0 +1,112 @@
+// manifest.json: round trip, and malformed manifests rejected with the field's path.
+#include <gtest/gtest.h>
+
+#include "ckpt_test_util.h"
+#include "ds/ckpt/manifest.h"
+#include "support/errors.h"
+
+namespace ds::ckpt {
+namespace {
+
+using nlohmann::json;
+
+Manifest sample() {
+  Manifest m = test::toy_layout(test::toy_units(8), "global_step42", {PartitionScheme::kEqualChunks, 2});
+  m.files = {{model_states_name(), 100, 0x0123456789abcdefULL},
+             {optim_states_name(0), 200, 1},
+             {optim_states_name(1), 300, ~uint64_t(0)}};
+  return m;
+}
+
+// The sample's JSON with one edit, parsed.
+template <typename Edit>
+Manifest parse_edited(Edit edit) {
+  json j = json::parse(manifest_to_json(sample()).dump());
+  edit(j);
+  return parse_manifest(j.dump(), "t/manifest.json");
+}
+
+TEST(Manifest, RoundTripsEveryField) {
+  Manifest m = sample();
+  Manifest back = parse_manifest(manifest_to_json(m).dump(2), "x");
+  EXPECT_EQ(manifest_to_json(back), manifest_to_json(m));
+  EXPECT_EQ(back.partition.scheme, PartitionScheme::kEqualChunks);
+  EXPECT_EQ(back.units[1].slots[2].shape, (std::vector<int64_t>{1, 1, 2}));
+  EXPECT_EQ(back.units[3].slots[0].shape, std::vector<int64_t>{});
+  EXPECT_EQ(back.engine.data.seed, 1234567890123ULL);
+  EXPECT_EQ(back.engine.loss_scaler.last_overflow_iteration, 17);
+  EXPECT_EQ(back.engine.client["note"], "hello");
+  EXPECT_EQ(back.files[2].xxh64, ~uint64_t(0));
+  EXPECT_EQ(back.find_file(optim_states_name(1))->bytes, 300);
+  EXPECT_EQ(back.find_file("nope"), nullptr);
+  // The file's text: one line per slot and file, and the same JSON.
+  std::string text = manifest_text(m);
+  EXPECT_EQ(json::parse(text), json::parse(manifest_to_json(m).dump()));
+  EXPECT_NE(text.find("\n   {\"name\":\"blocks.0.g\",\"offset\":18,\"numel\":2,\"shape\":[1,1,2]}\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(
+      text.find(
+          "\n  {\"name\":\"mp_rank_00_model_states.pt\",\"bytes\":100,\"xxh64\":\"0123456789abcdef\"},\n"),
+      std::string::npos)
+      << text;
+}
+
+TEST(Manifest, MalformedOffsetsAreErrorsNotCrashes) {
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][0]["slots"][0]["offset"] = -1; }),
+                   "t/manifest.json: units[0].slots[0] (wte.weight): elements [-1, -1+35) are outside");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][1]["slots"][2]["offset"] = INT64_MAX; }),
+                   "units[1].slots[2] (blocks.0.g): elements");
+  EXPECT_ERROR_HAS(
+      parse_edited([](json& j) { j["units"][0]["slots"][0]["offset"] = 18446744073709551615ULL; }),
+      "t/manifest.json.units[0].slots[0].offset: expected an integer");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][0]["numel"] = -5; }),
+                   "t/manifest.json.units[0].numel: expected an integer in [0,");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) {
+                     j["units"][0]["slots"][0]["shape"] = {7, -5};
+                   }),
+                   "units[0].slots[0].shape: expected non-negative integer sizes");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) {
+                     j["units"][0]["slots"][0]["shape"] = {int64_t(1) << 40, int64_t(1) << 40};
+                   }),
+                   "bad shape");
+}
+
+TEST(Manifest, WrongTypesAndMissingFieldsNameThePath) {
+  EXPECT_ERROR_HAS(parse_manifest("{not json", "m.json"), "m.json: not valid JSON");
+  EXPECT_ERROR_HAS(parse_manifest("[]", "m.json"), "m.json: expected an object, got array");
+  EXPECT_ERROR_HAS(parse_manifest("{}", "m.json"), "not a deepspeed.cpp checkpoint manifest");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["world"].erase("dp"); }),
+                   "t/manifest.json.world.dp: missing");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["zero_stage"] = 4; }),
+                   "zero_stage: expected an integer in [0, 3]");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["partition"]["count"] = 0; }),
+                   "partition.count: expected an integer");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["partition"]["scheme"] = "round_robin"; }),
+                   "partition.scheme: unknown partition scheme \"round_robin\"");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"] = "x"; }), "units: expected an array");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) {
+                     j["optimizer"]["state_names"] = {"m", "m"};
+                   }),
+                   "optimizer state name \"m\" is empty, reserved or repeated");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["engine_state"]["loss_scaler"]["scale"] = "big"; }),
+                   "engine_state.loss_scaler.scale: expected a number");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["format_version"] = 2; }),
+                   "format_version 2 was written by a newer");
+}
+
+TEST(Manifest, FileListMustBeCompleteAndSafe) {
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["files"].erase(2); }),
+                   "files: does not list zero_pp_rank_1_mp_rank_00_optim_states.pt");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["files"][0]["name"] = "../../etc/passwd"; }),
+                   "unsafe file name \"../../etc/passwd\"");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["files"][1]["xxh64"] = "xyz"; }),
+                   "files[1].xxh64: expected 16 hex");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["files"][1]["bytes"] = -1; }),
+                   "files[1].bytes: expected an integer");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["files"].push_back(j["files"][0]); }), "is listed twice");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["tag"] = "a/b"; }), "one path component");
+}
+
+}  // namespace
+}  // namespace ds::ckpt
