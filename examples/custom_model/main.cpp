@@ -1,9 +1,7 @@
 // A user's own LibTorch model trained with deepspeed.cpp: a small MLP that learns
 // y = sin(3x) + x^2 / 2 on [-1, 1]. Run it on one process, or on several with
 //   ds-launch --num_procs 2 ./custom_model ds_config.json
-#include <ds/comm/communicator.h>
-#include <ds/config/config.h>
-#include <ds/runtime/engine.h>
+#include <ds/deepspeed.h>
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -21,12 +19,12 @@ TORCH_MODULE(Mlp);
 
 int main(int argc, char** argv) {
   try {
-    auto comm = ds::comm::init_from_env();
-    ds::Config config = ds::Config::load(argc > 1 ? argv[1] : "ds_config.json");
-    config.resolve(comm->size());
     torch::manual_seed(0);
     Mlp model;
-    ds::Engine engine(model.ptr(), config, comm);  // one unit per Linear layer
+    // Ranks from the environment (ds-launch), config read and resolved; one unit per Linear.
+    auto engine_ptr = ds::initialize(model.ptr(), argc > 1 ? argv[1] : "ds_config.json");
+    ds::Engine& engine = *engine_ptr;
+    const ds::Config& config = engine.config();
     const int64_t micro = config.train_micro_batch_size_per_gpu;
     double first = 0, last = 0;
     for (int step = 0; step < 300; ++step) {
@@ -38,7 +36,7 @@ int main(int argc, char** argv) {
       }
       if (auto s = engine.step()) (step == 0 ? first : last) = s->loss;
     }
-    if (comm->rank() == 0) std::printf("custom_model: loss %.4f -> %.4f\n", first, last);
+    if (engine.comm().rank() == 0) std::printf("custom_model: loss %.4f -> %.4f\n", first, last);
     return last < first / 10 ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "custom_model: error: %s\n", e.what());
