@@ -3,15 +3,20 @@
 //
 //   ds-launch --num_procs 2 ds-train --task reverse --steps 400
 //   ds-train --config ds_config.json --data input.txt --n-layer 4 --n-head 4 --d-model 256 --seq-len 128
+//   ds-train --steps 400 --save ckpt --save-interval 100      # checkpoints every 100 steps and at the end
+//   ds-train --steps 800 --load ckpt --save ckpt              # resumes at step 400, same data order
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <torch/utils.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
@@ -39,8 +44,8 @@ const char* kDefaultConfig = R"({
 })";
 
 struct Args {
-  std::string config, data, task = "reverse", metrics, plot = "ds-train-loss.svg";
-  int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0;
+  std::string config, data, task = "reverse", metrics, plot = "ds-train-loss.svg", save, load;
+  int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0, save_interval = 0;
   int64_t n_layer = 2, n_head = 4, d_model = 128, seq_len = 0;
 };
 
@@ -61,6 +66,12 @@ Args parse(int argc, char** argv) {
   app.add_option("--eval-interval", a.eval_interval, "evaluate held-out data every N steps (0: only at the end)")->capture_default_str();
   app.add_option("--eval-examples", a.eval_examples, "held-out examples per evaluation")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--threads", a.threads, "intra-op threads per rank (default: cores / local ranks)");
+  auto* save = app.add_option("--save", a.save,
+                              "save checkpoints in this directory (at the end; see --save-interval)");
+  app.add_option("--save-interval", a.save_interval, "also save every N steps (default 0: only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->needs(save);
+  app.add_option("--load", a.load, "resume from the latest checkpoint in this directory (up to --steps)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -78,6 +89,106 @@ struct Evaluation {
   std::vector<double> steps, values;
   std::string name;  // "held-out accuracy" or "held-out loss"
 };
+
+// The data a step sees depends only on the seed and the step, so the next step is the whole
+// data position; a checkpoint keeps it (and what it was drawn from) in its client state.
+nlohmann::json data_position(int64_t next_step, uint64_t seed, const ds::Dataset& data) {
+  return {{"data_step", next_step}, {"seed", seed}, {"data", data.describe()}};
+}
+
+void save_checkpoint(ds::Engine& engine, const std::string& dir, uint64_t seed, const ds::Dataset& data) {
+  auto start = std::chrono::steady_clock::now();
+  std::string path = engine.save_checkpoint(dir, "", data_position(engine.global_step(), seed, data));
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (engine.comm().rank() != 0) return;
+  std::printf("ds-train: saved checkpoint %s (step %lld, %.2f s)\n", path.c_str(),
+              (long long)engine.global_step(), s);
+  std::fflush(stdout);
+}
+
+// Loads the latest checkpoint in `dir`; returns the step to continue from.
+int64_t resume(ds::Engine& engine, const std::string& dir, uint64_t seed, const ds::Dataset& data) {
+  ds::LoadedCheckpoint ck = engine.load_checkpoint(dir);
+  const nlohmann::json& c = ck.client_state;
+  int64_t next = c.contains("data_step") && c["data_step"].is_number_integer() ? c["data_step"].get<int64_t>()
+                                                                               : ck.global_step;
+  if (next != ck.global_step)
+    throw ds::Error(ds::str("checkpoint ", ck.path, " is at step ", ck.global_step,
+                            " but its data position is step ", next));
+  if (engine.comm().rank() != 0) return next;
+  std::printf("ds-train: loaded checkpoint %s (step %lld)\n", ck.path.c_str(), (long long)next);
+  if (c.contains("seed") && c["seed"] != seed)
+    std::fprintf(
+        stderr, "warning: the checkpoint was trained with seed %s; seed %llu draws other data from here on\n",
+        c["seed"].dump().c_str(), (unsigned long long)seed);
+  if (c.contains("data") && c["data"] != data.describe())
+    std::fprintf(stderr, "warning: the checkpoint was trained on %s; continuing on %s\n",
+                 c["data"].dump().c_str(), data.describe().c_str());
+  std::fflush(stdout);
+  return next;
+}
+
+struct Curve {
+  std::vector<double> steps, losses;
+  double tokens = 0, seconds = 0;
+};
+
+// Steps first .. a.steps-1 (0-based), with evaluations and checkpoints on the way.
+Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const ds::Dataset& data, int64_t first,
+            const std::function<void(int64_t)>& evaluate, uint64_t seed) {
+  auto& comm = engine.comm();
+  const ds::Config& config = engine.config();
+  const int64_t micro = config.train_micro_batch_size_per_gpu, gas = config.gradient_accumulation_steps;
+  Curve curve;
+  int64_t saved_at = a.load.empty() ? -1 : first;  // a resumed run's first step is saved already
+  for (int64_t step = first; step < a.steps; ++step) {
+    for (int64_t m = 0; m < gas; ++m) {
+      // Example indices in the global batch: micro-batch m of rank r covers [(m*N + r)*micro, +micro).
+      ds::Batch b = data.batch(step, (m * comm.size() + comm.rank()) * micro, micro);
+      at::Tensor loss = engine.forward([&] { return model->loss(b.tokens, b.targets); });
+      engine.backward(loss);
+    }
+    auto stats = engine.step();
+    DS_CHECK(stats.has_value(), "no optimizer step at the end of an accumulation window");
+    curve.steps.push_back(double(stats->step));
+    curve.losses.push_back(stats->loss);
+    if (step > first) {  // the first step warms up
+      curve.tokens += double(config.train_batch_size * data.context());
+      curve.seconds += stats->seconds;
+    }
+    if (a.eval_interval > 0 && (step + 1) % a.eval_interval == 0 && step + 1 < a.steps) evaluate(step + 1);
+    if (!a.save.empty() && a.save_interval > 0 && (step + 1) % a.save_interval == 0) {
+      save_checkpoint(engine, a.save, seed, data);
+      saved_at = step + 1;
+    }
+  }
+  if (!a.save.empty() && saved_at != engine.global_step()) save_checkpoint(engine, a.save, seed, data);
+  return curve;
+}
+
+void report(const Args& a, const ds::Config& config, ds::comm::Communicator& comm, const ds::Dataset& data,
+            const Curve& curve, const Evaluation& eval) {
+  char loss[64] = "no steps trained";
+  if (!curve.losses.empty()) std::snprintf(loss, sizeof loss, "final loss %.4f", curve.losses.back());
+  std::printf("ds-train: done: %lld steps, %s, %s %.4f, %.0f tokens/s, peak RSS %s per rank\n",
+              (long long)a.steps, loss, eval.name.c_str(), eval.values.back(),
+              curve.seconds > 0 ? curve.tokens / curve.seconds : 0.0,
+              ds::format_bytes(double(ds::peak_rss_bytes())).c_str());
+  ds::LineChart chart{
+      ds::str("ds-train: ", a.data.empty() ? "task " + a.task : a.data, " (", comm.size(), " ranks)"),
+      "step",
+      "training loss (global batch mean)",
+      data.has_answers() ? eval.name : "",
+      {}};
+  chart.series.push_back({"training loss", "#1f77b4", curve.steps, curve.losses, false});
+  chart.series.push_back({eval.name, "#d62728", eval.steps, eval.values, data.has_answers()});
+  if (!a.plot.empty()) {
+    ds::write_svg(chart, a.plot);
+    std::printf("ds-train: loss curve written to %s\n", a.plot.c_str());
+  }
+  if (config.comms_logger.enabled)
+    std::printf("ds-train: communication summary\n%s", comm.logger().summary(comm.size()).c_str());
+}
 
 int run(const Args& a) {
   int local = std::max(1, env_int("LOCAL_WORLD_SIZE", 1));
@@ -107,15 +218,24 @@ int run(const Args& a) {
   torch::manual_seed(seed);
   ds::Gpt model(mc);
   ds::Engine engine(model.ptr(), config, comm);
-  const int64_t micro = config.train_micro_batch_size_per_gpu, gas = config.gradient_accumulation_steps;
-  const int64_t global_batch = config.train_batch_size;
-  engine.set_tokens_per_step(global_batch * data->context());
+  engine.set_tokens_per_step(config.train_batch_size * data->context());
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
   if (rank0)
-    std::printf("ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global batch %lld; %s, %s, %s\n",
-                mc.describe().c_str(), data->describe().c_str(), comm->size(), (long long)micro, (long long)gas,
-                (long long)global_batch, ds::to_string(engine.precision()), config.optimizer.type == ds::OptimizerType::kNone ? "?" : ds::optimizer_type_name(config.optimizer.type),
-                engine.config().scheduler.type == ds::SchedulerType::kNone ? "constant lr" : ds::scheduler_type_name(config.scheduler.type));
+    std::printf(
+        "ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
+        "batch %lld; %s, %s, %s\n",
+        mc.describe().c_str(), data->describe().c_str(), comm->size(),
+        (long long)config.train_micro_batch_size_per_gpu, (long long)config.gradient_accumulation_steps,
+        (long long)config.train_batch_size, ds::to_string(engine.precision()),
+        config.optimizer.type == ds::OptimizerType::kNone ? "?"
+                                                          : ds::optimizer_type_name(config.optimizer.type),
+        engine.config().scheduler.type == ds::SchedulerType::kNone
+            ? "constant lr"
+            : ds::scheduler_type_name(config.scheduler.type));
+  const int64_t first = a.load.empty() ? 0 : resume(engine, a.load, seed, *data);
+  if (rank0 && first >= a.steps)
+    std::printf("ds-train: the checkpoint is at step %lld, --steps is %lld: nothing to train\n",
+                (long long)first, (long long)a.steps);
 
   Evaluation eval;
   eval.name = data->has_answers() ? "held-out accuracy" : "held-out loss";
@@ -128,38 +248,9 @@ int run(const Args& a) {
     eval.values.push_back(v);
     if (rank0) std::printf("ds-train: step %lld %s %.4f\n", (long long)step, eval.name.c_str(), v), std::fflush(stdout);
   };
-
-  std::vector<double> steps, losses;
-  double tokens = 0, seconds = 0;
-  for (int64_t step = 0; step < a.steps; ++step) {
-    for (int64_t m = 0; m < gas; ++m) {
-      // Example indices in the global batch: micro-batch m of rank r covers [(m*N + r)*micro, +micro).
-      ds::Batch b = data->batch(step, (m * comm->size() + comm->rank()) * micro, micro);
-      at::Tensor loss = engine.forward([&] { return model->loss(b.tokens, b.targets); });
-      engine.backward(loss);
-    }
-    auto stats = engine.step();
-    DS_CHECK(stats.has_value(), "no optimizer step at the end of an accumulation window");
-    steps.push_back(double(stats->step));
-    losses.push_back(stats->loss);
-    if (step > 0) tokens += double(global_batch * data->context()), seconds += stats->seconds;  // step 0 warms up
-    if (a.eval_interval > 0 && (step + 1) % a.eval_interval == 0 && step + 1 < a.steps) evaluate(step + 1);
-  }
-  evaluate(a.steps);
-  if (rank0) {
-    std::printf("ds-train: done: %lld steps, final loss %.4f, %s %.4f, %.0f tokens/s, peak RSS %s per rank\n",
-                (long long)a.steps, losses.back(), eval.name.c_str(), eval.values.back(), seconds > 0 ? tokens / seconds : 0.0,
-                ds::format_bytes(double(ds::peak_rss_bytes())).c_str());
-    ds::LineChart chart{ds::str("ds-train: ", a.data.empty() ? "task " + a.task : a.data, " (", comm->size(), " ranks)"),
-                        "step", "training loss (global batch mean)", data->has_answers() ? eval.name : "", {}};
-    chart.series.push_back({"training loss", "#1f77b4", steps, losses, false});
-    chart.series.push_back({eval.name, "#d62728", eval.steps, eval.values, data->has_answers()});
-    if (!a.plot.empty()) {
-      ds::write_svg(chart, a.plot);
-      std::printf("ds-train: loss curve written to %s\n", a.plot.c_str());
-    }
-    if (config.comms_logger.enabled) std::printf("ds-train: communication summary\n%s", comm->logger().summary(comm->size()).c_str());
-  }
+  Curve curve = train(a, engine, model, *data, first, evaluate, seed);
+  evaluate(std::max(a.steps, first));
+  if (rank0) report(a, config, *comm, *data, curve, eval);
   comm->barrier().wait();
   return 0;
 }

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iomanip>
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
@@ -94,6 +95,9 @@ void check_supported(const Config& c, int world) {
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
     throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
+  if (c.checkpoint.use_node_local_storage)
+    throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
+                      "directory (rank 0 checks each file before committing); remove the key");
   if (c.sparse_attention.enabled)
     throw ConfigError("sparse_attention: the engine has no sparse attention kernels yet; remove the section");
 }
@@ -289,6 +293,7 @@ std::optional<StepStats> Engine::step() {
   for (auto& u : units_) u->zero_grad();
   for (auto& g : grad_shards_) g.zero_();
   ++global_step_;
+  global_samples_ += config_.train_batch_size;
   loss_sum_ = 0.0;
   s.step = global_step_;
   auto now = Clock::now();
@@ -325,7 +330,9 @@ void Engine::log_step(const StepStats& s) {
   }
   if (csv_.is_open()) {
     double tps = s.seconds > 0 ? tokens_per_step_ / s.seconds : 0.0;
-    csv_ << s.step << ',' << s.loss << ',' << s.lr << ',' << s.grad_norm << ',' << s.loss_scale << ','
+    // The loss and the norm with every digit (17): runs compare exactly, e.g. resumed ones.
+    csv_ << s.step << ',' << std::setprecision(17) << s.loss << ',' << std::setprecision(6) << s.lr << ','
+         << std::setprecision(17) << s.grad_norm << ',' << std::setprecision(6) << s.loss_scale << ','
          << (s.skipped ? 1 : 0) << ',' << s.seconds * 1e3 << ',' << tps << ',' << s.rss_bytes << '\n';
     csv_.flush();
   }

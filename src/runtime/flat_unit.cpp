@@ -15,13 +15,15 @@ int64_t round_up(int64_t n, int64_t multiple) { return multiple <= 1 ? n : (n + 
 
 namespace {
 
+// `prefix`: what makes the module's parameter names the root's state-dict names ("" for the
+// root itself, so its unit's slots are "wte.weight", not "root.wte.weight").
 void add_unit(std::vector<UnitSpec>& out, std::unordered_set<const void*>& seen, const std::string& name,
-              torch::nn::Module& m, bool recurse) {
+              const std::string& prefix, torch::nn::Module& m, bool recurse) {
   UnitSpec u{name, {}};
   for (const auto& item : m.named_parameters(recurse)) {
     const at::Tensor& p = item.value();
     if (!p.requires_grad() || !seen.insert(p.unsafeGetTensorImpl()).second) continue;
-    u.params.emplace_back(name + "." + item.key(), p);
+    u.params.emplace_back(prefix + item.key(), p);
   }
   if (!u.params.empty()) out.push_back(std::move(u));
 }
@@ -35,14 +37,17 @@ bool is_container(const torch::nn::Module& m) {
 std::vector<UnitSpec> find_units(torch::nn::Module& model) {
   std::vector<UnitSpec> out;
   std::unordered_set<const void*> seen;
-  add_unit(out, seen, "root", model, /*recurse=*/false);
+  add_unit(out, seen, "root", "", model, /*recurse=*/false);
   for (const auto& child : model.named_children()) {
     if (is_container(*child.value())) {
-      for (const auto& element : child.value()->named_children())
-        add_unit(out, seen, child.key() + "." + element.key(), *element.value(), true);
-      add_unit(out, seen, child.key(), *child.value(), false);  // params on the container itself
+      for (const auto& element : child.value()->named_children()) {
+        std::string name = child.key() + "." + element.key();
+        add_unit(out, seen, name, name + ".", *element.value(), true);
+      }
+      // Parameters on the container itself.
+      add_unit(out, seen, child.key(), child.key() + ".", *child.value(), false);
     } else {
-      add_unit(out, seen, child.key(), *child.value(), true);
+      add_unit(out, seen, child.key(), child.key() + ".", *child.value(), true);
     }
   }
   return out;
@@ -71,6 +76,12 @@ FlatUnit::FlatUnit(std::string name, const NamedParams& params, int64_t pad_to, 
     else p.mutable_grad() = at::Tensor();
     tensors_.push_back(p);
   }
+}
+
+ckpt::UnitInfo to_unit_info(const FlatUnit& unit) {
+  ckpt::UnitInfo info{unit.name(), unit.numel(), unit.padded_numel(), {}};
+  for (const ParamSlot& s : unit.slots()) info.slots.push_back({s.name, s.offset, s.numel, s.shape});
+  return info;
 }
 
 void FlatUnit::zero_grad() {

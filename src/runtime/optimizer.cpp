@@ -29,6 +29,7 @@ class TorchAdam final : public FlatOptimizer {
   explicit TorchAdam(OptimizerConfig c) : FlatOptimizer(std::move(c)) {}
   std::string name() const override { return config_.decoupled_weight_decay() ? "AdamW" : "Adam"; }
   std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
+  std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
             std::optional<double> beta1) override {
     check_step_args(p, grad, st, 2, "Adam");
@@ -57,6 +58,9 @@ class TorchSgd final : public FlatOptimizer {
   std::vector<at::Tensor> init_state(int64_t n) const override {
     return config_.momentum != 0.0 ? std::vector<at::Tensor>{at::zeros({n})} : std::vector<at::Tensor>{};
   }
+  std::vector<std::string> state_names() const override {
+    return config_.momentum != 0.0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{};
+  }
   void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
             std::optional<double> beta1) override {
     const double momentum = beta1.value_or(config_.momentum);
@@ -82,6 +86,15 @@ class KernelOptimizer final : public FlatOptimizer {
                    kernel_.threads(), " threads)");
   }
   std::vector<at::Tensor> init_state(int64_t n) const override { return kernel_.make_state(n); }
+  std::vector<std::string> state_names() const override {
+    switch (kernel_.options().kind) {
+      case ops::OptimizerKind::Adam:
+      case ops::OptimizerKind::AdamW: return {"exp_avg", "exp_avg_sq"};
+      case ops::OptimizerKind::Adagrad: return {"sum"};
+      case ops::OptimizerKind::Lion: return {"exp_avg"};
+    }
+    throw Error("state_names: unknown optimizer kind");
+  }
   void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
             std::optional<double> beta1) override {
     if (beta1 && *beta1 != kernel_.options().beta1) kernel_.set_beta1(*beta1);

@@ -4,8 +4,6 @@
 #include <torch/utils.h>
 
 #include "ds/config/config.h"
-#include "ds/data/dataset.h"
-#include "ds/models/gpt.h"
 
 namespace ds::test {
 
@@ -14,34 +12,41 @@ std::shared_ptr<comm::Communicator> solo() {
   return comm::make_gloo(o);
 }
 
-TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, int steps,
-                       const std::function<void(Engine&, int)>& before_backward) {
+TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, TinyShape shape)
+    : comm_(std::move(comm)), data_(make_task("reverse", 99)) {
   Config config = Config::parse(config_json, "test config");
-  config.resolve(comm->size());
-  auto data = make_task("reverse", 99);
+  config.resolve(comm_->size());
   GptConfig mc;
-  mc.n_layer = 2, mc.n_head = 2, mc.d_model = 32, mc.seq_len = data->context();
+  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data_->context();
   torch::manual_seed(7);
-  Gpt model(mc);
-  Engine engine(model.ptr(), config, comm);
+  model_ = Gpt(mc);
+  engine_ = std::make_unique<Engine>(model_.ptr(), config, comm_);
+}
+
+void TinyRun::train_to(int64_t steps, const std::function<void(Engine&, int)>& before_backward) {
+  const Config& config = engine_->config();
   const int64_t micro = config.train_micro_batch_size_per_gpu, gas = config.gradient_accumulation_steps;
-  TrainResult r;
-  for (int step = 0; step < steps; ++step) {
+  for (int64_t step = engine_->global_step(); step < steps; ++step) {
     for (int64_t m = 0; m < gas; ++m) {
-      Batch b = data->batch(step, (m * comm->size() + comm->rank()) * micro, micro);
-      at::Tensor loss = engine.forward([&] { return model->loss(b.tokens, b.targets); });
-      if (before_backward) before_backward(engine, step);
-      engine.backward(loss);
+      Batch b = data_->batch(step, (m * comm_->size() + comm_->rank()) * micro, micro);
+      at::Tensor loss = engine_->forward([&] { return model_->loss(b.tokens, b.targets); });
+      if (before_backward) before_backward(*engine_, int(step));
+      engine_->backward(loss);
     }
-    auto s = engine.step();
+    auto s = engine_->step();
     EXPECT_TRUE(s.has_value());
-    r.losses.push_back(s->loss);
-    r.scales.push_back(s->loss_scale);
-    r.skipped.push_back(s->skipped);
+    if (!s) return;
+    recorded_.losses.push_back(s->loss);
+    recorded_.scales.push_back(s->loss_scale);
+    recorded_.skipped.push_back(s->skipped);
   }
+}
+
+TrainResult TinyRun::result() const {
+  TrainResult r = recorded_;
   std::vector<at::Tensor> parts, masks;
-  for (size_t u = 0; u < engine.units().size(); ++u) {
-    const FlatUnit& unit = *engine.units()[u];
+  for (size_t u = 0; u < engine_->units().size(); ++u) {
+    const FlatUnit& unit = *engine_->units()[u];
     parts.push_back(unit.params().slice(0, 0, unit.numel()));  // the full (gathered) weights
     at::Tensor mask = at::zeros({unit.numel()}, at::kBool);
     for (const ParamSlot& slot : unit.slots())
@@ -52,6 +57,13 @@ TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::stri
   r.weights = at::cat(parts).clone();
   r.key_bias = at::cat(masks);
   return r;
+}
+
+TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, int steps,
+                       const std::function<void(Engine&, int)>& before_backward) {
+  TinyRun run(std::move(comm), config_json);
+  run.train_to(steps, before_backward);
+  return run.result();
 }
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {

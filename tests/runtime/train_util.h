@@ -5,10 +5,13 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "ds/comm/communicator.h"
+#include "ds/data/dataset.h"
+#include "ds/models/gpt.h"
 #include "ds/runtime/engine.h"
 
 namespace ds::test {
@@ -23,7 +26,32 @@ struct TrainResult {
                                // rounding noise that Adam amplifies to +-lr steps
 };
 
-// `config_json` is a full ds_config; it is resolved for comm->size() ranks.
+struct TinyShape {
+  int64_t n_layer = 2, d_model = 32;
+};
+
+// The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The
+// data of step s depends only on s, so a run resumed from a checkpoint sees the same batches.
+class TinyRun {
+ public:
+  // `config_json` is a full ds_config; it is resolved for comm->size() ranks.
+  TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, TinyShape shape = {});
+  Engine& engine() { return *engine_; }
+  // Trains from the engine's global step up to `step`, recording losses, scales and skips.
+  // `before_backward` (optional) runs before each backward with the engine and the step index.
+  void train_to(int64_t step, const std::function<void(Engine&, int)>& before_backward = {});
+  // What has been recorded so far, and the current weights.
+  TrainResult result() const;
+
+ private:
+  std::shared_ptr<comm::Communicator> comm_;
+  std::unique_ptr<Dataset> data_;
+  Gpt model_{nullptr};
+  std::unique_ptr<Engine> engine_;
+  TrainResult recorded_;
+};
+
+// TinyRun for `steps` steps from scratch.
 // `before_backward` (optional) runs before each backward with the engine and the step index
 // (to inject faults with tensor hooks).
 TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, int steps,

@@ -9,6 +9,8 @@
 //     engine.backward(loss);      // scales by 1/accumulation (and the fp16 loss scale)
 //     engine.step();              // optimizer step only at the end of an accumulation window
 //   }
+//   engine.save_checkpoint("ckpt");            // every rank calls it; <dir>/global_step<N>
+//   auto loaded = engine.load_checkpoint("ckpt");  // any world size / ZeRO stage it was saved at
 //
 // Composition, not a god object: FlatUnits hold the parameters, a GradReducer averages
 // gradients during backward, a FlatOptimizer updates fp32 masters, an LrSchedule and a
@@ -23,6 +25,7 @@
 #include <cmath>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,6 +40,13 @@
 
 namespace ds {
 
+namespace ckpt {
+struct Manifest;
+struct ModelStates;
+struct UnitInfo;
+struct UnitShard;
+}  // namespace ckpt
+
 enum class Precision { FP32, BF16, FP16 };
 const char* to_string(Precision p);
 Precision precision_of(const Config& config);
@@ -49,6 +59,14 @@ struct StepStats {
   double seconds = 0;  // wall time of this step (since the previous one)
   double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;
   int64_t rss_bytes = 0;
+};
+
+// What Engine::load_checkpoint loaded.
+struct LoadedCheckpoint {
+  std::string path;  // <dir>/<tag>
+  std::string tag;
+  int64_t global_step = 0;
+  nlohmann::json client_state = nlohmann::json::object();  // as given to save_checkpoint
 };
 
 class Engine {
@@ -73,6 +91,24 @@ class Engine {
   // overflow (fp16), clips, updates, steps the schedule, and returns the step's stats.
   // Between boundaries it does nothing and returns nullopt.
   std::optional<StepStats> step();
+
+  // Checkpoints in DeepSpeed's layout (docs/CHECKPOINTS.md). Both are collective: every
+  // data-parallel rank calls them, between steps (not inside an accumulation window). A
+  // failure on any rank throws ds::Error on every rank, with that rank's message.
+  //
+  // Saves to <dir>/<tag> (default "global_step<N>"): each rank its fp32 master and optimizer
+  // state chunk (at stage 0 rank 0 the whole), rank 0 the weights, RNG state and the
+  // manifest with the counters, lr schedule and loss scaler; <dir>/latest moves to the new
+  // tag only after every file is written, so a crash leaves the previous checkpoint loadable.
+  // `client_state` (a JSON object: e.g. the data position) comes back from load_checkpoint.
+  // Returns <dir>/<tag>.
+  std::string save_checkpoint(const std::string& dir, std::string tag = "",
+                              const nlohmann::json& client_state = nlohmann::json::object());
+  // Loads <dir>/<tag> (default: the tag named by <dir>/latest), saved at any data-parallel
+  // world size and ZeRO stage 0-2: checks every file and that the model matches (parameter
+  // names and shapes), loads this rank's part for the current layout, rebuilds the weights,
+  // and restores the counters, lr schedule position, loss scaler (fp16) and RNG state.
+  LoadedCheckpoint load_checkpoint(const std::string& dir, std::string tag = "");
 
   bool is_gradient_accumulation_boundary() const;
   int64_t global_step() const { return global_step_; }
@@ -110,6 +146,17 @@ class Engine {
   void apply_update(double lr);
   void gather_parameters();
   void log_step(const StepStats& s);
+  // Checkpoints (engine_checkpoint.cpp).
+  void require_step_boundary(const char* what) const;
+  std::string agreed_tag(const std::string& tag);
+  std::vector<ckpt::UnitInfo> checkpoint_units() const;
+  ckpt::Manifest checkpoint_layout(const std::string& tag, const nlohmann::json& client_state) const;
+  ckpt::ModelStates model_states() const;
+  std::vector<ckpt::UnitShard> optimizer_part() const;
+  void check_model_states(const ckpt::ModelStates& states) const;
+  void restore_optimizer_part(const std::vector<ckpt::UnitShard>& part);
+  void restore_model_states(const ckpt::ModelStates& states);
+  void restore_engine_state(const ckpt::Manifest& manifest);
 
   std::shared_ptr<torch::nn::Module> model_;
   Config config_;
@@ -127,6 +174,7 @@ class Engine {
   int64_t micro_step_ = 0;       // backward() calls so far
   int64_t global_step_ = 0;      // optimizer steps so far, skipped included
   int64_t optimizer_steps_ = 0;  // steps actually applied (Adam's t)
+  int64_t global_samples_ = 0;   // samples over all ranks (train_batch_size per step)
   int64_t schedule_iteration_ = -1;  // DeepSpeed's last_batch_iteration
   double loss_sum_ = 0.0;
   int64_t tokens_per_step_ = 0;

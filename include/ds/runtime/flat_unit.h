@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "ds/ckpt/layout.h"
+
 namespace torch::nn {
 class Module;
 }
@@ -34,6 +36,7 @@ struct UnitSpec {
 // the elements of a ModuleList / Sequential child are units each; parameters registered on
 // the root itself form a unit named "root". Frozen parameters (requires_grad false) and
 // empty units are left out. A parameter shared by two modules goes to the first unit only.
+// Parameters keep their names in the root's state dict (checkpoints match them by name).
 std::vector<UnitSpec> find_units(torch::nn::Module& model);
 
 struct ParamSlot {
@@ -77,5 +80,8 @@ class FlatUnit {
 };
 
 int64_t round_up(int64_t n, int64_t multiple);
+
+// What a checkpoint records of a unit: its name, sizes and parameter slots.
+ckpt::UnitInfo to_unit_info(const FlatUnit& unit);
 
 }  // namespace ds

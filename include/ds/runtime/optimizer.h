@@ -24,6 +24,9 @@ class FlatOptimizer {
   virtual std::string name() const = 0;
   // Zero-initialised state tensors for a flat parameter of n elements.
   virtual std::vector<at::Tensor> init_state(int64_t n) const = 0;
+  // One name per init_state() tensor, torch.optim's (exp_avg, exp_avg_sq, momentum_buffer,
+  // sum): checkpoints store the states under these names.
+  virtual std::vector<std::string> state_names() const = 0;
   // One update. `step` counts this tensor's optimizer steps from 1 (bias correction); `lr`
   // and, when given, `beta1` (OneCycle's momentum cycling) come from the scheduler.
   virtual void step(at::Tensor& param, const at::Tensor& grad, std::vector<at::Tensor>& state, int64_t step,

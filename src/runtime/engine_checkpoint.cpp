@@ -1,0 +1,309 @@
+// Engine::save_checkpoint and Engine::load_checkpoint: the engine's side of checkpoints.
+//
+// The file layer (ds_ckpt) writes atomically, validates, checksums and reshapes; this file
+// decides what each rank saves and loads for its ZeRO stage, and keeps the ranks in step.
+// Every local phase (prepare, write, read) ends with an exchange of outcomes over the
+// communicator: a failure on one rank (a full disk, a corrupt shard only it reads) throws on
+// every rank with that rank's message, instead of leaving the others blocked in the next
+// collective until a timeout.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/module.h>
+
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <unordered_set>
+
+#include "ds/ckpt/checkpoint.h"
+#include "ds/ckpt/checksum.h"
+#include "ds/common/error.h"
+#include "ds/common/strings.h"
+#include "ds/runtime/engine.h"
+
+namespace ds {
+
+namespace {
+
+at::ScalarType half_dtype(Precision p) { return p == Precision::BF16 ? at::kBFloat16 : at::kHalf; }
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
+  return out.empty() ? "none" : out;
+}
+
+// Rank `root`'s `text`, on every rank.
+std::string broadcast_string(comm::Communicator& comm, const std::string& text, int root) {
+  at::Tensor length = at::tensor({int64_t(text.size())}, at::kLong);
+  comm.broadcast(length, root).wait();
+  at::Tensor bytes = at::empty({length.item<int64_t>()}, at::kByte);
+  if (comm.rank() == root && !text.empty()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  comm.broadcast(bytes, root).wait();
+  return std::string(static_cast<const char*>(bytes.data_ptr()), size_t(bytes.numel()));
+}
+
+// Whether every rank passed the same text (one all-reduce of two integers).
+bool same_on_every_rank(comm::Communicator& comm, const std::string& text) {
+  if (comm.size() == 1) return true;
+  const int64_t h = int64_t(ckpt::xxh64(text.data(), text.size()) >> 1);
+  at::Tensor t = at::tensor({h, -h}, at::kLong);  // max(h) and -min(h)
+  comm.all_reduce(t, comm::ReduceOp::Max).wait();
+  return t[0].item<int64_t>() == -t[1].item<int64_t>();
+}
+
+// Runs `phase` on this rank, then every rank learns how it went everywhere. Returns the file
+// each rank's phase wrote (name empty: none), indexed by rank; throws ds::Error on every rank
+// when `phase` threw on any, with the lowest failing rank's message.
+std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
+                                          const std::function<ckpt::FileInfo()>& phase) {
+  ckpt::FileInfo mine;
+  std::string error;
+  try {
+    mine = phase();
+  } catch (const std::exception& e) {
+    error = *e.what() ? e.what() : "unknown error";
+  }
+  const int world = comm.size();
+  constexpr int kFields = 4;  // error length, wrote a file, its bytes, its xxh64
+  at::Tensor own = at::tensor(
+      {int64_t(error.size()), int64_t(!mine.name.empty()), mine.bytes, int64_t(mine.xxh64)}, at::kLong);
+  at::Tensor all = at::empty({world * kFields}, at::kLong);
+  comm.all_gather(all, own).wait();
+  auto a = all.accessor<int64_t, 1>();
+  for (int r = 0; r < world; ++r) {
+    if (a[r * kFields] == 0) continue;
+    std::string message = broadcast_string(comm, error, r);
+    throw Error(world > 1 ? ds::str("rank ", r, ": ", message) : message);
+  }
+  std::vector<ckpt::FileInfo> files(size_t(world), ckpt::FileInfo{});
+  for (int r = 0; r < world; ++r)
+    if (a[r * kFields + 1])
+      files[size_t(r)] = {ckpt::optim_states_name(r), a[r * kFields + 2], uint64_t(a[r * kFields + 3])};
+  return files;
+}
+
+// Everything in the module's state dict that is not a trainable parameter of a unit
+// (buffers, frozen parameters): the model-states file restores these.
+std::vector<std::pair<std::string, at::Tensor>> non_unit_entries(torch::nn::Module& model,
+                                                                 const std::vector<ckpt::UnitInfo>& units) {
+  std::unordered_set<std::string> in_units;
+  for (const auto& u : units)
+    for (const auto& s : u.slots) in_units.insert(s.name);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model.named_parameters())
+    if (!in_units.count(p.key())) out.emplace_back(p.key(), p.value());
+  for (const auto& b : model.named_buffers()) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+const at::Tensor* find_tensor(const ckpt::NamedTensors& tensors, const std::string& name) {
+  for (const auto& [n, t] : tensors)
+    if (n == name) return &t;
+  return nullptr;
+}
+
+}  // namespace
+
+void Engine::require_step_boundary(const char* what) const {
+  const int64_t gas = config_.gradient_accumulation_steps;
+  if (micro_step_ != global_step_ * gas)
+    throw Error(ds::str(what, " inside an accumulation window (", micro_step_ - global_step_ * gas, " of ",
+                        gas, " micro-batches done, their gradients are not saved): call it after step()"));
+}
+
+// DeepSpeed's checkpoint.tag_validation: the ranks must save under one tag. "Fail" refuses
+// differing tags; otherwise rank 0's tag is used ("Warn" says so), so the parts of one save
+// never land in different directories.
+std::string Engine::agreed_tag(const std::string& tag) {
+  if (same_on_every_rank(*comm_, tag)) return tag;
+  if (config_.checkpoint.tag_validation == TagValidation::kFail)
+    throw Error(ds::str("the ranks passed different checkpoint tags (this rank: '", tag,
+                        "') and checkpoint.tag_validation is \"Fail\""));
+  std::string agreed = broadcast_string(*comm_, tag, 0);
+  if (comm_->rank() == 0 && config_.checkpoint.tag_validation == TagValidation::kWarn)
+    std::fprintf(stderr, "warning: the ranks passed different checkpoint tags; saving under rank 0's '%s'\n",
+                 agreed.c_str());
+  return agreed;
+}
+
+std::vector<ckpt::UnitInfo> Engine::checkpoint_units() const {
+  std::vector<ckpt::UnitInfo> out;
+  for (const auto& u : units_) out.push_back(to_unit_info(*u));
+  return out;
+}
+
+ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann::json& client_state) const {
+  if (!client_state.is_object() && !client_state.is_null())  // null: `{}` as an argument
+    throw Error(
+        ds::str("save_checkpoint: client_state must be a JSON object, got ", client_state.type_name()));
+  ckpt::Manifest m;
+  m.tag = tag;
+  m.dp_world_size = comm_->size();
+  m.zero_stage = stage_;
+  m.precision = to_string(precision_);
+  // Stage 0 keeps whole units on every rank: one part. Stages 1-2: each rank's chunk_of.
+  m.partition = {ckpt::PartitionScheme::kTensorSplit, stage_ == 0 ? 1 : comm_->size()};
+  m.units = checkpoint_units();
+  m.optimizer = {optimizer_type_name(config_.optimizer.type), optimizer_->state_names()};
+  ckpt::EngineState& e = m.engine;
+  e.global_steps = global_step_;
+  e.global_samples = global_samples_;
+  e.micro_steps = micro_step_;
+  e.skipped_steps = global_step_ - optimizer_steps_;
+  e.optimizer_steps = optimizer_steps_;
+  e.scheduler_iteration = schedule_iteration_;
+  const LossScaler::State ls = scaler_.state();
+  e.loss_scaler = {ls.scale, ls.hysteresis_left, ls.iteration, ls.last_overflow_iteration};
+  e.client = client_state.is_null() ? nlohmann::json::object() : client_state;
+  return m;
+}
+
+ckpt::ModelStates Engine::model_states() const {
+  ckpt::ModelStates s;
+  for (const auto& p : model_->named_parameters()) s.module.emplace_back(p.key(), p.value().detach());
+  for (const auto& b : model_->named_buffers()) s.module.emplace_back(b.key(), b.value().detach());
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  s.rng_states.emplace_back("cpu", gen.get_state());
+  return s;
+}
+
+std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
+  std::vector<ckpt::UnitShard> part;
+  for (size_t u = 0; u < units_.size(); ++u) part.push_back({masters_[u], states_[u]});
+  return part;
+}
+
+std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
+                                    const nlohmann::json& client_state) {
+  require_step_boundary("save_checkpoint");
+  if (tag.empty()) tag = ds::str("global_step", global_step_);  // DeepSpeed's default tag
+  on_every_rank(*comm_, [&] {
+    ckpt::check_tag(tag);
+    return ckpt::FileInfo{};
+  });
+  tag = agreed_tag(tag);
+  const int rank = comm_->rank();
+  std::optional<ckpt::CheckpointWriter> writer;
+  // 1. Rank 0 creates the tag directory (dropping a stale manifest) before anyone writes.
+  on_every_rank(*comm_, [&] {
+    writer.emplace(dir, checkpoint_layout(tag, client_state));  // rank 0's client_state is saved
+    if (rank == 0) writer->prepare();
+    return ckpt::FileInfo{};
+  });
+  // 2. Each rank owning a part writes it; rank 0 also the weights and RNG state.
+  ckpt::FileInfo model_file;
+  std::vector<ckpt::FileInfo> parts = on_every_rank(*comm_, [&] {
+    if (rank == 0) model_file = writer->write_model_states(model_states());
+    if (rank >= writer->layout().partition.count) return ckpt::FileInfo{};
+    return writer->write_optimizer_part(rank, optimizer_part());
+  });
+  // 3. Rank 0 commits (manifest, then `latest`) with every file's size and checksum. The
+  // exchange that ends this phase is the closing barrier: no rank returns before `latest`
+  // names the new tag, or every rank throws.
+  on_every_rank(*comm_, [&] {
+    if (rank != 0) return ckpt::FileInfo{};
+    std::vector<ckpt::FileInfo> files;
+    for (const auto& f : parts)
+      if (!f.name.empty()) files.push_back(f);
+    files.push_back(model_file);
+    writer->commit(files);
+    return ckpt::FileInfo{};
+  });
+  return writer->tag_path();
+}
+
+void Engine::check_model_states(const ckpt::ModelStates& states) const {
+  for (const auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) {
+    const at::Tensor* saved = find_tensor(states.module, name);
+    if (!saved)
+      throw Error(ds::str("the checkpoint does not match the model: its model states have no ", name,
+                          " (shape ", t.sizes(), " in the model)"));
+    if (saved->sizes() != t.sizes())
+      throw Error(ds::str("the checkpoint does not match the model: ", name, " has shape ", saved->sizes(),
+                          " in the checkpoint but ", t.sizes(), " in the model"));
+  }
+}
+
+void Engine::restore_model_states(const ckpt::ModelStates& states) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units()))
+    t.copy_(*find_tensor(states.module, name));
+  if (const at::Tensor* rng = find_tensor(states.rng_states, "cpu")) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(*rng);
+  }
+}
+
+void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
+  for (size_t u = 0; u < units_.size(); ++u) {
+    masters_[u].copy_(part[u].fp32);  // under fp32 at stage 0 a view: this writes the weights
+    for (size_t k = 0; k < states_[u].size(); ++k) states_[u][k].copy_(part[u].states[k]);
+    units_[u]->zero_grad();
+  }
+  for (auto& g : grad_shards_) g.zero_();
+  loss_sum_ = 0.0;
+  if (stage_ > 0) {
+    gather_parameters();  // every rank loaded its chunk: rebuild the full weights
+  } else if (precision_ != Precision::FP32) {
+    for (size_t u = 0; u < units_.size(); ++u)
+      units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
+  }
+}
+
+void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
+  const ckpt::EngineState& e = manifest.engine;
+  global_step_ = e.global_steps;
+  global_samples_ = e.global_samples;
+  optimizer_steps_ = e.optimizer_steps;
+  schedule_iteration_ = e.scheduler_iteration;
+  // Saves happen at step boundaries; under this run's accumulation (which may differ from
+  // the saved run's) the boundary after global_step_ steps is here.
+  micro_step_ = global_step_ * config_.gradient_accumulation_steps;
+  if (precision_ == Precision::FP16 && manifest.precision == "fp16") {
+    const auto& s = e.loss_scaler;
+    scaler_.load({s.scale, s.hysteresis_left, s.iteration, s.last_overflow_iteration});
+  }  // else: a fresh scaler, as configured (the checkpoint was not an fp16 run)
+  forward_s_ = backward_s_ = 0.0;
+  last_step_time_ = std::chrono::steady_clock::now();
+}
+
+LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag) {
+  require_step_boundary("load_checkpoint");
+  std::optional<ckpt::CheckpointReader> reader;
+  std::vector<ckpt::UnitShard> part;
+  ckpt::ModelStates states;
+  // Read and check everything first; the engine changes only after every rank succeeded.
+  on_every_rank(*comm_, [&] {
+    reader.emplace(dir, tag);
+    const std::vector<ckpt::UnitInfo> units = checkpoint_units();
+    reader->check_model(units);
+    const ckpt::OptimizerInfo& saved = reader->manifest().optimizer;
+    const std::vector<std::string> names = optimizer_->state_names();
+    if (saved.state_names != names)
+      throw Error(ds::str("the checkpoint's optimizer ", saved.type, " keeps states (",
+                          join(saved.state_names), ") but this engine's ",
+                          optimizer_type_name(config_.optimizer.type), " keeps (", join(names), ")"));
+    const bool sharded = stage_ > 0;
+    part = reader->load_partition(units, {ckpt::PartitionScheme::kTensorSplit, sharded ? comm_->size() : 1},
+                                  sharded ? comm_->rank() : 0);
+    states = reader->load_model_states();
+    check_model_states(states);
+    return ckpt::FileInfo{};
+  });
+  if (!same_on_every_rank(*comm_, reader->tag()))  // e.g. `latest` moved while the ranks read it
+    throw Error(ds::str("the ranks loaded different checkpoint tags from ", dir,
+                        " (this rank: ", reader->tag(), ")"));
+  // Model states first: a name the units do not hold may still alias a unit's weights (a tied
+  // parameter); the exact fp32 masters written next then have the last word.
+  restore_model_states(states);
+  restore_optimizer_part(part);
+  restore_engine_state(reader->manifest());
+  return {reader->tag_path(), reader->tag(), global_step_, reader->engine_state().client};
+}
+
+}  // namespace ds
