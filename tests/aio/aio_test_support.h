@@ -15,28 +15,16 @@
 #include <string>
 #include <vector>
 
+#include "support/files.h"
+
 namespace ds::aio::test {
 
-// mkdtemp under /tmp (a disk filesystem that accepts O_DIRECT); removed with its contents.
-class TempDir {
+// Under /tmp: a disk filesystem that accepts O_DIRECT.
+class TempDir : public ds::test::TempDir {
  public:
-  TempDir() {
-    std::string tmpl = "/tmp/ds_aio_test.XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : ds::test::TempDir("ds_aio_test", "/tmp") {}
 };
+
 
 // A filesystem mounted by the test on a directory; unmounted (lazily if busy) on destruction.
 // mount() returns a reason when it cannot (not root, no loop devices, no mkfs.ext4).

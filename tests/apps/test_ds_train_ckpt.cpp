@@ -15,6 +15,7 @@
 #include "../launch/launch_test_util.h"
 
 using namespace ds_test;
+using ds::test::flip_byte;
 
 namespace {
 
@@ -53,14 +54,6 @@ std::vector<std::string> metric_rows(const std::string& csv) {
   return rows;
 }
 
-void flip_byte(const std::string& path, std::streamoff offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.get(c);
-  f.seekp(offset);
-  f.put(char(c ^ 0x20));
-}
 
 }  // namespace
 

@@ -6,6 +6,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <string>
+
+#include "support/files.h"
 #include <vector>
 
 #include "ds/ckpt/checkpoint.h"
@@ -13,17 +15,8 @@
 namespace ds::ckpt::test {
 
 // mkdtemp under TMPDIR (or /tmp); removed with its contents.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+// Removed with its contents.
+using TempDir = ds::test::TempDir;
 
 // Units of a toy model: "root" (2 params), "blocks.0" and "blocks.1" (3 each), "head" (1);
 // odd shapes, each unit padded to a multiple of pad_to.

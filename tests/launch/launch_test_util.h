@@ -22,9 +22,13 @@
 #include <thread>
 #include <vector>
 
+#include "support/files.h"
+
 extern char** environ;
 
 namespace ds_test {
+
+using ds::test::TempDir;
 
 using Clock = std::chrono::steady_clock;
 
@@ -34,30 +38,6 @@ inline std::string ds_launch_bin() {
 }
 inline std::string probe_bin() { return DS_LAUNCH_PROBE; }
 
-// A directory under /tmp, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ds_launch_test.XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream(file(name)) << text;
-    return file(name);
-  }
-
- private:
-  std::string path_;
-};
 
 struct RunOutput {
   int status = -1;  // waitpid status

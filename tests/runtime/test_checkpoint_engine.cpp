@@ -29,11 +29,18 @@
 #include "ds/config/config.h"
 #include "support/errors.h"
 #include "support/ranks.h"
+#include "support/files.h"
 #include "train_util.h"
 
 using namespace ds;
 
 namespace {
+
+using test::flip_byte;
+
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("ds_ckpt_engine") {}
+};
 
 const char* kAdamW = R"({"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.01}})";
 const char* kSgd = R"({"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9}})";
@@ -50,25 +57,6 @@ std::string config(int stage, int world, const char* optimizer, const std::strin
       R"(, "zero_optimization": {"stage": )", stage, "}", extra, "}");
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ds_ckpt_engine.XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 void write_values(const std::string& path, const std::vector<double>& values) {
   std::FILE* f = std::fopen(path.c_str(), "w");
@@ -92,14 +80,6 @@ at::Tensor checkpoint_weights(const std::string& dir) {
   return at::cat(flat);
 }
 
-void flip_byte(const std::string& path, int64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.get(c);
-  f.seekp(offset);
-  f.put(char(c ^ 0x20));
-}
 
 }  // namespace
 
