@@ -5,7 +5,6 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
-#include <chrono>
 #include <mutex>
 
 #include "ds/common/error.h"
@@ -119,7 +118,6 @@ void GradReducer::launch(size_t u) {
 }
 
 void GradReducer::finish() {
-  auto start = std::chrono::steady_clock::now();
   if (reduces_this_micro_batch())
     for (size_t u = 0; u < units_.size(); ++u)
       if (!launched_[u]) launch(u);
@@ -135,7 +133,6 @@ void GradReducer::finish() {
   }
   in_flight_.clear();
   std::fill(launched_.begin(), launched_.end(), false);
-  last_wait_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace ds

@@ -50,8 +50,6 @@ class GradReducer {
   // and, when this micro-batch is reduced, waits for it. Stage 0 and 1 call it only at the
   // boundary (their gradients accumulate locally in between).
   void finish();
-  // Seconds the last finish() spent waiting for communication.
-  double last_wait_seconds() const { return last_wait_seconds_; }
   bool reduces_this_micro_batch() const { return boundary_ || options_.every_micro_batch; }
 
  private:
@@ -76,7 +74,6 @@ class GradReducer {
   std::vector<bool> launched_;
   std::vector<Bucket> in_flight_;
   bool boundary_ = true;
-  double last_wait_seconds_ = 0.0;
 };
 
 }  // namespace ds
