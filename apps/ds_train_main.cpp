@@ -27,6 +27,7 @@
 #include "ds/data/dataset.h"
 #include "ds/models/gpt.h"
 #include "ds/runtime/engine.h"
+#include "ds/runtime/zero_init.h"
 
 namespace {
 
@@ -216,17 +217,21 @@ int run(const Args& a) {
                                   " tokens); use --seq-len ", data->context(), " or more"));
   mc.validate();
   torch::manual_seed(seed);
-  ds::Gpt model(mc);
+  ds::Gpt model{nullptr};
+  {
+    ds::Init init(comm, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
+    model = ds::Gpt(mc);
+  }
   ds::Engine engine(model.ptr(), config, comm);
   engine.set_tokens_per_step(config.train_batch_size * data->context());
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
   if (rank0)
     std::printf(
         "ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
-        "batch %lld; %s, %s, %s\n",
+        "batch %lld; ZeRO stage %d, %s, %s, %s\n",
         mc.describe().c_str(), data->describe().c_str(), comm->size(),
         (long long)config.train_micro_batch_size_per_gpu, (long long)config.gradient_accumulation_steps,
-        (long long)config.train_batch_size, ds::to_string(engine.precision()),
+        (long long)config.train_batch_size, engine.zero_stage(), ds::to_string(engine.precision()),
         config.optimizer.type == ds::OptimizerType::kNone ? "?"
                                                           : ds::optimizer_type_name(config.optimizer.type),
         engine.config().scheduler.type == ds::SchedulerType::kNone

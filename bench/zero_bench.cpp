@@ -1,13 +1,17 @@
 // ZeRO memory, traffic and speed per stage, run under ds-launch (one process per rank):
 //
 //   ds-launch --num_procs 4 build/bench/zero_bench --stage 2          # GPT-2 124M shape
-//   bench/zero_bench.sh                                               # stages 0-2 x 1, 2, 4 ranks
+//   ds-launch --num_procs 2 build/bench/zero_bench --stage 3 --reuse-distance 1
+//   bench/zero_bench.sh                                               # stages 0-3 x 1, 2, 4 ranks
 //
 // Per rank: bytes of parameters, gradients, masters and optimizer state counted from the
-// engine's own buffers (after a step, so gradients exist), the formula for this stage, peak
-// RSS, bytes sent per step (comms logger) against 2 (N-1)/N x 4 bytes x padded parameters,
-// and the median step time. Sequences are short (--tokens): the shape, not the context,
-// sets the parameter count.
+// engine's own buffers (after the backward, so gradients exist; at stage 3 the units are
+// released by then), the formula for this stage, peak RSS, bytes sent per step (comms logger)
+// against 2 (N-1)/N x 4 bytes x padded parameters (3 at stage 3), and the median step time.
+// Stage 3 builds the model under ds::Init and honours --reuse-distance, --prefetch and
+// --persistence (DeepSpeed's stage3_max_reuse_distance, stage3_prefetch_bucket_size,
+// stage3_param_persistence_threshold; defaults as DeepSpeed's). Sequences are short
+// (--tokens): the shape, not the context, sets the parameter count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/utils.h>
@@ -24,6 +28,7 @@
 #include "ds/config/config.h"
 #include "ds/models/gpt.h"
 #include "ds/runtime/engine.h"
+#include "ds/runtime/zero_init.h"
 
 namespace {
 
@@ -37,11 +42,13 @@ int64_t arg(int argc, char** argv, const char* name, int64_t fallback) {
 // stage 0: params 4 + grads 4 + Adam m, v 8 = 16 Psi; the master is the parameter itself.
 // stage 1: 4 Psi params + 4 Psi grads + (4 grad shard + 8 state) Psi / N.
 // stage 2: 4 Psi params + (4 grad shard + 8 state) Psi / N.
-double formula_bytes(int stage, double psi, int n) {
+// stage 3: (4 param shard + 4 grad shard + 8 state) Psi / N, plus the persistent units whole.
+double formula_bytes(int stage, double psi, int n, double persistent) {
   switch (stage) {
     case 0: return 16 * psi;
     case 1: return 8 * psi + 12 * psi / n;
-    default: return 4 * psi + 12 * psi / n;
+    case 2: return 4 * psi + 12 * psi / n;
+    default: return 16 * psi / n + 4 * persistent;
   }
 }
 
@@ -63,10 +70,18 @@ int main(int argc, char** argv) {
     at::set_num_threads(std::max(1, 2 / n));
     ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n,
         R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "comms_logger": {"enabled": true},)",
-        R"( "zero_optimization": {"stage": )", stage, R"(, "overlap_comm": true}})"));
+        R"( "zero_optimization": {"stage": )", stage, R"(, "overlap_comm": true)",
+        R"(, "stage3_max_reuse_distance": )", arg(argc, argv, "--reuse-distance", 1000000000),
+        R"(, "stage3_prefetch_bucket_size": )", arg(argc, argv, "--prefetch", 50000000),
+        R"(, "stage3_param_persistence_threshold": )", arg(argc, argv, "--persistence", 100000), "}}"));
     config.resolve(n);
     torch::manual_seed(0);
-    ds::Gpt model(mc);
+    ds::Gpt model{nullptr};
+    {
+      ds::Init init(comm, config);  // stage 3: each unit sharded as soon as it is built
+      model = ds::Gpt(mc);
+    }
+    const int64_t rss_built = ds::peak_rss_bytes();
     ds::Engine engine(model.ptr(), config, comm);
     at::Tensor x = at::randint(0, mc.vocab_size, {1, tokens}, at::kLong);
     ds::Engine::MemoryBreakdown mem;
@@ -78,25 +93,34 @@ int main(int argc, char** argv) {
       auto st = engine.step();
       if (s > 0) times.push_back(st->seconds);
     }
-    int64_t psi = 0;
-    for (const auto& u : engine.units()) psi += u->padded_numel();
+    int64_t psi = 0, persistent = 0;
+    for (size_t u = 0; u < engine.units().size(); ++u) {
+      psi += engine.units()[u]->padded_numel();
+      if (engine.coordinator() && engine.coordinator()->persistent(int(u))) persistent += engine.units()[u]->padded_numel();
+    }
     int64_t sent = 0;
     for (const auto& [op, st] : comm->logger().totals())
       if (op == "all_reduce" || op == "reduce_scatter" || op == "all_gather") sent += st.sent_bytes;
     const double per_step = double(sent) / double(steps - 1);
-    const double traffic_theory = n > 1 ? 2.0 * (n - 1) / n * 4.0 * double(psi) : 0.0;
+    const double copies = stage == 3 ? 3.0 : 2.0;  // stage 3 gathers for the forward and again for the backward
+    const double traffic_theory = n > 1 ? copies * (n - 1) / n * 4.0 * double(psi) : 0.0;
     std::sort(times.begin(), times.end());
     at::Tensor rss = at::full({1}, double(ds::peak_rss_bytes()), at::kDouble);
     comm->all_reduce(rss, ds::comm::ReduceOp::Max).wait();
     if (comm->rank() == 0) {
-      const double f = formula_bytes(stage, double(psi), n);
+      const double f = formula_bytes(stage, double(psi), n, double(persistent));
       std::printf("zero_bench: stage %d, %d ranks, %s\n", stage, n, mc.describe().c_str());
       std::printf("  per rank: params %s, grads %s, masters %s, optimizer %s = %s; formula %s (%+.2f %%)\n",
                   ds::format_bytes(mem.params).c_str(), ds::format_bytes(mem.grads).c_str(),
                   ds::format_bytes(mem.masters).c_str(), ds::format_bytes(mem.optimizer_state).c_str(),
                   ds::format_bytes(mem.total()).c_str(), ds::format_bytes(f).c_str(), 100.0 * (mem.total() - f) / f);
-      std::printf("  peak RSS (max over ranks) %s\n", ds::format_bytes(rss.item<double>()).c_str());
-      std::printf("  sent per rank per step %s; 2(N-1)/N x 4 B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(),
+      std::printf("  peak RSS (max over ranks) %s; rank 0 after building the model %s\n",
+                  ds::format_bytes(rss.item<double>()).c_str(), ds::format_bytes(double(rss_built)).c_str());
+      if (const ds::ParamCoordinator* pc = engine.coordinator())
+        std::printf("  stage 3: peak gathered %s of %s elements, %lld gathers (%lld prefetched), %.0f ms waiting for gathers\n",
+                    std::to_string(pc->stats().peak_live).c_str(), std::to_string(psi).c_str(),
+                    (long long)pc->stats().gathers, (long long)pc->stats().prefetched, pc->stats().wait_s * 1e3);
+      std::printf("  sent per rank per step %s; %g(N-1)/N x 4 B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(), copies,
                   ds::format_bytes(traffic_theory).c_str(), traffic_theory > 0 ? 100.0 * (per_step - traffic_theory) / traffic_theory : 0.0);
       std::printf("  step time (median of %zu) %.0f ms\n", times.size(), times.empty() ? 0.0 : times[times.size() / 2] * 1e3);
     }

@@ -11,11 +11,11 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/runtime/zero_init.h"
 
 namespace ds {
 
 using Clock = std::chrono::steady_clock;
-constexpr int64_t kPadTo = 64;  // flat buffers padded to 64 elements (256 B): SIMD tiles, shards
 
 const char* to_string(Precision p) {
   switch (p) {
@@ -75,23 +75,18 @@ void check_supported(const Config& c, int world) {
   if (c.parallel.data_parallel_size != world)
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the communicator has ", world));
-  if (c.zero_optimization.stage > 2)
-    throw ConfigError(ds::str("zero_optimization.stage ", c.zero_optimization.stage,
-                              ": this build's engine runs stages 0, 1 and 2; stage 3 is not built yet"));
   const auto& z = c.zero_optimization;
   if (z.offload_optimizer.device == OffloadDevice::kCpu) {
     // On a CPU build the states already live in host memory; what offload changes is that the
     // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
-    if (z.stage == 0) throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1 or 2 (as in DeepSpeed)");
+    if (z.stage == 0) throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
     if (c.optimizer.torch_adam)
       throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
                         "kernels; remove torch_adam");
   }
-  if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device != OffloadDevice::kNone)
-    throw ConfigError(ds::str("zero_optimization.", z.offload_param.device != OffloadDevice::kNone ? "offload_param" : "offload_optimizer",
-                              ".device \"", offload_device_name(z.offload_param.device != OffloadDevice::kNone ? z.offload_param.device
-                                                                                                                 : z.offload_optimizer.device),
-                              "\": swapping to disk and parameter offload (ZeRO-Infinity, stage 3) are not built yet"));
+  if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device == OffloadDevice::kNvme)
+    throw ConfigError(ds::str("zero_optimization.", z.offload_param.device == OffloadDevice::kNvme ? "offload_param" : "offload_optimizer",
+                              ".device \"nvme\": swapping to disk (ZeRO-Infinity) is not built yet"));
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
     throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
@@ -117,27 +112,60 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, s
   optimizer_ = make_optimizer(config_.optimizer);
   const int world = comm_->size(), rank = comm_->rank();
   for (auto& spec : units) {
-    // Padding to 64 x world elements gives every rank an equal, 64-aligned shard.
-    auto unit = std::make_unique<FlatUnit>(spec.name, spec.params, kPadTo * world, /*persistent_grads=*/stage_ < 2);
-    at::Tensor params = unit->params();
-    comm_->broadcast(params, 0).wait();  // every rank starts from rank 0's weights
-    if (precision_ != Precision::FP32) params.copy_(params.to(half_dtype(precision_)));  // the model holds half values
-    comm::Chunk own = stage_ == 0 ? comm::Chunk{0, params.numel()} : comm::chunk_of(params.numel(), world, rank);
-    at::Tensor own_params = params.slice(0, own.offset, own.offset + own.length);
+    // Stage 3: a unit ds::Init already sharded (its weights came from rank 0 then).
+    std::unique_ptr<FlatUnit> unit = stage_ == 3 ? take_partitioned_unit(spec) : nullptr;
+    if (!unit) {
+      unit = std::make_unique<FlatUnit>(spec.name, spec.params, kUnitPadding * world, /*persistent_grads=*/stage_ < 2);
+      at::Tensor params = unit->params();
+      comm_->broadcast(params, 0).wait();  // every rank starts from rank 0's weights
+      if (stage_ == 3) unit->shard(world, rank);
+    }
+    at::Tensor own_params;
+    if (stage_ == 3) {
+      own_params = unit->shard_data();
+    } else {
+      comm::Chunk own = stage_ == 0 ? comm::Chunk{0, unit->padded_numel()} : comm::chunk_of(unit->padded_numel(), world, rank);
+      own_params = unit->params().slice(0, own.offset, own.offset + own.length);
+    }
+    if (precision_ != Precision::FP32) {  // the model holds half values
+      if (stage_ == 3) own_params.copy_(own_params.to(half_dtype(precision_)));
+      else unit->params().copy_(unit->params().to(half_dtype(precision_)));
+    }
     masters_.push_back(precision_ == Precision::FP32 ? own_params : own_params.clone());
-    if (stage_ > 0) grad_shards_.push_back(at::zeros({own.length}));
-    states_.push_back(optimizer_->init_state(own.length));
+    if (stage_ == 3) gather_from_.push_back(precision_ == Precision::FP32 ? own_params : own_params.to(half_dtype(precision_)));
+    if (stage_ > 0) grad_shards_.push_back(at::zeros({own_params.numel()}));
+    states_.push_back(optimizer_->init_state(own_params.numel()));
     units_.push_back(std::move(unit));
+  }
+  std::vector<FlatUnit*> raw;
+  for (auto& u : units_) raw.push_back(u.get());
+  if (stage_ == 3) {
+    const ZeroConfig& z = config_.zero_optimization;
+    CoordinatorOptions co;
+    co.prefetch_elements = z.stage3_prefetch_bucket_size;
+    co.max_live_elements = z.stage3_max_live_parameters;
+    co.max_reuse_distance = z.stage3_max_reuse_distance;
+    co.persistence_threshold = z.stage3_param_persistence_threshold;
+    co.gather_dtype = precision_ == Precision::FP32 ? at::kFloat : half_dtype(precision_);
+    coordinator_ = std::make_unique<ParamCoordinator>(raw, gather_from_, comm_, co);
+    unit_aware_ = dynamic_cast<zero::UnitAware*>(model_.get()) != nullptr;
+    if (rank == 0 && units_.size() == 1)
+      std::fprintf(stderr, "warning: ZeRO stage 3 with a single unit (%s): the whole model is gathered for each "
+                           "forward and backward, so parameters are sharded only between steps; make its layers "
+                           "submodules (ds::find_units) to shard them during the step too\n", units_[0]->name().c_str());
+    else if (rank == 0 && !unit_aware_)
+      std::fprintf(stderr, "warning: ZeRO stage 3: the model does not run its units through ds::zero::run_unit "
+                           "(ds/zero/zero.h), so all %zu units are gathered before each forward; parameters are "
+                           "sharded only between steps\n", units_.size());
   }
   GradReducerOptions ro;
   ro.mode = stage_ == 0 ? GradReducerOptions::Mode::AllReduce : GradReducerOptions::Mode::ReduceScatter;
-  ro.every_micro_batch = stage_ == 2;
+  ro.every_micro_batch = stage_ >= 2;
   ro.overlap = stage_ == 0 || config_.zero_optimization.overlap_comm;  // stage 0 always overlaps
   ro.bucket_elements = config_.zero_optimization.reduce_bucket_size;
   ro.predivide_factor = config_.gradient_predivide_factor;
   ro.comm_dtype = comm_dtype(config_, precision_);
-  std::vector<FlatUnit*> raw;
-  for (auto& u : units_) raw.push_back(u.get());
+  if (coordinator_) ro.on_packed = [this](size_t u) { coordinator_->after_reduce(int(u)); };
   reducer_ = std::make_unique<GradReducer>(raw, comm_, ro, grad_shards_);
   if (config_.csv_monitor.enabled) {
     std::string dir = config_.csv_monitor.output_path.empty() ? "." : config_.csv_monitor.output_path;
@@ -182,12 +210,79 @@ void Engine::backward(const at::Tensor& loss) {
   reducer_->begin_backward(boundary);
   at::Tensor scaled = loss * (scaler_.scale() / double(config_.gradient_accumulation_steps));
   scaled.backward();
-  if (stage_ == 2) reducer_->finish();  // this micro-batch's gradients go to the shards now
+  if (stage_ >= 2) reducer_->finish();  // this micro-batch's gradients go to the shards now
+  if (coordinator_) coordinator_->end_micro_batch();
   ++micro_step_;
   backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
 const at::Tensor& Engine::grad_of(size_t u) const { return stage_ == 0 ? units_[u]->grads() : grad_shards_[u]; }
+
+void Engine::forward_begin() {
+  if (!coordinator_) return;
+  coordinator_->begin_micro_batch();
+  if (!unit_aware_) coordinator_->gather_all();
+}
+
+void Engine::forward_end() {
+  if (coordinator_ && !at::GradMode::is_enabled()) coordinator_->end_micro_batch();  // no backward follows
+}
+
+std::vector<size_t> Engine::units_holding(const std::vector<std::string>& names) const {
+  std::vector<size_t> out;
+  std::vector<bool> found(names.size(), false);
+  for (size_t u = 0; u < units_.size(); ++u) {
+    bool wanted = names.empty();
+    for (size_t i = 0; i < names.size(); ++i)
+      for (const ParamSlot& s : units_[u]->slots())
+        if (s.name == names[i]) wanted = found[i] = true;
+    if (wanted) out.push_back(u);
+  }
+  for (size_t i = 0; i < names.size(); ++i)
+    if (!found[i]) throw Error(ds::str("gathered_parameters: the engine trains no parameter named '", names[i], "'"));
+  return out;
+}
+
+// The weights of unit u as they are on `modifier_rank` become everyone's: its full buffer is
+// broadcast and each rank takes its master (and half-precision shard) from it.
+void Engine::write_back(size_t u, int modifier_rank) {
+  at::Tensor full = units_[u]->params();
+  comm_->broadcast(full, modifier_rank).wait();
+  if (precision_ != Precision::FP32) full.copy_(full.to(half_dtype(precision_)));
+  if (stage_ == 0) {
+    if (precision_ != Precision::FP32) masters_[u].copy_(full);
+    return;
+  }
+  comm::Chunk own = comm::chunk_of(full.numel(), comm_->size(), comm_->rank());
+  at::Tensor mine = full.slice(0, own.offset, own.offset + own.length);
+  masters_[u].copy_(mine);
+  if (stage_ == 3) {
+    units_[u]->shard_data().copy_(mine);
+    gather_from_[u].copy_(mine);
+  }
+}
+
+void Engine::gathered_parameters(const std::vector<std::string>& names, const std::function<void()>& f,
+                                 int modifier_rank) {
+  if (modifier_rank >= comm_->size())
+    throw Error(ds::str("gathered_parameters: modifier_rank ", modifier_rank, " but there are ", comm_->size(), " ranks"));
+  const std::vector<size_t> units = units_holding(names);
+  if (coordinator_)
+    for (size_t u : units) coordinator_->pin(int(u));
+  std::exception_ptr failed;
+  try {
+    at::NoGradGuard no_grad;
+    f();
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  // Every rank takes part in the write-back (a collective) even if f() threw on this one.
+  if (modifier_rank >= 0)
+    for (size_t u : units) write_back(u, modifier_rank);
+  if (coordinator_)
+    for (size_t u : units) coordinator_->unpin(int(u));
+  if (failed) std::rethrow_exception(failed);
+}
 
 bool Engine::unscale_and_check_overflow() {
   if (!scaler_.enabled()) return false;  // only fp16 overflows (DeepSpeed checks only there too)
@@ -223,35 +318,51 @@ void Engine::apply_update(double lr) {
   for (size_t u = 0; u < units_.size(); ++u) {
     optimizer_->step(masters_[u], grad_of(u), states_[u], optimizer_steps_, lr, beta1);
     if (stage_ == 0 && precision_ != Precision::FP32) units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
+    if (stage_ == 3 && precision_ != Precision::FP32) gather_from_[u].copy_(masters_[u]);
   }
-  if (stage_ > 0) gather_parameters();
+  if (stage_ == 3) coordinator_->refresh();  // persistent units gathered anew; the rest on use
+  else if (stage_ > 0) gather_parameters();
 }
 
 // Stages 1-2: every rank updated its chunk; an all-gather per unit (all in flight at once)
 // rebuilds the full weights, in the half dtype under bf16/fp16 (half the bytes).
+// At most allgather_bucket_size elements are in flight (a unit larger than that goes alone).
 void Engine::gather_parameters() {
-  std::vector<comm::Work> works;
+  std::vector<comm::Work> works(units_.size());
   std::vector<at::Tensor> gathered(units_.size());
+  size_t done = 0;
+  int64_t in_flight = 0;
+  auto land = [&](size_t u) {
+    works[u].wait();
+    if (gathered[u].defined()) units_[u]->params().copy_(gathered[u]);
+    gathered[u] = at::Tensor();
+    in_flight -= units_[u]->padded_numel();
+  };
   for (size_t u = 0; u < units_.size(); ++u) {
     at::Tensor full = units_[u]->params();
+    while (done < u && in_flight + full.numel() > config_.zero_optimization.allgather_bucket_size) land(done++);
     if (precision_ == Precision::FP32) {
-      works.push_back(comm_->all_gather(full, masters_[u]));  // the master is full's own chunk
+      works[u] = comm_->all_gather(full, masters_[u]);  // the master is full's own chunk
     } else {
       gathered[u] = at::empty({full.numel()}, full.options().dtype(half_dtype(precision_)));
       at::Tensor mine = masters_[u].to(half_dtype(precision_));
-      works.push_back(comm_->all_gather(gathered[u], mine));
+      works[u] = comm_->all_gather(gathered[u], mine);
     }
+    in_flight += full.numel();
   }
-  for (size_t u = 0; u < units_.size(); ++u) {
-    works[u].wait();
-    if (gathered[u].defined()) units_[u]->params().copy_(gathered[u]);
-  }
+  while (done < units_.size()) land(done++);
 }
 
 Engine::MemoryBreakdown Engine::memory_breakdown() const {
   MemoryBreakdown m;
   for (size_t u = 0; u < units_.size(); ++u) {
-    m.params += units_[u]->params().nbytes();
+    if (stage_ == 3) {
+      // The shard (under fp32 also the master), its half copy, and the unit while gathered.
+      m.params += precision_ == Precision::FP32 ? masters_[u].nbytes() : gather_from_[u].nbytes();
+      if (units_[u]->gathered()) m.params += units_[u]->params().nbytes();
+    } else {
+      m.params += units_[u]->params().nbytes();
+    }
     if (units_[u]->persistent_grads()) m.grads += units_[u]->grads().nbytes();
     if (stage_ > 0) m.grads += grad_shards_[u].nbytes();
     if (precision_ != Precision::FP32) m.masters += masters_[u].nbytes();  // fp32: views of params

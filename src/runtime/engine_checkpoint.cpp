@@ -161,10 +161,27 @@ ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann:
   return m;
 }
 
-ckpt::ModelStates Engine::model_states() const {
+// Collective at stage 3 with stage3_gather_16bit_weights_on_model_save: the units are
+// gathered one at a time and rank 0 keeps a copy (in the training precision) of each. Without
+// it, stage 3's model states hold only what the units do not (the weights are in the shards).
+ckpt::ModelStates Engine::model_states() {
   ckpt::ModelStates s;
-  for (const auto& p : model_->named_parameters()) s.module.emplace_back(p.key(), p.value().detach());
-  for (const auto& b : model_->named_buffers()) s.module.emplace_back(b.key(), b.value().detach());
+  if (stage_ == 3) {
+    for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) s.module.emplace_back(name, t.detach());
+    if (config_.zero_optimization.stage3_gather_16bit_weights_on_model_save) {
+      const at::ScalarType dtype = precision_ == Precision::FP32 ? at::kFloat : half_dtype(precision_);
+      for (size_t u = 0; u < units_.size(); ++u) {
+        coordinator_->pin(int(u));
+        if (comm_->rank() == 0)
+          for (size_t i = 0; i < units_[u]->slots().size(); ++i)
+            s.module.emplace_back(units_[u]->slots()[i].name, units_[u]->tensors()[i].detach().to(dtype, false, true));
+        coordinator_->unpin(int(u));
+      }
+    }
+  } else {
+    for (const auto& p : model_->named_parameters()) s.module.emplace_back(p.key(), p.value().detach());
+    for (const auto& b : model_->named_buffers()) s.module.emplace_back(b.key(), b.value().detach());
+  }
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
   s.rng_states.emplace_back("cpu", gen.get_state());
@@ -196,8 +213,9 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   });
   // 2. Each rank owning a part writes it; rank 0 also the weights and RNG state.
   ckpt::FileInfo model_file;
+  ckpt::ModelStates states = model_states();  // collective at stage 3
   std::vector<ckpt::FileInfo> parts = on_every_rank(*comm_, [&] {
-    if (rank == 0) model_file = writer->write_model_states(model_states());
+    if (rank == 0) model_file = writer->write_model_states(states);
     if (rank >= writer->layout().partition.count) return ckpt::FileInfo{};
     return writer->write_optimizer_part(rank, optimizer_part());
   });
@@ -247,7 +265,11 @@ void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
   }
   for (auto& g : grad_shards_) g.zero_();
   loss_sum_ = 0.0;
-  if (stage_ > 0) {
+  if (stage_ == 3) {
+    for (size_t u = 0; u < units_.size(); ++u)
+      if (precision_ != Precision::FP32) gather_from_[u].copy_(masters_[u]);
+    coordinator_->refresh();
+  } else if (stage_ > 0) {
     gather_parameters();  // every rank loaded its chunk: rebuild the full weights
   } else if (precision_ != Precision::FP32) {
     for (size_t u = 0; u < units_.size(); ++u)

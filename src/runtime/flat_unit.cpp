@@ -5,8 +5,15 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
+#include "ds/comm/communicator.h"
 #include "ds/common/error.h"
 
 namespace ds {
@@ -30,6 +37,46 @@ void add_unit(std::vector<UnitSpec>& out, std::unordered_set<const void*>& seen,
 
 bool is_container(const torch::nn::Module& m) {
   return dynamic_cast<const torch::nn::ModuleListImpl*>(&m) || dynamic_cast<const torch::nn::SequentialImpl*>(&m);
+}
+
+// Released stage-3 parameters carry DispatchKey::Fake (torchdistx's key, unused by LibTorch
+// itself): it sits below autograd, so autograd's own bookkeeping (set_data, grad, requires_grad)
+// still works on them, and above the CPU kernels, so any operation that would read the values
+// lands in released_read() instead of computing on an empty tensor.
+struct ReleasedNames {
+  std::mutex mu;
+  std::unordered_map<const c10::TensorImpl*, std::string> names;
+};
+
+ReleasedNames& released_names() {
+  static ReleasedNames r;
+  return r;
+}
+
+void released_read(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  std::string name = "a parameter";
+  for (const c10::IValue& v : *stack) {
+    if (!v.isTensor() || !v.toTensor().key_set().has(c10::DispatchKey::Fake)) continue;
+    ReleasedNames& r = released_names();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.names.find(v.toTensor().unsafeGetTensorImpl());
+    if (it != r.names.end()) name = it->second;
+    break;
+  }
+  throw Error(ds::str(name, " is sharded by ZeRO stage 3 and not gathered here (", op.schema().name(),
+                      " read it): run its module through ds::zero::run_unit, or read it inside "
+                      "engine.gathered_parameters({...})"));
+}
+
+TORCH_LIBRARY_IMPL(_, Fake, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&released_read>()); }
+
+// An empty float tensor whose reads go to released_read().
+at::Tensor released_placeholder() {
+  at::Tensor base = at::empty({0}, at::kFloat);
+  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(base.storage()),
+                                                   base.key_set().add(c10::DispatchKey::Fake), base.dtype());
+  impl->set_sizes_contiguous({0});
+  return at::Tensor(std::move(impl));
 }
 
 }  // namespace
@@ -64,7 +111,8 @@ FlatUnit::FlatUnit(std::string name, const NamedParams& params, int64_t pad_to, 
     slots_.push_back({pname, numel_, p.numel(), p.sizes().vec()});
     numel_ += p.numel();
   }
-  params_ = at::zeros({round_up(numel_, pad_to)}, at::kFloat);
+  padded_numel_ = round_up(numel_, pad_to);
+  params_ = at::zeros({padded_numel_}, at::kFloat);
   if (persistent_grads) grads_ = at::zeros_like(params_);
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSlot& s = slots_[i];
@@ -92,7 +140,7 @@ void FlatUnit::zero_grad() {
 
 at::Tensor FlatUnit::pack_grads(at::ScalarType dtype) {
   if (grads_.defined()) return grads_.to(dtype);
-  at::Tensor flat = at::zeros({padded_numel()}, params_.options().dtype(dtype));
+  at::Tensor flat = at::zeros({padded_numel()}, at::TensorOptions().dtype(dtype));
   for (size_t i = 0; i < tensors_.size(); ++i) {
     at::Tensor& g = tensors_[i].mutable_grad();
     if (g.defined()) flat.slice(0, slots_[i].offset, slots_[i].offset + slots_[i].numel).copy_(g.reshape(-1));
@@ -114,6 +162,54 @@ void FlatUnit::check_grad_views() {
                           "gradients (do not assign .grad() or call the optimizer yourself)"));
     }
   }
+}
+
+void FlatUnit::shard(int world, int rank) {
+  DS_CHECK(!sharded() && gathered() && !grads_.defined(), "unit ", name_, " cannot be sharded twice or with persistent grads");
+  comm::Chunk own = comm::chunk_of(padded_numel_, world, rank);
+  shard_ = params_.slice(0, own.offset, own.offset + own.length).clone();
+  shard_offset_ = own.offset;
+  for (const at::Tensor& p : tensors_) accumulators_.push_back(torch::autograd::impl::grad_accumulator(p));
+  {
+    ReleasedNames& r = released_names();
+    std::lock_guard<std::mutex> lock(r.mu);
+    for (size_t i = 0; i < tensors_.size(); ++i) r.names[tensors_[i].unsafeGetTensorImpl()] = slots_[i].name;
+  }
+  release();
+}
+
+void FlatUnit::attach(const at::Tensor& full) {
+  DS_CHECK(full.numel() == padded_numel_ && full.scalar_type() == at::kFloat && full.is_contiguous(),
+           "unit ", name_, ": a gathered buffer must be contiguous fp32 of ", padded_numel_, " elements");
+  params_ = full;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const ParamSlot& s = slots_[i];
+    tensors_[i].set_data(params_.slice(0, s.offset, s.offset + s.numel).view(s.shape));
+  }
+}
+
+void FlatUnit::release() {
+  DS_CHECK(sharded(), "unit ", name_, " is not sharded; it cannot release its parameters");
+  at::Tensor placeholder = released_placeholder();
+  for (auto& p : tensors_) p.set_data(placeholder);
+  params_ = at::Tensor();
+}
+
+void FlatUnit::rename(std::string name, const std::vector<std::string>& slot_names) {
+  DS_CHECK(slot_names.size() == slots_.size(), "unit ", name_, ": ", slot_names.size(), " names for ", slots_.size(), " slots");
+  name_ = std::move(name);
+  for (size_t i = 0; i < slots_.size(); ++i) slots_[i].name = slot_names[i];
+  if (!sharded()) return;
+  ReleasedNames& r = released_names();
+  std::lock_guard<std::mutex> lock(r.mu);
+  for (size_t i = 0; i < tensors_.size(); ++i) r.names[tensors_[i].unsafeGetTensorImpl()] = slots_[i].name;
+}
+
+FlatUnit::~FlatUnit() {
+  if (!sharded()) return;
+  ReleasedNames& r = released_names();
+  std::lock_guard<std::mutex> lock(r.mu);
+  for (auto& p : tensors_) r.names.erase(p.unsafeGetTensorImpl());
 }
 
 }  // namespace ds

@@ -101,6 +101,7 @@ void GradReducer::launch(size_t u) {
     if (comm_->size() == 1) b.wire_out.copy_(b.wire);
     else b.work = comm_->reduce_scatter(b.wire_out, b.wire, comm::ReduceOp::Sum);
     in_flight_.push_back(std::move(b));
+    if (options_.on_packed) options_.on_packed(u);
     return;
   }
   if (comm_->size() == 1) return;

@@ -79,14 +79,14 @@ struct BadInput {
 TEST(DsTrain, BadInputIsOneErrorLineAndExitOne) {
   TempDir dir;
   std::string tiny = dir.write("tiny.txt", std::string(100, 'x'));
-  std::string stage3 = dir.write("s3.json", R"({"train_batch_size": 8, "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 3}})");
+  std::string nvme = dir.write("nvme.json", R"({"train_batch_size": 8, "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/nonexistent/swap"}}})");
   std::string typo = dir.write("typo.json", R"({"train_batch_size": 8, "zero_optimization": {"stgae": 0}})");
   std::vector<BadInput> cases = {
       {"missing data file", {"--data", dir.file("nope.txt")}, "cannot read data file"},
       {"sequence longer than the data", {"--data", tiny, "--seq-len", "64"}, "too short for sequence length 64"},
       {"heads do not divide the width", {"--n-head", "3", "--d-model", "128"}, "not divisible by n_head 3"},
       {"context shorter than the task", {"--seq-len", "4"}, "shorter than the task's examples"},
-      {"config the engine cannot honour", {"--config", stage3}, "zero_optimization.stage 3"},
+      {"config the engine cannot honour", {"--config", nvme}, "offload_param"},
       {"typo in the config", {"--config", typo}, "did you mean \"stage\""},
       {"missing config", {"--config", dir.file("none.json")}, "none.json"},
   };

@@ -1,8 +1,10 @@
 // Engine::save_checkpoint / load_checkpoint:
 // * a resumed engine continues bit for bit (fp16 with its loss scaler and skipped steps,
-//   bf16, accumulation) at ZeRO stages 0, 1 and 2;
-// * a checkpoint saved by 4 ranks at stage 2 continues at 2 ranks stage 1, 1 rank stage 0,
-//   and (saved again there) 3 ranks stage 2, on the 4-rank run's loss trajectory;
+//   bf16, accumulation) at ZeRO stages 0, 1, 2 and 3;
+// * a checkpoint saved by 4 ranks at stage 3 continues at 2 ranks stage 1, 1 rank stage 0,
+//   and (saved again there) 3 ranks stage 3, on the 4-rank run's loss trajectory;
+// * stage3_gather_16bit_weights_on_model_save puts the gathered weights, in the training
+//   precision, into the model-states file;
 // * SIGKILL during a save leaves `latest` on the previous, loadable checkpoint;
 // * buffers, frozen parameters and root parameters round-trip by their state-dict names;
 // * bad input (another model, another optimizer, a missing directory, a corrupt shard only
@@ -54,7 +56,8 @@ std::string config(int stage, int world, const char* optimizer, const std::strin
       R"(, "gradient_accumulation_steps": )", gas, R"(, "optimizer": )", optimizer,
       R"(, "gradient_clipping": )", optimizer == kAdamW ? "0.5" : "0.0",
       R"(, "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_max_lr": 0.01, "warmup_num_steps": 5, "total_num_steps": 20}})",
-      R"(, "zero_optimization": {"stage": )", stage, "}", extra, "}");
+      R"(, "zero_optimization": {"stage": )", stage,
+      stage == 3 ? R"(, "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0)" : "", "}", extra, "}");
 }
 
 
@@ -135,7 +138,7 @@ TEST_P(ResumeAtStage, ANewEngineContinuesBitForBit) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(Stages, ResumeAtStage, ::testing::Values(0, 1, 2),
+INSTANTIATE_TEST_SUITE_P(Stages, ResumeAtStage, ::testing::Values(0, 1, 2, 3),
                          [](const auto& info) { return "stage" + std::to_string(info.param); });
 
 // ---- reshape ------------------------------------------------------------------------------
@@ -146,16 +149,17 @@ INSTANTIATE_TEST_SUITE_P(Stages, ResumeAtStage, ::testing::Values(0, 1, 2),
 // against one process. The same bound holds here. With AdamW the attention key biases are
 // left out of the weight comparison: their true gradient is 0, the rounding noise they get
 // depends on the summation order, and Adam turns it into +-lr steps (test_engine.cpp).
-TEST(EngineCheckpoint, FourRanksStageTwoContinuesAtTwoRanksStageOneOneRankStageZeroAndThreeRanksStageTwo) {
+TEST(EngineCheckpoint, FourRanksStageThreeContinuesAtTwoRanksStageOneOneRankStageZeroAndThreeRanksStageThree) {
   for (const char* opt : {kSgd, kAdamW}) {
     TempDir dir;
     test::run_ranks(4, [&](comm::Communicator& c) {  // the uninterrupted run, saving on the way
-      test::TinyRun run(c.shared_from_this(), config(2, 4, opt));
+      test::TinyRun run(c.shared_from_this(), config(3, 4, opt));
       run.train_to(10);
       run.engine().save_checkpoint(dir / "at10");
       run.train_to(20);
       run.engine().save_checkpoint(dir / "at20");
-      if (c.rank() == 0) write_values(dir / "losses", run.result().losses);
+      const auto r = run.result();  // collective at stage 3
+      if (c.rank() == 0) write_values(dir / "losses", r.losses);
     });
     const bool adam = opt == kAdamW;
     auto check = [&](comm::Communicator& c, const test::TinyRun& run, size_t from, const std::string& what) {
@@ -176,7 +180,7 @@ TEST(EngineCheckpoint, FourRanksStageTwoContinuesAtTwoRanksStageOneOneRankStageZ
       test::TinyRun run(c.shared_from_this(), config(1, 2, opt));
       EXPECT_EQ(run.engine().load_checkpoint(dir / "at10").global_step, 10);
       run.train_to(20);
-      check(c, run, 10, "4 ranks stage 2 -> 2 ranks stage 1");
+      check(c, run, 10, "4 ranks stage 3 -> 2 ranks stage 1");
     });
     test::run_ranks(1, [&](comm::Communicator& c) {
       test::TinyRun run(c.shared_from_this(), config(0, 1, opt));
@@ -184,13 +188,45 @@ TEST(EngineCheckpoint, FourRanksStageTwoContinuesAtTwoRanksStageOneOneRankStageZ
       run.train_to(15);
       run.engine().save_checkpoint(dir / "at15");
       run.train_to(20);
-      check(c, run, 10, "4 ranks stage 2 -> 1 rank stage 0");
+      check(c, run, 10, "4 ranks stage 3 -> 1 rank stage 0");
     });
     test::run_ranks(3, [&](comm::Communicator& c) {  // 3 does not divide the units' 64 x 4 padding
-      test::TinyRun run(c.shared_from_this(), config(2, 3, opt));
+      test::TinyRun run(c.shared_from_this(), config(3, 3, opt));
       run.engine().load_checkpoint(dir / "at15");
       run.train_to(20);
-      check(c, run, 15, "(4 ranks stage 2 -> 1 rank stage 0) -> 3 ranks stage 2");
+      check(c, run, 15, "(4 ranks stage 3 -> 1 rank stage 0) -> 3 ranks stage 3");
+    });
+  }
+}
+
+TEST(EngineCheckpoint, StageThreeGathersSixteenBitWeightsIntoTheModelStatesOnRequest) {
+  for (bool gather : {false, true}) {
+    TempDir dir;
+    test::run_ranks(2, [&](comm::Communicator& c) {
+      const std::string cfg = ds::str(
+          R"({"train_batch_size": 12, "optimizer": )", kSgd, R"(, "bf16": {"enabled": true}, "zero_optimization": )",
+          R"({"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": )",
+          gather ? "true" : "false", "}}");
+      test::TinyRun run(c.shared_from_this(), cfg);
+      run.train_to(3);
+      run.engine().save_checkpoint(dir.path());
+      if (c.rank() != 0) return;
+      ckpt::ModelStates states = ckpt::CheckpointReader(dir.path()).load_model_states();
+      const at::Tensor* w = nullptr;
+      for (const auto& [name, t] : states.module)
+        if (name == "blocks.1.fc.weight") w = &t;
+      if (!gather) {
+        EXPECT_EQ(w, nullptr) << "stage 3 without the flag keeps the weights in the shards only";
+        return;
+      }
+      ASSERT_NE(w, nullptr);
+      EXPECT_EQ(w->scalar_type(), at::kBFloat16);
+      EXPECT_EQ(w->sizes(), (std::vector<int64_t>{128, 32}));
+      // The fp32 masters rounded to bf16: what the model computed with.
+      at::Tensor master;
+      for (const auto& [name, t] : ckpt::CheckpointReader(dir.path()).load_fp32_weights())
+        if (name == "blocks.1.fc.weight") master = t;
+      EXPECT_TRUE(w->equal(master.to(at::kBFloat16)));
     });
   }
 }

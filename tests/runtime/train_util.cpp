@@ -4,6 +4,7 @@
 #include <torch/utils.h>
 
 #include "ds/config/config.h"
+#include "ds/runtime/zero_init.h"
 
 namespace ds::test {
 
@@ -19,7 +20,12 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   GptConfig mc;
   mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data_->context();
   torch::manual_seed(7);
-  model_ = Gpt(mc);
+  if (shape.zero_init) {
+    Init init(comm_, config);
+    model_ = Gpt(mc);
+  } else {
+    model_ = Gpt(mc);
+  }
   engine_ = std::make_unique<Engine>(model_.ptr(), config, comm_);
 }
 
@@ -47,7 +53,8 @@ TrainResult TinyRun::result() const {
   std::vector<at::Tensor> parts, masks;
   for (size_t u = 0; u < engine_->units().size(); ++u) {
     const FlatUnit& unit = *engine_->units()[u];
-    parts.push_back(unit.params().slice(0, 0, unit.numel()));  // the full (gathered) weights
+    // The full weights (stage 3: gathered for the copy).
+    engine_->gathered_parameters({unit.slots()[0].name}, [&] { parts.push_back(unit.params().slice(0, 0, unit.numel()).clone()); });
     at::Tensor mask = at::zeros({unit.numel()}, at::kBool);
     for (const ParamSlot& slot : unit.slots())
       if (slot.name.size() >= 8 && slot.name.compare(slot.name.size() - 8, 8, "qkv.bias") == 0)

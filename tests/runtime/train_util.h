@@ -28,6 +28,7 @@ struct TrainResult {
 
 struct TinyShape {
   int64_t n_layer = 2, d_model = 32;
+  bool zero_init = false;  // build the model under ds::Init (shards at once at stage 3)
 };
 
 // The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The
@@ -37,10 +38,13 @@ class TinyRun {
   // `config_json` is a full ds_config; it is resolved for comm->size() ranks.
   TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, TinyShape shape = {});
   Engine& engine() { return *engine_; }
+  Gpt& model() { return model_; }
+  Dataset& data() { return *data_; }
   // Trains from the engine's global step up to `step`, recording losses, scales and skips.
   // `before_backward` (optional) runs before each backward with the engine and the step index.
   void train_to(int64_t step, const std::function<void(Engine&, int)>& before_backward = {});
   // What has been recorded so far, and the current weights.
+  // The current weights are gathered (collective at stage 3: every rank calls it).
   TrainResult result() const;
 
  private:

@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -37,6 +38,7 @@
 #include "ds/runtime/loss_scaler.h"
 #include "ds/runtime/lr_schedule.h"
 #include "ds/runtime/optimizer.h"
+#include "ds/runtime/param_coordinator.h"
 
 namespace ds {
 
@@ -81,7 +83,9 @@ class Engine {
   template <typename F>
   auto forward(F&& f) {
     auto start = std::chrono::steady_clock::now();
+    forward_begin();
     auto out = f();
+    forward_end();
     forward_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return out;
   }
@@ -105,10 +109,18 @@ class Engine {
   std::string save_checkpoint(const std::string& dir, std::string tag = "",
                               const nlohmann::json& client_state = nlohmann::json::object());
   // Loads <dir>/<tag> (default: the tag named by <dir>/latest), saved at any data-parallel
-  // world size and ZeRO stage 0-2: checks every file and that the model matches (parameter
+  // world size and ZeRO stage 0-3: checks every file and that the model matches (parameter
   // names and shapes), loads this rank's part for the current layout, rebuilds the weights,
   // and restores the counters, lr schedule position, loss scaler (fp16) and RNG state.
   LoadedCheckpoint load_checkpoint(const std::string& dir, std::string tag = "");
+
+  // DeepSpeed's GatheredParameters: runs f() with the named parameters (all when `names` is
+  // empty) whole on every rank. With modifier_rank >= 0, what f() left in them on that rank
+  // becomes the weights everywhere (fp32 masters and shards included). Collective: every rank
+  // calls it with the same names. At stages 0-2 the weights are whole anyway; f() just runs
+  // (and modifier_rank still broadcasts and updates the masters).
+  void gathered_parameters(const std::vector<std::string>& names, const std::function<void()>& f,
+                           int modifier_rank = -1);
 
   bool is_gradient_accumulation_boundary() const;
   int64_t global_step() const { return global_step_; }
@@ -122,9 +134,12 @@ class Engine {
   comm::Communicator& comm() { return *comm_; }
   const std::vector<std::unique_ptr<FlatUnit>>& units() const { return units_; }
   // The fp32 master weights of unit u: the whole unit at stage 0, this rank's chunk of it
-  // (ds::comm::chunk_of over the padded unit) at stages 1-2. Under fp32 a view of the unit.
+  // (ds::comm::chunk_of over the padded unit) at stages 1-3. Under fp32 a view of the unit
+  // (stage 3: the unit's shard itself).
   const at::Tensor& master(size_t u) const { return masters_[u]; }
   int zero_stage() const { return stage_; }
+  // Stage 3's gather / prefetch / release (null at stages 0-2).
+  const ParamCoordinator* coordinator() const { return coordinator_.get(); }
   // Bytes this rank holds for model states, counted from the engine's own buffers.
   struct MemoryBreakdown {
     int64_t params = 0, grads = 0, masters = 0, optimizer_state = 0;
@@ -141,6 +156,10 @@ class Engine {
  private:
   // What the optimizer reads for unit u: the unit's gradient (stage 0) or this rank's shard.
   const at::Tensor& grad_of(size_t u) const;
+  void forward_begin();
+  void forward_end();
+  std::vector<size_t> units_holding(const std::vector<std::string>& names) const;
+  void write_back(size_t u, int modifier_rank);
   bool unscale_and_check_overflow();
   double global_grad_norm();
   void apply_update(double lr);
@@ -151,7 +170,7 @@ class Engine {
   std::string agreed_tag(const std::string& tag);
   std::vector<ckpt::UnitInfo> checkpoint_units() const;
   ckpt::Manifest checkpoint_layout(const std::string& tag, const nlohmann::json& client_state) const;
-  ckpt::ModelStates model_states() const;
+  ckpt::ModelStates model_states();
   std::vector<ckpt::UnitShard> optimizer_part() const;
   void check_model_states(const ckpt::ModelStates& states) const;
   void restore_optimizer_part(const std::vector<ckpt::UnitShard>& part);
@@ -169,6 +188,9 @@ class Engine {
   std::vector<std::vector<at::Tensor>> states_;
   std::unique_ptr<FlatOptimizer> optimizer_;
   std::unique_ptr<GradReducer> reducer_;
+  std::vector<at::Tensor> gather_from_;  // stage 3 under bf16/fp16: the shard in half precision
+  std::unique_ptr<ParamCoordinator> coordinator_;
+  bool unit_aware_ = false;  // the model calls zero::run_unit (else stage 3 gathers every unit)
   LrSchedule schedule_;
   LossScaler scaler_;
   int64_t micro_step_ = 0;       // backward() calls so far

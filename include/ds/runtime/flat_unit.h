@@ -13,6 +13,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,7 +59,7 @@ class FlatUnit {
   const at::Tensor& grads() const { return grads_; }  // undefined without persistent grads
   bool persistent_grads() const { return grads_.defined(); }
   int64_t numel() const { return numel_; }
-  int64_t padded_numel() const { return params_.numel(); }
+  int64_t padded_numel() const { return padded_numel_; }
   const std::vector<ParamSlot>& slots() const { return slots_; }
   // The module's parameter tensors (views of params()), in slot order.
   const std::vector<at::Tensor>& tensors() const { return tensors_; }
@@ -71,15 +72,42 @@ class FlatUnit {
   // module->zero_grad() sets grads to undefined); throws when a grad was replaced.
   void check_grad_views();
 
+  // ZeRO stage 3. shard(world, rank) keeps this rank's chunk of the padded buffer
+  // (comm::chunk_of) and releases the rest; attach(full) makes the parameters views of a
+  // gathered padded buffer again, release() drops it. A released parameter has shape [0],
+  // and an operation that reads it throws ds::Error naming it (not a silent empty result).
+  void shard(int world, int rank);
+  bool sharded() const { return shard_.defined(); }
+  bool gathered() const { return params_.defined(); }
+  const at::Tensor& shard_data() const { return shard_; }
+  int64_t shard_offset() const { return shard_offset_; }
+  void attach(const at::Tensor& full);
+  void release();
+  // New names for the unit and its slots (in slot order), e.g. the root's state-dict names
+  // for a unit built inside its module's constructor.
+  void rename(std::string name, const std::vector<std::string>& slot_names);
+
+  ~FlatUnit();
+  FlatUnit(const FlatUnit&) = delete;
+  FlatUnit& operator=(const FlatUnit&) = delete;
+
  private:
   std::string name_;
   at::Tensor params_, grads_;
-  int64_t numel_ = 0;
+  at::Tensor shard_;
+  int64_t shard_offset_ = 0;
+  // Sharded units own their parameters' AccumulateGrad nodes: made while the parameters have
+  // their true shapes (a node checks gradients against the shape it saw when it was made).
+  std::vector<std::shared_ptr<void>> accumulators_;
+  int64_t numel_ = 0, padded_numel_ = 0;
   std::vector<ParamSlot> slots_;
   std::vector<at::Tensor> tensors_;
 };
 
 int64_t round_up(int64_t n, int64_t multiple);
+// Units are padded to kUnitPadding x world-size elements: every rank gets an equal shard of
+// whole 256-byte (SIMD) tiles.
+constexpr int64_t kUnitPadding = 64;
 
 // What a checkpoint records of a unit: its name, sizes and parameter slots.
 ckpt::UnitInfo to_unit_info(const FlatUnit& unit);

@@ -17,6 +17,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,9 @@ struct GradReducerOptions {
   int64_t bucket_elements = 500'000'000;    // AllReduce only
   at::ScalarType comm_dtype = at::kFloat;   // bf16/fp16 halve the bytes on the wire
   double predivide_factor = 1.0;            // divide before, multiply after (fp16 range)
+  // ReduceScatter: called with the unit's index once its gradients are packed and on the
+  // wire (ZeRO stage 3 releases the gathered unit then).
+  std::function<void(size_t)> on_packed;
 };
 
 class GradReducer {

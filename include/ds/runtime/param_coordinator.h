@@ -1,0 +1,114 @@
+// ParamCoordinator: ZeRO stage 3's gather / prefetch / release of sharded units (DeepSpeed's
+// PartitionedParameterCoordinator).
+//
+// Every rank holds its chunk of each unit (FlatUnit::shard). A unit is all-gathered before
+// its forward (ds::zero::run_unit) and released after it, gathered again before its backward
+// (the pre-backward function run_unit puts on the unit's output) and released once its
+// gradients have been reduce-scattered (the GradReducer calls after_reduce).
+//
+// The first micro-batch records the order in which units are used (forward, then backward);
+// later ones replay it: when unit i is needed, the next units of the trace are gathered in the
+// background, up to `prefetch_elements` ahead and `max_live_elements` gathered in all. A unit
+// used again within `max_reuse_distance` elements of the trace stays gathered; a unit of at
+// most `persistence_threshold` elements is gathered once and never released. A micro-batch
+// that uses units in another order invalidates the trace (prefetch stops) and re-records it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "ds/comm/communicator.h"
+#include "ds/runtime/flat_unit.h"
+#include "ds/zero/zero.h"
+
+namespace ds {
+
+struct CoordinatorOptions {
+  int64_t prefetch_elements = 50'000'000;     // stage3_prefetch_bucket_size
+  int64_t max_live_elements = 1'000'000'000;  // stage3_max_live_parameters
+  int64_t max_reuse_distance = 1'000'000'000; // stage3_max_reuse_distance
+  int64_t persistence_threshold = 100'000;    // stage3_param_persistence_threshold (per unit)
+  at::ScalarType gather_dtype = at::kFloat;   // the dtype of `gather_from` (bf16/fp16: half the bytes)
+};
+
+class ParamCoordinator final : public zero::UnitHooks {
+ public:
+  // gather_from[u]: what this rank contributes to unit u's all-gather — its shard, in
+  // gather_dtype (under fp32 the unit's own shard). The engine keeps them up to date.
+  ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at::Tensor> gather_from,
+                   std::shared_ptr<comm::Communicator> comm, CoordinatorOptions options);
+  ~ParamCoordinator() override;
+  ParamCoordinator(const ParamCoordinator&) = delete;
+  ParamCoordinator& operator=(const ParamCoordinator&) = delete;
+
+  // zero::UnitHooks (run_unit and its pre-backward function).
+  std::vector<int> units_of(torch::nn::Module& module) override;
+  void pre_forward(const std::vector<int>& units) override;
+  void post_forward(const std::vector<int>& units) override;
+  void pre_backward(const std::vector<int>& units) override;
+
+  // The engine's side: a micro-batch's forward begins / its backward and reduction are done.
+  void begin_micro_batch();
+  void end_micro_batch();
+  // For models that are not zero::UnitAware: every unit, gathered before the forward.
+  void gather_all();
+  // The unit's gradients have left (post-backward): release it unless it is reused soon.
+  void after_reduce(int unit);
+  // After the optimizer updated the shards: gathered (persistent) units are gathered anew.
+  void refresh();
+
+  // Explicit use (GatheredParameters, checkpoints): pin() gathers and keeps a unit until the
+  // matching unpin(). Collective: every rank pins the same units in the same order.
+  void pin(int unit);
+  void unpin(int unit);
+
+  bool persistent(int unit) const;
+  bool gathered(int unit) const { return slots_[size_t(unit)].state == State::kAvailable; }
+  // Elements of gathered (or in-flight) full units right now.
+  int64_t live_elements() const { return live_; }
+  struct Stats {
+    int64_t gathers = 0;     // all-gathers issued
+    int64_t prefetched = 0;  // of which issued ahead of use
+    int64_t releases = 0;
+    int64_t peak_live = 0;   // elements
+    double wait_s = 0;       // time spent waiting for a gather to land
+  };
+  const Stats& stats() const { return stats_; }
+  const std::vector<int>& trace() const { return trace_; }
+  bool trace_valid() const { return trace_valid_; }
+
+ private:
+  enum class State { kReleased, kInFlight, kAvailable };
+  struct Slot {
+    State state = State::kReleased;
+    at::Tensor wire;  // the gathered buffer in gather_dtype while in flight
+    comm::Work work;
+    int users = 0;    // forward scopes and pins currently using the unit
+  };
+  void fetch(int u);
+  void wait(int u);
+  void release(int u);
+  void record(int u);
+  void prefetch();
+  void maybe_release(int u);
+  bool reused_soon(int u) const;
+
+  std::vector<FlatUnit*> units_;
+  std::vector<at::Tensor> gather_from_;
+  std::shared_ptr<comm::Communicator> comm_;
+  CoordinatorOptions options_;
+  std::vector<Slot> slots_;
+  std::unordered_map<const void*, int> unit_of_param_;
+  std::unordered_map<const void*, std::vector<int>> units_of_module_;
+  int hooks_id_ = 0;
+  int64_t live_ = 0;
+  Stats stats_;
+  std::vector<int> trace_;
+  bool trace_valid_ = false, recording_ = false, in_micro_batch_ = false, diverged_ = false;
+  size_t pos_ = 0;  // events of this micro-batch so far
+};
+
+}  // namespace ds

@@ -1,0 +1,213 @@
+#include "ds/runtime/param_coordinator.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "ds/common/error.h"
+
+namespace ds {
+
+ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at::Tensor> gather_from,
+                                   std::shared_ptr<comm::Communicator> comm, CoordinatorOptions options)
+    : units_(std::move(units)), gather_from_(std::move(gather_from)), comm_(std::move(comm)), options_(options),
+      slots_(units_.size()) {
+  DS_CHECK(gather_from_.size() == units_.size(), "one gather source per unit");
+  for (size_t u = 0; u < units_.size(); ++u) {
+    DS_CHECK(units_[u]->sharded(), "unit ", units_[u]->name(), " is not sharded");
+    DS_CHECK(gather_from_[u].scalar_type() == options_.gather_dtype && gather_from_[u].numel() == units_[u]->shard_data().numel(),
+             "unit ", units_[u]->name(), ": the gather source must be its shard in ", options_.gather_dtype);
+    for (const at::Tensor& p : units_[u]->tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
+  }
+  // Persistent units are gathered once, here (collective: every rank builds the same units).
+  for (size_t u = 0; u < units_.size(); ++u)
+    if (persistent(int(u))) fetch(int(u));
+  for (size_t u = 0; u < units_.size(); ++u)
+    if (persistent(int(u))) wait(int(u));
+  hooks_id_ = zero::register_hooks(this);
+}
+
+ParamCoordinator::~ParamCoordinator() {
+  zero::unregister_hooks(hooks_id_);
+  for (auto& s : slots_) {
+    if (s.state != State::kInFlight) continue;
+    try {
+      s.work.wait();
+    } catch (...) {
+    }
+  }
+}
+
+bool ParamCoordinator::persistent(int u) const { return units_[size_t(u)]->numel() <= options_.persistence_threshold; }
+
+std::vector<int> ParamCoordinator::units_of(torch::nn::Module& module) {
+  auto it = units_of_module_.find(&module);
+  if (it != units_of_module_.end()) return it->second;
+  std::vector<int> out;
+  for (const at::Tensor& p : module.parameters(/*recurse=*/true)) {
+    auto found = unit_of_param_.find(p.unsafeGetTensorImpl());
+    if (found != unit_of_param_.end() && std::find(out.begin(), out.end(), found->second) == out.end())
+      out.push_back(found->second);
+  }
+  units_of_module_[&module] = out;
+  return out;
+}
+
+void ParamCoordinator::fetch(int u) {
+  Slot& s = slots_[size_t(u)];
+  if (s.state != State::kReleased) return;
+  FlatUnit& unit = *units_[size_t(u)];
+  s.wire = at::empty({unit.padded_numel()}, at::TensorOptions().dtype(options_.gather_dtype));
+  if (comm_->size() == 1) s.wire.copy_(gather_from_[size_t(u)]);
+  else s.work = comm_->all_gather(s.wire, gather_from_[size_t(u)]);
+  s.state = State::kInFlight;
+  live_ += unit.padded_numel();
+  stats_.peak_live = std::max(stats_.peak_live, live_);
+  ++stats_.gathers;
+}
+
+void ParamCoordinator::wait(int u) {
+  Slot& s = slots_[size_t(u)];
+  if (s.state == State::kAvailable) return;
+  if (s.state == State::kReleased) fetch(u);
+  auto start = std::chrono::steady_clock::now();
+  s.work.wait();
+  s.work = comm::Work();
+  stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  units_[size_t(u)]->attach(options_.gather_dtype == at::kFloat ? s.wire : s.wire.to(at::kFloat));
+  s.wire = at::Tensor();
+  s.state = State::kAvailable;
+}
+
+void ParamCoordinator::release(int u) {
+  Slot& s = slots_[size_t(u)];
+  if (s.state == State::kReleased) return;
+  if (s.state == State::kInFlight) wait(u);  // a gather in flight writes into its buffer
+  units_[size_t(u)]->release();
+  s.state = State::kReleased;
+  live_ -= units_[size_t(u)]->padded_numel();
+  ++stats_.releases;
+}
+
+void ParamCoordinator::record(int u) {
+  if (!in_micro_batch_) return;
+  if (recording_) {
+    trace_.push_back(u);
+  } else if (trace_valid_ && !diverged_ && (pos_ >= trace_.size() || trace_[pos_] != u)) {
+    diverged_ = true;  // another order than the recorded one: no prefetch; re-record next time
+  }
+  ++pos_;
+}
+
+// Gathers the next units of the trace ahead of their use.
+void ParamCoordinator::prefetch() {
+  if (!in_micro_batch_ || !trace_valid_ || diverged_ || options_.prefetch_elements <= 0) return;
+  int64_t issued = 0;
+  for (size_t i = pos_; i < trace_.size() && issued < options_.prefetch_elements; ++i) {
+    const int u = trace_[i];
+    if (slots_[size_t(u)].state != State::kReleased) continue;
+    const int64_t n = units_[size_t(u)]->padded_numel();
+    if (live_ + n > options_.max_live_elements) break;
+    fetch(u);
+    ++stats_.prefetched;
+    issued += n;
+  }
+}
+
+// DeepSpeed's reuse rule: walking the trace from here, a unit met before `max_reuse_distance`
+// elements have gone by is kept.
+bool ParamCoordinator::reused_soon(int u) const {
+  if (!in_micro_batch_ || !trace_valid_ || diverged_) return false;
+  int64_t traversed = 0;
+  for (size_t i = pos_; i < trace_.size() && traversed < options_.max_reuse_distance; ++i) {
+    if (trace_[i] == u) return true;
+    traversed += units_[size_t(trace_[i])]->padded_numel();
+  }
+  return false;
+}
+
+void ParamCoordinator::maybe_release(int u) {
+  if (slots_[size_t(u)].users > 0 || persistent(u) || reused_soon(u)) return;
+  release(u);
+}
+
+void ParamCoordinator::pre_forward(const std::vector<int>& units) {
+  for (int u : units) record(u);
+  for (int u : units) fetch(u);
+  prefetch();
+  for (int u : units) {
+    wait(u);
+    ++slots_[size_t(u)].users;
+  }
+}
+
+void ParamCoordinator::post_forward(const std::vector<int>& units) {
+  for (int u : units) --slots_[size_t(u)].users;
+  for (int u : units) maybe_release(u);
+}
+
+void ParamCoordinator::pre_backward(const std::vector<int>& units) {
+  for (int u : units) record(u);
+  for (int u : units) fetch(u);
+  prefetch();
+  for (int u : units) wait(u);
+}
+
+void ParamCoordinator::after_reduce(int u) { maybe_release(u); }
+
+void ParamCoordinator::begin_micro_batch() {
+  if (in_micro_batch_) end_micro_batch();  // the previous forward had no backward (evaluation)
+  in_micro_batch_ = true;
+  pos_ = 0;
+  diverged_ = false;
+  recording_ = !trace_valid_;
+  if (recording_) trace_.clear();
+}
+
+void ParamCoordinator::end_micro_batch() {
+  if (recording_) {
+    trace_valid_ = !trace_.empty();
+  } else if (diverged_ || pos_ != trace_.size()) {
+    trace_valid_ = false;  // re-record on the next micro-batch
+  }
+  recording_ = false;
+  in_micro_batch_ = false;
+  for (size_t u = 0; u < units_.size(); ++u) maybe_release(int(u));
+}
+
+void ParamCoordinator::gather_all() {
+  for (size_t u = 0; u < units_.size(); ++u) fetch(int(u));
+  for (size_t u = 0; u < units_.size(); ++u) wait(int(u));
+}
+
+void ParamCoordinator::refresh() {
+  std::vector<int> again;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    if (slots_[u].state == State::kReleased) continue;
+    DS_CHECK(slots_[u].users == 0 || persistent(int(u)), "unit ", units_[u]->name(), " is in use during an optimizer step");
+    if (slots_[u].state == State::kInFlight) wait(int(u));
+    units_[u]->release();
+    slots_[u].state = State::kReleased;
+    live_ -= units_[u]->padded_numel();
+    again.push_back(int(u));
+  }
+  for (int u : again) fetch(u);
+  for (int u : again) wait(u);
+}
+
+void ParamCoordinator::pin(int u) {
+  fetch(u);
+  wait(u);
+  ++slots_[size_t(u)].users;
+}
+
+void ParamCoordinator::unpin(int u) {
+  Slot& s = slots_[size_t(u)];
+  DS_CHECK(s.users > 0, "unit ", units_[size_t(u)]->name(), " is not pinned");
+  --s.users;
+  maybe_release(u);
+}
+
+}  // namespace ds
