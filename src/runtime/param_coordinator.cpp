@@ -15,12 +15,16 @@ ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at:
     : units_(std::move(units)), gather_from_(std::move(gather_from)), comm_(std::move(comm)), options_(options),
       slots_(units_.size()) {
   DS_CHECK(gather_from_.size() == units_.size(), "one gather source per unit");
+  int64_t largest = 0;
   for (size_t u = 0; u < units_.size(); ++u) {
+    largest = std::max(largest, units_[u]->padded_numel());
     DS_CHECK(units_[u]->sharded(), "unit ", units_[u]->name(), " is not sharded");
-    DS_CHECK(gather_from_[u].scalar_type() == options_.gather_dtype && gather_from_[u].numel() == units_[u]->shard_data().numel(),
+    DS_CHECK(gather_from_[u].scalar_type() == options_.gather_dtype &&
+                 gather_from_[u].numel() == comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).length,
              "unit ", units_[u]->name(), ": the gather source must be its shard in ", options_.gather_dtype);
     for (const at::Tensor& p : units_[u]->tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
   }
+  pool_limit_bytes_ = 2 * largest * int64_t(sizeof(float));
   // Persistent units are gathered once, here (collective: every rank builds the same units).
   for (size_t u = 0; u < units_.size(); ++u)
     if (persistent(int(u))) fetch(int(u));
@@ -59,7 +63,7 @@ void ParamCoordinator::fetch(int u) {
   Slot& s = slots_[size_t(u)];
   if (s.state != State::kReleased) return;
   FlatUnit& unit = *units_[size_t(u)];
-  s.wire = at::empty({unit.padded_numel()}, at::TensorOptions().dtype(options_.gather_dtype));
+  s.wire = take_buffer(unit.padded_numel(), options_.gather_dtype);
   if (comm_->size() == 1) s.wire.copy_(gather_from_[size_t(u)]);
   else s.work = comm_->all_gather(s.wire, gather_from_[size_t(u)]);
   s.state = State::kInFlight;
@@ -76,7 +80,14 @@ void ParamCoordinator::wait(int u) {
   s.work.wait();
   s.work = comm::Work();
   stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  units_[size_t(u)]->attach(options_.gather_dtype == at::kFloat ? s.wire : s.wire.to(at::kFloat));
+  if (options_.gather_dtype == at::kFloat) {
+    units_[size_t(u)]->attach(s.wire);
+  } else {
+    at::Tensor full = take_buffer(s.wire.numel(), at::kFloat);
+    full.copy_(s.wire);
+    units_[size_t(u)]->attach(full);
+    give_back(std::move(s.wire));
+  }
   s.wire = at::Tensor();
   s.state = State::kAvailable;
 }
@@ -85,10 +96,32 @@ void ParamCoordinator::release(int u) {
   Slot& s = slots_[size_t(u)];
   if (s.state == State::kReleased) return;
   if (s.state == State::kInFlight) wait(u);  // a gather in flight writes into its buffer
+  at::Tensor buffer = units_[size_t(u)]->params();
   units_[size_t(u)]->release();
+  give_back(std::move(buffer));
   s.state = State::kReleased;
   live_ -= units_[size_t(u)]->padded_numel();
   ++stats_.releases;
+}
+
+// Gathered buffers are reused (the units of a transformer mostly share one size): no
+// allocation, page faults and zeroing per gather, and the heap does not keep growing.
+at::Tensor ParamCoordinator::take_buffer(int64_t numel, at::ScalarType dtype) {
+  for (size_t i = 0; i < pool_.size(); ++i) {
+    if (pool_[i].numel() != numel || pool_[i].scalar_type() != dtype) continue;
+    at::Tensor t = std::move(pool_[i]);
+    pool_.erase(pool_.begin() + std::ptrdiff_t(i));
+    pooled_bytes_ -= int64_t(t.nbytes());
+    return t;
+  }
+  return at::empty({numel}, at::TensorOptions().dtype(dtype));
+}
+
+void ParamCoordinator::give_back(at::Tensor t) {
+  // Only a buffer nothing else still references (no view of it survives in a graph).
+  if (!t.defined() || t.storage().use_count() != 1 || pooled_bytes_ + int64_t(t.nbytes()) > pool_limit_bytes_) return;
+  pooled_bytes_ += int64_t(t.nbytes());
+  pool_.push_back(std::move(t));
 }
 
 void ParamCoordinator::record(int u) {
@@ -101,18 +134,25 @@ void ParamCoordinator::record(int u) {
   ++pos_;
 }
 
-// Gathers the next units of the trace ahead of their use.
+// Gathers the next units of the trace ahead of their use: the window counts every unit the
+// coming events need that is not in use now, gathered already or not, so at most about
+// prefetch_elements are held ahead (DeepSpeed counts only what each call newly issues, which
+// lets the window grow to max_live_parameters).
 void ParamCoordinator::prefetch() {
   if (!in_micro_batch_ || !trace_valid_ || diverged_ || options_.prefetch_elements <= 0) return;
-  int64_t issued = 0;
-  for (size_t i = pos_; i < trace_.size() && issued < options_.prefetch_elements; ++i) {
+  int64_t ahead = 0;
+  std::vector<bool> counted(units_.size(), false);
+  for (size_t i = pos_; i < trace_.size() && ahead < options_.prefetch_elements; ++i) {
     const int u = trace_[i];
-    if (slots_[size_t(u)].state != State::kReleased) continue;
+    if (counted[size_t(u)] || slots_[size_t(u)].users > 0 || persistent(u)) continue;
+    counted[size_t(u)] = true;
     const int64_t n = units_[size_t(u)]->padded_numel();
-    if (live_ + n > options_.max_live_elements) break;
-    fetch(u);
-    ++stats_.prefetched;
-    issued += n;
+    if (slots_[size_t(u)].state == State::kReleased) {
+      if (live_ + n > options_.max_live_elements) break;
+      fetch(u);
+      ++stats_.prefetched;
+    }
+    ahead += n;
   }
 }
 
@@ -187,10 +227,7 @@ void ParamCoordinator::refresh() {
   for (size_t u = 0; u < units_.size(); ++u) {
     if (slots_[u].state == State::kReleased) continue;
     DS_CHECK(slots_[u].users == 0 || persistent(int(u)), "unit ", units_[u]->name(), " is in use during an optimizer step");
-    if (slots_[u].state == State::kInFlight) wait(int(u));
-    units_[u]->release();
-    slots_[u].state = State::kReleased;
-    live_ -= units_[u]->padded_numel();
+    release(int(u));
     again.push_back(int(u));
   }
   for (int u : again) fetch(u);

@@ -211,6 +211,11 @@ TEST(Zero3, PrefetchReuseDistanceAndMaxLiveFollowTheTrace) {
   Step ahead = third_step(R"(, "stage3_max_reuse_distance": 0, "stage3_prefetch_bucket_size": 100000)");
   EXPECT_EQ(ahead.gathers, 11);
   EXPECT_GE(ahead.prefetched, 8);
+  // The window counts what is gathered ahead already: one unit's worth keeps one unit ahead.
+  Step window = third_step(ds::str(R"(, "stage3_max_reuse_distance": 0, "stage3_prefetch_bucket_size": )", none.largest_unit));
+  EXPECT_GT(window.prefetched, 0);
+  EXPECT_LE(window.peak_live, 4 * none.largest_unit);  // in use + one ahead (+ wte, kept for its gradient)
+  EXPECT_LT(window.peak_live, ahead.peak_live);
   const int64_t cap = 2 * none.largest_unit;
   Step capped = third_step(ds::str(R"(, "stage3_max_reuse_distance": 0, "stage3_prefetch_bucket_size": 100000, "stage3_max_live_parameters": )", cap));
   EXPECT_GT(capped.prefetched, 0);

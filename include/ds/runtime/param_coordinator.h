@@ -8,7 +8,8 @@
 //
 // The first micro-batch records the order in which units are used (forward, then backward);
 // later ones replay it: when unit i is needed, the next units of the trace are gathered in the
-// background, up to `prefetch_elements` ahead and `max_live_elements` gathered in all. A unit
+// background, up to `prefetch_elements` ahead (counting what is gathered for them already)
+// and `max_live_elements` gathered in all. A unit
 // used again within `max_reuse_distance` elements of the trace stays gathered; a unit of at
 // most `persistence_threshold` elements is gathered once and never released. A micro-batch
 // that uses units in another order invalidates the trace (prefetch stops) and re-records it.
@@ -95,6 +96,8 @@ class ParamCoordinator final : public zero::UnitHooks {
   void prefetch();
   void maybe_release(int u);
   bool reused_soon(int u) const;
+  at::Tensor take_buffer(int64_t numel, at::ScalarType dtype);
+  void give_back(at::Tensor t);
 
   std::vector<FlatUnit*> units_;
   std::vector<at::Tensor> gather_from_;
@@ -109,6 +112,8 @@ class ParamCoordinator final : public zero::UnitHooks {
   std::vector<int> trace_;
   bool trace_valid_ = false, recording_ = false, in_micro_batch_ = false, diverged_ = false;
   size_t pos_ = 0;  // events of this micro-batch so far
+  std::vector<at::Tensor> pool_;  // released gather buffers, reused (at most two of the largest unit)
+  int64_t pooled_bytes_ = 0, pool_limit_bytes_ = 0;
 };
 
 }  // namespace ds
