@@ -12,6 +12,10 @@
 // --persistence (DeepSpeed's stage3_max_reuse_distance, stage3_prefetch_bucket_size,
 // stage3_param_persistence_threshold; defaults as DeepSpeed's). Sequences are short
 // (--tokens): the shape, not the context, sets the parameter count.
+//
+// ZeRO-Infinity: --nvme PATH swaps the optimizer states (and with --bf16 1 the fp32 masters)
+// to PATH in sub-groups of --sub-group elements; the optimizer's swap traffic, the time it
+// waited for the disk and its throughput are printed per step.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/utils.h>
@@ -28,6 +32,7 @@
 #include "ds/config/config.h"
 #include "ds/models/gpt.h"
 #include "ds/runtime/engine.h"
+#include "ds/runtime/optimizer_swapper.h"
 #include "ds/runtime/zero_init.h"
 
 namespace {
@@ -52,6 +57,12 @@ double formula_bytes(int stage, double psi, int n, double persistent) {
   }
 }
 
+std::string sarg(int argc, char** argv, const char* name) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (!std::strcmp(argv[i], name)) return argv[i + 1];
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,12 +79,16 @@ int main(int argc, char** argv) {
     auto comm = ds::comm::init_from_env();
     const int n = comm->size();
     at::set_num_threads(std::max(1, 2 / n));
+    const std::string nvme_path = sarg(argc, argv, "--nvme");
+    const std::string nvme = nvme_path.empty() ? "" : ds::str(R"(, "offload_optimizer": {"device": "nvme", "nvme_path": ")", nvme_path, R"("})");
+    const std::string bf16 = arg(argc, argv, "--bf16", 0) ? R"(, "bf16": {"enabled": true})" : "";
     ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n,
         R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "comms_logger": {"enabled": true},)",
         R"( "zero_optimization": {"stage": )", stage, R"(, "overlap_comm": true)",
         R"(, "stage3_max_reuse_distance": )", arg(argc, argv, "--reuse-distance", 1000000000),
         R"(, "stage3_prefetch_bucket_size": )", arg(argc, argv, "--prefetch", 50000000),
-        R"(, "stage3_param_persistence_threshold": )", arg(argc, argv, "--persistence", 100000), "}}"));
+        R"(, "stage3_param_persistence_threshold": )", arg(argc, argv, "--persistence", 100000),
+        R"(, "sub_group_size": )", arg(argc, argv, "--sub-group", 1000000000), nvme, "}", bf16, "}"));
     config.resolve(n);
     torch::manual_seed(0);
     ds::Gpt model{nullptr};
@@ -87,7 +102,10 @@ int main(int argc, char** argv) {
     ds::Engine::MemoryBreakdown mem;
     std::vector<double> times;
     for (int64_t s = 0; s < steps; ++s) {
-      if (s == 1) comm->logger().reset();  // traffic of steady-state steps only
+      if (s == 1) {  // traffic of steady-state steps only
+        comm->logger().reset();
+        if (engine.swapper()) engine.swapper()->reset_stats();
+      }
       engine.backward(engine.forward([&] { return model->loss(x, x); }));
       mem = engine.memory_breakdown();  // gradients are held now (before step() zeroes them)
       auto st = engine.step();
@@ -122,6 +140,14 @@ int main(int argc, char** argv) {
                     (long long)pc->stats().gathers, (long long)pc->stats().prefetched, pc->stats().wait_s * 1e3);
       std::printf("  sent per rank per step %s; %g(N-1)/N x 4 B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(), copies,
                   ds::format_bytes(traffic_theory).c_str(), traffic_theory > 0 ? 100.0 * (per_step - traffic_theory) / traffic_theory : 0.0);
+      if (const ds::OptimizerSwapper* sw = engine.swapper()) {
+        const auto& st = sw->stats();
+        const double k = double(steps - 1), moved = double(st.bytes_read + st.bytes_written) / k;
+        std::printf("  nvme: %s on disk per rank (%zu sub-groups, %s buffers); per step %s moved, optimizer step %.0f ms, "
+                    "waiting for the disk %.0f ms; %.2f GB/s over the optimizer step\n",
+                    ds::format_bytes(double(mem.on_disk)).c_str(), sw->sub_groups(), ds::format_bytes(double(sw->buffer_bytes())).c_str(),
+                    ds::format_bytes(moved).c_str(), st.step_s / k * 1e3, st.io_wait_s / k * 1e3, moved / (st.step_s / k) / 1e9);
+      }
       std::printf("  step time (median of %zu) %.0f ms\n", times.size(), times.empty() ? 0.0 : times[times.size() / 2] * 1e3);
     }
     comm->barrier().wait();

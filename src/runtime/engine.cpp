@@ -11,6 +11,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/runtime/optimizer_swapper.h"
 #include "ds/runtime/zero_init.h"
 
 namespace ds {
@@ -84,9 +85,11 @@ void check_supported(const Config& c, int world) {
       throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
                         "kernels; remove torch_adam");
   }
-  if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device == OffloadDevice::kNvme)
-    throw ConfigError(ds::str("zero_optimization.", z.offload_param.device == OffloadDevice::kNvme ? "offload_param" : "offload_optimizer",
-                              ".device \"nvme\": swapping to disk (ZeRO-Infinity) is not built yet"));
+  if (z.offload_optimizer.device == OffloadDevice::kNvme && z.stage == 0)
+    throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
+  if (z.offload_param.device == OffloadDevice::kNvme)
+    throw ConfigError("zero_optimization.offload_param.device \"nvme\": swapping parameters to disk is not built yet "
+                      "(offload_optimizer.device \"nvme\" is)");
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
     throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
@@ -111,6 +114,8 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, s
   if (units.empty()) throw Error("the model has no trainable parameters");
   optimizer_ = make_optimizer(config_.optimizer);
   const int world = comm_->size(), rank = comm_->rank();
+  const bool swap = config_.zero_optimization.offload_optimizer.device == OffloadDevice::kNvme;
+  std::vector<at::Tensor> initial_masters;  // swapped masters, until they are on disk
   for (auto& spec : units) {
     // Stage 3: a unit ds::Init already sharded (its weights came from rank 0 then).
     std::unique_ptr<FlatUnit> unit = stage_ == 3 ? take_partitioned_unit(spec) : nullptr;
@@ -131,12 +136,16 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, s
       if (stage_ == 3) own_params.copy_(own_params.to(half_dtype(precision_)));
       else unit->params().copy_(unit->params().to(half_dtype(precision_)));
     }
-    masters_.push_back(precision_ == Precision::FP32 ? own_params : own_params.clone());
+    // Swapped to disk (below), the states and a separate fp32 master are not kept here.
+    const bool swapped_master = swap && precision_ != Precision::FP32;
+    masters_.push_back(precision_ == Precision::FP32 ? own_params : swapped_master ? at::Tensor() : own_params.clone());
     if (stage_ == 3) gather_from_.push_back(precision_ == Precision::FP32 ? own_params : own_params.to(half_dtype(precision_)));
     if (stage_ > 0) grad_shards_.push_back(at::zeros({own_params.numel()}));
-    states_.push_back(optimizer_->init_state(own_params.numel()));
+    states_.push_back(swap ? std::vector<at::Tensor>{} : optimizer_->init_state(own_params.numel()));
+    if (swapped_master) initial_masters.push_back(own_params.clone());
     units_.push_back(std::move(unit));
   }
+  if (swap) start_swapping(initial_masters);
   std::vector<FlatUnit*> raw;
   for (auto& u : units_) raw.push_back(u.get());
   if (stage_ == 3) {
@@ -148,6 +157,8 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, s
     co.persistence_threshold = z.stage3_param_persistence_threshold;
     co.gather_dtype = precision_ == Precision::FP32 ? at::kFloat : half_dtype(precision_);
     coordinator_ = std::make_unique<ParamCoordinator>(raw, gather_from_, comm_, co);
+    if (precision_ != Precision::FP32)  // the fp32 master and the half copy hold the values
+      for (auto& u : units_) u->drop_shard_data();
     unit_aware_ = dynamic_cast<zero::UnitAware*>(model_.get()) != nullptr;
     if (rank == 0 && units_.size() == 1)
       std::fprintf(stderr, "warning: ZeRO stage 3 with a single unit (%s): the whole model is gathered for each "
@@ -255,11 +266,59 @@ void Engine::write_back(size_t u, int modifier_rank) {
   }
   comm::Chunk own = comm::chunk_of(full.numel(), comm_->size(), comm_->rank());
   at::Tensor mine = full.slice(0, own.offset, own.offset + own.length);
-  masters_[u].copy_(mine);
+  if (masters_[u].defined()) {
+    masters_[u].copy_(mine);
+  } else {  // the master is on disk, next to the states
+    at::Tensor master;
+    std::vector<at::Tensor> states;
+    swapper_->read_unit(u, &master, &states);
+    swapper_->write_unit(u, mine, states);
+  }
   if (stage_ == 3) {
-    units_[u]->shard_data().copy_(mine);
+    if (units_[u]->shard_data().defined()) units_[u]->shard_data().copy_(mine);  // fp32: the master itself
     gather_from_[u].copy_(mine);
   }
+}
+
+void Engine::start_swapping(std::vector<at::Tensor>& initial_masters) {
+  const ZeroConfig& z = config_.zero_optimization;
+  SwapOptions so;
+  so.nvme_path = z.offload_optimizer.nvme_path.value_or("");
+  so.rank = comm_->rank();
+  so.sub_group_size = z.sub_group_size;
+  so.buffer_count = z.offload_optimizer.buffer_count;
+  so.pin_memory = z.offload_optimizer.pin_memory;
+  so.aio.block_size = size_t(config_.aio.block_size);
+  so.aio.queue_depth = unsigned(config_.aio.queue_depth);
+  so.aio.intra_op_parallelism = unsigned(config_.aio.intra_op_parallelism);
+  so.aio.single_submit = config_.aio.single_submit;
+  so.aio.overlap_events = config_.aio.overlap_events;
+  std::vector<int64_t> lengths;
+  for (size_t u = 0; u < units_.size(); ++u) lengths.push_back(grad_shards_[u].numel());
+  const bool swap_master = precision_ != Precision::FP32;
+  swapper_ = std::make_unique<OptimizerSwapper>(so, lengths, optimizer_->state_names().size(), swap_master,
+                                                [&](int64_t n) { return optimizer_->init_state(n); });
+  if (swap_master)
+    swapper_->for_each([&](const SwapSegment& s, at::Tensor master, std::vector<at::Tensor>&) {
+      master.copy_(initial_masters[s.unit].slice(0, s.offset, s.offset + s.length));
+    });
+  initial_masters.clear();
+  if (comm_->rank() == 0)
+    std::printf("[ds] offload_optimizer nvme: %s per rank on disk under %s in %zu sub-groups, %s of I/O buffers\n",
+                format_bytes(double(swapper_->file_bytes())).c_str(), so.nvme_path.c_str(), swapper_->sub_groups(),
+                format_bytes(double(swapper_->buffer_bytes())).c_str());
+}
+
+// Under bf16/fp16 the weights the model computes with are the masters rounded: elements
+// [offset, offset + n) of unit u's chunk take `master`'s values.
+void Engine::set_working_copy(size_t u, int64_t offset, const at::Tensor& master) {
+  const int64_t n = master.numel();
+  if (stage_ == 3) {
+    gather_from_[u].slice(0, offset, offset + n).copy_(master);
+    return;
+  }
+  const int64_t base = stage_ == 0 ? 0 : comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).offset;
+  units_[u]->params().slice(0, base + offset, base + offset + n).copy_(master.to(half_dtype(precision_)));
 }
 
 void Engine::gathered_parameters(const std::vector<std::string>& names, const std::function<void()>& f,
@@ -315,10 +374,18 @@ double Engine::global_grad_norm() {
 void Engine::apply_update(double lr) {
   ++optimizer_steps_;
   auto beta1 = schedule_.momentum(schedule_iteration_);
-  for (size_t u = 0; u < units_.size(); ++u) {
-    optimizer_->step(masters_[u], grad_of(u), states_[u], optimizer_steps_, lr, beta1);
-    if (stage_ == 0 && precision_ != Precision::FP32) units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
-    if (stage_ == 3 && precision_ != Precision::FP32) gather_from_[u].copy_(masters_[u]);
+  auto update = [&](size_t u, int64_t offset, at::Tensor& master, std::vector<at::Tensor>& states) {
+    at::Tensor grad = grad_of(u).slice(0, offset, offset + master.numel());
+    optimizer_->step(master, grad, states, optimizer_steps_, lr, beta1);
+    if (precision_ != Precision::FP32) set_working_copy(u, offset, master);
+  };
+  if (swapper_) {  // sub-group by sub-group, reading ahead and writing behind
+    swapper_->for_each([&](const SwapSegment& s, at::Tensor master, std::vector<at::Tensor>& states) {
+      if (!master.defined()) master = masters_[s.unit].slice(0, s.offset, s.offset + s.length);
+      update(s.unit, s.offset, master, states);
+    });
+  } else {
+    for (size_t u = 0; u < units_.size(); ++u) update(u, 0, masters_[u], states_[u]);
   }
   if (stage_ == 3) coordinator_->refresh();  // persistent units gathered anew; the rest on use
   else if (stage_ > 0) gather_parameters();
@@ -345,7 +412,8 @@ void Engine::gather_parameters() {
       works[u] = comm_->all_gather(full, masters_[u]);  // the master is full's own chunk
     } else {
       gathered[u] = at::empty({full.numel()}, full.options().dtype(half_dtype(precision_)));
-      at::Tensor mine = masters_[u].to(half_dtype(precision_));
+      const comm::Chunk own = comm::chunk_of(full.numel(), comm_->size(), comm_->rank());
+      at::Tensor mine = full.slice(0, own.offset, own.offset + own.length).to(half_dtype(precision_));  // rounded masters
       works[u] = comm_->all_gather(gathered[u], mine);
     }
     in_flight += full.numel();
@@ -365,8 +433,12 @@ Engine::MemoryBreakdown Engine::memory_breakdown() const {
     }
     if (units_[u]->persistent_grads()) m.grads += units_[u]->grads().nbytes();
     if (stage_ > 0) m.grads += grad_shards_[u].nbytes();
-    if (precision_ != Precision::FP32) m.masters += masters_[u].nbytes();  // fp32: views of params
+    if (masters_[u].defined() && precision_ != Precision::FP32) m.masters += masters_[u].nbytes();  // fp32: views of params
     for (const auto& s : states_[u]) m.optimizer_state += s.nbytes();
+  }
+  if (swapper_) {
+    m.optimizer_state += swapper_->buffer_bytes();  // the I/O buffers; the rest is on disk
+    m.on_disk = int64_t(swapper_->file_bytes());
   }
   return m;
 }

@@ -22,6 +22,7 @@
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/runtime/engine.h"
+#include "ds/runtime/optimizer_swapper.h"
 
 namespace ds {
 
@@ -190,7 +191,15 @@ ckpt::ModelStates Engine::model_states() {
 
 std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
   std::vector<ckpt::UnitShard> part;
-  for (size_t u = 0; u < units_.size(); ++u) part.push_back({masters_[u], states_[u]});
+  for (size_t u = 0; u < units_.size(); ++u) {
+    if (!swapper_) {
+      part.push_back({masters_[u], states_[u]});
+      continue;
+    }
+    ckpt::UnitShard shard{masters_[u], {}};  // swapped: read back from disk
+    swapper_->read_unit(u, masters_[u].defined() ? nullptr : &shard.fp32, &shard.states);
+    part.push_back(std::move(shard));
+  }
   return part;
 }
 
@@ -259,22 +268,16 @@ void Engine::restore_model_states(const ckpt::ModelStates& states) {
 
 void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
   for (size_t u = 0; u < units_.size(); ++u) {
-    masters_[u].copy_(part[u].fp32);  // under fp32 at stage 0 a view: this writes the weights
+    if (masters_[u].defined()) masters_[u].copy_(part[u].fp32);  // under fp32 a view: this writes the weights
+    if (swapper_) swapper_->write_unit(u, part[u].fp32, part[u].states);
     for (size_t k = 0; k < states_[u].size(); ++k) states_[u][k].copy_(part[u].states[k]);
+    if (precision_ != Precision::FP32) set_working_copy(u, 0, part[u].fp32);
     units_[u]->zero_grad();
   }
   for (auto& g : grad_shards_) g.zero_();
   loss_sum_ = 0.0;
-  if (stage_ == 3) {
-    for (size_t u = 0; u < units_.size(); ++u)
-      if (precision_ != Precision::FP32) gather_from_[u].copy_(masters_[u]);
-    coordinator_->refresh();
-  } else if (stage_ > 0) {
-    gather_parameters();  // every rank loaded its chunk: rebuild the full weights
-  } else if (precision_ != Precision::FP32) {
-    for (size_t u = 0; u < units_.size(); ++u)
-      units_[u]->params().copy_(masters_[u].to(half_dtype(precision_)));
-  }
+  if (stage_ == 3) coordinator_->refresh();
+  else if (stage_ > 0) gather_parameters();  // every rank loaded its chunk: rebuild the full weights
 }
 
 void Engine::restore_engine_state(const ckpt::Manifest& manifest) {

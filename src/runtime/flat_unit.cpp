@@ -168,6 +168,7 @@ void FlatUnit::shard(int world, int rank) {
   DS_CHECK(!sharded() && gathered() && !grads_.defined(), "unit ", name_, " cannot be sharded twice or with persistent grads");
   comm::Chunk own = comm::chunk_of(padded_numel_, world, rank);
   shard_ = params_.slice(0, own.offset, own.offset + own.length).clone();
+  sharded_ = true;
   shard_offset_ = own.offset;
   for (const at::Tensor& p : tensors_) accumulators_.push_back(torch::autograd::impl::grad_accumulator(p));
   {

@@ -142,8 +142,8 @@ TEST(EngineErrors, ConfigsTheEngineCannotHonourAreRejected) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  expect_error(config(kBatch8, "", R"(, "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}})"),
-               "offload_optimizer.device \"nvme\"");
+  expect_error(config(kBatch8, "", R"(, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}})"),
+               "offload_param.device \"nvme\"");
   expect_error(R"({"train_batch_size": 8})", "optimizer");
   expect_error(config(kBatch8, R"({"type": "WarmupDecayLR", "params": {"total_num_steps": "auto"}})"), "total_num_steps");
 }

@@ -156,6 +156,6 @@ TEST(ZeroStages, OffloadSettingsAreAcceptedOrRefusedClearly) {
   EXPECT_EQ(r.losses.size(), 2u);
   EXPECT_ERROR_HAS(test::train_tiny(test::solo(), cfg(R"(, "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}})"), 1),
                    "needs ZeRO stage 1, 2 or 3");
-  EXPECT_ERROR_HAS(test::train_tiny(test::solo(), cfg(R"(, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}})"), 1),
-                   "offload_optimizer.device \"nvme\"");
+  EXPECT_ERROR_HAS(test::train_tiny(test::solo(), cfg(R"(, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}})"), 1),
+                   "offload_param.device \"nvme\"");
 }

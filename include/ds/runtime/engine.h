@@ -42,6 +42,8 @@
 
 namespace ds {
 
+class OptimizerSwapper;
+
 namespace ckpt {
 struct Manifest;
 struct ModelStates;
@@ -143,10 +145,15 @@ class Engine {
   // Bytes this rank holds for model states, counted from the engine's own buffers.
   struct MemoryBreakdown {
     int64_t params = 0, grads = 0, masters = 0, optimizer_state = 0;
+    int64_t on_disk = 0;  // offload_optimizer nvme: states (and half-precision masters) swapped out; not in total()
     int64_t total() const { return params + grads + masters + optimizer_state; }
   };
   MemoryBreakdown memory_breakdown() const;
+  // Unit u's optimizer states (empty when offload_optimizer swaps them to disk).
   std::vector<at::Tensor>& optimizer_state(size_t u) { return states_[u]; }
+  // offload_optimizer nvme (null otherwise).
+  const OptimizerSwapper* swapper() const { return swapper_.get(); }
+  OptimizerSwapper* swapper() { return swapper_.get(); }
   int64_t parameter_count() const;
   // Tokens per optimizer step over all ranks, for the tokens/s figure.
   void set_tokens_per_step(int64_t tokens) { tokens_per_step_ = tokens; }
@@ -160,6 +167,8 @@ class Engine {
   void forward_end();
   std::vector<size_t> units_holding(const std::vector<std::string>& names) const;
   void write_back(size_t u, int modifier_rank);
+  void start_swapping(std::vector<at::Tensor>& initial_masters);
+  void set_working_copy(size_t u, int64_t offset, const at::Tensor& master);
   bool unscale_and_check_overflow();
   double global_grad_norm();
   void apply_update(double lr);
@@ -190,6 +199,7 @@ class Engine {
   std::unique_ptr<GradReducer> reducer_;
   std::vector<at::Tensor> gather_from_;  // stage 3 under bf16/fp16: the shard in half precision
   std::unique_ptr<ParamCoordinator> coordinator_;
+  std::unique_ptr<OptimizerSwapper> swapper_;  // offload_optimizer nvme
   bool unit_aware_ = false;  // the model calls zero::run_unit (else stage 3 gathers every unit)
   LrSchedule schedule_;
   LossScaler scaler_;

@@ -77,9 +77,12 @@ class FlatUnit {
   // gathered padded buffer again, release() drops it. A released parameter has shape [0],
   // and an operation that reads it throws ds::Error naming it (not a silent empty result).
   void shard(int world, int rank);
-  bool sharded() const { return shard_.defined(); }
+  bool sharded() const { return sharded_; }
   bool gathered() const { return params_.defined(); }
+  // This rank's fp32 chunk; undefined after drop_shard_data() (the engine keeps the values
+  // elsewhere under bf16/fp16: a fp32 master and a half-precision copy).
   const at::Tensor& shard_data() const { return shard_; }
+  void drop_shard_data() { shard_ = at::Tensor(); }
   int64_t shard_offset() const { return shard_offset_; }
   void attach(const at::Tensor& full);
   void release();
@@ -95,6 +98,7 @@ class FlatUnit {
   std::string name_;
   at::Tensor params_, grads_;
   at::Tensor shard_;
+  bool sharded_ = false;
   int64_t shard_offset_ = 0;
   // Sharded units own their parameters' AccumulateGrad nodes: made while the parameters have
   // their true shapes (a node checks gradients against the shape it saw when it was made).
