@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
     ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n,
         R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "comms_logger": {"enabled": true},)",
         R"( "zero_optimization": {"stage": )", stage, R"(, "overlap_comm": true)",
+        R"(, "reduce_bucket_size": )", arg(argc, argv, "--reduce-bucket", 500000000),
         R"(, "stage3_max_reuse_distance": )", arg(argc, argv, "--reuse-distance", 1000000000),
         R"(, "stage3_prefetch_bucket_size": )", arg(argc, argv, "--prefetch", 50000000),
         R"(, "stage3_param_persistence_threshold": )", arg(argc, argv, "--persistence", 100000),
@@ -121,24 +122,27 @@ int main(int argc, char** argv) {
       if (op == "all_reduce" || op == "reduce_scatter" || op == "all_gather") sent += st.sent_bytes;
     const double per_step = double(sent) / double(steps - 1);
     const double copies = stage == 3 ? 3.0 : 2.0;  // stage 3 gathers for the forward and again for the backward
-    const double traffic_theory = n > 1 ? copies * (n - 1) / n * 4.0 * double(psi) : 0.0;
+    const double wire_bytes = bf16.empty() ? 4.0 : 2.0;  // bf16 gathers and reduces in bf16
+    const double traffic_theory = n > 1 ? copies * (n - 1) / n * wire_bytes * double(psi) : 0.0;
     std::sort(times.begin(), times.end());
     at::Tensor rss = at::full({1}, double(ds::peak_rss_bytes()), at::kDouble);
     comm->all_reduce(rss, ds::comm::ReduceOp::Max).wait();
     if (comm->rank() == 0) {
       const double f = formula_bytes(stage, double(psi), n, double(persistent));
       std::printf("zero_bench: stage %d, %d ranks, %s\n", stage, n, mc.describe().c_str());
-      std::printf("  per rank: params %s, grads %s, masters %s, optimizer %s = %s; formula %s (%+.2f %%)\n",
-                  ds::format_bytes(mem.params).c_str(), ds::format_bytes(mem.grads).c_str(),
-                  ds::format_bytes(mem.masters).c_str(), ds::format_bytes(mem.optimizer_state).c_str(),
-                  ds::format_bytes(mem.total()).c_str(), ds::format_bytes(f).c_str(), 100.0 * (mem.total() - f) / f);
+      std::printf("  per rank: params %s, grads %s, masters %s, optimizer %s = %s", ds::format_bytes(mem.params).c_str(),
+                  ds::format_bytes(mem.grads).c_str(), ds::format_bytes(mem.masters).c_str(),
+                  ds::format_bytes(mem.optimizer_state).c_str(), ds::format_bytes(mem.total()).c_str());
+      if (nvme.empty() && bf16.empty())  // the formulas are for fp32 states in memory
+        std::printf("; formula %s (%+.2f %%)", ds::format_bytes(f).c_str(), 100.0 * (mem.total() - f) / f);
+      std::printf("\n");
       std::printf("  peak RSS (max over ranks) %s; rank 0 after building the model %s\n",
                   ds::format_bytes(rss.item<double>()).c_str(), ds::format_bytes(double(rss_built)).c_str());
       if (const ds::ParamCoordinator* pc = engine.coordinator())
         std::printf("  stage 3: peak gathered %s of %s elements, %lld gathers (%lld prefetched), %.0f ms waiting for gathers\n",
                     std::to_string(pc->stats().peak_live).c_str(), std::to_string(psi).c_str(),
                     (long long)pc->stats().gathers, (long long)pc->stats().prefetched, pc->stats().wait_s * 1e3);
-      std::printf("  sent per rank per step %s; %g(N-1)/N x 4 B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(), copies,
+      std::printf("  sent per rank per step %s; %g(N-1)/N x %g B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(), copies, wire_bytes,
                   ds::format_bytes(traffic_theory).c_str(), traffic_theory > 0 ? 100.0 * (per_step - traffic_theory) / traffic_theory : 0.0);
       if (const ds::OptimizerSwapper* sw = engine.swapper()) {
         const auto& st = sw->stats();

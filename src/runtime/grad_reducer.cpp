@@ -100,8 +100,11 @@ void GradReducer::launch(size_t u) {
     b.wire_out = at::empty({shards_[u].numel()}, b.wire.options());
     if (comm_->size() == 1) b.wire_out.copy_(b.wire);
     else b.work = comm_->reduce_scatter(b.wire_out, b.wire, comm::ReduceOp::Sum);
+    wire_elements_ += b.wire.numel();
     in_flight_.push_back(std::move(b));
     if (options_.on_packed) options_.on_packed(u);
+    // reduce_bucket_size bounds what waits on the wire: older units are settled first.
+    while (settled_ + 1 < in_flight_.size() && wire_elements_ > options_.bucket_elements) settle(in_flight_[settled_++]);
     return;
   }
   if (comm_->size() == 1) return;
@@ -118,21 +121,28 @@ void GradReducer::launch(size_t u) {
   }
 }
 
+// Waits for one bucket and puts its result in place; its buffers are freed.
+void GradReducer::settle(Bucket& b) {
+  const double post = options_.predivide_factor / comm_->size();
+  b.work.wait();
+  if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
+    shards_[b.unit].add_(b.wire_out, post);
+    wire_elements_ -= b.wire.numel();
+  } else {
+    if (b.wire.data_ptr() != b.grad_slice.data_ptr()) b.grad_slice.copy_(b.wire);
+    if (post != 1.0) b.grad_slice.mul_(post);
+  }
+  b.wire = b.wire_out = b.grad_slice = at::Tensor();
+}
+
 void GradReducer::finish() {
   if (reduces_this_micro_batch())
     for (size_t u = 0; u < units_.size(); ++u)
       if (!launched_[u]) launch(u);
-  const double post = options_.predivide_factor / comm_->size();
-  for (Bucket& b : in_flight_) {
-    b.work.wait();
-    if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
-      shards_[b.unit].add_(b.wire_out, post);
-      continue;
-    }
-    if (b.wire.data_ptr() != b.grad_slice.data_ptr()) b.grad_slice.copy_(b.wire);
-    if (post != 1.0) b.grad_slice.mul_(post);
-  }
+  for (size_t i = settled_; i < in_flight_.size(); ++i) settle(in_flight_[i]);
   in_flight_.clear();
+  settled_ = 0;
+  wire_elements_ = 0;
   std::fill(launched_.begin(), launched_.end(), false);
 }
 

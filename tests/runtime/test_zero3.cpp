@@ -307,3 +307,15 @@ TEST(Zero3, ZeroLinearMatchesTorchLinearAndItsGradients) {
     }
   }
 }
+
+TEST(Zero3, ATinyReduceBucketSettlesEachUnitBeforeTheNextAndStaysExact) {
+  // reduce_bucket_size 1: every unit's reduce-scatter completes before the next is queued
+  // (nothing piles up on the wire); the result is the same.
+  test::TinyRun base(test::solo(), config(0, 12));
+  base.train_to(5);
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    test::TinyRun run(c.shared_from_this(), config(3, 6, kShardAll + R"(, "reduce_bucket_size": 1)"));
+    run.train_to(5);
+    EXPECT_LT(test::max_abs_diff(run.result().losses, base.result().losses), 1e-5);
+  });
+}

@@ -31,7 +31,9 @@ struct GradReducerOptions {
   Mode mode = Mode::AllReduce;
   bool every_micro_batch = false;           // reduce each micro-batch (stage 2), not only the last
   bool overlap = true;                      // launch from the hooks during backward (else in finish)
-  int64_t bucket_elements = 500'000'000;    // AllReduce only
+  // AllReduce: the bucket size. ReduceScatter (a unit is a bucket): at most this many packed
+  // gradient elements wait on the wire; beyond it the oldest units are settled first.
+  int64_t bucket_elements = 500'000'000;
   at::ScalarType comm_dtype = at::kFloat;   // bf16/fp16 halve the bytes on the wire
   double predivide_factor = 1.0;            // divide before, multiply after (fp16 range)
   // ReduceScatter: called with the unit's index once its gradients are packed and on the
@@ -67,6 +69,7 @@ class GradReducer {
   };
   void on_param_ready(size_t unit);
   void launch(size_t unit);
+  void settle(Bucket& b);
 
   std::vector<FlatUnit*> units_;
   std::shared_ptr<comm::Communicator> comm_;
@@ -77,6 +80,8 @@ class GradReducer {
   std::vector<int> ready_count_;
   std::vector<bool> launched_;
   std::vector<Bucket> in_flight_;
+  size_t settled_ = 0;          // in_flight_[0, settled_) are done (ReduceScatter's bound)
+  int64_t wire_elements_ = 0;   // ReduceScatter: packed gradients still waiting on the wire
   bool boundary_ = true;
 };
 
