@@ -15,7 +15,8 @@
 //
 // ZeRO-Infinity: --nvme PATH swaps the optimizer states (and with --bf16 1 the fp32 masters)
 // to PATH in sub-groups of --sub-group elements; the optimizer's swap traffic, the time it
-// waited for the disk and its throughput are printed per step.
+// waited for the disk and its throughput are printed per step; --nvme-params 1 (stage 3 with
+// --bf16 1) also swaps the weight shards (offload_param).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/utils.h>
@@ -80,7 +81,9 @@ int main(int argc, char** argv) {
     const int n = comm->size();
     at::set_num_threads(std::max(1, 2 / n));
     const std::string nvme_path = sarg(argc, argv, "--nvme");
-    const std::string nvme = nvme_path.empty() ? "" : ds::str(R"(, "offload_optimizer": {"device": "nvme", "nvme_path": ")", nvme_path, R"("})");
+    std::string nvme = nvme_path.empty() ? "" : ds::str(R"(, "offload_optimizer": {"device": "nvme", "nvme_path": ")", nvme_path, R"("})");
+    if (!nvme.empty() && arg(argc, argv, "--nvme-params", 0))  // stage 3, bf16: the weight shards too
+      nvme += ds::str(R"(, "offload_param": {"device": "nvme", "nvme_path": ")", nvme_path, R"("})");
     const std::string bf16 = arg(argc, argv, "--bf16", 0) ? R"(, "bf16": {"enabled": true})" : "";
     ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n,
         R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "comms_logger": {"enabled": true},)",

@@ -12,6 +12,7 @@
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/runtime/optimizer_swapper.h"
+#include "ds/runtime/param_swapper.h"
 #include "ds/runtime/zero_init.h"
 
 namespace ds {
@@ -87,9 +88,11 @@ void check_supported(const Config& c, int world) {
   }
   if (z.offload_optimizer.device == OffloadDevice::kNvme && z.stage == 0)
     throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
-  if (z.offload_param.device == OffloadDevice::kNvme)
-    throw ConfigError("zero_optimization.offload_param.device \"nvme\": swapping parameters to disk is not built yet "
-                      "(offload_optimizer.device \"nvme\" is)");
+  if (z.offload_param.device == OffloadDevice::kNvme && z.stage != 3)
+    throw ConfigError(ds::str("zero_optimization.offload_param.device \"nvme\" needs ZeRO stage 3, stage is ", z.stage));
+  if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
+    throw ConfigError("zero_optimization.offload_param.device \"nvme\" needs bf16 or fp16: under fp32 the weight shard "
+                      "is the optimizer's master and stays in memory; enable bf16");
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
     throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
@@ -156,6 +159,17 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, s
     co.max_reuse_distance = z.stage3_max_reuse_distance;
     co.persistence_threshold = z.stage3_param_persistence_threshold;
     co.gather_dtype = precision_ == Precision::FP32 ? at::kFloat : half_dtype(precision_);
+    if (z.offload_param.device == OffloadDevice::kNvme) {  // the half shards go to disk
+      std::vector<int64_t> lengths;
+      for (const auto& g : gather_from_) lengths.push_back(g.numel());
+      param_swapper_ = std::make_unique<ParamSwapper>(z.offload_param.nvme_path.value_or(""), rank, lengths, co.gather_dtype);
+      for (size_t u = 0; u < gather_from_.size(); ++u) {
+        param_swapper_->write(u, 0, gather_from_[u]);
+        gather_from_[u] = at::Tensor();
+      }
+      param_swapper_->flush();
+      co.load_shard = [this](int u) { return param_swapper_->read(size_t(u)); };
+    }
     coordinator_ = std::make_unique<ParamCoordinator>(raw, gather_from_, comm_, co);
     if (precision_ != Precision::FP32)  // the fp32 master and the half copy hold the values
       for (auto& u : units_) u->drop_shard_data();
@@ -276,8 +290,19 @@ void Engine::write_back(size_t u, int modifier_rank) {
   }
   if (stage_ == 3) {
     if (units_[u]->shard_data().defined()) units_[u]->shard_data().copy_(mine);  // fp32: the master itself
-    gather_from_[u].copy_(mine);
+    store_shard(u, 0, mine);
+    if (param_swapper_) param_swapper_->flush();
   }
+}
+
+// Stage 3: elements [offset, offset + n) of unit u's gather source (the half-precision shard,
+// in memory or on disk) take `values`.
+void Engine::store_shard(size_t u, int64_t offset, const at::Tensor& values) {
+  if (!param_swapper_) {
+    gather_from_[u].slice(0, offset, offset + values.numel()).copy_(values);
+    return;
+  }
+  param_swapper_->write(u, offset, values.to(half_dtype(precision_)).contiguous());
 }
 
 void Engine::start_swapping(std::vector<at::Tensor>& initial_masters) {
@@ -314,7 +339,7 @@ void Engine::start_swapping(std::vector<at::Tensor>& initial_masters) {
 void Engine::set_working_copy(size_t u, int64_t offset, const at::Tensor& master) {
   const int64_t n = master.numel();
   if (stage_ == 3) {
-    gather_from_[u].slice(0, offset, offset + n).copy_(master);
+    store_shard(u, offset, master);
     return;
   }
   const int64_t base = stage_ == 0 ? 0 : comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).offset;
@@ -387,6 +412,7 @@ void Engine::apply_update(double lr) {
   } else {
     for (size_t u = 0; u < units_.size(); ++u) update(u, 0, masters_[u], states_[u]);
   }
+  if (param_swapper_) param_swapper_->flush();
   if (stage_ == 3) coordinator_->refresh();  // persistent units gathered anew; the rest on use
   else if (stage_ > 0) gather_parameters();
 }
@@ -426,7 +452,9 @@ Engine::MemoryBreakdown Engine::memory_breakdown() const {
   for (size_t u = 0; u < units_.size(); ++u) {
     if (stage_ == 3) {
       // The shard (under fp32 also the master), its half copy, and the unit while gathered.
-      m.params += precision_ == Precision::FP32 ? masters_[u].nbytes() : gather_from_[u].nbytes();
+      if (precision_ == Precision::FP32) m.params += masters_[u].nbytes();
+      else if (gather_from_[u].defined()) m.params += gather_from_[u].nbytes();
+      else m.on_disk += gather_from_bytes(u);  // offload_param nvme
       if (units_[u]->gathered()) m.params += units_[u]->params().nbytes();
     } else {
       m.params += units_[u]->params().nbytes();
@@ -438,7 +466,7 @@ Engine::MemoryBreakdown Engine::memory_breakdown() const {
   }
   if (swapper_) {
     m.optimizer_state += swapper_->buffer_bytes();  // the I/O buffers; the rest is on disk
-    m.on_disk = int64_t(swapper_->file_bytes());
+    m.on_disk += int64_t(swapper_->file_bytes());
   }
   return m;
 }

@@ -23,6 +23,7 @@
 #include "ds/common/strings.h"
 #include "ds/runtime/engine.h"
 #include "ds/runtime/optimizer_swapper.h"
+#include "ds/runtime/param_swapper.h"
 
 namespace ds {
 
@@ -276,6 +277,7 @@ void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
   }
   for (auto& g : grad_shards_) g.zero_();
   loss_sum_ = 0.0;
+  if (param_swapper_) param_swapper_->flush();
   if (stage_ == 3) coordinator_->refresh();
   else if (stage_ > 0) gather_parameters();  // every rank loaded its chunk: rebuild the full weights
 }

@@ -19,8 +19,8 @@ ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at:
   for (size_t u = 0; u < units_.size(); ++u) {
     largest = std::max(largest, units_[u]->padded_numel());
     DS_CHECK(units_[u]->sharded(), "unit ", units_[u]->name(), " is not sharded");
-    DS_CHECK(gather_from_[u].scalar_type() == options_.gather_dtype &&
-                 gather_from_[u].numel() == comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).length,
+    DS_CHECK(options_.load_shard || (gather_from_[u].scalar_type() == options_.gather_dtype &&
+                 gather_from_[u].numel() == comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).length),
              "unit ", units_[u]->name(), ": the gather source must be its shard in ", options_.gather_dtype);
     for (const at::Tensor& p : units_[u]->tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
   }
@@ -64,8 +64,9 @@ void ParamCoordinator::fetch(int u) {
   if (s.state != State::kReleased) return;
   FlatUnit& unit = *units_[size_t(u)];
   s.wire = take_buffer(unit.padded_numel(), options_.gather_dtype);
-  if (comm_->size() == 1) s.wire.copy_(gather_from_[size_t(u)]);
-  else s.work = comm_->all_gather(s.wire, gather_from_[size_t(u)]);
+  s.source = options_.load_shard ? options_.load_shard(u) : gather_from_[size_t(u)];
+  if (comm_->size() == 1) s.wire.copy_(s.source);
+  else s.work = comm_->all_gather(s.wire, s.source);
   s.state = State::kInFlight;
   live_ += unit.padded_numel();
   stats_.peak_live = std::max(stats_.peak_live, live_);
@@ -79,6 +80,7 @@ void ParamCoordinator::wait(int u) {
   auto start = std::chrono::steady_clock::now();
   s.work.wait();
   s.work = comm::Work();
+  s.source = at::Tensor();
   stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (options_.gather_dtype == at::kFloat) {
     units_[size_t(u)]->attach(s.wire);

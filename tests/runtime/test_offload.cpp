@@ -72,6 +72,29 @@ TEST(NvmeOffload, OptimizerStatesOnDiskTrainBitForBitLikeInMemory) {
   }
 }
 
+TEST(NvmeOffload, StageThreeWeightShardsOnDiskTrainBitForBit) {
+  // offload_param nvme (with the optimizer states on disk too): every unit's bf16 shard is
+  // read from the file for its gathers and written back after each step.
+  test::TempDir dir("ds_swap", "/tmp");
+  const std::string bf16 = R"(, "bf16": {"enabled": true})";
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    auto base = test::train_tiny(c.shared_from_this(), config(3, bf16, ""), 10);
+    std::string cfg = config(3, bf16, dir.path());
+    cfg.insert(cfg.rfind("}}"), ds::str(R"(, "offload_param": {"device": "nvme", "nvme_path": ")", dir.path(), R"("})"));
+    test::TinyRun run(c.shared_from_this(), cfg);
+    auto mem = run.engine().memory_breakdown();
+    EXPECT_EQ(mem.params, 0);  // between steps nothing of the weights is in memory
+    run.train_to(10);
+    auto r = run.result();
+    EXPECT_EQ(r.losses, base.losses);
+    EXPECT_TRUE(r.weights.equal(base.weights)) << (r.weights - base.weights).abs().max().item<double>();
+  });
+  EXPECT_TRUE(swap_dirs(dir.path()).empty());
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) ADD_FAILURE() << "left behind: " << e.path();
+  EXPECT_ERROR_HAS(test::TinyRun(test::solo(), R"({"train_batch_size": 12, "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}})"),
+                   "needs bf16 or fp16");
+}
+
 TEST(NvmeOffload, CheckpointsMoveBetweenSwappedAndInMemoryRuns) {
   test::TempDir swap("ds_swap", "/tmp"), ck("ds_swap_ck");
   const std::string bf16 = R"(, "bf16": {"enabled": true})";

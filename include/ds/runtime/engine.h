@@ -43,6 +43,7 @@
 namespace ds {
 
 class OptimizerSwapper;
+class ParamSwapper;
 
 namespace ckpt {
 struct Manifest;
@@ -145,7 +146,7 @@ class Engine {
   // Bytes this rank holds for model states, counted from the engine's own buffers.
   struct MemoryBreakdown {
     int64_t params = 0, grads = 0, masters = 0, optimizer_state = 0;
-    int64_t on_disk = 0;  // offload_optimizer nvme: states (and half-precision masters) swapped out; not in total()
+    int64_t on_disk = 0;  // swapped out (offload_optimizer / offload_param nvme); not in total()
     int64_t total() const { return params + grads + masters + optimizer_state; }
   };
   MemoryBreakdown memory_breakdown() const;
@@ -169,6 +170,8 @@ class Engine {
   void write_back(size_t u, int modifier_rank);
   void start_swapping(std::vector<at::Tensor>& initial_masters);
   void set_working_copy(size_t u, int64_t offset, const at::Tensor& master);
+  void store_shard(size_t u, int64_t offset, const at::Tensor& values);
+  int64_t gather_from_bytes(size_t u) const { return grad_shards_[u].numel() * 2; }
   bool unscale_and_check_overflow();
   double global_grad_norm();
   void apply_update(double lr);
@@ -200,6 +203,7 @@ class Engine {
   std::vector<at::Tensor> gather_from_;  // stage 3 under bf16/fp16: the shard in half precision
   std::unique_ptr<ParamCoordinator> coordinator_;
   std::unique_ptr<OptimizerSwapper> swapper_;  // offload_optimizer nvme
+  std::unique_ptr<ParamSwapper> param_swapper_;  // offload_param nvme (stage 3, bf16/fp16)
   bool unit_aware_ = false;  // the model calls zero::run_unit (else stage 3 gathers every unit)
   LrSchedule schedule_;
   LossScaler scaler_;

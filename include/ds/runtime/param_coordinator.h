@@ -17,6 +17,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -33,6 +34,9 @@ struct CoordinatorOptions {
   int64_t max_reuse_distance = 1'000'000'000; // stage3_max_reuse_distance
   int64_t persistence_threshold = 100'000;    // stage3_param_persistence_threshold (per unit)
   at::ScalarType gather_dtype = at::kFloat;   // the dtype of `gather_from` (bf16/fp16: half the bytes)
+  // offload_param nvme: the shard a gather sends comes from here (read from disk) instead of
+  // `gather_from`, and is dropped once the gather is done.
+  std::function<at::Tensor(int)> load_shard;
 };
 
 class ParamCoordinator final : public zero::UnitHooks {
@@ -85,7 +89,8 @@ class ParamCoordinator final : public zero::UnitHooks {
   enum class State { kReleased, kInFlight, kAvailable };
   struct Slot {
     State state = State::kReleased;
-    at::Tensor wire;  // the gathered buffer in gather_dtype while in flight
+    at::Tensor wire;    // the gathered buffer in gather_dtype while in flight
+    at::Tensor source;  // what this rank sends, while in flight (load_shard)
     comm::Work work;
     int users = 0;    // forward scopes and pins currently using the unit
   };
