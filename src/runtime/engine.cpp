@@ -78,16 +78,13 @@ void check_supported(const Config& c, int world) {
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the communicator has ", world));
   const auto& z = c.zero_optimization;
-  if (z.offload_optimizer.device == OffloadDevice::kCpu) {
-    // On a CPU build the states already live in host memory; what offload changes is that the
-    // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
-    if (z.stage == 0) throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
-    if (c.optimizer.torch_adam)
-      throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
-                        "kernels; remove torch_adam");
-  }
-  if (z.offload_optimizer.device == OffloadDevice::kNvme && z.stage == 0)
+  if (z.offload_optimizer.device != OffloadDevice::kNone && z.stage == 0)
     throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
+  // On a CPU build the states already live in host memory; what cpu offload changes is that the
+  // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
+  if (z.offload_optimizer.device == OffloadDevice::kCpu && c.optimizer.torch_adam)
+    throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
+                      "kernels; remove torch_adam");
   if (z.offload_param.device == OffloadDevice::kNvme && z.stage != 3)
     throw ConfigError(ds::str("zero_optimization.offload_param.device \"nvme\" needs ZeRO stage 3, stage is ", z.stage));
   if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
@@ -282,11 +279,8 @@ void Engine::write_back(size_t u, int modifier_rank) {
   at::Tensor mine = full.slice(0, own.offset, own.offset + own.length);
   if (masters_[u].defined()) {
     masters_[u].copy_(mine);
-  } else {  // the master is on disk, next to the states
-    at::Tensor master;
-    std::vector<at::Tensor> states;
-    swapper_->read_unit(u, &master, &states);
-    swapper_->write_unit(u, mine, states);
+  } else {  // the master is on disk, next to the states (which stay as they are)
+    swapper_->write_unit(u, mine, {});
   }
   if (stage_ == 3) {
     if (units_[u]->shard_data().defined()) units_[u]->shard_data().copy_(mine);  // fp32: the master itself

@@ -196,10 +196,10 @@ void OptimizerSwapper::read_unit(size_t unit, at::Tensor* master, std::vector<at
 }
 
 void OptimizerSwapper::write_unit(size_t unit, const at::Tensor& master, const std::vector<at::Tensor>& states) {
-  DS_CHECK(states.size() == num_states_, "write_unit: ", states.size(), " states, expected ", num_states_);
+  DS_CHECK(states.empty() || states.size() == num_states_, "write_unit: ", states.size(), " states, expected ", num_states_);
   run([&](const SwapSegment& s, at::Tensor m, std::vector<at::Tensor>& st) {
     if (s.unit != unit) return;
-    for (size_t k = 0; k < num_states_; ++k) st[k].copy_(states[k].slice(0, s.offset, s.offset + s.length));
+    for (size_t k = 0; k < states.size(); ++k) st[k].copy_(states[k].slice(0, s.offset, s.offset + s.length));
     if (swap_master_) m.copy_(master.slice(0, s.offset, s.offset + s.length));
   }, /*write_back=*/true, int64_t(unit));
 }

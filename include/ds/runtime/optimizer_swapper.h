@@ -68,7 +68,7 @@ class OptimizerSwapper {
   void for_each(const SegmentFn& fn, bool write_back = true);
 
   // One unit's whole chunk, copied out of / into the file (checkpoints, GatheredParameters).
-  // `master` is ignored unless swap_master.
+  // `master` is ignored unless swap_master; write_unit with no states leaves them as they are.
   void read_unit(size_t unit, at::Tensor* master, std::vector<at::Tensor>* states);
   void write_unit(size_t unit, const at::Tensor& master, const std::vector<at::Tensor>& states);
 
