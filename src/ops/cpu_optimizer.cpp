@@ -131,7 +131,7 @@ void CpuOptimizer::step(at::Tensor& param, const at::Tensor& grad, std::vector<a
 }
 
 void CpuOptimizer::step(at::Tensor& param, const at::Tensor& grad, std::vector<at::Tensor>& state,
-                        int64_t step, double lr, at::Tensor* half_copy) {
+                        int64_t step, double lr, at::Tensor* half_copy, at::ScalarType copy_precision) {
   const char* k = to_string(options_.kind);
   DS_CHECK(param.defined(), k, ": param is an undefined tensor");
   const int64_t n = param.numel();
@@ -144,7 +144,14 @@ void CpuOptimizer::step(at::Tensor& param, const at::Tensor& grad, std::vector<a
     const std::string what = ds::str("state[", i, "]");
     check_tensor(what.c_str(), state[i], n, {at::kFloat}, k);
   }
-  if (half_copy) check_tensor("half_copy", *half_copy, n, {at::kBFloat16, at::kHalf}, k);
+  if (half_copy) {
+    check_tensor("half_copy", *half_copy, n, {at::kBFloat16, at::kHalf, at::kFloat}, k);
+    const bool as_f32 = half_copy->scalar_type() == at::kFloat;
+    DS_CHECK(!as_f32 || copy_precision == at::kBFloat16 || copy_precision == at::kHalf, k,
+             ": an fp32 working copy needs the precision to round to (bf16 or fp16), got ", copy_precision);
+    DS_CHECK(as_f32 || copy_precision == at::kFloat || copy_precision == half_copy->scalar_type(), k,
+             ": a ", half_copy->scalar_type(), " working copy cannot hold ", copy_precision, " values");
+  }
 
   FlatBuffers b;
   b.n = n;
@@ -155,7 +162,8 @@ void CpuOptimizer::step(at::Tensor& param, const at::Tensor& grad, std::vector<a
   b.state1 = expected_states == 2 ? state[1].data_ptr<float>() : nullptr;
   if (half_copy) {
     b.half_copy = half_copy->data_ptr();
-    b.half_type = elem_type_of(half_copy->scalar_type());
+    b.half_as_f32 = half_copy->scalar_type() == at::kFloat;
+    b.half_type = elem_type_of(b.half_as_f32 ? copy_precision : half_copy->scalar_type());
   }
   optimizer_step(hyper_of(options_, step, lr), b, pool_.get(), target_.bit);
 }

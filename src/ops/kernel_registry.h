@@ -11,12 +11,13 @@ namespace ds::ops::detail {
 // Updates elements [begin, end) of b.
 using RangeKernel = void (*)(const StepCoefficients& c, const FlatBuffers& b, int64_t begin, int64_t end);
 
-// What the working copy is written as (None: no copy).
-enum class HalfOut : int { None = 0, BF16 = 1, F16 = 2 };
+// What the working copy is written as (None: no copy): bf16/fp16, or fp32 holding the
+// bf16/fp16-rounded value (working weights that compute in fp32 with half-precision values).
+enum class HalfOut : int { None = 0, BF16 = 1, F16 = 2, BF16AsF32 = 3, F16AsF32 = 4 };
 
 constexpr int kNumKinds = 4;
 constexpr int kNumGradTypes = 3;
-constexpr int kNumHalfOuts = 3;
+constexpr int kNumHalfOuts = 5;
 constexpr int kTableSize = kNumKinds * kNumGradTypes * kNumHalfOuts;
 constexpr int table_index(OptimizerKind k, ElemType g, HalfOut h) {
   return (static_cast<int>(k) * kNumGradTypes + static_cast<int>(g)) * kNumHalfOuts + static_cast<int>(h);

@@ -1,7 +1,7 @@
 // The SIMD bodies of the CPU optimizers, written once with Google Highway. foreach_target.h
 // compiles this file once per x86-64 instruction set (AVX3, AVX2, SSE4, SSSE3, scalar); each
-// copy lives in its own namespace (N_AVX2, ...) and registers a table of 36 kernels
-// (4 optimizers x 3 gradient types x 3 working-copy types). No LibTorch here: this TU is
+// copy lives in its own namespace (N_AVX2, ...) and registers a table of 60 kernels
+// (4 optimizers x 3 gradient types x 5 working-copy types). No LibTorch here: this TU is
 // compiled five times and must stay quick to build.
 //
 // Numerics follow torch::optim step for step (same operation order, fp32 arithmetic, fused
@@ -30,6 +30,33 @@ using VF = hn::Vec<DF>;
 
 // ---- conversions ---------------------------------------------------------------------
 
+// fp16 bits (in the low half of int32 lanes) -> fp32, exactly: normals and subnormals, and
+// inf/NaN kept (Highway's emulated PromoteTo on targets without F16C turns exponent 31 into
+// a finite number).
+HWY_INLINE VF F16BitsToF32Portable(DF df, hn::Vec<hn::RebindToSigned<DF>> h) {
+  const hn::RebindToSigned<DF> di;
+  const auto sign = hn::ShiftLeft<16>(hn::And(h, hn::Set(di, 0x8000)));
+  const auto exp = hn::And(hn::ShiftRight<10>(h), hn::Set(di, 0x1F));
+  const auto mant = hn::And(h, hn::Set(di, 0x3FF));
+  const auto normal = hn::Or(hn::ShiftLeft<23>(hn::Add(exp, hn::Set(di, 112))), hn::ShiftLeft<13>(mant));
+  const auto special = hn::Or(hn::Set(di, 0x7F800000), hn::ShiftLeft<13>(mant));  // inf, NaN
+  const auto subnormal = hn::BitCast(di, hn::Mul(hn::ConvertTo(df, mant), hn::Set(df, 5.9604644775390625e-8f)));
+  auto bits = hn::IfThenElse(hn::Eq(exp, hn::Zero(di)), subnormal, normal);
+  bits = hn::IfThenElse(hn::Eq(exp, hn::Set(di, 0x1F)), special, bits);
+  return hn::BitCast(df, hn::Or(bits, sign));
+}
+
+// fp16 -> fp32: hardware where the target has F16C, else the portable conversion.
+HWY_INLINE VF PromoteF16(DF df, hn::Vec<hn::Rebind<uint16_t, DF>> h16) {
+#if HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  return hn::PromoteTo(df, hn::BitCast(dh, h16));
+#else
+  const hn::RebindToSigned<DF> di;
+  return F16BitsToF32Portable(df, hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<DF>(), h16)));
+#endif
+}
+
 template <ElemType G>
 HWY_INLINE VF LoadGrad(DF df, const void* grad, int64_t i) {
   if constexpr (G == ElemType::F32) {
@@ -38,8 +65,8 @@ HWY_INLINE VF LoadGrad(DF df, const void* grad, int64_t i) {
     const hn::Rebind<hwy::bfloat16_t, DF> dbf;
     return hn::PromoteTo(df, hn::LoadU(dbf, static_cast<const hwy::bfloat16_t*>(grad) + i));
   } else {
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    return hn::PromoteTo(df, hn::LoadU(dh, static_cast<const hwy::float16_t*>(grad) + i));  // exact
+    const hn::Rebind<uint16_t, DF> du16;
+    return PromoteF16(df, hn::LoadU(du16, static_cast<const uint16_t*>(grad) + i));  // exact
   }
 }
 
@@ -78,21 +105,31 @@ HWY_INLINE hn::Vec<hn::RebindToSigned<DF>> ToF16BitsPortable(DF df, VF v) {
   return hn::Or(out, hn::BitCast(di, hn::ShiftRight<16>(hn::BitCast(du, sign))));
 }
 
+// fp32 -> fp16 bits (as uint16 lanes), round to nearest even.
+HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> ToF16Bits(DF df, VF v) {
+  const hn::Rebind<uint16_t, DF> du16;
+#if HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)
+  const hn::Rebind<hwy::float16_t, DF> dh;  // F16C / AVX-512: hardware, round to nearest even
+  return hn::BitCast(du16, hn::DemoteTo(dh, v));
+#else
+  return hn::DemoteTo(du16, ToF16BitsPortable(df, v));
+#endif
+}
+
 template <HalfOut H>
 HWY_INLINE void StoreHalf(DF df, VF v, void* out, int64_t i) {
-  if constexpr (H != HalfOut::None) {
+  if constexpr (H == HalfOut::BF16) {
     const hn::Rebind<uint16_t, DF> du16;
-    uint16_t* dst = static_cast<uint16_t*>(out) + i;
-    if constexpr (H == HalfOut::BF16) {
-      hn::StoreU(hn::DemoteTo(du16, ToBF16Bits(df, v)), du16, dst);
-    } else {
-#if HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)
-      const hn::Rebind<hwy::float16_t, DF> dh;  // F16C / AVX-512: hardware, round to nearest even
-      hn::StoreU(hn::BitCast(du16, hn::DemoteTo(dh, v)), du16, dst);
-#else
-      hn::StoreU(hn::DemoteTo(du16, ToF16BitsPortable(df, v)), du16, dst);
-#endif
-    }
+    hn::StoreU(hn::DemoteTo(du16, ToBF16Bits(df, v)), du16, static_cast<uint16_t*>(out) + i);
+  } else if constexpr (H == HalfOut::F16) {
+    const hn::Rebind<uint16_t, DF> du16;
+    hn::StoreU(ToF16Bits(df, v), du16, static_cast<uint16_t*>(out) + i);
+  } else if constexpr (H == HalfOut::BF16AsF32) {  // the bf16 value, widened back (exact)
+    const hn::RebindToUnsigned<DF> du;
+    const auto bits = hn::ShiftLeft<16>(hn::BitCast(du, ToBF16Bits(df, v)));
+    hn::StoreU(hn::BitCast(df, bits), df, static_cast<float*>(out) + i);
+  } else if constexpr (H == HalfOut::F16AsF32) {  // the fp16 value, widened back (exact)
+    hn::StoreU(PromoteF16(df, ToF16Bits(df, v)), df, static_cast<float*>(out) + i);
   }
 }
 
@@ -176,7 +213,7 @@ void UpdateRange(const StepCoefficients& coef, const FlatBuffers& b, int64_t beg
   const size_t r = static_cast<size_t>(end - i);
   HWY_ALIGN float p[kMax] = {}, s0[kMax] = {}, s1[kMax] = {};
   HWY_ALIGN uint8_t g[kMax * 4] = {};
-  HWY_ALIGN uint16_t h[kMax] = {};
+  HWY_ALIGN float h[kMax] = {};  // the copy's tail: 2 or 4 bytes per element
   const size_t gb = ElemBytes(G);
   std::memcpy(p, b.param + i, r * 4);
   std::memcpy(s0, b.state0 + i, r * 4);
@@ -186,7 +223,10 @@ void UpdateRange(const StepCoefficients& coef, const FlatBuffers& b, int64_t beg
   std::memcpy(b.param + i, p, r * 4);
   std::memcpy(b.state0 + i, s0, r * 4);
   if (b.state1) std::memcpy(b.state1 + i, s1, r * 4);
-  if constexpr (H != HalfOut::None) std::memcpy(static_cast<uint16_t*>(b.half_copy) + i, h, r * 2);
+  if constexpr (H != HalfOut::None) {
+    constexpr size_t hb = (H == HalfOut::BF16AsF32 || H == HalfOut::F16AsF32) ? 4 : 2;
+    std::memcpy(static_cast<uint8_t*>(b.half_copy) + i * hb, h, r * hb);
+  }
 }
 
 // ---- the table this target registers ----------------------------------------------------

@@ -221,12 +221,13 @@ void check_optimizer_args(const OptimizerHyper& h, const FlatBuffers& b) {
   check_pointer("grad", b.grad, bytes_of(b.grad_type));
   check_pointer(two_states ? "exp_avg (state0)" : "state0", b.state0, 4);
   if (two_states) check_pointer("exp_avg_sq (state1)", b.state1, 4);
-  if (b.half_copy) check_pointer("half_copy", b.half_copy, 2);
+  const size_t copy_bytes = b.half_as_f32 ? 4 : 2;
+  if (b.half_copy) check_pointer("half_copy", b.half_copy, copy_bytes);
 
   std::vector<Range> ranges = {
       {"param", b.param, 4 * n}, {"grad", b.grad, bytes_of(b.grad_type) * n}, {"state0", b.state0, 4 * n}};
   if (b.state1) ranges.push_back({"state1", b.state1, 4 * n});
-  if (b.half_copy) ranges.push_back({"half_copy", b.half_copy, 2 * n});
+  if (b.half_copy) ranges.push_back({"half_copy", b.half_copy, copy_bytes * n});
   for (size_t i = 0; i < ranges.size(); ++i)
     for (size_t j = i + 1; j < ranges.size(); ++j)
       DS_CHECK(!overlap(ranges[i], ranges[j]), k, ": ", ranges[i].name, " [", ranges[i].ptr, ", +",
@@ -245,9 +246,11 @@ void optimizer_step(const OptimizerHyper& hyper, const FlatBuffers& b, ThreadPoo
            " is not supported by this CPU; available: ", detail::names_of(available_simd_targets()));
   if (b.n == 0) return;
 
-  const auto half = b.half_copy == nullptr          ? detail::HalfOut::None
-                    : b.half_type == ElemType::BF16 ? detail::HalfOut::BF16
-                                                    : detail::HalfOut::F16;
+  using detail::HalfOut;
+  const bool bf16 = b.half_type == ElemType::BF16;
+  const HalfOut half = b.half_copy == nullptr ? HalfOut::None
+                       : b.half_as_f32        ? (bf16 ? HalfOut::BF16AsF32 : HalfOut::F16AsF32)
+                                              : (bf16 ? HalfOut::BF16 : HalfOut::F16);
   const detail::RangeKernel kernel = table[detail::table_index(hyper.kind, b.grad_type, half)];
   const detail::StepCoefficients coef = detail::make_coefficients(hyper);
   const int64_t tiles = (b.n + kTileElements - 1) / kTileElements;

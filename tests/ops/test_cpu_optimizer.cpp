@@ -192,6 +192,27 @@ TEST(CpuOptimizer, Bf16AndFp16GradientsMatchTorchOnTheUpcastGradients) {
       expect_matches_reference(kind, dtype, {17, 4099});
 }
 
+TEST(CpuOptimizer, Fp16GradientsConvertExactlyIncludingInfNanAndSubnormals) {
+  // Every fp16 bit pattern as a gradient: the step must equal the step on torch's fp32 upcast
+  // of it, bit for bit (NaN where it is NaN), on every target (with and without F16C).
+  at::Tensor bits = at::arange(0, 65536, at::kInt).to(at::kShort);
+  at::Tensor g16 = bits.view(at::kHalf);
+  const int64_t n = g16.numel();
+  for (const auto& target : available_simd_targets()) {
+    CpuOptimizerOptions o = options_for(OptimizerKind::Adagrad);
+    o.simd_target = target.name;
+    CpuOptimizer opt(o);
+    at::Tensor p16 = at::ones({n}), p32 = at::ones({n});
+    auto s16 = opt.make_state(n), s32 = opt.make_state(n);
+    opt.step(p16, g16, s16, 1);
+    opt.step(p32, g16.to(at::kFloat), s32, 1);
+    const at::Tensor same = (p16 == p32) | (p16.isnan() & p32.isnan());
+    EXPECT_TRUE(same.all().item<bool>()) << target.name << ": first differing fp16 pattern 0x" << std::hex
+                                         << (same.logical_not().nonzero().numel() ? same.logical_not().nonzero()[0].item<int64_t>() : -1);
+    EXPECT_TRUE(((s16[0] == s32[0]) | (s16[0].isnan() & s32[0].isnan())).all().item<bool>()) << target.name;
+  }
+}
+
 TEST(CpuOptimizer, AdamWithoutBiasCorrectionUsesTheRawMoments) {
   CpuOptimizerOptions o = options_for(OptimizerKind::Adam);
   o.bias_correction = false;
@@ -225,10 +246,19 @@ TEST(CpuOptimizer, FusedHalfCopyEqualsParamToBf16AndFp16) {
           at::Tensor p = torch::randn({n}) * 100;  // spread over many binades
           auto state = opt.make_state(n);
           at::Tensor half = at::empty({n}, dtype);
+          at::Tensor widened = at::empty({n});  // fp32 holding the rounded values
           for (int64_t t = 1; t <= 3; ++t) {
-            opt.step(p, torch::randn({n}).to(dtype), state, t, o.lr, &half);
+            at::Tensor g = torch::randn({n}).to(dtype);
+            at::Tensor p2 = p.clone();
+            auto state2 = state;
+            for (auto& s : state2) s = s.clone();
+            opt.step(p, g, state, t, o.lr, &half);
             EXPECT_TRUE(at::equal(half, p.to(dtype)))
                 << to_string(kind) << " " << dtype << " n=" << n << " on " << target.name << " step " << t;
+            opt.step(p2, g, state2, t, o.lr, &widened, dtype);
+            EXPECT_TRUE(at::equal(p2, p)) << "the fp32 copy changes the update";
+            EXPECT_TRUE(at::equal(widened, p.to(dtype).to(at::kFloat)))
+                << to_string(kind) << " fp32 copy of " << dtype << " n=" << n << " on " << target.name;
           }
         }
       }
@@ -288,6 +318,12 @@ TEST(CpuOptimizer, HalfCopyRoundsLikeTorchIncludingTiesInfNanAndSubnormals) {
       EXPECT_TRUE(at::equal(half.view(at::kShort), expected.view(at::kShort)))
           << dtype << " on " << target.name << ": first mismatch at "
           << (half.view(at::kShort) != expected.view(at::kShort)).nonzero().flatten().slice(0, 0, 1);
+      at::Tensor widened = at::empty({n});
+      opt.step(p, at::zeros({n}), state, 2, 0.0, &widened, dtype);
+      const at::Tensor expected32 = expected.to(at::kFloat);
+      EXPECT_TRUE(at::equal(widened.view(at::kInt), expected32.view(at::kInt)))
+          << "fp32 copy of " << dtype << " on " << target.name << ": first mismatch at "
+          << (widened.view(at::kInt) != expected32.view(at::kInt)).nonzero().flatten().slice(0, 0, 1);
     }
     // NaN: torch's scalar and vector conversions disagree on the payload; both must be NaN.
     CpuOptimizerOptions o;
@@ -380,7 +416,10 @@ TEST(CpuOptimizer, RejectsBadTensorsWithTheOffendingValuesAndLeavesParamsAlone) 
   EXPECT_ERROR_HAS(opt.step(p, g, half_state, 1), "state[0] must be float32, got float16");
   at::Tensor copy32 = at::empty({n});
   EXPECT_ERROR_HAS(opt.step(p, g, state, 1, 1e-3, &copy32),
-                   "half_copy must be bfloat16 or float16, got float32");
+                   "an fp32 working copy needs the precision to round to (bf16 or fp16)");
+  at::Tensor copy64 = at::empty({n}, at::kDouble);
+  EXPECT_ERROR_HAS(opt.step(p, g, state, 1, 1e-3, &copy64),
+                   "half_copy must be bfloat16 or float16 or float32, got float64");
 
   // Wrong sizes and counts.
   EXPECT_ERROR_HAS(opt.step(p, torch::randn({16}), state, 1), "grad has 16 elements");

@@ -58,9 +58,10 @@ class CpuOptimizer {
 
   // One step on a flat fp32 master tensor, in place. `grad` is fp32, bf16 or fp16; `step` is
   // 1-based; `lr` overrides options().lr (schedulers). If half_copy is given (bf16 or fp16), it
-  // receives the updated parameters in the same pass (round to nearest even).
+  // receives the updated parameters in the same pass (round to nearest even); an fp32
+  // half_copy receives them rounded to `copy_precision` (bf16 or fp16) and widened back.
   void step(at::Tensor& param, const at::Tensor& grad, std::vector<at::Tensor>& state, int64_t step,
-            double lr, at::Tensor* half_copy = nullptr);
+            double lr, at::Tensor* half_copy = nullptr, at::ScalarType copy_precision = at::kFloat);
   // The same with options().lr.
   void step(at::Tensor& param, const at::Tensor& grad, std::vector<at::Tensor>& state, int64_t step);
 

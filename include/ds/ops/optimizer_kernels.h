@@ -59,6 +59,7 @@ struct FlatBuffers {
   float* state1 = nullptr;              // exp_avg_sq (Adam, AdamW); null otherwise
   void* half_copy = nullptr;            // optional: receives the updated params as half_type
   ElemType half_type = ElemType::BF16;  // BF16 or F16 when half_copy is set
+  bool half_as_f32 = false;             // half_copy is fp32 holding the half_type-rounded values
 };
 
 // An instruction set the kernels were compiled for, as Highway names it (bit = HWY_AVX2, ...).
