@@ -26,8 +26,8 @@
 #include "ds/config/config.h"
 #include "ds/data/dataset.h"
 #include "ds/models/gpt.h"
-#include "ds/runtime/engine.h"
-#include "ds/runtime/zero_init.h"
+#include "ds/deepspeed.h"
+#include "ds/zero/init.h"
 
 namespace {
 
@@ -137,15 +137,15 @@ struct Curve {
 // Steps first .. a.steps-1 (0-based), with evaluations and checkpoints on the way.
 Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const ds::Dataset& data, int64_t first,
             const std::function<void(int64_t)>& evaluate, uint64_t seed) {
-  auto& comm = engine.comm();
   const ds::Config& config = engine.config();
   const int64_t micro = config.train_micro_batch_size_per_gpu, gas = config.gradient_accumulation_steps;
   Curve curve;
   int64_t saved_at = a.load.empty() ? -1 : first;  // a resumed run's first step is saved already
   for (int64_t step = first; step < a.steps; ++step) {
     for (int64_t m = 0; m < gas; ++m) {
-      // Example indices in the global batch: micro-batch m of rank r covers [(m*N + r)*micro, +micro).
-      ds::Batch b = data.batch(step, (m * comm.size() + comm.rank()) * micro, micro);
+      // Example indices in the global batch: micro-batch m of data-parallel rank r covers
+      // [(m*N + r)*micro, +micro) (the ranks of one model replica read the same examples).
+      ds::Batch b = data.batch(step, (m * engine.dp_size() + engine.dp_rank()) * micro, micro);
       at::Tensor loss = engine.forward([&] { return model->loss(b.tokens, b.targets); });
       engine.backward(loss);
     }
@@ -217,12 +217,12 @@ int run(const Args& a) {
                                   " tokens); use --seq-len ", data->context(), " or more"));
   mc.validate();
   torch::manual_seed(seed);
-  ds::Gpt model{nullptr};
-  {
-    ds::Init init(comm, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
-    model = ds::Gpt(mc);
-  }
-  ds::Engine engine(model.ptr(), config, comm);
+  ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
+  ds::zero::Init init(groups.data, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
+  ds::Gpt model(mc);
+  ds::EngineOptions options;
+  options.sharded_units = init.take_units();
+  ds::Engine engine(model.ptr(), config, groups, std::move(options));
   engine.set_tokens_per_step(config.train_batch_size * data->context());
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
   if (rank0)
@@ -231,7 +231,7 @@ int run(const Args& a) {
         "batch %lld; ZeRO stage %d, %s, %s, %s\n",
         mc.describe().c_str(), data->describe().c_str(), comm->size(),
         (long long)config.train_micro_batch_size_per_gpu, (long long)config.gradient_accumulation_steps,
-        (long long)config.train_batch_size, engine.zero_stage(), ds::to_string(engine.precision()),
+        (long long)config.train_batch_size, engine.zero_stage(), engine.precision().name.c_str(),
         config.optimizer.type == ds::OptimizerType::kNone ? "?"
                                                           : ds::optimizer_type_name(config.optimizer.type),
         engine.config().scheduler.type == ds::SchedulerType::kNone

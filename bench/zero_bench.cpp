@@ -8,7 +8,7 @@
 // engine's own buffers (after the backward, so gradients exist; at stage 3 the units are
 // released by then), the formula for this stage, peak RSS, bytes sent per step (comms logger)
 // against 2 (N-1)/N x 4 bytes x padded parameters (3 at stage 3), and the median step time.
-// Stage 3 builds the model under ds::Init and honours --reuse-distance, --prefetch and
+// Stage 3 builds the model under ds::zero::Init and honours --reuse-distance, --prefetch and
 // --persistence (DeepSpeed's stage3_max_reuse_distance, stage3_prefetch_bucket_size,
 // stage3_param_persistence_threshold; defaults as DeepSpeed's). Sequences are short
 // (--tokens): the shape, not the context, sets the parameter count.
@@ -32,9 +32,10 @@
 #include "ds/common/strings.h"
 #include "ds/config/config.h"
 #include "ds/models/gpt.h"
-#include "ds/runtime/engine.h"
-#include "ds/runtime/optimizer_swapper.h"
-#include "ds/runtime/zero_init.h"
+#include "ds/deepspeed.h"
+#include "ds/offload/optimizer_swapper.h"
+#include "ds/offload/param_swapper.h"
+#include "ds/zero/init.h"
 
 namespace {
 
@@ -95,13 +96,13 @@ int main(int argc, char** argv) {
         R"(, "sub_group_size": )", arg(argc, argv, "--sub-group", 1000000000), nvme, "}", bf16, "}"));
     config.resolve(n);
     torch::manual_seed(0);
-    ds::Gpt model{nullptr};
-    {
-      ds::Init init(comm, config);  // stage 3: each unit sharded as soon as it is built
-      model = ds::Gpt(mc);
-    }
+    ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
+    ds::zero::Init init(groups.data, config);  // stage 3: each unit sharded as soon as it is built
+    ds::Gpt model(mc);
     const int64_t rss_built = ds::peak_rss_bytes();
-    ds::Engine engine(model.ptr(), config, comm);
+    ds::EngineOptions options;
+    options.sharded_units = init.take_units();
+    ds::Engine engine(model.ptr(), config, groups, std::move(options));
     at::Tensor x = at::randint(0, mc.vocab_size, {1, tokens}, at::kLong);
     ds::Engine::MemoryBreakdown mem;
     std::vector<double> times;
@@ -116,9 +117,9 @@ int main(int argc, char** argv) {
       if (s > 0) times.push_back(st->seconds);
     }
     int64_t psi = 0, persistent = 0;
-    for (size_t u = 0; u < engine.units().size(); ++u) {
-      psi += engine.units()[u]->padded_numel();
-      if (engine.coordinator() && engine.coordinator()->persistent(int(u))) persistent += engine.units()[u]->padded_numel();
+    for (size_t u = 0; u < engine.unit_count(); ++u) {
+      psi += engine.unit(u).padded_numel();
+      if (engine.coordinator() && engine.coordinator()->persistent(int(u))) persistent += engine.unit(u).padded_numel();
     }
     int64_t sent = 0;
     for (const auto& [op, st] : comm->logger().totals())
@@ -141,13 +142,15 @@ int main(int argc, char** argv) {
       std::printf("\n");
       std::printf("  peak RSS (max over ranks) %s; rank 0 after building the model %s\n",
                   ds::format_bytes(rss.item<double>()).c_str(), ds::format_bytes(double(rss_built)).c_str());
-      if (const ds::ParamCoordinator* pc = engine.coordinator())
-        std::printf("  stage 3: peak gathered %s of %s elements, %lld gathers (%lld prefetched), %.0f ms waiting for gathers\n",
+      if (const ds::zero::ParamCoordinator* pc = engine.coordinator())
+        std::printf("  stage 3: peak gathered %s of %s elements, %lld gathers (%lld prefetched), %.0f ms waiting for "
+                    "gathers, %.0f ms for shard reads\n",
                     std::to_string(pc->stats().peak_live).c_str(), std::to_string(psi).c_str(),
-                    (long long)pc->stats().gathers, (long long)pc->stats().prefetched, pc->stats().wait_s * 1e3);
+                    (long long)pc->stats().gathers, (long long)pc->stats().prefetched, pc->stats().wait_s * 1e3,
+                    pc->stats().read_wait_s * 1e3);
       std::printf("  sent per rank per step %s; %g(N-1)/N x %g B x Psi = %s (%+.2f %%)\n", ds::format_bytes(per_step).c_str(), copies, wire_bytes,
                   ds::format_bytes(traffic_theory).c_str(), traffic_theory > 0 ? 100.0 * (per_step - traffic_theory) / traffic_theory : 0.0);
-      if (const ds::OptimizerSwapper* sw = engine.swapper()) {
+      if (const ds::offload::OptimizerSwapper* sw = engine.swapper()) {
         const auto& st = sw->stats();
         const double k = double(steps - 1), moved = double(st.bytes_read + st.bytes_written) / k;
         std::printf("  nvme: %s on disk per rank (%zu sub-groups, %s buffers); per step %s moved, optimizer step %.0f ms, "

@@ -64,6 +64,9 @@ namespace {
 
 void check_slot(const SlotInfo& s, const UnitInfo& u, const std::string& where) {
   if (s.name.empty()) throw Error(ds::str(where, ".name: empty parameter name"));
+  if (s.split_dim < -1 || s.split_dim >= int(s.shape.size()))
+    throw Error(ds::str(where, " (", s.name, "): split_dim ", s.split_dim, " is not a dimension of shape ",
+                        shape_string(s.shape), " (or -1)"));
   int64_t product = 1;
   for (int64_t d : s.shape) {
     if (d < 0 || (d > 0 && __builtin_mul_overflow(product, d, &product)))

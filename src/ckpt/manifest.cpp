@@ -70,7 +70,8 @@ ordered_json units_to_json(const std::vector<UnitInfo>& units) {
   for (const auto& u : units) {
     ordered_json slots = ordered_json::array();
     for (const auto& s : u.slots)
-      slots.push_back({{"name", s.name}, {"offset", s.offset}, {"numel", s.numel}, {"shape", s.shape}});
+      slots.push_back(
+          {{"name", s.name}, {"offset", s.offset}, {"numel", s.numel}, {"shape", s.shape}, {"split_dim", s.split_dim}});
     out.push_back({{"name", u.name}, {"numel", u.numel}, {"padded_numel", u.padded_numel}, {"slots", slots}});
   }
   return out;
@@ -88,7 +89,7 @@ std::vector<int64_t> parse_shape(const json& j, const std::string& where) {
   return shape;
 }
 
-std::vector<UnitInfo> parse_units(const json& j, const std::string& where) {
+std::vector<UnitInfo> parse_units(const json& j, const std::string& where, int version) {
   std::vector<UnitInfo> units;
   for (size_t i = 0; i < j.size(); ++i) {
     Fields f(j[i], ds::str(where, "[", i, "]"));
@@ -96,8 +97,15 @@ std::vector<UnitInfo> parse_units(const json& j, const std::string& where) {
     const json& slots = f.array("slots");
     for (size_t k = 0; k < slots.size(); ++k) {
       Fields s(slots[k], ds::str(f.path("slots"), "[", k, "]"));
-      u.slots.push_back({s.string("name"), s.integer("offset"), s.integer("numel"),
-                         parse_shape(s.at("shape"), s.path("shape"))});
+      SlotInfo slot{s.string("name"), s.integer("offset"), s.integer("numel"),
+                    parse_shape(s.at("shape"), s.path("shape")), -1};
+      if (version >= 2) {
+        slot.split_dim = int(s.integer("split_dim", -1, 63));
+        if (slot.split_dim >= int(slot.shape.size()))
+          throw Error(ds::str(s.path("split_dim"), ": ", slot.split_dim, " is not a dimension of shape ",
+                              shape_string(slot.shape)));
+      }
+      u.slots.push_back(std::move(slot));
     }
     units.push_back(std::move(u));
   }
@@ -182,7 +190,7 @@ ordered_json manifest_to_json(const Manifest& m) {
   for (const auto& f : m.files)
     files.push_back({{"name", f.name}, {"bytes", f.bytes}, {"xxh64", to_hex(f.xxh64)}});
   return {{"format", kFormatMarker},
-          {"format_version", m.format_version},
+          {"format_version", kFormatVersion},  // what this build writes, whatever was read
           {"tag", m.tag},
           {"producer", m.producer},
           {"world", {{"dp", m.dp_world_size}, {"pp", m.pp_world_size}, {"tp", m.tp_world_size}}},
@@ -263,7 +271,7 @@ Manifest parse_manifest(const std::string& text, const std::string& path) {
         ds::str(path, ": not a deepspeed.cpp checkpoint manifest (no \"format\": \"", kFormatMarker, "\")"));
   Manifest m;
   m.format_version = int(f.integer("format_version", 1, INT32_MAX));
-  if (m.format_version != kFormatVersion)
+  if (m.format_version > kFormatVersion)
     throw Error(ds::str(path, ": format_version ", m.format_version,
                         " was written by a newer deepspeed.cpp; this "
                         "build reads version ",
@@ -289,7 +297,7 @@ Manifest parse_manifest(const std::string& text, const std::string& path) {
     if (!n.is_string()) throw Error(ds::str(opt.path("state_names"), ": expected strings"));
     m.optimizer.state_names.push_back(n.get<std::string>());
   }
-  m.units = parse_units(f.array("units"), f.path("units"));
+  m.units = parse_units(f.array("units"), f.path("units"), m.format_version);
   m.engine = engine_state_from_json(f.at("engine_state"), f.path("engine_state"));
   const json& files = f.array("files");
   for (size_t i = 0; i < files.size(); ++i) {

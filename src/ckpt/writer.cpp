@@ -58,7 +58,7 @@ void CheckpointWriter::prepare() const {
   for (const auto& name : temp_files_in(tag_path_)) remove_file_durably(tag_path_ + "/" + name);
 }
 
-FileInfo CheckpointWriter::write_optimizer_part(int part, const std::vector<UnitShard>& units) const {
+FileInfo CheckpointWriter::write_optimizer_part(int part, const std::vector<UnitShard>& units, int mp_rank) const {
   const Partition& p = layout_.partition;
   if (part < 0 || part >= p.count)
     throw Error(ds::str("optimizer part ", part, " does not exist: the layout has ", p.count, " parts"));
@@ -93,12 +93,12 @@ FileInfo CheckpointWriter::write_optimizer_part(int part, const std::vector<Unit
   d.insert("fp32", detail::tensor_dict(fp32));
   d.insert("optimizer_state", state_dict);
   make_directories(tag_path_);
-  std::string name = optim_states_name(part);
+  std::string name = optim_states_name(part, mp_rank);
   FileDigest digest = detail::save_pickle(tag_path_ + "/" + name, d);
   return {name, digest.bytes, digest.xxh64};
 }
 
-FileInfo CheckpointWriter::write_model_states(const ModelStates& states) const {
+FileInfo CheckpointWriter::write_model_states(const ModelStates& states, int mp_rank) const {
   for (const auto& [name, t] : states.rng_states)
     if (t.scalar_type() != at::kByte) throw Error(ds::str("RNG state ", name, " must be a uint8 tensor"));
   const EngineState& e = layout_.engine;
@@ -114,7 +114,7 @@ FileInfo CheckpointWriter::write_model_states(const ModelStates& states) const {
   d.insert("format", kModelFormat);
   d.insert("format_version", int64_t(kFormatVersion));
   make_directories(tag_path_);
-  std::string name = model_states_name();
+  std::string name = model_states_name(mp_rank);
   FileDigest digest = detail::save_pickle(tag_path_ + "/" + name, d);
   return {name, digest.bytes, digest.xxh64};
 }

@@ -14,6 +14,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include "ds/common/error.h"
@@ -114,7 +115,13 @@ class GlooCommunicator final : public QueuedCommunicator {
 
   std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks, const std::string& name) override {
     int group_rank = validate_group(ranks, name);
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("ds/group/" + name, store_);
+    if (ranks.size() == 1)  // nothing to meet: a private store, no traffic
+      return std::make_shared<GlooCommunicator>(c10::make_intrusive<c10d::HashStore>(), device_, 0, 1, options(),
+                                                logger_ptr());
+    // The members of a group call this the same number of times with its name: the count
+    // keeps a second group of the same name (a second engine) apart from the first.
+    const int seq = groups_made_[name]++;
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(ds::str("ds/group/", name, "/", seq), store_);
     return std::make_shared<GlooCommunicator>(prefixed, device_, group_rank, static_cast<int>(ranks.size()),
                                               options(), logger_ptr());
   }
@@ -174,6 +181,7 @@ class GlooCommunicator final : public QueuedCommunicator {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
   std::unique_ptr<GlooTransport> transport_;
   uint32_t collective_seq_ = 0;
+  std::map<std::string, int> groups_made_;
 };
 
 std::string rank_list(const std::vector<int>& ranks) {

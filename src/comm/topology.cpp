@@ -71,6 +71,15 @@ std::vector<std::vector<int>> Topology::groups_along(Axis axis) const {
   return out;
 }
 
+std::vector<int> Topology::model_group(int rank) const {
+  const Coord c = coord_of(rank);
+  std::vector<int> out;
+  for (int p = 0; p < pipe_; ++p)
+    for (int t = 0; t < tensor_; ++t) out.push_back(rank_of({p, c.data, t}));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::string Topology::describe() const { return ds::str("pipe=", pipe_, " x data=", data_, " x tensor=", tensor_); }
 
 ParallelGroups ParallelGroups::create(std::shared_ptr<Communicator> world, const Topology& topology) {
@@ -81,13 +90,20 @@ ParallelGroups ParallelGroups::create(std::shared_ptr<Communicator> world, const
   g.topology = topology;
   g.coord = topology.coord_of(world->rank());
   g.world = world;
-  for (Axis axis : {Axis::Pipe, Axis::Data, Axis::Tensor}) {
-    auto ranks = topology.group_along(axis, world->rank());
-    std::string name = ds::str(to_string(axis), "/", ranks.front());
-    auto comm = ranks.size() == static_cast<size_t>(world->size()) ? world : world->new_group(ranks, name);
-    (axis == Axis::Pipe ? g.pipe : axis == Axis::Data ? g.data : g.tensor) = comm;
-  }
+  auto make = [&](const std::vector<int>& ranks, const char* kind) {
+    if (ranks.size() == static_cast<size_t>(world->size())) return world;
+    return world->new_group(ranks, ds::str(kind, "/", ranks.front()));
+  };
+  for (Axis axis : {Axis::Pipe, Axis::Data, Axis::Tensor})
+    (axis == Axis::Pipe ? g.pipe : axis == Axis::Data ? g.data : g.tensor) =
+        make(topology.group_along(axis, world->rank()), to_string(axis));
+  g.model = make(topology.model_group(world->rank()), "model");
   return g;
+}
+
+ParallelGroups ParallelGroups::data_parallel(std::shared_ptr<Communicator> world) {
+  const int n = world->size();
+  return create(std::move(world), Topology(1, n, 1));
 }
 
 const std::shared_ptr<Communicator>& ParallelGroups::along(Axis axis) const {

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "ds/common/error.h"
+#include "ds/nn/linear.h"
 
 namespace ds {
 
@@ -62,15 +63,15 @@ GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head
 
 at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / n_head_;
-  at::Tensor qkv = zero::linear(ln1_(x), qkv_->weight, qkv_->bias).view({B, T, 3, n_head_, hd}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
+  at::Tensor qkv = nn::linear(ln1_(x), qkv_->weight, qkv_->bias).view({B, T, 3, n_head_, hd}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
   at::Tensor causal = at::ones({T, T}, at::kBool).triu(1);
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
   at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, C});
-  at::Tensor h = x + zero::linear(y, attn_proj_->weight, attn_proj_->bias);
-  at::Tensor m = at::gelu(zero::linear(ln2_(h), fc_->weight, fc_->bias));
-  return h + zero::linear(m, mlp_proj_->weight, mlp_proj_->bias);
+  at::Tensor h = x + nn::linear(y, attn_proj_->weight, attn_proj_->bias);
+  at::Tensor m = at::gelu(nn::linear(ln2_(h), fc_->weight, fc_->bias));
+  return h + nn::linear(m, mlp_proj_->weight, mlp_proj_->bias);
 }
 
 GptImpl::GptImpl(const GptConfig& c) : config_(c) {
@@ -80,17 +81,17 @@ GptImpl::GptImpl(const GptConfig& c) : config_(c) {
   torch::NoGradGuard no_grad;
   wte_ = register_module("wte", torch::nn::Embedding(c.vocab_size, c.d_model));
   torch::nn::init::normal_(wte_->weight, 0.0, 0.02);
-  zero::unit_built(*wte_);
+  nn::unit_built(*wte_);
   wpe_ = register_module("wpe", torch::nn::Embedding(c.seq_len, c.d_model));
   torch::nn::init::normal_(wpe_->weight, 0.0, 0.02);
-  zero::unit_built(*wpe_);
+  nn::unit_built(*wpe_);
   blocks_ = register_module("blocks", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.n_layer; ++l) {
     blocks_->push_back(GptBlock(c, l));
-    zero::unit_built(*blocks_[l]);
+    nn::unit_built(*blocks_[l]);
   }
   ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
-  zero::unit_built(*ln_f_);
+  nn::unit_built(*ln_f_);
 }
 
 at::Tensor GptImpl::forward(const at::Tensor& tokens) {
@@ -98,11 +99,11 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
   const int64_t T = tokens.size(1);
   if (T > config_.seq_len)
     throw Error(ds::str("sequence of ", T, " tokens exceeds the model's context of ", config_.seq_len));
-  at::Tensor x = zero::run_unit(*wte_, [&] { return wte_(tokens); });
-  x = x + zero::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
-  for (const auto& block : *blocks_) x = zero::run_unit(*block, [&] { return block->as<GptBlock>()->forward(x); });
-  x = zero::run_unit(*ln_f_, [&] { return ln_f_(x); });
-  return zero::run_unit(*wte_, [&] { return zero::linear(x, wte_->weight); });  // tied LM head
+  at::Tensor x = nn::run_unit(*wte_, [&] { return wte_(tokens); });
+  x = x + nn::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
+  for (const auto& block : *blocks_) x = nn::run_unit(*block, [&] { return block->as<GptBlock>()->forward(x); });
+  x = nn::run_unit(*ln_f_, [&] { return ln_f_(x); });
+  return nn::run_unit(*wte_, [&] { return nn::linear(x, wte_->weight); });  // tied LM head
 }
 
 at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {

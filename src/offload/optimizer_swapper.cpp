@@ -1,4 +1,4 @@
-#include "ds/runtime/optimizer_swapper.h"
+#include "ds/offload/optimizer_swapper.h"
 
 #include <ATen/ATen.h>
 #include <unistd.h>
@@ -12,7 +12,7 @@
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 
-namespace ds {
+namespace ds::offload {
 
 namespace {
 
@@ -204,4 +204,4 @@ void OptimizerSwapper::write_unit(size_t unit, const at::Tensor& master, const s
   }, /*write_back=*/true, int64_t(unit));
 }
 
-}  // namespace ds
+}  // namespace ds::offload

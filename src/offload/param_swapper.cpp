@@ -1,81 +1,201 @@
-#include "ds/runtime/param_swapper.h"
+#include "ds/offload/param_swapper.h"
 
 #include <ATen/ATen.h>
-#include <fcntl.h>
-#include <unistd.h>
 
-#include <cerrno>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
-#include "ds/aio/file.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 
-namespace ds {
+namespace ds::offload {
 
-ParamSwapper::ParamSwapper(const std::string& nvme_path, int rank, std::vector<int64_t> lengths, at::ScalarType dtype)
-    : lengths_(std::move(lengths)), dtype_(dtype), element_(c10::elementSize(dtype)) {
-  for (int64_t n : lengths_) {
-    offsets_.push_back(file_bytes_);
-    file_bytes_ += uint64_t(n) * element_;
+namespace {
+
+constexpr uint64_t kAlign = aio::kDirectIoAlignment;
+constexpr size_t kKeepFree = 4;       // spare buffers kept for reuse
+constexpr size_t kWritesInFlight = 4;  // staged units being written at once, at most
+
+uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+}  // namespace
+
+ParamSwapper::ParamSwapper(ParamSwapOptions options, std::vector<int64_t> lengths, at::ScalarType dtype)
+    : lengths_(std::move(lengths)), dtype_(dtype), units_(lengths_.size()) {
+  const uint64_t element = c10::elementSize(dtype);
+  for (size_t u = 0; u < units_.size(); ++u) {
+    units_[u].offset = file_bytes_;
+    units_[u].bytes = uint64_t(lengths_[u]) * element;
+    units_[u].aligned_bytes = align_up(units_[u].bytes);
+    file_bytes_ += units_[u].aligned_bytes;
   }
-  aio::check_swap_path(nvme_path, file_bytes_);
-  std::string tmpl = ds::str(nvme_path, "/ds-params-rank", rank, "-XXXXXX");
+  aio::check_swap_path(options.nvme_path, file_bytes_);
+  std::string tmpl = ds::str(options.nvme_path, "/ds-params-rank", options.rank, "-XXXXXX");
   if (!::mkdtemp(tmpl.data()))
-    throw SystemError(ds::str("cannot create a parameter swap directory under ", nvme_path, ": ", std::strerror(errno)));
+    throw SystemError(ds::str("cannot create a parameter swap directory under ", options.nvme_path, ": ",
+                              std::strerror(errno)));
   dir_ = tmpl;
   path_ = dir_ + "/params.swp";
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  int rc = fd_ < 0 ? errno : (file_bytes_ ? ::posix_fallocate(fd_, 0, off_t(file_bytes_)) : 0);
-  if (rc != 0) {
-    if (fd_ >= 0) ::close(fd_);
+  try {
+    aio_ = std::make_unique<aio::AioHandle>(options.aio);
+    file_ = aio::File(path_, {aio::OpenMode::ReadWrite, true, true});
+    file_.allocate(file_bytes_);  // ENOSPC now, with the size, rather than during a step
+  } catch (const std::exception& e) {
+    aio_.reset();
+    file_ = aio::File();
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
-    throw SystemError(ds::str("offload_param: cannot create ", path_, " (", file_bytes_, " bytes): ", std::strerror(rc)));
+    throw Error(ds::str("offload_param: cannot set up ", path_, " (", file_bytes_, " bytes): ", e.what()));
   }
 }
 
 ParamSwapper::~ParamSwapper() {
-  if (fd_ >= 0) ::close(fd_);
+  for (Unit& u : units_) u.read = aio::AioTicket(), u.write = aio::AioTicket();  // wait quietly
+  aio_.reset();
+  file_ = aio::File();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }
 
-at::Tensor ParamSwapper::read(size_t u) const {
-  at::Tensor t = at::empty({lengths_[u]}, at::TensorOptions().dtype(dtype_));
-  auto* p = static_cast<char*>(t.data_ptr());
-  size_t left = size_t(lengths_[u]) * element_;
-  uint64_t at = offsets_[u];
-  while (left > 0) {
-    ssize_t n = ::pread(fd_, p, left, off_t(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0)
-      throw SystemError(ds::str("reading ", path_, " at offset ", at, " (", left, " bytes): ",
-                                n < 0 ? std::strerror(errno) : "unexpected end of file"));
-    p += n, left -= size_t(n), at += uint64_t(n);
+aio::AlignedBuffer ParamSwapper::buffer_for(uint64_t bytes) {
+  for (size_t i = 0; i < free_.size(); ++i) {
+    if (free_[i].size() != bytes) continue;
+    aio::AlignedBuffer b = std::move(free_[i]);
+    free_.erase(free_.begin() + std::ptrdiff_t(i));
+    return b;
   }
-  return t;
+  return aio::AlignedBuffer(bytes);
 }
 
-void ParamSwapper::write(size_t u, int64_t offset, const at::Tensor& values) {
-  DS_CHECK(values.scalar_type() == dtype_ && values.is_contiguous() && offset + values.numel() <= lengths_[u],
-           "ParamSwapper::write: bad values for unit ", u);
-  const char* p = static_cast<const char*>(values.data_ptr());
-  size_t left = size_t(values.numel()) * element_;
-  uint64_t at = offsets_[u] + uint64_t(offset) * element_;
-  while (left > 0) {
-    ssize_t n = ::pwrite(fd_, p, left, off_t(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw SystemError(ds::str("writing ", path_, " at offset ", at, " (", left, " bytes): ", std::strerror(errno)));
-    p += n, left -= size_t(n), at += uint64_t(n);
+void ParamSwapper::recycle(aio::AlignedBuffer buffer) {
+  if (buffer.size() == 0) return;
+  if (free_.size() >= kKeepFree) free_.erase(free_.begin());
+  free_.push_back(std::move(buffer));
+}
+
+at::Tensor ParamSwapper::view(aio::AlignedBuffer& buffer, size_t u) {
+  return at::from_blob(buffer.data(), {lengths_[u]}, at::TensorOptions().dtype(dtype_));
+}
+
+void ParamSwapper::start_read(int ui) {
+  Unit& u = units_[size_t(ui)];
+  if (u.reading) return;
+  if (u.write.valid()) {  // the disk must hold the newest values first
+    u.write.wait();
+    u.write = aio::AioTicket();
+    recycle(std::move(u.staging));
   }
+  u.read_buffer = buffer_for(u.aligned_bytes);
+  if (u.aligned_bytes > 0) u.read = aio_->pread(file_, u.read_buffer.data(), u.aligned_bytes, u.offset);
+  u.reading = true;
+  stats_.bytes_read += u.aligned_bytes;
+  ++stats_.reads;
+}
+
+bool ParamSwapper::read_done(int ui) {
+  const Unit& u = units_[size_t(ui)];
+  return !u.read.valid() || u.read.done();
+}
+
+at::Tensor ParamSwapper::take(int ui) {
+  Unit& u = units_[size_t(ui)];
+  if (!u.reading) start_read(ui);
+  if (u.read.valid()) {
+    u.read.wait();
+    u.read = aio::AioTicket();
+  }
+  return view(u.read_buffer, size_t(ui));
+}
+
+void ParamSwapper::give_back(int ui) {
+  Unit& u = units_[size_t(ui)];
+  if (u.read.valid()) u.read.wait();  // never recycle a buffer the kernel still writes into
+  u.read = aio::AioTicket();
+  u.reading = false;
+  recycle(std::move(u.read_buffer));
+}
+
+at::Tensor ParamSwapper::staging(size_t ui) {
+  Unit& u = units_[ui];
+  if (u.write.valid()) {  // an earlier write of this unit still reads from the buffer
+    u.write.wait();
+    u.write = aio::AioTicket();
+  }
+  if (u.staging.size() == 0) {
+    u.staging = buffer_for(u.aligned_bytes);
+    if (u.aligned_bytes > u.bytes) std::memset(u.staging.bytes() + u.bytes, 0, u.aligned_bytes - u.bytes);
+    u.staged = 0;
+  }
+  return view(u.staging, ui);
+}
+
+void ParamSwapper::staged(size_t ui, int64_t elements) {
+  Unit& u = units_[ui];
+  u.staged += elements;
+  DS_CHECK(u.staged <= lengths_[ui], "unit ", ui, ": ", u.staged, " elements staged of ", lengths_[ui]);
+  if (u.staged == lengths_[ui]) write_staging(ui);
+}
+
+void ParamSwapper::write_staging(size_t ui) {
+  // Bound what is in flight (and so the staging memory): settle the finished writes, and the
+  // oldest ones beyond kWritesInFlight.
+  std::vector<size_t> pending;
+  for (size_t v = 0; v < units_.size(); ++v) {
+    Unit& w = units_[v];
+    if (!w.write.valid()) continue;
+    if (w.write.done()) {
+      w.write.wait();
+      w.write = aio::AioTicket();
+      recycle(std::move(w.staging));
+    } else {
+      pending.push_back(v);
+    }
+  }
+  for (size_t i = 0; i + kWritesInFlight <= pending.size(); ++i) {
+    Unit& w = units_[pending[i]];
+    w.write.wait();
+    w.write = aio::AioTicket();
+    recycle(std::move(w.staging));
+  }
+  Unit& u = units_[ui];
+  u.staged = 0;
+  if (u.aligned_bytes > 0) u.write = aio_->pwrite(file_, u.staging.data(), u.aligned_bytes, u.offset);
+  else recycle(std::move(u.staging));
+  stats_.bytes_written += u.aligned_bytes;
+  ++stats_.writes;
+}
+
+void ParamSwapper::write(size_t ui, const at::Tensor& values) {
+  DS_CHECK(values.numel() == lengths_[ui], "ParamSwapper::write: ", values.numel(), " values for a shard of ",
+           lengths_[ui]);
+  staging(ui).copy_(values.reshape({-1}));
+  units_[ui].staged = 0;
+  staged(ui, lengths_[ui]);
 }
 
 void ParamSwapper::flush() {
-  if (::fdatasync(fd_) != 0) throw SystemError(ds::str("flushing ", path_, ": ", std::strerror(errno)));
-  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);
+  for (size_t v = 0; v < units_.size(); ++v) {
+    Unit& u = units_[v];
+    DS_CHECK(u.staged == 0, "unit ", v, " was staged in part (", u.staged, " of ", lengths_[v], " elements)");
+    if (!u.write.valid()) continue;
+    u.write.wait();
+    u.write = aio::AioTicket();
+    recycle(std::move(u.staging));
+  }
 }
 
-}  // namespace ds
+at::Tensor ParamSwapper::read(size_t ui) {
+  Unit& u = units_[ui];
+  if (u.write.valid()) {
+    u.write.wait();
+    u.write = aio::AioTicket();
+    recycle(std::move(u.staging));
+  }
+  aio::AlignedBuffer buffer(u.aligned_bytes);  // not the coordinator's: it may be reading this unit
+  if (u.aligned_bytes > 0) aio_->sync_pread(file_, buffer.data(), u.aligned_bytes, u.offset);
+  return view(buffer, ui).clone();
+}
+
+}  // namespace ds::offload

@@ -1,11 +1,11 @@
-#include "ds/runtime/lr_schedule.h"
+#include "ds/optim/lr_schedule.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "ds/common/error.h"
 
-namespace ds {
+namespace ds::optim {
 
 namespace {
 void require(bool ok, const std::string& what) {
@@ -123,4 +123,4 @@ std::optional<double> LrSchedule::momentum(int64_t it) const {
   return c.cycle_max_mom * (1.0 + c.decay_mom_rate * interval);
 }
 
-}  // namespace ds
+}  // namespace ds::optim

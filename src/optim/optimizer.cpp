@@ -1,4 +1,4 @@
-#include "ds/runtime/optimizer.h"
+#include "ds/optim/optimizer.h"
 
 #include <ATen/ATen.h>
 
@@ -7,7 +7,7 @@
 #include "ds/common/error.h"
 #include "ds/ops/cpu_optimizer.h"
 
-namespace ds {
+namespace ds::optim {
 
 namespace {
 
@@ -28,12 +28,14 @@ class TorchAdam final : public FlatOptimizer {
  public:
   explicit TorchAdam(OptimizerConfig c) : FlatOptimizer(std::move(c)) {}
   std::string name() const override { return config_.decoupled_weight_decay() ? "AdamW" : "Adam"; }
+  std::vector<StateSpec> state_specs() const override { return {{"exp_avg"}, {"exp_avg_sq"}}; }
   std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
-  std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
-  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
-            std::optional<double> beta1) override {
+  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, const StepArgs& args,
+            const WorkingCopy* copy) override {
     check_step_args(p, grad, st, 2, "Adam");
-    const double b1 = beta1.value_or(config_.betas[0]), b2 = config_.betas[1], wd = config_.weight_decay;
+    const double lr = args.lr;
+    const int64_t step = args.step;
+    const double b1 = args.beta1.value_or(config_.betas[0]), b2 = config_.betas[1], wd = config_.weight_decay;
     at::Tensor g = grad;
     if (wd != 0.0) {
       if (config_.decoupled_weight_decay()) p.mul_(1.0 - lr * wd);
@@ -47,6 +49,7 @@ class TorchAdam final : public FlatOptimizer {
     double bc2 = config_.bias_correction ? 1.0 - std::pow(b2, double(step)) : 1.0;
     at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(config_.eps);
     p.addcdiv_(m, denom, -lr / bc1);
+    write_copy(p, copy);
   }
 };
 
@@ -55,15 +58,17 @@ class TorchSgd final : public FlatOptimizer {
  public:
   explicit TorchSgd(OptimizerConfig c) : FlatOptimizer(std::move(c)) {}
   std::string name() const override { return "SGD"; }
+  std::vector<StateSpec> state_specs() const override {
+    return config_.momentum != 0.0 ? std::vector<StateSpec>{{"momentum_buffer"}} : std::vector<StateSpec>{};
+  }
   std::vector<at::Tensor> init_state(int64_t n) const override {
     return config_.momentum != 0.0 ? std::vector<at::Tensor>{at::zeros({n})} : std::vector<at::Tensor>{};
   }
-  std::vector<std::string> state_names() const override {
-    return config_.momentum != 0.0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{};
-  }
-  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
-            std::optional<double> beta1) override {
-    const double momentum = beta1.value_or(config_.momentum);
+  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, const StepArgs& args,
+            const WorkingCopy* copy) override {
+    const double momentum = args.beta1.value_or(config_.momentum);
+    const double lr = args.lr;
+    const int64_t step = args.step;
     check_step_args(p, grad, st, config_.momentum != 0.0 ? 1 : 0, "SGD");
     at::Tensor g = config_.weight_decay != 0.0 ? grad.add(p, config_.weight_decay) : grad;
     if (config_.momentum != 0.0) {
@@ -73,6 +78,7 @@ class TorchSgd final : public FlatOptimizer {
       g = config_.nesterov ? g.add(buf, momentum) : buf;
     }
     p.add_(g, -lr);
+    write_copy(p, copy);
   }
 };
 
@@ -86,19 +92,25 @@ class KernelOptimizer final : public FlatOptimizer {
                    kernel_.threads(), " threads)");
   }
   std::vector<at::Tensor> init_state(int64_t n) const override { return kernel_.make_state(n); }
-  std::vector<std::string> state_names() const override {
+  std::vector<StateSpec> state_specs() const override {
     switch (kernel_.options().kind) {
       case ops::OptimizerKind::Adam:
-      case ops::OptimizerKind::AdamW: return {"exp_avg", "exp_avg_sq"};
-      case ops::OptimizerKind::Adagrad: return {"sum"};
-      case ops::OptimizerKind::Lion: return {"exp_avg"};
+      case ops::OptimizerKind::AdamW: return {{"exp_avg"}, {"exp_avg_sq"}};
+      case ops::OptimizerKind::Adagrad: return {{"sum"}};
+      case ops::OptimizerKind::Lion: return {{"exp_avg"}};
     }
-    throw Error("state_names: unknown optimizer kind");
+    throw Error("state_specs: unknown optimizer kind");
   }
-  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, int64_t step, double lr,
-            std::optional<double> beta1) override {
-    if (beta1 && *beta1 != kernel_.options().beta1) kernel_.set_beta1(*beta1);
-    kernel_.step(p, grad, st, step, lr);
+  // The working copy is written in the kernel's own pass over memory.
+  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, const StepArgs& args,
+            const WorkingCopy* copy) override {
+    if (args.beta1 && *args.beta1 != kernel_.options().beta1) kernel_.set_beta1(*args.beta1);
+    if (!copy) {
+      kernel_.step(p, grad, st, args.step, args.lr);
+      return;
+    }
+    at::Tensor dst = copy->dst;
+    kernel_.step(p, grad, st, args.step, args.lr, &dst, copy->round_to);
   }
 
  private:
@@ -118,6 +130,25 @@ class KernelOptimizer final : public FlatOptimizer {
 };
 
 }  // namespace
+
+std::vector<std::string> FlatOptimizer::state_names() const {
+  std::vector<std::string> names;
+  for (const StateSpec& s : state_specs())
+    if (s.kind == StateSpec::Kind::kElementwise) names.push_back(s.name);
+  return names;
+}
+
+void FlatOptimizer::step_all(StepContext& ctx) {
+  ctx.for_each_segment([&](Segment& s) { step(s.master, s.grad, *s.states, ctx.args, s.copy); });
+}
+
+void FlatOptimizer::write_copy(const at::Tensor& master, const WorkingCopy* copy) {
+  if (!copy) return;
+  if (copy->dst.scalar_type() == at::kFloat && copy->round_to != at::kFloat)
+    copy->dst.copy_(master.to(copy->round_to));  // fp32 weights holding the rounded values
+  else
+    copy->dst.copy_(master);
+}
 
 std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
   if (c.lr < 0) throw ConfigError(ds::str("optimizer.params.lr must be >= 0, got ", c.lr));
@@ -145,4 +176,4 @@ std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
   }
 }
 
-}  // namespace ds
+}  // namespace ds::optim

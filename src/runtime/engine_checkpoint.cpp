@@ -21,15 +21,13 @@
 #include "ds/ckpt/checksum.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/offload/optimizer_swapper.h"
+#include "ds/offload/param_swapper.h"
 #include "ds/runtime/engine.h"
-#include "ds/runtime/optimizer_swapper.h"
-#include "ds/runtime/param_swapper.h"
 
 namespace ds {
 
 namespace {
-
-at::ScalarType half_dtype(Precision p) { return p == Precision::BF16 ? at::kBFloat16 : at::kHalf; }
 
 std::string join(const std::vector<std::string>& items) {
   std::string out;
@@ -57,10 +55,12 @@ bool same_on_every_rank(comm::Communicator& comm, const std::string& text) {
 }
 
 // Runs `phase` on this rank, then every rank learns how it went everywhere. Returns the file
-// each rank's phase wrote (name empty: none), indexed by rank; throws ds::Error on every rank
-// when `phase` threw on any, with the lowest failing rank's message.
+// each rank's phase wrote (name empty: none; an optimizer part, named by the writer's data-
+// and model-parallel ranks), indexed by rank; throws ds::Error on every rank when `phase`
+// threw on any, with the lowest failing rank's message.
 std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
-                                          const std::function<ckpt::FileInfo()>& phase) {
+                                          const std::function<ckpt::FileInfo()>& phase, int dp_rank = 0,
+                                          int mp_rank = 0) {
   ckpt::FileInfo mine;
   std::string error;
   try {
@@ -69,9 +69,10 @@ std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
     error = *e.what() ? e.what() : "unknown error";
   }
   const int world = comm.size();
-  constexpr int kFields = 4;  // error length, wrote a file, its bytes, its xxh64
-  at::Tensor own = at::tensor(
-      {int64_t(error.size()), int64_t(!mine.name.empty()), mine.bytes, int64_t(mine.xxh64)}, at::kLong);
+  constexpr int kFields = 6;  // error length, wrote a file, its bytes, its xxh64, dp rank, mp rank
+  at::Tensor own = at::tensor({int64_t(error.size()), int64_t(!mine.name.empty()), mine.bytes, int64_t(mine.xxh64),
+                               int64_t(dp_rank), int64_t(mp_rank)},
+                              at::kLong);
   at::Tensor all = at::empty({world * kFields}, at::kLong);
   comm.all_gather(all, own).wait();
   auto a = all.accessor<int64_t, 1>();
@@ -83,7 +84,8 @@ std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
   std::vector<ckpt::FileInfo> files(size_t(world), ckpt::FileInfo{});
   for (int r = 0; r < world; ++r)
     if (a[r * kFields + 1])
-      files[size_t(r)] = {ckpt::optim_states_name(r), a[r * kFields + 2], uint64_t(a[r * kFields + 3])};
+      files[size_t(r)] = {ckpt::optim_states_name(int(a[r * kFields + 4]), int(a[r * kFields + 5])),
+                          a[r * kFields + 2], uint64_t(a[r * kFields + 3])};
   return files;
 }
 
@@ -120,12 +122,12 @@ void Engine::require_step_boundary(const char* what) const {
 // differing tags; otherwise rank 0's tag is used ("Warn" says so), so the parts of one save
 // never land in different directories.
 std::string Engine::agreed_tag(const std::string& tag) {
-  if (same_on_every_rank(*comm_, tag)) return tag;
+  if (same_on_every_rank(*groups_.world, tag)) return tag;
   if (config_.checkpoint.tag_validation == TagValidation::kFail)
     throw Error(ds::str("the ranks passed different checkpoint tags (this rank: '", tag,
                         "') and checkpoint.tag_validation is \"Fail\""));
-  std::string agreed = broadcast_string(*comm_, tag, 0);
-  if (comm_->rank() == 0 && config_.checkpoint.tag_validation == TagValidation::kWarn)
+  std::string agreed = broadcast_string(*groups_.world, tag, 0);
+  if (groups_.world->rank() == 0 && config_.checkpoint.tag_validation == TagValidation::kWarn)
     std::fprintf(stderr, "warning: the ranks passed different checkpoint tags; saving under rank 0's '%s'\n",
                  agreed.c_str());
   return agreed;
@@ -133,7 +135,14 @@ std::string Engine::agreed_tag(const std::string& tag) {
 
 std::vector<ckpt::UnitInfo> Engine::checkpoint_units() const {
   std::vector<ckpt::UnitInfo> out;
-  for (const auto& u : units_) out.push_back(to_unit_info(*u));
+  for (const auto& s : units_) {
+    const zero::FlatUnit& u = *s.unit;
+    ckpt::UnitInfo info{u.name(), u.numel(), u.padded_numel(), {}};
+    // Every parameter is whole on every model-parallel rank (split_dim -1) until tensor
+    // parallelism splits some.
+    for (const zero::ParamSlot& p : u.slots()) info.slots.push_back({p.name, p.offset, p.numel, p.shape, -1});
+    out.push_back(std::move(info));
+  }
   return out;
 }
 
@@ -143,11 +152,13 @@ ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann:
         ds::str("save_checkpoint: client_state must be a JSON object, got ", client_state.type_name()));
   ckpt::Manifest m;
   m.tag = tag;
-  m.dp_world_size = comm_->size();
-  m.zero_stage = stage_;
-  m.precision = to_string(precision_);
-  // Stage 0 keeps whole units on every rank: one part. Stages 1-2: each rank's chunk_of.
-  m.partition = {ckpt::PartitionScheme::kTensorSplit, stage_ == 0 ? 1 : comm_->size()};
+  m.dp_world_size = dp_size();
+  m.pp_world_size = groups_.pipe->size();
+  m.tp_world_size = groups_.tensor->size();
+  m.zero_stage = plan_.stage;
+  m.precision = plan_.precision.name;
+  // Stage 0 keeps whole units on every rank: one part. Stages 1-3: each rank's chunk_of.
+  m.partition = {ckpt::PartitionScheme::kTensorSplit, plan_.stage == 0 ? 1 : dp_size()};
   m.units = checkpoint_units();
   m.optimizer = {optimizer_type_name(config_.optimizer.type), optimizer_->state_names()};
   ckpt::EngineState& e = m.engine;
@@ -168,15 +179,16 @@ ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann:
 // it, stage 3's model states hold only what the units do not (the weights are in the shards).
 ckpt::ModelStates Engine::model_states() {
   ckpt::ModelStates s;
-  if (stage_ == 3) {
+  if (plan_.stage == 3) {
     for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) s.module.emplace_back(name, t.detach());
     if (config_.zero_optimization.stage3_gather_16bit_weights_on_model_save) {
-      const at::ScalarType dtype = precision_ == Precision::FP32 ? at::kFloat : half_dtype(precision_);
+      const at::ScalarType dtype = plan_.precision.param;
       for (size_t u = 0; u < units_.size(); ++u) {
+        const zero::FlatUnit& unit = *units_[u].unit;
         coordinator_->pin(int(u));
-        if (comm_->rank() == 0)
-          for (size_t i = 0; i < units_[u]->slots().size(); ++i)
-            s.module.emplace_back(units_[u]->slots()[i].name, units_[u]->tensors()[i].detach().to(dtype, false, true));
+        if (groups_.world->rank() == 0)
+          for (size_t i = 0; i < unit.slots().size(); ++i)
+            s.module.emplace_back(unit.slots()[i].name, unit.tensors()[i].detach().to(dtype, false, true));
         coordinator_->unpin(int(u));
       }
     }
@@ -190,15 +202,20 @@ ckpt::ModelStates Engine::model_states() {
   return s;
 }
 
+// This rank's masters and elementwise optimizer states (states that reset on load are not saved).
 std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
+  const std::vector<optim::StateSpec> specs = optimizer_->state_specs();
   std::vector<ckpt::UnitShard> part;
   for (size_t u = 0; u < units_.size(); ++u) {
-    if (!swapper_) {
-      part.push_back({masters_[u], states_[u]});
-      continue;
+    const UnitState& s = units_[u];
+    // Under bf16 compute the stage 0-2 master is fp32 already; the file stores fp32.
+    ckpt::UnitShard shard{s.master.defined() ? s.master.to(at::kFloat) : at::Tensor(), {}};
+    if (swapper_) {  // swapped: read back from disk
+      swapper_->read_unit(u, s.master.defined() ? nullptr : &shard.fp32, &shard.states);
+    } else {
+      for (size_t k = 0; k < specs.size(); ++k)
+        if (specs[k].kind == optim::StateSpec::Kind::kElementwise) shard.states.push_back(s.states[k]);
     }
-    ckpt::UnitShard shard{masters_[u], {}};  // swapped: read back from disk
-    swapper_->read_unit(u, masters_[u].defined() ? nullptr : &shard.fp32, &shard.states);
     part.push_back(std::move(shard));
   }
   return part;
@@ -208,15 +225,16 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
                                     const nlohmann::json& client_state) {
   require_step_boundary("save_checkpoint");
   if (tag.empty()) tag = ds::str("global_step", global_step_);  // DeepSpeed's default tag
-  on_every_rank(*comm_, [&] {
+  on_every_rank(*groups_.world, [&] {
     ckpt::check_tag(tag);
     return ckpt::FileInfo{};
   });
   tag = agreed_tag(tag);
-  const int rank = comm_->rank();
+  comm::Communicator& world = *groups_.world;
+  const int rank = world.rank(), dp = dp_rank(), mp = groups_.model_rank();
   std::optional<ckpt::CheckpointWriter> writer;
   // 1. Rank 0 creates the tag directory (dropping a stale manifest) before anyone writes.
-  on_every_rank(*comm_, [&] {
+  on_every_rank(world, [&] {
     writer.emplace(dir, checkpoint_layout(tag, client_state));  // rank 0's client_state is saved
     if (rank == 0) writer->prepare();
     return ckpt::FileInfo{};
@@ -224,15 +242,15 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   // 2. Each rank owning a part writes it; rank 0 also the weights and RNG state.
   ckpt::FileInfo model_file;
   ckpt::ModelStates states = model_states();  // collective at stage 3
-  std::vector<ckpt::FileInfo> parts = on_every_rank(*comm_, [&] {
-    if (rank == 0) model_file = writer->write_model_states(states);
-    if (rank >= writer->layout().partition.count) return ckpt::FileInfo{};
-    return writer->write_optimizer_part(rank, optimizer_part());
-  });
+  std::vector<ckpt::FileInfo> parts = on_every_rank(world, [&] {
+    if (dp == 0) model_file = writer->write_model_states(states, mp);
+    if (dp >= writer->layout().partition.count) return ckpt::FileInfo{};
+    return writer->write_optimizer_part(dp, optimizer_part(), mp);
+  }, dp, mp);
   // 3. Rank 0 commits (manifest, then `latest`) with every file's size and checksum. The
   // exchange that ends this phase is the closing barrier: no rank returns before `latest`
   // names the new tag, or every rank throws.
-  on_every_rank(*comm_, [&] {
+  on_every_rank(world, [&] {
     if (rank != 0) return ckpt::FileInfo{};
     std::vector<ckpt::FileInfo> files;
     for (const auto& f : parts)
@@ -268,18 +286,29 @@ void Engine::restore_model_states(const ckpt::ModelStates& states) {
 }
 
 void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
+  const std::vector<optim::StateSpec> specs = optimizer_->state_specs();
   for (size_t u = 0; u < units_.size(); ++u) {
-    if (masters_[u].defined()) masters_[u].copy_(part[u].fp32);  // under fp32 a view: this writes the weights
+    UnitState& s = units_[u];
+    if (s.master.defined()) s.master.copy_(part[u].fp32);  // under fp32 a view: this writes the weights
     if (swapper_) swapper_->write_unit(u, part[u].fp32, part[u].states);
-    for (size_t k = 0; k < states_[u].size(); ++k) states_[u][k].copy_(part[u].states[k]);
-    if (precision_ != Precision::FP32) set_working_copy(u, 0, part[u].fp32);
-    units_[u]->zero_grad();
+    std::vector<at::Tensor> fresh;
+    size_t saved = 0;
+    for (size_t k = 0; k < s.states.size(); ++k) {
+      if (specs[k].kind == optim::StateSpec::Kind::kElementwise) {
+        s.states[k].copy_(part[u].states[saved++]);
+      } else {  // not in the checkpoint: starts again
+        if (fresh.empty()) fresh = optimizer_->init_state(s.layout.own.length);
+        s.states[k].copy_(fresh[k]);
+      }
+    }
+    set_working(u, part[u].fp32);
+    s.unit->zero_grad();
+    if (s.grad_shard.defined()) s.grad_shard.zero_();
   }
-  for (auto& g : grad_shards_) g.zero_();
   loss_sum_ = 0.0;
   if (param_swapper_) param_swapper_->flush();
-  if (stage_ == 3) coordinator_->refresh();
-  else if (stage_ > 0) gather_parameters();  // every rank loaded its chunk: rebuild the full weights
+  if (coordinator_) coordinator_->refresh();
+  else if (plan_.stage > 0) gather_parameters();  // every rank loaded its chunk: rebuild the full weights
 }
 
 void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
@@ -291,7 +320,7 @@ void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
   // Saves happen at step boundaries; under this run's accumulation (which may differ from
   // the saved run's) the boundary after global_step_ steps is here.
   micro_step_ = global_step_ * config_.gradient_accumulation_steps;
-  if (precision_ == Precision::FP16 && manifest.precision == "fp16") {
+  if (plan_.precision.loss_scaling && manifest.precision == "fp16") {
     const auto& s = e.loss_scaler;
     scaler_.load({s.scale, s.hysteresis_left, s.iteration, s.last_overflow_iteration});
   }  // else: a fresh scaler, as configured (the checkpoint was not an fp16 run)
@@ -305,7 +334,7 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
   std::vector<ckpt::UnitShard> part;
   ckpt::ModelStates states;
   // Read and check everything first; the engine changes only after every rank succeeded.
-  on_every_rank(*comm_, [&] {
+  on_every_rank(*groups_.world, [&] {
     reader.emplace(dir, tag);
     const std::vector<ckpt::UnitInfo> units = checkpoint_units();
     reader->check_model(units);
@@ -315,14 +344,14 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
       throw Error(ds::str("the checkpoint's optimizer ", saved.type, " keeps states (",
                           join(saved.state_names), ") but this engine's ",
                           optimizer_type_name(config_.optimizer.type), " keeps (", join(names), ")"));
-    const bool sharded = stage_ > 0;
-    part = reader->load_partition(units, {ckpt::PartitionScheme::kTensorSplit, sharded ? comm_->size() : 1},
-                                  sharded ? comm_->rank() : 0);
+    const bool sharded = plan_.stage > 0;
+    part = reader->load_partition(units, {ckpt::PartitionScheme::kTensorSplit, sharded ? dp_size() : 1},
+                                  sharded ? dp_rank() : 0);
     states = reader->load_model_states();
     check_model_states(states);
     return ckpt::FileInfo{};
   });
-  if (!same_on_every_rank(*comm_, reader->tag()))  // e.g. `latest` moved while the ranks read it
+  if (!same_on_every_rank(*groups_.world, reader->tag()))  // e.g. `latest` moved while the ranks read it
     throw Error(ds::str("the ranks loaded different checkpoint tags from ", dir,
                         " (this rank: ", reader->tag(), ")"));
   // Model states first: a name the units do not hold may still alias a unit's weights (a tied

@@ -1,4 +1,4 @@
-#include "ds/runtime/param_coordinator.h"
+#include "ds/zero/coordinator.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -8,21 +8,20 @@
 
 #include "ds/common/error.h"
 
-namespace ds {
+namespace ds::zero {
 
-ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at::Tensor> gather_from,
-                                   std::shared_ptr<comm::Communicator> comm, CoordinatorOptions options)
-    : units_(std::move(units)), gather_from_(std::move(gather_from)), comm_(std::move(comm)), options_(options),
-      slots_(units_.size()) {
-  DS_CHECK(gather_from_.size() == units_.size(), "one gather source per unit");
+ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::shared_ptr<comm::Communicator> comm,
+                                   CoordinatorOptions options)
+    : units_(std::move(units)), comm_(std::move(comm)), options_(options), slots_(units_.size()) {
   int64_t largest = 0;
   for (size_t u = 0; u < units_.size(); ++u) {
-    largest = std::max(largest, units_[u]->padded_numel());
-    DS_CHECK(units_[u]->sharded(), "unit ", units_[u]->name(), " is not sharded");
-    DS_CHECK(options_.load_shard || (gather_from_[u].scalar_type() == options_.gather_dtype &&
-                 gather_from_[u].numel() == comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).length),
-             "unit ", units_[u]->name(), ": the gather source must be its shard in ", options_.gather_dtype);
-    for (const at::Tensor& p : units_[u]->tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
+    const FlatUnit& unit = *units_[u];
+    largest = std::max(largest, unit.padded_numel());
+    DS_CHECK(unit.sharded(), "unit ", unit.name(), " is not sharded");
+    DS_CHECK(unit.shard_numel() == comm::chunk_of(unit.padded_numel(), comm_->size(), comm_->rank()).length,
+             "unit ", unit.name(), " is sharded for another group than the coordinator's");
+    DS_CHECK(options_.store || unit.shard_data().defined(), "unit ", unit.name(), " has no shard in memory and no store");
+    for (const at::Tensor& p : unit.tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
   }
   pool_limit_bytes_ = 2 * largest * int64_t(sizeof(float));
   // Persistent units are gathered once, here (collective: every rank builds the same units).
@@ -30,15 +29,21 @@ ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at:
     if (persistent(int(u))) fetch(int(u));
   for (size_t u = 0; u < units_.size(); ++u)
     if (persistent(int(u))) wait(int(u));
-  hooks_id_ = zero::register_hooks(this);
+  hooks_id_ = nn::register_hooks(this);
 }
 
 ParamCoordinator::~ParamCoordinator() {
-  zero::unregister_hooks(hooks_id_);
-  for (auto& s : slots_) {
-    if (s.state != State::kInFlight) continue;
+  nn::unregister_hooks(hooks_id_);
+  for (size_t u = 0; u < slots_.size(); ++u) {
+    Slot& s = slots_[u];
     try {
-      s.work.wait();
+      if (s.state == State::kReading) {  // its buffer must not be reused while the read runs
+        options_.store->take(int(u));
+        options_.store->give_back(int(u));
+      } else if (s.state == State::kInFlight) {
+        s.work.wait();
+        if (s.from_store) options_.store->give_back(int(u));
+      }
     } catch (...) {
     }
   }
@@ -59,35 +64,74 @@ std::vector<int> ParamCoordinator::units_of(torch::nn::Module& module) {
   return out;
 }
 
-void ParamCoordinator::fetch(int u) {
+void ParamCoordinator::fetch(int u, bool ahead) {
   Slot& s = slots_[size_t(u)];
   if (s.state != State::kReleased) return;
-  FlatUnit& unit = *units_[size_t(u)];
-  s.wire = take_buffer(unit.padded_numel(), options_.gather_dtype);
-  s.source = options_.load_shard ? options_.load_shard(u) : gather_from_[size_t(u)];
-  if (comm_->size() == 1) s.wire.copy_(s.source);
-  else s.work = comm_->all_gather(s.wire, s.source);
-  s.state = State::kInFlight;
-  live_ += unit.padded_numel();
+  live_ += units_[size_t(u)]->padded_numel();
   stats_.peak_live = std::max(stats_.peak_live, live_);
+  if (ahead) ++stats_.prefetched;
+  if (!options_.store) {
+    issue(u);
+    return;
+  }
+  options_.store->start_read(u);
+  s.state = State::kReading;
+  reading_.push_back(u);
+  issue_reads(-1);
+}
+
+// The all-gather of unit u from this rank's shard (in memory, or a store's buffer).
+void ParamCoordinator::issue(int u) {
+  Slot& s = slots_[size_t(u)];
+  FlatUnit& unit = *units_[size_t(u)];
+  s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
+  s.from_store = options_.store != nullptr;
+  at::Tensor source = s.from_store ? options_.store->take(u) : unit.shard_data();
+  if (comm_->size() == 1) {
+    s.wire.copy_(source);
+    if (s.from_store) options_.store->give_back(u);
+    s.from_store = false;
+  } else {
+    s.work = comm_->all_gather(s.wire, source);
+  }
+  s.state = State::kInFlight;
   ++stats_.gathers;
+}
+
+// Reads complete in any order, but every rank must issue its all-gathers in the same order:
+// the units whose shards are being read are issued in fetch order, as far as their reads are
+// done — and, when unit `upto` is needed now, up to it, waiting for the reads.
+void ParamCoordinator::issue_reads(int upto) {
+  bool needed = upto >= 0 && slots_[size_t(upto)].state == State::kReading;
+  while (!reading_.empty()) {
+    const int v = reading_.front();
+    if (!needed && !options_.store->read_done(v)) return;
+    reading_.pop_front();
+    const auto start = std::chrono::steady_clock::now();
+    issue(v);  // take() waits for the read
+    stats_.read_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (v == upto) needed = false;
+  }
 }
 
 void ParamCoordinator::wait(int u) {
   Slot& s = slots_[size_t(u)];
   if (s.state == State::kAvailable) return;
   if (s.state == State::kReleased) fetch(u);
+  if (s.state == State::kReading) issue_reads(u);
   auto start = std::chrono::steady_clock::now();
   s.work.wait();
   s.work = comm::Work();
-  s.source = at::Tensor();
+  if (s.from_store) options_.store->give_back(u);
+  s.from_store = false;
   stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (options_.gather_dtype == at::kFloat) {
-    units_[size_t(u)]->attach(s.wire);
-  } else {
-    at::Tensor full = take_buffer(s.wire.numel(), at::kFloat);
+  FlatUnit& unit = *units_[size_t(u)];
+  if (unit.dtype() == unit.shard_dtype()) {
+    unit.attach(s.wire);
+  } else {  // e.g. bf16 shards, fp32 working weights: widened once
+    at::Tensor full = take_buffer(s.wire.numel(), unit.dtype());
     full.copy_(s.wire);
-    units_[size_t(u)]->attach(full);
+    unit.attach(full);
     give_back(std::move(s.wire));
   }
   s.wire = at::Tensor();
@@ -97,7 +141,7 @@ void ParamCoordinator::wait(int u) {
 void ParamCoordinator::release(int u) {
   Slot& s = slots_[size_t(u)];
   if (s.state == State::kReleased) return;
-  if (s.state == State::kInFlight) wait(u);  // a gather in flight writes into its buffer
+  if (s.state != State::kAvailable) wait(u);  // a gather in flight writes into its buffer
   at::Tensor buffer = units_[size_t(u)]->params();
   units_[size_t(u)]->release();
   give_back(std::move(buffer));
@@ -141,6 +185,7 @@ void ParamCoordinator::record(int u) {
 // prefetch_elements are held ahead (DeepSpeed counts only what each call newly issues, which
 // lets the window grow to max_live_parameters).
 void ParamCoordinator::prefetch() {
+  if (options_.store) issue_reads(-1);
   if (!in_micro_batch_ || !trace_valid_ || diverged_ || options_.prefetch_elements <= 0) return;
   int64_t ahead = 0;
   std::vector<bool> counted(units_.size(), false);
@@ -151,8 +196,8 @@ void ParamCoordinator::prefetch() {
     const int64_t n = units_[size_t(u)]->padded_numel();
     if (slots_[size_t(u)].state == State::kReleased) {
       if (live_ + n > options_.max_live_elements) break;
-      fetch(u);
-      ++stats_.prefetched;
+      if (options_.store && int(reading_.size()) >= options_.max_reads_ahead) break;
+      fetch(u, /*ahead=*/true);
     }
     ahead += n;
   }
@@ -249,4 +294,4 @@ void ParamCoordinator::unpin(int u) {
   maybe_release(u);
 }
 
-}  // namespace ds
+}  // namespace ds::zero

@@ -1,4 +1,4 @@
-#include "ds/runtime/flat_unit.h"
+#include "ds/zero/flat_unit.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -16,7 +16,7 @@
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
 
-namespace ds {
+namespace ds::zero {
 
 int64_t round_up(int64_t n, int64_t multiple) { return multiple <= 1 ? n : (n + multiple - 1) / multiple * multiple; }
 
@@ -42,7 +42,9 @@ bool is_container(const torch::nn::Module& m) {
 // Released stage-3 parameters carry DispatchKey::Fake (torchdistx's key, unused by LibTorch
 // itself): it sits below autograd, so autograd's own bookkeeping (set_data, grad, requires_grad)
 // still works on them, and above the CPU kernels, so any operation that would read the values
-// lands in released_read() instead of computing on an empty tensor.
+// lands in released_read() instead of computing on an empty tensor. The error names the
+// parameter: LibTorch gives a tensor no slot for our metadata, so the names of released
+// parameters are kept here, by TensorImpl, from shard() until the unit is destroyed.
 struct ReleasedNames {
   std::mutex mu;
   std::unordered_map<const c10::TensorImpl*, std::string> names;
@@ -71,8 +73,8 @@ void released_read(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 TORCH_LIBRARY_IMPL(_, Fake, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&released_read>()); }
 
 // An empty float tensor whose reads go to released_read().
-at::Tensor released_placeholder() {
-  at::Tensor base = at::empty({0}, at::kFloat);
+at::Tensor released_placeholder(at::ScalarType dtype) {
+  at::Tensor base = at::empty({0}, at::TensorOptions().dtype(dtype));
   auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(base.storage()),
                                                    base.key_set().add(c10::DispatchKey::Fake), base.dtype());
   impl->set_sizes_contiguous({0});
@@ -100,36 +102,29 @@ std::vector<UnitSpec> find_units(torch::nn::Module& model) {
   return out;
 }
 
-FlatUnit::FlatUnit(std::string name, const NamedParams& params, int64_t pad_to, bool persistent_grads)
-    : name_(std::move(name)) {
+FlatUnit::FlatUnit(std::string name, const NamedParams& params, FlatUnitOptions options)
+    : name_(std::move(name)), options_(options) {
   if (params.empty()) throw Error(ds::str("unit '", name_, "' has no parameters"));
   for (const auto& [pname, p] : params) {
-    if (p.scalar_type() != at::kFloat)
-      throw Error(ds::str("parameter ", pname, " is ", p.scalar_type(),
-                          "; build the model in float32 (the engine keeps bf16/fp16 copies itself)"));
+    if (!at::isFloatingType(p.scalar_type()))
+      throw Error(ds::str("parameter ", pname, " is ", p.scalar_type(), "; only floating-point parameters can be trained"));
     if (!p.device().is_cpu()) throw Error(ds::str("parameter ", pname, " is on ", p.device(), "; this build trains on CPU"));
     slots_.push_back({pname, numel_, p.numel(), p.sizes().vec()});
     numel_ += p.numel();
   }
-  padded_numel_ = round_up(numel_, pad_to);
-  params_ = at::zeros({padded_numel_}, at::kFloat);
-  if (persistent_grads) grads_ = at::zeros_like(params_);
+  padded_numel_ = round_up(numel_, options_.pad_to);
+  params_ = at::zeros({padded_numel_}, at::TensorOptions().dtype(options_.dtype));
+  if (options_.persistent_grads) grads_ = at::zeros_like(params_);
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSlot& s = slots_[i];
     at::Tensor p = params[i].second;
     at::Tensor view = params_.slice(0, s.offset, s.offset + s.numel).view(s.shape);
     view.copy_(p.detach());
     p.set_data(view);
-    if (persistent_grads) p.mutable_grad() = grads_.slice(0, s.offset, s.offset + s.numel).view(s.shape);
+    if (options_.persistent_grads) p.mutable_grad() = grads_.slice(0, s.offset, s.offset + s.numel).view(s.shape);
     else p.mutable_grad() = at::Tensor();
     tensors_.push_back(p);
   }
-}
-
-ckpt::UnitInfo to_unit_info(const FlatUnit& unit) {
-  ckpt::UnitInfo info{unit.name(), unit.numel(), unit.padded_numel(), {}};
-  for (const ParamSlot& s : unit.slots()) info.slots.push_back({s.name, s.offset, s.numel, s.shape});
-  return info;
 }
 
 void FlatUnit::zero_grad() {
@@ -154,7 +149,7 @@ void FlatUnit::check_grad_views() {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const ParamSlot& s = slots_[i];
     at::Tensor& g = tensors_[i].mutable_grad();
-    const void* want = static_cast<const char*>(grads_.data_ptr()) + s.offset * sizeof(float);
+    const void* want = static_cast<const char*>(grads_.data_ptr()) + s.offset * int64_t(grads_.element_size());
     if (!g.defined()) {
       g = grads_.slice(0, s.offset, s.offset + s.numel).view(s.shape);  // re-attach after zero_grad()
     } else if (g.data_ptr() != want) {
@@ -167,9 +162,10 @@ void FlatUnit::check_grad_views() {
 void FlatUnit::shard(int world, int rank) {
   DS_CHECK(!sharded() && gathered() && !grads_.defined(), "unit ", name_, " cannot be sharded twice or with persistent grads");
   comm::Chunk own = comm::chunk_of(padded_numel_, world, rank);
-  shard_ = params_.slice(0, own.offset, own.offset + own.length).clone();
+  shard_ = params_.slice(0, own.offset, own.offset + own.length).to(options_.shard_dtype, false, /*copy=*/true);
   sharded_ = true;
   shard_offset_ = own.offset;
+  shard_numel_ = own.length;
   for (const at::Tensor& p : tensors_) accumulators_.push_back(torch::autograd::impl::grad_accumulator(p));
   {
     ReleasedNames& r = released_names();
@@ -180,8 +176,8 @@ void FlatUnit::shard(int world, int rank) {
 }
 
 void FlatUnit::attach(const at::Tensor& full) {
-  DS_CHECK(full.numel() == padded_numel_ && full.scalar_type() == at::kFloat && full.is_contiguous(),
-           "unit ", name_, ": a gathered buffer must be contiguous fp32 of ", padded_numel_, " elements");
+  DS_CHECK(full.numel() == padded_numel_ && full.scalar_type() == options_.dtype && full.is_contiguous(),
+           "unit ", name_, ": a gathered buffer must be contiguous ", options_.dtype, " of ", padded_numel_, " elements");
   params_ = full;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const ParamSlot& s = slots_[i];
@@ -191,7 +187,7 @@ void FlatUnit::attach(const at::Tensor& full) {
 
 void FlatUnit::release() {
   DS_CHECK(sharded(), "unit ", name_, " is not sharded; it cannot release its parameters");
-  at::Tensor placeholder = released_placeholder();
+  at::Tensor placeholder = released_placeholder(options_.dtype);
   for (auto& p : tensors_) p.set_data(placeholder);
   params_ = at::Tensor();
 }
@@ -213,4 +209,4 @@ FlatUnit::~FlatUnit() {
   for (auto& p : tensors_) r.names.erase(p.unsafeGetTensorImpl());
 }
 
-}  // namespace ds
+}  // namespace ds::zero

@@ -1,4 +1,4 @@
-#include "ds/runtime/grad_reducer.h"
+#include "ds/zero/grad_sync.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>
@@ -9,7 +9,7 @@
 
 #include "ds/common/error.h"
 
-namespace ds {
+namespace ds::zero {
 
 // The hooks outlive the reducer if the model does; they reach it only through this.
 struct GradReducer::Shared {
@@ -40,7 +40,7 @@ GradReducer::GradReducer(std::vector<FlatUnit*> units, std::shared_ptr<comm::Com
     : units_(std::move(units)), comm_(std::move(comm)), options_(options), shards_(std::move(shards)),
       shared_(std::make_shared<Shared>()) {
   if (options_.bucket_elements < 1) throw ConfigError(ds::str("reduce_bucket_size must be >= 1, got ", options_.bucket_elements));
-  if (options_.mode == GradReducerOptions::Mode::ReduceScatter) {
+  if (!shards_.empty()) {
     DS_CHECK(shards_.size() == units_.size(), "reduce-scatter needs one shard per unit");
     for (size_t u = 0; u < units_.size(); ++u)
       DS_CHECK(shards_[u].numel() == comm::chunk_of(units_[u]->padded_numel(), comm_->size(), comm_->rank()).length,
@@ -77,8 +77,16 @@ GradReducer::~GradReducer() {
   }
 }
 
-void GradReducer::begin_backward(bool boundary) {
+void GradReducer::begin_backward(bool boundary, GradSync sync) {
+  if (sync == GradSync::kReduceScatter && shards_.empty())
+    throw Error("gradient sync by reduce-scatter needs gradient shards (ZeRO stages 1-3)");
+  if (sync != GradSync::kReduceScatter)
+    for (FlatUnit* u : units_)
+      if (!u->persistent_grads())
+        throw Error(ds::str("gradient sync '", to_string(sync), "' needs persistent full gradients (ZeRO stages 0-1); "
+                            "unit ", u->name(), " has none"));
   boundary_ = boundary;
+  sync_ = sync;
   std::fill(ready_count_.begin(), ready_count_.end(), 0);
 }
 
@@ -92,7 +100,7 @@ void GradReducer::launch(size_t u) {
   launched_[u] = true;
   FlatUnit& unit = *units_[u];
   const at::ScalarType dtype = options_.comm_dtype;
-  if (options_.mode == GradReducerOptions::Mode::ReduceScatter) {
+  if (sync_ == GradSync::kReduceScatter) {
     Bucket b;
     b.unit = u;
     b.wire = unit.pack_grads(dtype);  // a copy (persistent grads) or the released grads
@@ -115,7 +123,7 @@ void GradReducer::launch(size_t u) {
     b.unit = u;
     b.grad_slice = flat.slice(0, s, std::min(n, s + options_.bucket_elements));
     if (options_.predivide_factor != 1.0) b.grad_slice.div_(options_.predivide_factor);
-    b.wire = dtype == at::kFloat ? b.grad_slice : b.grad_slice.to(dtype);
+    b.wire = b.grad_slice.scalar_type() == dtype ? b.grad_slice : b.grad_slice.to(dtype);
     b.work = comm_->all_reduce(b.wire, comm::ReduceOp::Sum);
     in_flight_.push_back(std::move(b));
   }
@@ -146,4 +154,4 @@ void GradReducer::finish() {
   std::fill(launched_.begin(), launched_.end(), false);
 }
 
-}  // namespace ds
+}  // namespace ds::zero

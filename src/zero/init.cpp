@@ -1,88 +1,99 @@
-#include "ds/runtime/zero_init.h"
+#include "ds/zero/init.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
-#include <mutex>
-#include <unordered_map>
 #include <unordered_set>
 
 #include "ds/common/error.h"
+#include "ds/zero/precision.h"
 
-namespace ds {
+namespace ds::zero {
 
 namespace {
 
-struct Partitioned {
-  std::mutex mu;
-  std::unordered_map<const void*, std::unique_ptr<FlatUnit>> by_first_param;
-  std::unordered_set<const void*> params;  // every parameter some Init unit holds
-};
-
-Partitioned& partitioned() {
-  static Partitioned p;
-  return p;
+InitOptions options_from(const Config& config) {
+  const PrecisionPolicy p = PrecisionPolicy::from_config(config);
+  return {p.working, p.param};
 }
 
 }  // namespace
 
-Init::Init(std::shared_ptr<comm::Communicator> comm, const Config& config)
-    : comm_(std::move(comm)), enabled_(config.zero_optimization.stage == 3) {
-  if (enabled_) previous_ = zero::set_build_hook(this);
+Init::Init(std::shared_ptr<comm::Communicator> data_group, const Config& config)
+    : Init(std::move(data_group), config, options_from(config)) {}
+
+Init::Init(std::shared_ptr<comm::Communicator> data_group, const Config& config, InitOptions options)
+    : comm_(std::move(data_group)), options_(options), enabled_(config.zero_optimization.stage == 3) {
+  if (!enabled_) return;
+  previous_ = nn::set_build_hook(this);
+  open_ = true;
 }
 
-Init::~Init() {
-  if (enabled_) zero::set_build_hook(previous_);
+Init::~Init() { close(); }
+
+void Init::close() {
+  if (!open_) return;
+  nn::set_build_hook(previous_);
+  open_ = false;
+}
+
+ShardedUnits Init::take_units() {
+  close();
+  return std::move(units_);
 }
 
 void Init::unit_built(torch::nn::Module& module) {
-  Partitioned& reg = partitioned();
+  std::unordered_set<const void*> taken;
+  for (const auto& u : units_)
+    for (const at::Tensor& p : u->tensors()) taken.insert(p.unsafeGetTensorImpl());
   NamedParams params;
-  {
-    std::lock_guard<std::mutex> lock(reg.mu);
-    for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-      const at::Tensor& p = item.value();
-      if (p.requires_grad() && !reg.params.count(p.unsafeGetTensorImpl())) params.emplace_back(item.key(), p);
-    }
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    const at::Tensor& p = item.value();
+    if (p.requires_grad() && !taken.count(p.unsafeGetTensorImpl())) params.emplace_back(item.key(), p);
   }
   if (params.empty()) return;
   const int world = comm_->size();
-  auto unit = std::make_unique<FlatUnit>(module.name(), params, kUnitPadding * world, /*persistent_grads=*/false);
+  FlatUnitOptions o;
+  o.pad_to = kUnitPadding * world;
+  o.dtype = options_.dtype;
+  o.shard_dtype = options_.shard_dtype;
+  o.persistent_grads = false;
+  auto unit = std::make_unique<FlatUnit>(module.name(), params, o);
   at::Tensor full = unit->params();
-  comm_->broadcast(full, 0).wait();  // every rank starts from rank 0's weights
+  comm_->broadcast(full, 0).wait();  // every rank starts from the group's first rank's weights
+  // The weights hold the param dtype's values (bf16/fp16 training) before they are sharded.
+  if (full.scalar_type() != options_.shard_dtype) full.copy_(full.to(options_.shard_dtype));
   unit->shard(world, comm_->rank());
-  std::lock_guard<std::mutex> lock(reg.mu);
-  for (const at::Tensor& p : unit->tensors()) reg.params.insert(p.unsafeGetTensorImpl());
-  reg.by_first_param[unit->tensors().front().unsafeGetTensorImpl()] = std::move(unit);
+  units_.push_back(std::move(unit));
 }
 
-std::unique_ptr<FlatUnit> take_partitioned_unit(const UnitSpec& spec) {
-  Partitioned& reg = partitioned();
-  std::lock_guard<std::mutex> lock(reg.mu);
+std::unique_ptr<FlatUnit> take_matching_unit(ShardedUnits& sharded, const UnitSpec& spec) {
   if (spec.params.empty()) return nullptr;
-  auto it = reg.by_first_param.find(spec.params.front().second.unsafeGetTensorImpl());
-  if (it == reg.by_first_param.end()) {
+  for (auto it = sharded.begin(); it != sharded.end(); ++it) {
+    const auto& tensors = (*it)->tensors();
+    bool holds_first = false, holds_any = false;
     for (const auto& [name, p] : spec.params)
-      if (reg.params.count(p.unsafeGetTensorImpl()))
-        throw Error(ds::str("unit ", spec.name, ": its parameter ", name, " was sharded by ds::Init in another unit; "
-                            "call ds::zero::unit_built on the modules that ds::find_units makes units of"));
-    return nullptr;
+      for (const at::Tensor& t : tensors)
+        if (t.unsafeGetTensorImpl() == p.unsafeGetTensorImpl()) {
+          holds_any = true;
+          holds_first |= &p == &spec.params.front().second;
+        }
+    if (!holds_any) continue;
+    bool same = holds_first && tensors.size() == spec.params.size();
+    for (size_t i = 0; same && i < tensors.size(); ++i)
+      same = tensors[i].unsafeGetTensorImpl() == spec.params[i].second.unsafeGetTensorImpl();
+    if (!same)
+      throw Error(ds::str("unit ", spec.name, " has ", spec.params.size(), " parameters but ds::zero::Init sharded ",
+                          "its module ", (*it)->name(), " with ", tensors.size(), "; call ds::nn::unit_built on the ",
+                          "modules that ds::zero::find_units makes units of"));
+    std::unique_ptr<FlatUnit> unit = std::move(*it);
+    sharded.erase(it);
+    std::vector<std::string> names;
+    for (const auto& [name, p] : spec.params) names.push_back(name);
+    unit->rename(spec.name, names);
+    return unit;
   }
-  std::unique_ptr<FlatUnit> unit = std::move(it->second);
-  reg.by_first_param.erase(it);
-  const auto& tensors = unit->tensors();
-  bool same = tensors.size() == spec.params.size();
-  for (size_t i = 0; same && i < tensors.size(); ++i)
-    same = tensors[i].unsafeGetTensorImpl() == spec.params[i].second.unsafeGetTensorImpl();
-  if (!same)
-    throw Error(ds::str("unit ", spec.name, " has ", spec.params.size(), " parameters but ds::Init sharded its module ",
-                        unit->name(), " with ", tensors.size(), "; call ds::zero::unit_built on the modules that "
-                        "ds::find_units makes units of"));
-  for (const at::Tensor& p : tensors) reg.params.erase(p.unsafeGetTensorImpl());
-  std::vector<std::string> names;
-  for (const auto& [name, p] : spec.params) names.push_back(name);
-  unit->rename(spec.name, names);
-  return unit;
+  return nullptr;
 }
 
-}  // namespace ds
+}  // namespace ds::zero

@@ -42,7 +42,7 @@ TEST(Manifest, RoundTripsEveryField) {
   // The file's text: one line per slot and file, and the same JSON.
   std::string text = manifest_text(m);
   EXPECT_EQ(json::parse(text), json::parse(manifest_to_json(m).dump()));
-  EXPECT_NE(text.find("\n   {\"name\":\"blocks.0.g\",\"offset\":18,\"numel\":2,\"shape\":[1,1,2]}\n"),
+  EXPECT_NE(text.find("\n   {\"name\":\"blocks.0.g\",\"offset\":18,\"numel\":2,\"shape\":[1,1,2],\"split_dim\":-1}\n"),
             std::string::npos)
       << text;
   EXPECT_NE(
@@ -91,8 +91,34 @@ TEST(Manifest, WrongTypesAndMissingFieldsNameThePath) {
                    "optimizer state name \"m\" is empty, reserved or repeated");
   EXPECT_ERROR_HAS(parse_edited([](json& j) { j["engine_state"]["loss_scaler"]["scale"] = "big"; }),
                    "engine_state.loss_scaler.scale: expected a number");
-  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["format_version"] = 2; }),
-                   "format_version 2 was written by a newer");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["format_version"] = 3; }),
+                   "format_version 3 was written by a newer");
+}
+
+TEST(Manifest, SplitDimensionsAreRecordedAndVersionOneReadsAsWhole) {
+  Manifest m = sample();
+  m.units[1].slots[2].split_dim = 2;  // shape [1, 1, 2]: split along the last dimension
+  Manifest back = parse_manifest(manifest_to_json(m).dump(), "x");
+  EXPECT_EQ(back.units[1].slots[2].split_dim, 2);
+  EXPECT_EQ(back.units[1].slots[0].split_dim, -1);
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][1]["slots"][2]["split_dim"] = 3; }),
+                   "units[1].slots[2].split_dim: 3 is not a dimension of shape [1, 1, 2]");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][1]["slots"][2]["split_dim"] = -2; }),
+                   "split_dim: expected an integer in [-1, 63]");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][1]["slots"][2].erase("split_dim"); }),
+                   "units[1].slots[2].split_dim: missing");
+  // A version-1 manifest (written before split dimensions were recorded) has none: every
+  // parameter is whole; writing it again gives version 2.
+  Manifest old = parse_edited([](json& j) {
+    j["format_version"] = 1;
+    for (auto& u : j["units"])
+      for (auto& s : u["slots"]) s.erase("split_dim");
+  });
+  EXPECT_EQ(old.format_version, 1);
+  for (const auto& u : old.units)
+    for (const auto& s : u.slots) EXPECT_EQ(s.split_dim, -1) << s.name;
+  EXPECT_EQ(manifest_to_json(old)["format_version"], kFormatVersion);
+  EXPECT_EQ(kFormatVersion, 2);
 }
 
 TEST(Manifest, FileListMustBeCompleteAndSafe) {

@@ -5,7 +5,7 @@
 #include <torch/utils.h>
 
 #include "ds/models/gpt.h"
-#include "ds/runtime/flat_unit.h"
+#include "ds/zero/flat_unit.h"
 #include "support/errors.h"
 
 namespace {
@@ -22,7 +22,7 @@ TEST(Gpt, Gpt2SmallShapeBuildsWith124MParameters) {
   ds::Gpt m(c);
   EXPECT_EQ(c.parameter_count(), 124'439'808);  // GPT-2 small with a tied head
   EXPECT_EQ(numel_of(m), c.parameter_count());
-  auto units = ds::find_units(*m);
+  auto units = ds::zero::find_units(*m);
   EXPECT_EQ(units.size(), 2u + 12u + 1u);  // wte, wpe, 12 blocks, ln_f
 }
 

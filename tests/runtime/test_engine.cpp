@@ -115,7 +115,7 @@ TEST(MixedPrecision, InfGradientSkipsTheStepAndLowersTheScale) {
     auto r = test::train_tiny(c.shared_from_this(), cfg, 8, [&](Engine& e, int step) {
       if (hooked.defined()) hooked.remove_hook(hook), hooked = at::Tensor();
       if (c.rank() == 1 && (step == 3 || step == 4)) {
-        hooked = e.units()[2]->tensors()[0];
+        hooked = e.unit(2).tensors()[0];
         hook = hooked.register_hook([](at::Tensor g) {
           g = g.clone();
           g.view(-1)[0] = INFINITY;

@@ -6,20 +6,20 @@
 
 #include "ds/common/error.h"
 #include "ds/config/config.h"
-#include "ds/runtime/lr_schedule.h"
+#include "ds/optim/lr_schedule.h"
 
 namespace {
 
-ds::LrSchedule schedule(const std::string& scheduler_json, double optimizer_lr = 0.1) {
+ds::optim::LrSchedule schedule(const std::string& scheduler_json, double optimizer_lr = 0.1) {
   ds::Config c = ds::Config::parse(R"({"train_batch_size": 1, "optimizer": {"type": "AdamW", "params": {"lr": )" +
                                    std::to_string(optimizer_lr) + "}}, \"scheduler\": " + scheduler_json + "}");
-  return ds::LrSchedule::from_config(c.scheduler, c.optimizer.lr);
+  return ds::optim::LrSchedule::from_config(c.scheduler, c.optimizer.lr);
 }
 
 }  // namespace
 
 TEST(LrSchedule, ConstantWithoutScheduler) {
-  auto s = ds::LrSchedule::constant(0.5);
+  auto s = ds::optim::LrSchedule::constant(0.5);
   EXPECT_EQ(s.lr(-1), 0.5);
   EXPECT_EQ(s.lr(1000), 0.5);
   EXPECT_FALSE(s.momentum(3).has_value());
@@ -85,7 +85,7 @@ TEST(LrSchedule, ImpossibleParametersAreConfigErrors) {
   c.type = ds::SchedulerType::kWarmupDecayLR;
   c.total_num_steps = 0;
   try {
-    ds::LrSchedule::from_config(c, 0.1);
+    ds::optim::LrSchedule::from_config(c, 0.1);
     FAIL();
   } catch (const ds::ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("total_num_steps"), std::string::npos) << e.what();

@@ -12,7 +12,7 @@
 
 #include "aio/aio_test_support.h"
 #include "ds/aio/file.h"
-#include "ds/runtime/optimizer_swapper.h"
+#include "ds/offload/optimizer_swapper.h"
 #include "support/errors.h"
 #include "support/files.h"
 #include "support/ranks.h"
@@ -50,7 +50,7 @@ TEST(NvmeOffload, OptimizerStatesOnDiskTrainBitForBitLikeInMemory) {
       test::run_ranks(2, [&](comm::Communicator& c) {
         auto base = test::train_tiny(c.shared_from_this(), config(stage, precision, ""), 10);
         test::TinyRun run(c.shared_from_this(), config(stage, precision, dir.path()));
-        const OptimizerSwapper* swap = run.engine().swapper();
+        const offload::OptimizerSwapper* swap = run.engine().swapper();
         ASSERT_NE(swap, nullptr);
         EXPECT_GT(swap->sub_groups(), 2u);
         EXPECT_TRUE(std::filesystem::exists(swap->path()));

@@ -1,8 +1,8 @@
 // ZeRO stage 3 beyond equivalence (test_zero.cpp): a sharded parameter read outside a gathered
 // scope names itself; GatheredParameters reads and writes back; models that do not mark their
 // units, or have one unit, still train exactly; persistence, prefetch, reuse distance and max
-// live parameters do what DeepSpeed's keys say; the bytes on the wire are 3 Psi; ds::Init
-// builds a model that never exists whole on a rank; ds::zero::linear is torch's linear.
+// live parameters do what DeepSpeed's keys say; the bytes on the wire are 3 Psi; ds::zero::Init
+// builds a model that never exists whole on a rank; ds::nn::linear is torch's linear.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -10,8 +10,9 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
-#include "ds/runtime/zero_init.h"
-#include "ds/zero/zero.h"
+#include "ds/zero/init.h"
+#include "ds/nn/linear.h"
+#include "ds/nn/unit.h"
 #include "support/errors.h"
 #include "support/ranks.h"
 #include "train_util.h"
@@ -31,8 +32,8 @@ std::string config(int stage, int64_t micro, const std::string& zero = "", const
 const std::string kShardAll = R"(, "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0)";
 
 size_t unit_index(Engine& engine, const std::string& name) {
-  for (size_t u = 0; u < engine.units().size(); ++u)
-    if (engine.units()[u]->name() == name) return u;
+  for (size_t u = 0; u < engine.unit_count(); ++u)
+    if (engine.unit(u).name() == name) return u;
   ADD_FAILURE() << "no unit " << name;
   return 0;
 }
@@ -57,7 +58,7 @@ TEST(Zero3, ASparseParameterReadOutsideAScopeNamesItselfAndTheRemedy) {
   EXPECT_EQ(w.numel(), 0);  // released again
   EXPECT_ERROR_HAS(run.engine().gathered_parameters({"blocks.0.nope"}, [] {}), "no parameter named 'blocks.0.nope'");
   // The model's own forward works outside the engine too (evaluation): its units gather
-  // themselves through ds::zero::run_unit and are released afterwards.
+  // themselves through ds::nn::run_unit and are released afterwards.
   Batch b = run.data().batch(0, 0, 4);
   at::NoGradGuard no_grad;
   at::Tensor loss = run.model()->loss(b.tokens, b.targets);
@@ -91,7 +92,7 @@ TEST(Zero3, GatheredParametersWritesTheModifierRanksValuesBackToEveryShard) {
 
 namespace {
 
-// Not zero::UnitAware: its forward calls its layers directly.
+// Not nn::UnitAware: its forward calls its layers directly.
 struct MlpImpl : torch::nn::Module {
   torch::nn::Linear a{nullptr}, b{nullptr};
   MlpImpl() {
@@ -143,7 +144,7 @@ TEST(Zero3, ModelsThatDoNotMarkTheirUnitsOrHaveOneUnitTrainExactlyWithAWarning) 
     std::string warned = ::testing::internal::GetCapturedStderr();
     EXPECT_LT(test::max_abs_diff(mlp3, mlp0), 1e-6);
     if (c.rank() == 0) {
-      EXPECT_NE(warned.find("does not run its units through ds::zero::run_unit"), std::string::npos) << warned;
+      EXPECT_NE(warned.find("does not run its units through ds::nn::run_unit"), std::string::npos) << warned;
     }
     ::testing::internal::CaptureStderr();
     const auto affine3 = fit<AffineImpl>(c.shared_from_this(), 3, 8);
@@ -160,13 +161,13 @@ TEST(Zero3, SmallUnitsPersistAndTheRestIsReleasedBetweenSteps) {
   // ln_f (64 weights) is under the threshold; every other unit is larger.
   test::TinyRun run(test::solo(), config(3, 12, R"(, "stage3_param_persistence_threshold": 100)"));
   run.train_to(2);
-  const ParamCoordinator& pc = *run.engine().coordinator();
-  for (size_t u = 0; u < run.engine().units().size(); ++u) {
-    const bool small = run.engine().units()[u]->name() == "ln_f";
-    EXPECT_EQ(pc.persistent(int(u)), small) << run.engine().units()[u]->name();
-    EXPECT_EQ(pc.gathered(int(u)), small) << run.engine().units()[u]->name();
+  const zero::ParamCoordinator& pc = *run.engine().coordinator();
+  for (size_t u = 0; u < run.engine().unit_count(); ++u) {
+    const bool small = run.engine().unit(u).name() == "ln_f";
+    EXPECT_EQ(pc.persistent(int(u)), small) << run.engine().unit(u).name();
+    EXPECT_EQ(pc.gathered(int(u)), small) << run.engine().unit(u).name();
   }
-  EXPECT_EQ(pc.live_elements(), run.engine().units()[unit_index(run.engine(), "ln_f")]->padded_numel());
+  EXPECT_EQ(pc.live_elements(), run.engine().unit(unit_index(run.engine(), "ln_f")).padded_numel());
   // Its weights follow the optimizer (re-gathered after each step): a gathered read equals the
   // shard's master.
   at::Tensor w = run.model()->named_parameters()["ln_f.weight"];
@@ -180,7 +181,7 @@ TEST(Zero3, PrefetchReuseDistanceAndMaxLiveFollowTheTrace) {
   auto third_step = [](const std::string& zero) {
     test::TinyRun run(test::solo(), config(3, 12, R"(, "stage3_param_persistence_threshold": 0)" + zero));
     run.train_to(2);  // the first micro-batch records the trace
-    const ParamCoordinator& pc = *run.engine().coordinator();
+    const zero::ParamCoordinator& pc = *run.engine().coordinator();
     EXPECT_TRUE(pc.trace_valid());
     const auto before = pc.stats();
     run.train_to(3);
@@ -188,9 +189,9 @@ TEST(Zero3, PrefetchReuseDistanceAndMaxLiveFollowTheTrace) {
     s.gathers = pc.stats().gathers - before.gathers;
     s.prefetched = pc.stats().prefetched - before.prefetched;
     s.peak_live = pc.stats().peak_live;
-    for (const auto& u : run.engine().units()) {
-      s.padded_psi += u->padded_numel();
-      s.largest_unit = std::max(s.largest_unit, u->padded_numel());
+    for (size_t u = 0; u < run.engine().unit_count(); ++u) {
+      s.padded_psi += run.engine().unit(u).padded_numel();
+      s.largest_unit = std::max(s.largest_unit, run.engine().unit(u).padded_numel());
     }
     return s;
   };
@@ -234,7 +235,7 @@ TEST(Zero3, TrafficPerStepIsThreePsi) {
     c.logger().set_enabled(true);
     run.train_to(2);
     int64_t padded = 0;
-    for (const auto& u : run.engine().units()) padded += u->padded_numel();
+    for (size_t u = 0; u < run.engine().unit_count(); ++u) padded += run.engine().unit(u).padded_numel();
     int64_t gathered = 0, scattered = 0;
     for (const auto& [op, s] : c.logger().totals()) {
       if (op == "all_gather") gathered += s.sent_bytes;
@@ -280,12 +281,12 @@ TEST(Zero3, InitShardsEachUnitAsItIsBuiltAndTrainsLikeStageZero) {
   Config c0 = Config::parse(config(2, 12), "test");
   c0.resolve(1);
   auto comm = test::solo();
-  Init init(comm, c0);
+  zero::Init init(comm, c0);
   EXPECT_FALSE(init.enabled());
 }
 
 TEST(Zero3, ZeroLinearMatchesTorchLinearAndItsGradients) {
-  // ds::zero::linear saves the weight itself instead of a transposed view; the arithmetic is
+  // ds::nn::linear saves the weight itself instead of a transposed view; the arithmetic is
   // torch's own (the same kernels in the same order): forward and gradients match bit for bit.
   torch::manual_seed(1);
   for (bool bias : {true, false}) {
@@ -294,7 +295,7 @@ TEST(Zero3, ZeroLinearMatchesTorchLinearAndItsGradients) {
       at::Tensor b = bias ? at::randn({4}).requires_grad_() : at::Tensor();
       at::Tensor x2 = x.detach().clone().requires_grad_(), w2 = w.detach().clone().requires_grad_();
       at::Tensor b2 = bias ? b.detach().clone().requires_grad_() : at::Tensor();
-      at::Tensor y = zero::linear(x, w, b), ref = at::linear(x2, w2, b2);
+      at::Tensor y = nn::linear(x, w, b), ref = at::linear(x2, w2, b2);
       at::Tensor g = at::randn_like(ref);
       EXPECT_TRUE(y.equal(ref));
       y.backward(g);

@@ -4,7 +4,7 @@
 #include <torch/utils.h>
 
 #include "ds/config/config.h"
-#include "ds/runtime/zero_init.h"
+#include "ds/zero/init.h"
 
 namespace ds::test {
 
@@ -20,13 +20,17 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   GptConfig mc;
   mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data_->context();
   torch::manual_seed(7);
+  EngineOptions options;
+  options.compute_dtype = shape.compute_dtype;
   if (shape.zero_init) {
-    Init init(comm_, config);
+    const zero::PrecisionPolicy policy = zero::PrecisionPolicy::from_config(config, shape.compute_dtype);
+    zero::Init init(comm_, config, {policy.working, policy.param});
     model_ = Gpt(mc);
+    options.sharded_units = init.take_units();
   } else {
     model_ = Gpt(mc);
   }
-  engine_ = std::make_unique<Engine>(model_.ptr(), config, comm_);
+  engine_ = std::make_unique<Engine>(model_.ptr(), config, comm_, std::move(options));
 }
 
 void TinyRun::train_to(int64_t steps, const std::function<void(Engine&, int)>& before_backward) {
@@ -51,12 +55,14 @@ void TinyRun::train_to(int64_t steps, const std::function<void(Engine&, int)>& b
 TrainResult TinyRun::result() const {
   TrainResult r = recorded_;
   std::vector<at::Tensor> parts, masks;
-  for (size_t u = 0; u < engine_->units().size(); ++u) {
-    const FlatUnit& unit = *engine_->units()[u];
-    // The full weights (stage 3: gathered for the copy).
-    engine_->gathered_parameters({unit.slots()[0].name}, [&] { parts.push_back(unit.params().slice(0, 0, unit.numel()).clone()); });
+  for (size_t u = 0; u < engine_->unit_count(); ++u) {
+    const zero::FlatUnit& unit = engine_->unit(u);
+    // The full weights, in fp32 (stage 3: gathered for the copy).
+    engine_->gathered_parameters({unit.slots()[0].name}, [&] {
+      parts.push_back(unit.params().slice(0, 0, unit.numel()).to(at::kFloat, false, /*copy=*/true));
+    });
     at::Tensor mask = at::zeros({unit.numel()}, at::kBool);
-    for (const ParamSlot& slot : unit.slots())
+    for (const zero::ParamSlot& slot : unit.slots())
       if (slot.name.size() >= 8 && slot.name.compare(slot.name.size() - 8, 8, "qkv.bias") == 0)
         mask.slice(0, slot.offset + slot.numel / 3, slot.offset + 2 * slot.numel / 3).fill_(true);
     masks.push_back(mask);

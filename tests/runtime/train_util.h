@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,8 +28,10 @@ struct TrainResult {
 };
 
 struct TinyShape {
-  int64_t n_layer = 2, d_model = 32;
-  bool zero_init = false;  // build the model under ds::Init (shards at once at stage 3)
+  TinyShape(int64_t layers = 2, int64_t width = 32) : n_layer(layers), d_model(width) {}
+  int64_t n_layer, d_model;
+  bool zero_init = false;  // build the model under ds::zero::Init (shards at once at stage 3)
+  std::optional<at::ScalarType> compute_dtype;  // EngineOptions::compute_dtype
 };
 
 // The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The

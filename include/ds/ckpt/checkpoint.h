@@ -65,9 +65,10 @@ class CheckpointWriter {
   void prepare() const;
   // Part `part` (the rank's index in layout().partition), units in layout order. Under
   // kEqualChunks a tensor may be the rank's whole padded chunk; its tail is not saved.
-  FileInfo write_optimizer_part(int part, const std::vector<UnitShard>& units) const;
-  // Rank 0.
-  FileInfo write_model_states(const ModelStates& states) const;
+  // `mp_rank`: the writer's model-parallel rank, in the file name.
+  FileInfo write_optimizer_part(int part, const std::vector<UnitShard>& units, int mp_rank = 0) const;
+  // Data-parallel rank 0 of each model-parallel rank.
+  FileInfo write_model_states(const ModelStates& states, int mp_rank = 0) const;
   // Rank 0, after every file is written: checks each file's size on disk, writes
   // manifest.json, then <dir>/latest (if update_latest).
   void commit(const std::vector<FileInfo>& files, bool update_latest = true) const;

@@ -45,6 +45,9 @@ struct SlotInfo {
   int64_t offset = 0;
   int64_t numel = 0;
   std::vector<int64_t> shape;
+  // The dimension along which tensor parallelism splits the parameter across the
+  // model-parallel ranks (`shape` is then this rank's piece); -1: whole on every rank.
+  int split_dim = -1;
 };
 
 struct UnitInfo {

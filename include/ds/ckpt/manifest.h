@@ -19,7 +19,9 @@
 
 namespace ds::ckpt {
 
-constexpr int kFormatVersion = 1;
+// Version 2 records each parameter's split dimension (SlotInfo::split_dim); version 1
+// manifests are read as "every parameter whole" (split_dim -1).
+constexpr int kFormatVersion = 2;
 
 struct LossScalerState {  // mirrors ds::LossScaler::State
   double scale = 1.0;

@@ -4,8 +4,10 @@
 //   ds::comm::Topology topo(/*pipe=*/2, /*data=*/2, /*tensor=*/2);   // 8 ranks
 //   topo.coord_of(5)                       -> {pipe 1, data 0, tensor 1}
 //   topo.group_along(Axis::Data, 5)        -> {5, 7}
+//   topo.model_group(5)                    -> {1, 3, 5, 7}  (same data coordinate)
 //   auto groups = ds::comm::ParallelGroups::create(world, topo);
 //   groups.data->all_reduce(grad);         // over the data-parallel replicas of this rank
+//   groups.model->all_reduce(norm_sq);     // over the pipeline stages and tensor shards of one replica
 #pragma once
 
 #include <memory>
@@ -38,21 +40,32 @@ class Topology {
   std::vector<int> group_along(Axis axis, int rank) const;
   // Every group along `axis`, each in increasing order; together they cover all ranks once.
   std::vector<std::vector<int>> groups_along(Axis axis) const;
+  // The ranks of one model replica: same data coordinate, every pipe and tensor coordinate
+  // (Megatron's model-parallel group), in increasing order.
+  std::vector<int> model_group(int rank) const;
   std::string describe() const;  // "pipe=2 x data=2 x tensor=2"
 
  private:
   int pipe_, data_, tensor_;
 };
 
-// The communicators a rank needs for 3D parallelism.
+// The communicators a rank needs for 3D parallelism, created once (a group of one rank is a
+// local communicator; a group of every rank is the world itself).
+//   data   gradient reduction, ZeRO's shards and gathers, the initial broadcast of weights
+//   model  one replica's ranks (pipe x tensor): the gradient norm, the overflow flag, the loss
+//   pipe, tensor  along one axis
 struct ParallelGroups {
   Topology topology{1, 1, 1};
   Coord coord;
-  std::shared_ptr<Communicator> world, pipe, data, tensor;
+  std::shared_ptr<Communicator> world, pipe, data, tensor, model;
 
   // Every rank of `world` calls it with the same topology.
   static ParallelGroups create(std::shared_ptr<Communicator> world, const Topology& topology);
+  // Data parallelism only: every group but `data` (the world) has this rank alone.
+  static ParallelGroups data_parallel(std::shared_ptr<Communicator> world);
   const std::shared_ptr<Communicator>& along(Axis axis) const;
+  // This rank's position in the model-parallel group (DeepSpeed's mp_rank in file names).
+  int model_rank() const { return model->rank(); }
 };
 
 }  // namespace ds::comm

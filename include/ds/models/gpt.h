@@ -1,9 +1,10 @@
 // The reference GPT: a GPT-2 style decoder (token + position embeddings, pre-LayerNorm
 // blocks of causal self-attention and a GELU MLP, final LayerNorm, LM head tied to the
 // token embedding). Each block is a natural ZeRO unit (ds::find_units picks them up), and the
-// model is ZeRO-3 aware (ds/zero/zero.h): its forward runs every unit through
-// ds::zero::run_unit, its linear layers save their weights for ZeRO-3, and its constructor
-// reports each finished unit to ds::zero::unit_built (sharded at once under ds::Init).
+// model is ZeRO-3 aware (ds/nn/unit.h): its forward runs every unit through ds::nn::run_unit,
+// its linear layers are ds::nn::linear (which saves the weight itself for ZeRO-3), and its
+// constructor reports each finished unit to ds::nn::unit_built (sharded at once under
+// ds::zero::Init).
 //
 //   ds::GptConfig c;  c.n_layer = 12; c.n_head = 12; c.d_model = 768; c.seq_len = 1024;  // GPT-2 124M
 //   c.vocab_size = 50257;
@@ -21,7 +22,7 @@
 
 #include <string>
 
-#include "ds/zero/zero.h"
+#include "ds/nn/unit.h"
 
 namespace ds {
 
@@ -53,7 +54,7 @@ class GptBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GptBlock);
 
-class GptImpl : public torch::nn::Module, public zero::UnitAware {
+class GptImpl : public torch::nn::Module, public nn::UnitAware {
  public:
   explicit GptImpl(const GptConfig& c);
   // tokens: [B, T] int64 with T <= seq_len. Returns logits [B, T, vocab].

@@ -1,24 +1,29 @@
-// What a model calls so that ZeRO stage 3 can shard its parameters (DeepSpeed's module hooks
-// and zero.Init, for LibTorch, whose C++ modules have no forward hooks).
+// What a model calls so that ZeRO stage 3 can shard its parameters: DeepSpeed's module hooks
+// and zero.Init, for LibTorch, whose C++ modules have no forward hooks.
 //
-//   class MyModelImpl : public torch::nn::Module, public ds::zero::UnitAware {
+//   class MyModelImpl : public torch::nn::Module, public ds::nn::UnitAware {
 //     MyModelImpl() {
 //       for (int i = 0; i < n; ++i) {
 //         blocks->push_back(Block(...));
-//         ds::zero::unit_built(*blocks[i]);   // under ds::zero::Init: shard it now
+//         ds::nn::unit_built(*blocks[i]);     // under ds::zero::Init: shard it now
 //       }
 //     }
 //     at::Tensor forward(at::Tensor x) {
 //       for (auto& b : *blocks)
-//         x = ds::zero::run_unit(*b, [&] { return b->as<Block>()->forward(x); });
+//         x = ds::nn::run_unit(*b, [&] { return b->as<Block>()->forward(x); });
 //       return x;
 //     }
 //   };
 //
-// Without a stage-3 engine every call here is a plain call: run_unit(m, f) is f(), linear is
-// a linear layer, unit_built does nothing. A model that does not derive from UnitAware still
-// trains at stage 3: the engine then gathers every unit before the forward and shards them
-// again between steps (with a warning), so its peak memory is that of the whole model.
+// Without a stage-3 engine every call here is a plain call: run_unit(m, f) is f() and
+// unit_built does nothing. Linear layers should use ds::nn::linear (ds/nn/linear.h). A model
+// that does not derive from UnitAware still trains at stage 3: the engine then gathers every
+// unit before the forward and shards them again between steps (with a warning), so its peak
+// memory is that of the whole model.
+//
+// The registries below are process-wide because LibTorch gives a module no hooks: run_unit
+// must find the engine that owns a module, and unit_built the ds::zero::Init being built
+// under. Each entry lives exactly as long as its engine or Init.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,7 +35,7 @@ namespace torch::nn {
 class Module;
 }
 
-namespace ds::zero {
+namespace ds::nn {
 
 // Marks a model whose forward runs each unit through run_unit (see above).
 class UnitAware {
@@ -43,17 +48,13 @@ class UnitAware {
 // when f returns, and gathered again before its backward.
 at::Tensor run_unit(torch::nn::Module& module, const std::function<at::Tensor()>& f);
 
-// y = x W^T + b, saving W itself for the backward (not a transposed view of it, as
-// torch::nn::functional::linear does): a view would keep a released stage-3 parameter's full
-// storage alive until the backward. Same results as torch's linear.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
-
 // A model's constructor calls it after it built (and initialised) each unit's module. Under a
-// ds::Init (ds/runtime/zero_init.h) the unit's parameters are broadcast from rank 0 and
-// sharded at once, so the whole model never exists on one rank; otherwise it does nothing.
+// ds::zero::Init the unit's parameters are broadcast from the data-parallel group's first
+// rank and sharded at once, so the whole model never exists on one rank; otherwise it does
+// nothing.
 void unit_built(torch::nn::Module& module);
 
-// The stage-3 engine's side of the calls above (ds::ParamCoordinator implements it).
+// The stage-3 engine's side of run_unit (ds::zero::ParamCoordinator implements it).
 class UnitHooks {
  public:
   virtual ~UnitHooks() = default;
@@ -63,17 +64,18 @@ class UnitHooks {
   virtual void post_forward(const std::vector<int>& units) = 0;
   virtual void pre_backward(const std::vector<int>& units) = 0;
 };
-// A registered hook set is asked first by run_unit; ids let a backward find it again (a graph
-// can outlive its engine: then the call does nothing).
+// run_unit asks the registered hook sets in turn; the id lets a backward find its set again
+// (a graph can outlive its engine: then the call does nothing).
 int register_hooks(UnitHooks* hooks);
 void unregister_hooks(int id);
 
+// ds::zero::Init's side of unit_built.
 class BuildHook {
  public:
   virtual ~BuildHook() = default;
   virtual void unit_built(torch::nn::Module& module) = 0;
 };
-// At most one at a time (ds::Init); returns the previous one.
+// At most one at a time; returns the previous one.
 BuildHook* set_build_hook(BuildHook* hook);
 
-}  // namespace ds::zero
+}  // namespace ds::nn

@@ -29,7 +29,7 @@
 #include "ds/aio/file.h"
 #include "ds/aio/handle.h"
 
-namespace ds {
+namespace ds::offload {
 
 struct SwapOptions {
   std::string nvme_path;
@@ -109,4 +109,4 @@ class OptimizerSwapper {
   Stats stats_;
 };
 
-}  // namespace ds
+}  // namespace ds::offload

@@ -2,7 +2,7 @@
 // WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, LRRangeTest. Pure functions of the
 // iteration, so they are exact to test and to resume.
 //
-//   ds::LrSchedule s = ds::LrSchedule::from_config(config.scheduler, config.optimizer.lr);
+//   ds::optim::LrSchedule s = ds::optim::LrSchedule::from_config(config.scheduler, config.optimizer.lr);
 //   double lr = s.lr(it);        // `it` is DeepSpeed's last_batch_iteration
 //
 // As in DeepSpeed, the engine steps the scheduler after the optimizer, so optimizer step k
@@ -14,7 +14,7 @@
 
 #include "ds/config/optimizer.h"
 
-namespace ds {
+namespace ds::optim {
 
 class LrSchedule {
  public:
@@ -39,4 +39,4 @@ class LrSchedule {
   double base_lr_ = 0.0;
 };
 
-}  // namespace ds
+}  // namespace ds::optim

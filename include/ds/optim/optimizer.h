@@ -1,40 +1,106 @@
-// Optimizers over flat fp32 master tensors (one per unit, or one shard of it under ZeRO).
-// The state lives in tensors the caller owns (so ZeRO can shard it and checkpoints can save
-// it); the optimizer object holds only hyper-parameters (the config's `optimizer` section).
+// Optimizers over flat fp32 master tensors (one per unit, or this rank's chunk of it under
+// ZeRO). The state lives in tensors the engine owns (so ZeRO can shard it, offload can swap
+// it and checkpoints can save it); the optimizer object holds hyper-parameters (the config's
+// `optimizer` section) and declares its states.
 //
-//   auto opt = ds::make_optimizer(config.optimizer);
+//   auto opt = ds::optim::make_optimizer(config.optimizer);
 //   auto state = opt->init_state(master.numel());
-//   opt->step(master, grad, state, /*step=*/1, /*lr=*/1e-3);
+//   opt->step(master, grad, state, {/*step=*/1, /*lr=*/1e-3});
+//
+// The engine calls step_all() once per optimizer step. Its default runs step() on every
+// segment of this rank's part of the model (a unit, or a piece of one when states are swapped
+// in sub-groups); an optimizer that needs the whole step — to communicate over the
+// data-parallel group, as 1-bit Adam does — overrides it, and may ask for another gradient
+// sync than the ZeRO stage's (grad_sync()).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "ds/comm/communicator.h"
 #include "ds/config/optimizer.h"
+#include "ds/zero/grad_sync_mode.h"
 
-namespace ds {
+namespace ds::optim {
+
+// How a state tensor relates to the master it belongs to.
+struct StateSpec {
+  enum class Kind {
+    // One value per master element: sharded, swapped to disk and reshaped across world sizes
+    // with the master, saved under `name` (torch.optim's names: exp_avg, exp_avg_sq, ...).
+    kElementwise,
+    // Any length (e.g. 1/N of the master: a server's error feedback); kept in memory, not saved:
+    // a loaded checkpoint starts it from init_state() again.
+    kResetOnLoad,
+  };
+  std::string name;
+  Kind kind = Kind::kElementwise;
+};
+
+// Where the updated weights go in the working precision: `dst` (same length as the master,
+// bf16/fp16, or fp32 holding values rounded to `round_to`).
+struct WorkingCopy {
+  at::Tensor dst;
+  at::ScalarType round_to = at::kFloat;
+};
+
+struct StepArgs {
+  int64_t step = 1;  // this optimizer's applied steps, from 1 (bias correction)
+  double lr = 0.0;
+  std::optional<double> beta1;  // OneCycle's momentum cycling, when the schedule has one
+};
+
+// A piece of this rank's work: elements [offset, offset + master.numel()) of unit `unit`'s
+// part on this rank.
+struct Segment {
+  size_t unit = 0;
+  int64_t offset = 0;
+  at::Tensor master;                // fp32, updated in place
+  at::Tensor grad;                  // fp32: the averaged gradient (or this rank's own under GradSync::kNone)
+  std::vector<at::Tensor>* states;  // as init_state() made them
+  const WorkingCopy* copy;          // null: the master is the working weights
+};
+
+struct StepContext {
+  StepArgs args;
+  comm::Communicator* data_group = nullptr;  // the ranks this rank's gradients were averaged over
+  zero::GradSync sync = zero::GradSync::kAllReduce;  // how the gradients of this step travelled
+  // Calls fn on every segment, in order, with its states (read from disk and written back
+  // when swapped).
+  std::function<void(const std::function<void(Segment&)>& fn)> for_each_segment;
+};
 
 class FlatOptimizer {
  public:
   virtual ~FlatOptimizer() = default;
   virtual std::string name() const = 0;
-  // Zero-initialised state tensors for a flat parameter of n elements.
+  // The states of a master of n elements, in init_state() order.
+  virtual std::vector<StateSpec> state_specs() const = 0;
+  // Their initial values (zeros, or Adagrad's initial accumulator) for a master of n elements.
   virtual std::vector<at::Tensor> init_state(int64_t n) const = 0;
-  // One name per init_state() tensor, torch.optim's (exp_avg, exp_avg_sq, momentum_buffer,
-  // sum): checkpoints store the states under these names.
-  virtual std::vector<std::string> state_names() const = 0;
-  // One update. `step` counts this tensor's optimizer steps from 1 (bias correction); `lr`
-  // and, when given, `beta1` (OneCycle's momentum cycling) come from the scheduler.
-  virtual void step(at::Tensor& param, const at::Tensor& grad, std::vector<at::Tensor>& state, int64_t step,
-                    double lr, std::optional<double> beta1 = std::nullopt) = 0;
+  // The names of the elementwise states (what checkpoints store), in order.
+  std::vector<std::string> state_names() const;
+  // One update of `master` in place; when `copy` is given, the updated weights also go there
+  // (in the same pass where the kernel can).
+  virtual void step(at::Tensor& master, const at::Tensor& grad, std::vector<at::Tensor>& state, const StepArgs& args,
+                    const WorkingCopy* copy = nullptr) = 0;
+
+  // The gradient sync the coming step wants; `standard` is the ZeRO stage's.
+  virtual zero::GradSync grad_sync(zero::GradSync standard, int64_t next_step) const { return standard; }
+  // The whole optimizer step: by default step() on every segment.
+  virtual void step_all(StepContext& ctx);
+
   const OptimizerConfig& config() const { return config_; }
 
  protected:
   explicit FlatOptimizer(OptimizerConfig c) : config_(std::move(c)) {}
+  // `copy` after an update that could not write it in its own pass.
+  static void write_copy(const at::Tensor& master, const WorkingCopy* copy);
   OptimizerConfig config_;
 };
 
@@ -43,4 +109,4 @@ class FlatOptimizer {
 // type or hyper-parameter it cannot run.
 std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& config);
 
-}  // namespace ds
+}  // namespace ds::optim

@@ -1,22 +1,20 @@
-// Engine: DeepSpeed's training loop for a LibTorch module over data-parallel ranks.
+// Engine: DeepSpeed's training loop for a LibTorch module, over the ranks of a parallel layout.
 //
-//   auto comm = ds::comm::init_from_env();
-//   ds::Config config = ds::Config::load("ds_config.json");
-//   config.resolve(comm->size());
-//   ds::Engine engine(model, config, comm);
+//   auto engine = ds::initialize(model.ptr(), "ds_config.json");   // ds/deepspeed.h
 //   for (...) {
-//     at::Tensor loss = engine.forward([&] { return model->loss(x, y); });
-//     engine.backward(loss);      // scales by 1/accumulation (and the fp16 loss scale)
-//     engine.step();              // optimizer step only at the end of an accumulation window
+//     at::Tensor loss = engine->forward([&] { return model->loss(x, y); });
+//     engine->backward(loss);      // scales by 1/accumulation (and the fp16 loss scale)
+//     engine->step();              // optimizer step only at the end of an accumulation window
 //   }
-//   engine.save_checkpoint("ckpt");            // every rank calls it; <dir>/global_step<N>
-//   auto loaded = engine.load_checkpoint("ckpt");  // any world size / ZeRO stage it was saved at
+//   engine->save_checkpoint("ckpt");               // every rank calls it; <dir>/global_step<N>
+//   auto loaded = engine->load_checkpoint("ckpt"); // any data-parallel size / ZeRO stage it was saved at
 //
-// Composition, not a god object: FlatUnits hold the parameters, a GradReducer averages
-// gradients during backward, a FlatOptimizer updates fp32 masters, an LrSchedule and a
-// LossScaler give lr and scale. Under bf16/fp16 the engine keeps fp32 masters and the model's
-// weights hold the bf16/fp16-rounded values, computed in fp32: on CPUs without native bf16
-// GEMMs, half precision is a storage and communication format (see docs/ARCHITECTURE.md).
+// A composition, not a god object (docs/ARCHITECTURE.md): an EnginePlan maps the config to
+// the parts once; per unit, a zero::UnitLayout says what this rank keeps; zero::FlatUnits
+// hold the parameters, a zero::GradReducer averages gradients over the data-parallel group
+// during backward, the stage-3 zero::ParamCoordinator gathers sharded units, an
+// optim::FlatOptimizer updates fp32 masters, offload swappers keep states or weight shards on
+// disk, and an LrSchedule and a LossScaler give lr and scale.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -31,19 +29,24 @@
 #include <string>
 #include <vector>
 
-#include "ds/comm/communicator.h"
+#include "ds/comm/topology.h"
 #include "ds/config/config.h"
-#include "ds/runtime/flat_unit.h"
-#include "ds/runtime/grad_reducer.h"
+#include "ds/optim/lr_schedule.h"
+#include "ds/optim/optimizer.h"
+#include "ds/runtime/engine_plan.h"
 #include "ds/runtime/loss_scaler.h"
-#include "ds/runtime/lr_schedule.h"
-#include "ds/runtime/optimizer.h"
-#include "ds/runtime/param_coordinator.h"
+#include "ds/zero/coordinator.h"
+#include "ds/zero/flat_unit.h"
+#include "ds/zero/grad_sync.h"
+#include "ds/zero/init.h"
+#include "ds/zero/layout.h"
 
 namespace ds {
 
+namespace offload {
 class OptimizerSwapper;
 class ParamSwapper;
+}  // namespace offload
 
 namespace ckpt {
 struct Manifest;
@@ -51,10 +54,6 @@ struct ModelStates;
 struct UnitInfo;
 struct UnitShard;
 }  // namespace ckpt
-
-enum class Precision { FP32, BF16, FP16 };
-const char* to_string(Precision p);
-Precision precision_of(const Config& config);
 
 struct StepStats {
   int64_t step = 0;  // optimizer steps so far, skipped ones included
@@ -74,12 +73,25 @@ struct LoadedCheckpoint {
   nlohmann::json client_state = nlohmann::json::object();  // as given to save_checkpoint
 };
 
+// What the engine takes besides the model, the config and the ranks.
+struct EngineOptions {
+  std::vector<zero::UnitSpec> units;  // default: zero::find_units(*model)
+  zero::ShardedUnits sharded_units;   // stage 3: the units a zero::Init built (Init::take_units)
+  // The working dtype of the units (what the model computes with); default fp32. bf16 needs
+  // the config's bf16.enabled (see zero::PrecisionPolicy).
+  std::optional<at::ScalarType> compute_dtype;
+  std::unique_ptr<optim::FlatOptimizer> optimizer;  // default: optim::make_optimizer(config.optimizer)
+};
+
 class Engine {
  public:
-  // `config` must be resolved for comm->size() ranks. `units` default to ds::find_units(*model).
-  // Throws ds::ConfigError for settings this engine cannot honour.
-  Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, std::shared_ptr<comm::Communicator> comm,
-         std::vector<UnitSpec> units = {});
+  // `config` must be resolved for groups.world's size. Throws ds::ConfigError for settings this
+  // engine cannot honour.
+  Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, comm::ParallelGroups groups,
+         EngineOptions options = {});
+  // Data parallelism over every rank of `world`.
+  Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, std::shared_ptr<comm::Communicator> world,
+         EngineOptions options = {});
   ~Engine();
 
   // Runs f() (the model's forward and loss) and times it.
@@ -99,16 +111,16 @@ class Engine {
   // Between boundaries it does nothing and returns nullopt.
   std::optional<StepStats> step();
 
-  // Checkpoints in DeepSpeed's layout (docs/CHECKPOINTS.md). Both are collective: every
-  // data-parallel rank calls them, between steps (not inside an accumulation window). A
-  // failure on any rank throws ds::Error on every rank, with that rank's message.
+  // Checkpoints in DeepSpeed's layout (docs/CHECKPOINTS.md). Both are collective: every rank
+  // calls them, between steps (not inside an accumulation window). A failure on any rank
+  // throws ds::Error on every rank, with that rank's message.
   //
-  // Saves to <dir>/<tag> (default "global_step<N>"): each rank its fp32 master and optimizer
-  // state chunk (at stage 0 rank 0 the whole), rank 0 the weights, RNG state and the
-  // manifest with the counters, lr schedule and loss scaler; <dir>/latest moves to the new
-  // tag only after every file is written, so a crash leaves the previous checkpoint loadable.
-  // `client_state` (a JSON object: e.g. the data position) comes back from load_checkpoint.
-  // Returns <dir>/<tag>.
+  // Saves to <dir>/<tag> (default "global_step<N>"): each data-parallel rank its fp32 master
+  // and optimizer state chunk (at stage 0 the first the whole), rank 0 the weights, RNG state
+  // and the manifest with the counters, lr schedule and loss scaler; <dir>/latest moves to
+  // the new tag only after every file is written, so a crash leaves the previous checkpoint
+  // loadable. `client_state` (a JSON object: e.g. the data position) comes back from
+  // load_checkpoint. Returns <dir>/<tag>.
   std::string save_checkpoint(const std::string& dir, std::string tag = "",
                               const nlohmann::json& client_state = nlohmann::json::object());
   // Loads <dir>/<tag> (default: the tag named by <dir>/latest), saved at any data-parallel
@@ -118,10 +130,10 @@ class Engine {
   LoadedCheckpoint load_checkpoint(const std::string& dir, std::string tag = "");
 
   // DeepSpeed's GatheredParameters: runs f() with the named parameters (all when `names` is
-  // empty) whole on every rank. With modifier_rank >= 0, what f() left in them on that rank
-  // becomes the weights everywhere (fp32 masters and shards included). Collective: every rank
-  // calls it with the same names. At stages 0-2 the weights are whole anyway; f() just runs
-  // (and modifier_rank still broadcasts and updates the masters).
+  // empty) whole on every rank. With modifier_rank >= 0 (a data-parallel rank), what f() left
+  // in them on that rank becomes the weights everywhere (fp32 masters and shards included).
+  // Collective: every rank calls it with the same names. At stages 0-2 the weights are whole
+  // anyway; f() just runs (and modifier_rank still broadcasts and updates the masters).
   void gathered_parameters(const std::vector<std::string>& names, const std::function<void()>& f,
                            int modifier_rank = -1);
 
@@ -131,18 +143,29 @@ class Engine {
   double current_lr() const;
   double loss_scale() const { return scaler_.scale(); }
   const Config& config() const { return config_; }
-  Precision precision() const { return precision_; }
+  const EnginePlan& plan() const { return plan_; }
+  const zero::PrecisionPolicy& precision() const { return plan_.precision; }
   // Rank 0 appends one row per optimizer step (overrides csv_monitor's path).
   void set_metrics_csv(const std::string& path);
-  comm::Communicator& comm() { return *comm_; }
-  const std::vector<std::unique_ptr<FlatUnit>>& units() const { return units_; }
+
+  // The ranks: every rank (world), this rank's data-parallel group (data loaders split the
+  // global batch by dp_rank()), and the model-parallel groups.
+  const comm::ParallelGroups& groups() const { return groups_; }
+  comm::Communicator& comm() { return *groups_.world; }
+  int dp_rank() const { return groups_.data->rank(); }
+  int dp_size() const { return groups_.data->size(); }
+
+  size_t unit_count() const { return units_.size(); }
+  const zero::FlatUnit& unit(size_t u) const { return *units_[u].unit; }
+  const zero::UnitLayout& layout(size_t u) const { return units_[u].layout; }
   // The fp32 master weights of unit u: the whole unit at stage 0, this rank's chunk of it
-  // (ds::comm::chunk_of over the padded unit) at stages 1-3. Under fp32 a view of the unit
-  // (stage 3: the unit's shard itself).
-  const at::Tensor& master(size_t u) const { return masters_[u]; }
-  int zero_stage() const { return stage_; }
+  // (ds::comm::chunk_of over the padded unit) at stages 1-3. Under fp32 a view of the unit's
+  // weights (stage 3: the unit's shard itself). Undefined when swapped to disk.
+  const at::Tensor& master(size_t u) const { return units_[u].master; }
+  int zero_stage() const { return plan_.stage; }
   // Stage 3's gather / prefetch / release (null at stages 0-2).
-  const ParamCoordinator* coordinator() const { return coordinator_.get(); }
+  const zero::ParamCoordinator* coordinator() const { return coordinator_.get(); }
+  const optim::FlatOptimizer& optimizer() const { return *optimizer_; }
   // Bytes this rank holds for model states, counted from the engine's own buffers.
   struct MemoryBreakdown {
     int64_t params = 0, grads = 0, masters = 0, optimizer_state = 0;
@@ -151,10 +174,12 @@ class Engine {
   };
   MemoryBreakdown memory_breakdown() const;
   // Unit u's optimizer states (empty when offload_optimizer swaps them to disk).
-  std::vector<at::Tensor>& optimizer_state(size_t u) { return states_[u]; }
+  std::vector<at::Tensor>& optimizer_state(size_t u) { return units_[u].states; }
   // offload_optimizer nvme (null otherwise).
-  const OptimizerSwapper* swapper() const { return swapper_.get(); }
-  OptimizerSwapper* swapper() { return swapper_.get(); }
+  const offload::OptimizerSwapper* swapper() const { return swapper_.get(); }
+  offload::OptimizerSwapper* swapper() { return swapper_.get(); }
+  // offload_param nvme (null otherwise).
+  const offload::ParamSwapper* param_swapper() const { return param_swapper_.get(); }
   int64_t parameter_count() const;
   // Tokens per optimizer step over all ranks, for the tokens/s figure.
   void set_tokens_per_step(int64_t tokens) { tokens_per_step_ = tokens; }
@@ -162,16 +187,32 @@ class Engine {
   std::string progress_line(const StepStats& s) const;
 
  private:
-  // What the optimizer reads for unit u: the unit's gradient (stage 0) or this rank's shard.
-  const at::Tensor& grad_of(size_t u) const;
+  // One unit and everything this rank keeps for it, as its layout says.
+  struct UnitState {
+    std::unique_ptr<zero::FlatUnit> unit;
+    zero::UnitLayout layout;
+    at::Tensor master;                // fp32, layout.own.length elements; undefined when swapped
+    at::Tensor grad_shard;            // stages 1-3: the averaged gradient of the own chunk (fp32)
+    std::vector<at::Tensor> states;   // optimizer states; empty when swapped
+  };
+
+  void build_units(EngineOptions& options);
+  void start_offload(std::vector<at::Tensor>& initial_masters);
+  void start_stage3();
+  // What the optimizer reads for unit u: the unit's gradient (all-reduced or own) or this
+  // rank's shard.
+  at::Tensor grad_of(size_t u) const;
+  // Where unit u's updated weights go in the param dtype (elements [offset, offset + n) of
+  // its own part), or undefined when the master is the weights.
+  std::optional<optim::WorkingCopy> working_copy(size_t u, int64_t offset, int64_t n);
+  void working_copy_done(size_t u, int64_t n);
+  void for_each_segment(const std::function<void(optim::Segment&)>& fn);
+  // Writes `values` (fp32, the unit's own part) as unit u's working weights.
+  void set_working(size_t u, const at::Tensor& values);
   void forward_begin();
   void forward_end();
   std::vector<size_t> units_holding(const std::vector<std::string>& names) const;
   void write_back(size_t u, int modifier_rank);
-  void start_swapping(std::vector<at::Tensor>& initial_masters);
-  void set_working_copy(size_t u, int64_t offset, const at::Tensor& master);
-  void store_shard(size_t u, int64_t offset, const at::Tensor& values);
-  int64_t gather_from_bytes(size_t u) const { return grad_shards_[u].numel() * 2; }
   bool unscale_and_check_overflow();
   double global_grad_norm();
   void apply_update(double lr);
@@ -191,21 +232,17 @@ class Engine {
 
   std::shared_ptr<torch::nn::Module> model_;
   Config config_;
-  Precision precision_;
-  std::shared_ptr<comm::Communicator> comm_;
-  std::vector<std::unique_ptr<FlatUnit>> units_;
-  int stage_ = 0;
-  std::vector<at::Tensor> masters_;
-  std::vector<at::Tensor> grad_shards_;  // stages 1-2: this rank's averaged gradient chunk per unit
-  std::vector<std::vector<at::Tensor>> states_;
-  std::unique_ptr<FlatOptimizer> optimizer_;
-  std::unique_ptr<GradReducer> reducer_;
-  std::vector<at::Tensor> gather_from_;  // stage 3 under bf16/fp16: the shard in half precision
-  std::unique_ptr<ParamCoordinator> coordinator_;
-  std::unique_ptr<OptimizerSwapper> swapper_;  // offload_optimizer nvme
-  std::unique_ptr<ParamSwapper> param_swapper_;  // offload_param nvme (stage 3, bf16/fp16)
-  bool unit_aware_ = false;  // the model calls zero::run_unit (else stage 3 gathers every unit)
-  LrSchedule schedule_;
+  comm::ParallelGroups groups_;
+  EnginePlan plan_;
+  std::unique_ptr<optim::FlatOptimizer> optimizer_;
+  std::vector<UnitState> units_;
+  std::unique_ptr<zero::GradReducer> reducer_;
+  std::unique_ptr<offload::OptimizerSwapper> swapper_;     // offload_optimizer nvme
+  std::unique_ptr<offload::ParamSwapper> param_swapper_;   // offload_param nvme (stage 3, bf16/fp16)
+  std::unique_ptr<zero::ParamCoordinator> coordinator_;
+  bool unit_aware_ = false;  // the model calls nn::run_unit (else stage 3 gathers every unit)
+  zero::GradSync window_sync_ = zero::GradSync::kAllReduce;  // this accumulation window's
+  optim::LrSchedule schedule_;
   LossScaler scaler_;
   int64_t micro_step_ = 0;       // backward() calls so far
   int64_t global_step_ = 0;      // optimizer steps so far, skipped included

@@ -2,54 +2,70 @@
 // PartitionedParameterCoordinator).
 //
 // Every rank holds its chunk of each unit (FlatUnit::shard). A unit is all-gathered before
-// its forward (ds::zero::run_unit) and released after it, gathered again before its backward
+// its forward (ds::nn::run_unit) and released after it, gathered again before its backward
 // (the pre-backward function run_unit puts on the unit's output) and released once its
 // gradients have been reduce-scattered (the GradReducer calls after_reduce).
 //
 // The first micro-batch records the order in which units are used (forward, then backward);
 // later ones replay it: when unit i is needed, the next units of the trace are gathered in the
 // background, up to `prefetch_elements` ahead (counting what is gathered for them already)
-// and `max_live_elements` gathered in all. A unit
-// used again within `max_reuse_distance` elements of the trace stays gathered; a unit of at
-// most `persistence_threshold` elements is gathered once and never released. A micro-batch
-// that uses units in another order invalidates the trace (prefetch stops) and re-records it.
+// and `max_live_elements` gathered in all. A unit used again within `max_reuse_distance`
+// elements of the trace stays gathered; a unit of at most `persistence_threshold` elements is
+// gathered once and never released. A micro-batch that uses units in another order
+// invalidates the trace (prefetch stops) and re-records it.
+//
+// The all-gather sends each rank's shard in the shard dtype (bf16 under mixed precision) and
+// lands in a buffer of that dtype; when the working dtype is the same, that buffer becomes the
+// unit's weights directly, otherwise it is widened once.
+//
+// With a ShardStore (offload_param nvme) the shards live on disk: fetching a unit starts its
+// read, and gathers are issued in fetch order as their reads complete, so a prefetch along
+// the trace reads ahead while the forward computes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <functional>
+#include <deque>
 #include <memory>
 #include <unordered_map>
 #include <vector>
 
 #include "ds/comm/communicator.h"
-#include "ds/runtime/flat_unit.h"
-#include "ds/zero/zero.h"
+#include "ds/nn/unit.h"
+#include "ds/zero/flat_unit.h"
 
-namespace ds {
+namespace ds::zero {
+
+// Where shards are read from when they are not in memory (ds::offload::ParamSwapper).
+class ShardStore {
+ public:
+  virtual ~ShardStore() = default;
+  // Starts reading unit u's shard (nothing if it is being read or was read already).
+  virtual void start_read(int u) = 0;
+  virtual bool read_done(int u) = 0;
+  // Waits for the read; the shard, valid until give_back(u).
+  virtual at::Tensor take(int u) = 0;
+  virtual void give_back(int u) = 0;
+};
 
 struct CoordinatorOptions {
   int64_t prefetch_elements = 50'000'000;     // stage3_prefetch_bucket_size
   int64_t max_live_elements = 1'000'000'000;  // stage3_max_live_parameters
   int64_t max_reuse_distance = 1'000'000'000; // stage3_max_reuse_distance
   int64_t persistence_threshold = 100'000;    // stage3_param_persistence_threshold (per unit)
-  at::ScalarType gather_dtype = at::kFloat;   // the dtype of `gather_from` (bf16/fp16: half the bytes)
-  // offload_param nvme: the shard a gather sends comes from here (read from disk) instead of
-  // `gather_from`, and is dropped once the gather is done.
-  std::function<at::Tensor(int)> load_shard;
+  ShardStore* store = nullptr;                // null: shards in memory (FlatUnit::shard_data)
+  int max_reads_ahead = 4;                    // with a store: prefetch reads in flight at most
 };
 
-class ParamCoordinator final : public zero::UnitHooks {
+class ParamCoordinator final : public nn::UnitHooks {
  public:
-  // gather_from[u]: what this rank contributes to unit u's all-gather — its shard, in
-  // gather_dtype (under fp32 the unit's own shard). The engine keeps them up to date.
-  ParamCoordinator(std::vector<FlatUnit*> units, std::vector<at::Tensor> gather_from,
-                   std::shared_ptr<comm::Communicator> comm, CoordinatorOptions options);
+  // Every unit must be sharded, over `comm` (the data-parallel group).
+  ParamCoordinator(std::vector<FlatUnit*> units, std::shared_ptr<comm::Communicator> comm, CoordinatorOptions options);
   ~ParamCoordinator() override;
   ParamCoordinator(const ParamCoordinator&) = delete;
   ParamCoordinator& operator=(const ParamCoordinator&) = delete;
 
-  // zero::UnitHooks (run_unit and its pre-backward function).
+  // nn::UnitHooks (run_unit and its pre-backward function).
   std::vector<int> units_of(torch::nn::Module& module) override;
   void pre_forward(const std::vector<int>& units) override;
   void post_forward(const std::vector<int>& units) override;
@@ -58,7 +74,7 @@ class ParamCoordinator final : public zero::UnitHooks {
   // The engine's side: a micro-batch's forward begins / its backward and reduction are done.
   void begin_micro_batch();
   void end_micro_batch();
-  // For models that are not zero::UnitAware: every unit, gathered before the forward.
+  // For models that are not nn::UnitAware: every unit, gathered before the forward.
   void gather_all();
   // The unit's gradients have left (post-backward): release it unless it is reused soon.
   void after_reduce(int unit);
@@ -80,21 +96,24 @@ class ParamCoordinator final : public zero::UnitHooks {
     int64_t releases = 0;
     int64_t peak_live = 0;   // elements
     double wait_s = 0;       // time spent waiting for a gather to land
+    double read_wait_s = 0;  // with a store: time spent waiting for a shard's read
   };
   const Stats& stats() const { return stats_; }
   const std::vector<int>& trace() const { return trace_; }
   bool trace_valid() const { return trace_valid_; }
 
  private:
-  enum class State { kReleased, kInFlight, kAvailable };
+  enum class State { kReleased, kReading, kInFlight, kAvailable };
   struct Slot {
     State state = State::kReleased;
-    at::Tensor wire;    // the gathered buffer in gather_dtype while in flight
-    at::Tensor source;  // what this rank sends, while in flight (load_shard)
+    at::Tensor wire;  // the gathered buffer in the shard dtype while in flight
     comm::Work work;
-    int users = 0;    // forward scopes and pins currently using the unit
+    bool from_store = false;  // the source is a store buffer, given back once the gather landed
+    int users = 0;            // forward scopes and pins currently using the unit
   };
-  void fetch(int u);
+  void fetch(int u, bool ahead = false);
+  void issue(int u);
+  void issue_reads(int upto);
   void wait(int u);
   void release(int u);
   void record(int u);
@@ -105,10 +124,10 @@ class ParamCoordinator final : public zero::UnitHooks {
   void give_back(at::Tensor t);
 
   std::vector<FlatUnit*> units_;
-  std::vector<at::Tensor> gather_from_;
   std::shared_ptr<comm::Communicator> comm_;
   CoordinatorOptions options_;
   std::vector<Slot> slots_;
+  std::deque<int> reading_;  // units whose shard is being read, in fetch order (a store only)
   std::unordered_map<const void*, int> unit_of_param_;
   std::unordered_map<const void*, std::vector<int>> units_of_module_;
   int hooks_id_ = 0;
@@ -121,4 +140,4 @@ class ParamCoordinator final : public zero::UnitHooks {
   int64_t pooled_bytes_ = 0, pool_limit_bytes_ = 0;
 };
 
-}  // namespace ds
+}  // namespace ds::zero

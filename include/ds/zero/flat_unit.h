@@ -1,14 +1,16 @@
-// FlatUnit: a group of parameters stored in one flat, padded fp32 buffer (FSDP's flat
-// parameter). Every parameter tensor becomes a view into the buffer and its .grad() a view
-// into a flat gradient buffer of the same layout, so the engine reduces, clips, steps and
-// (with ZeRO) shards one contiguous tensor per unit instead of hundreds of small ones.
+// FlatUnit: a group of parameters stored in one flat, padded buffer (FSDP's flat parameter).
+// Every parameter tensor becomes a view into the buffer and its .grad() a view into a flat
+// gradient buffer of the same layout, so the engine reduces, clips, steps and shards one
+// contiguous tensor per unit instead of hundreds of small ones.
 //
-//   auto units = ds::find_units(*model);                 // one per block, plus the rest
-//   ds::FlatUnit u("blocks.0", units[1].params, /*pad_to=*/64);
+//   auto units = ds::zero::find_units(*model);            // one per block, plus the rest
+//   ds::zero::FlatUnit u("blocks.0", units[1].params, {/*pad_to=*/64});
 //   u.params();  u.grads();                               // 1-D, u.padded_numel() elements
 //
-// The padding (zeros, never updated by gradients) makes the buffer divide evenly into
-// shards and SIMD tiles.
+// The buffer has the unit's working dtype (what the model computes with: fp32, or bf16 when
+// the CPU computes in bf16); the model's parameters, whatever their floating dtype, are
+// copied into it. The padding (zeros, never updated by gradients) makes the buffer divide
+// evenly into shards and SIMD tiles.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,13 +20,11 @@
 #include <utility>
 #include <vector>
 
-#include "ds/ckpt/layout.h"
-
 namespace torch::nn {
 class Module;
 }
 
-namespace ds {
+namespace ds::zero {
 
 using NamedParams = std::vector<std::pair<std::string, at::Tensor>>;
 
@@ -47,14 +47,24 @@ struct ParamSlot {
   std::vector<int64_t> shape;
 };
 
+struct FlatUnitOptions {
+  int64_t pad_to = 64;                  // padded_numel is a multiple of this
+  at::ScalarType dtype = at::kFloat;    // the working dtype of params() and grads()
+  // Each .grad() is a view of a flat gradient buffer that lives as long as the unit (ZeRO
+  // stages 0-1). false (stages 2-3): no such buffer; autograd makes the gradients and
+  // pack_grads() copies them out and drops them, so a full gradient exists only briefly.
+  bool persistent_grads = true;
+  // Stage 3: the dtype of this rank's shard, which is what the all-gather sends (bf16 under
+  // mixed precision: half the bytes, widened to `dtype` on arrival if that is wider).
+  at::ScalarType shard_dtype = at::kFloat;
+};
+
 class FlatUnit {
  public:
-  // persistent_grads: each .grad() is a view of a flat gradient buffer that lives as long as
-  // the unit (stages 0-1). false (ZeRO stage 2): no such buffer; autograd makes the grads,
-  // pack_grads() copies them out and drops them, so a full gradient exists only briefly.
-  FlatUnit(std::string name, const NamedParams& params, int64_t pad_to, bool persistent_grads = true);
+  FlatUnit(std::string name, const NamedParams& params, FlatUnitOptions options);
 
   const std::string& name() const { return name_; }
+  at::ScalarType dtype() const { return options_.dtype; }
   const at::Tensor& params() const { return params_; }
   const at::Tensor& grads() const { return grads_; }  // undefined without persistent grads
   bool persistent_grads() const { return grads_.defined(); }
@@ -73,17 +83,20 @@ class FlatUnit {
   void check_grad_views();
 
   // ZeRO stage 3. shard(world, rank) keeps this rank's chunk of the padded buffer
-  // (comm::chunk_of) and releases the rest; attach(full) makes the parameters views of a
-  // gathered padded buffer again, release() drops it. A released parameter has shape [0],
-  // and an operation that reads it throws ds::Error naming it (not a silent empty result).
+  // (comm::chunk_of) in the shard dtype and releases the rest; attach(full) makes the
+  // parameters views of a gathered padded buffer (of the working dtype) again, release()
+  // drops it. A released parameter has shape [0], and an operation that reads it throws
+  // ds::Error naming it (not a silent empty result).
   void shard(int world, int rank);
   bool sharded() const { return sharded_; }
   bool gathered() const { return params_.defined(); }
-  // This rank's fp32 chunk; undefined after drop_shard_data() (the engine keeps the values
-  // elsewhere under bf16/fp16: a fp32 master and a half-precision copy).
+  at::ScalarType shard_dtype() const { return options_.shard_dtype; }
+  // This rank's chunk in the shard dtype; undefined after drop_shard_data() (the shard then
+  // lives on disk: offload_param nvme).
   const at::Tensor& shard_data() const { return shard_; }
   void drop_shard_data() { shard_ = at::Tensor(); }
   int64_t shard_offset() const { return shard_offset_; }
+  int64_t shard_numel() const { return shard_numel_; }
   void attach(const at::Tensor& full);
   void release();
   // New names for the unit and its slots (in slot order), e.g. the root's state-dict names
@@ -96,10 +109,11 @@ class FlatUnit {
 
  private:
   std::string name_;
+  FlatUnitOptions options_;
   at::Tensor params_, grads_;
   at::Tensor shard_;
   bool sharded_ = false;
-  int64_t shard_offset_ = 0;
+  int64_t shard_offset_ = 0, shard_numel_ = 0;
   // Sharded units own their parameters' AccumulateGrad nodes: made while the parameters have
   // their true shapes (a node checks gradients against the shape it saw when it was made).
   std::vector<std::shared_ptr<void>> accumulators_;
@@ -109,11 +123,8 @@ class FlatUnit {
 };
 
 int64_t round_up(int64_t n, int64_t multiple);
-// Units are padded to kUnitPadding x world-size elements: every rank gets an equal shard of
-// whole 256-byte (SIMD) tiles.
+// Units are padded to kUnitPadding x data-parallel size elements: every rank gets an equal
+// shard of whole 256-byte (SIMD) tiles.
 constexpr int64_t kUnitPadding = 64;
 
-// What a checkpoint records of a unit: its name, sizes and parameter slots.
-ckpt::UnitInfo to_unit_info(const FlatUnit& unit);
-
-}  // namespace ds
+}  // namespace ds::zero

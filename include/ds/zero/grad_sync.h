@@ -5,14 +5,16 @@
 // its worker thread) while autograd moves on to the earlier layers. Parameters that got no
 // gradient are reduced in finish(), so an unused parameter cannot hang a step.
 //
-// Two ways, chosen by the ZeRO stage:
-//  * AllReduce (stage 0): on the last micro-batch of an accumulation window, each unit's
+// The way is chosen per backward (begin_backward), normally by the ZeRO stage:
+//  * kAllReduce (stage 0): on the last micro-batch of an accumulation window, each unit's
 //    flat gradient is all-reduced in buckets of `bucket_elements`; finish() leaves the
 //    averaged gradient in the unit.
-//  * ReduceScatter (stages 1, 2): each unit is reduce-scattered (a unit is a bucket) and this
+//  * kReduceScatter (stages 1-3): each unit is reduce-scattered (a unit is a bucket) and this
 //    rank's averaged chunk is added to `shards[u]`. Stage 1 does it on the last micro-batch
-//    from the unit's persistent gradient; stage 2 on every micro-batch, from gradients the
+//    from the unit's persistent gradient; stages 2-3 on every micro-batch, from gradients the
 //    unit packs and releases (FlatUnit without persistent grads).
+//  * kNone: nothing is sent; the units' persistent gradients keep this rank's own sum (an
+//    optimizer that communicates itself, e.g. 1-bit Adam, reads them).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,28 +24,28 @@
 #include <vector>
 
 #include "ds/comm/communicator.h"
-#include "ds/runtime/flat_unit.h"
+#include "ds/zero/flat_unit.h"
+#include "ds/zero/grad_sync_mode.h"
 
-namespace ds {
+namespace ds::zero {
 
 struct GradReducerOptions {
-  enum class Mode { AllReduce, ReduceScatter };
-  Mode mode = Mode::AllReduce;
-  bool every_micro_batch = false;           // reduce each micro-batch (stage 2), not only the last
+  bool every_micro_batch = false;           // reduce-scatter each micro-batch (stages 2-3), not only the last
   bool overlap = true;                      // launch from the hooks during backward (else in finish)
   // AllReduce: the bucket size. ReduceScatter (a unit is a bucket): at most this many packed
   // gradient elements wait on the wire; beyond it the oldest units are settled first.
   int64_t bucket_elements = 500'000'000;
   at::ScalarType comm_dtype = at::kFloat;   // bf16/fp16 halve the bytes on the wire
   double predivide_factor = 1.0;            // divide before, multiply after (fp16 range)
-  // ReduceScatter: called with the unit's index once its gradients are packed and on the
+  // kReduceScatter: called with the unit's index once its gradients are packed and on the
   // wire (ZeRO stage 3 releases the gathered unit then).
   std::function<void(size_t)> on_packed;
 };
 
 class GradReducer {
  public:
-  // ReduceScatter: shards[u] is this rank's fp32 accumulator for unit u (chunk_of layout).
+  // shards[u]: this rank's fp32 gradient accumulator for unit u (chunk_of layout over
+  // `comm`, the data-parallel group), for kReduceScatter; empty when it is never used.
   GradReducer(std::vector<FlatUnit*> units, std::shared_ptr<comm::Communicator> comm, GradReducerOptions options,
               std::vector<at::Tensor> shards = {});
   ~GradReducer();
@@ -51,20 +53,24 @@ class GradReducer {
   GradReducer& operator=(const GradReducer&) = delete;
 
   // Called before each backward; `boundary` says whether this micro-batch ends the window.
-  void begin_backward(bool boundary);
+  // kAllReduce and kNone need units with persistent gradients, kReduceScatter the shards.
+  void begin_backward(bool boundary, GradSync sync);
   // After each backward: reduces what did not reduce itself (units with unused parameters)
   // and, when this micro-batch is reduced, waits for it. Stage 0 and 1 call it only at the
   // boundary (their gradients accumulate locally in between).
   void finish();
-  bool reduces_this_micro_batch() const { return boundary_ || options_.every_micro_batch; }
+  bool reduces_this_micro_batch() const {
+    return sync_ != GradSync::kNone && (boundary_ || (sync_ == GradSync::kReduceScatter && options_.every_micro_batch));
+  }
+  GradSync sync() const { return sync_; }
 
  private:
   struct Shared;
   struct Bucket {
     size_t unit = 0;
-    at::Tensor grad_slice;  // AllReduce: view into the unit's flat fp32 gradient
+    at::Tensor grad_slice;  // kAllReduce: view into the unit's flat gradient
     at::Tensor wire;        // what goes on the wire
-    at::Tensor wire_out;    // ReduceScatter: this rank's chunk, in the wire dtype
+    at::Tensor wire_out;    // kReduceScatter: this rank's chunk, in the wire dtype
     comm::Work work;
   };
   void on_param_ready(size_t unit);
@@ -81,8 +87,9 @@ class GradReducer {
   std::vector<bool> launched_;
   std::vector<Bucket> in_flight_;
   size_t settled_ = 0;          // in_flight_[0, settled_) are done (ReduceScatter's bound)
-  int64_t wire_elements_ = 0;   // ReduceScatter: packed gradients still waiting on the wire
+  int64_t wire_elements_ = 0;   // kReduceScatter: packed gradients still waiting on the wire
   bool boundary_ = true;
+  GradSync sync_ = GradSync::kAllReduce;
 };
 
-}  // namespace ds
+}  // namespace ds::zero

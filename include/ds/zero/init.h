@@ -1,46 +1,67 @@
-// ds::Init: DeepSpeed's zero.Init. A model built while an Init lives never exists whole on one
-// rank: each ds::zero::unit_built(module) call in its constructor gathers that unit's
-// parameters into a flat buffer, broadcasts it from rank 0 and keeps only this rank's shard.
-// The stage-3 engine then takes these units over instead of building its own.
+// ds::zero::Init: DeepSpeed's zero.Init. A model built while an Init is open never exists
+// whole on one rank: each ds::nn::unit_built(module) call in its constructor flattens that
+// unit's parameters, broadcasts them from the data-parallel group's first rank and keeps
+// only this rank's shard. The units are then handed to the engine explicitly.
 //
-//   ds::Config config = ds::Config::load("ds_config.json");  config.resolve(comm->size());
-//   ds::Gpt model{nullptr};
-//   {
-//     ds::Init init(comm, config);   // does nothing unless zero_optimization.stage is 3
-//     model = ds::Gpt(gpt_config);    // GptImpl calls ds::zero::unit_built per unit
-//   }
-//   ds::Engine engine(model.ptr(), config, comm);
+//   auto groups = ds::comm::ParallelGroups::create(world, config);   // config resolved
+//   ds::zero::Init init(groups.data, config);   // collects nothing unless zero stage is 3
+//   ds::Gpt model(gpt_config);                  // GptImpl calls ds::nn::unit_built per unit
+//   ds::EngineOptions options;
+//   options.sharded_units = init.take_units();  // closes the Init
+//   auto engine = ds::initialize(model.ptr(), config, groups, std::move(options));
 //
-// The units must be those the engine uses (ds::find_units, or the ones passed to it):
-// otherwise the engine says which unit differs.
+// The units must be those the engine uses (ds::zero::find_units, or the ones passed to it):
+// otherwise the engine says which unit differs. Units an Init still holds when it is
+// destroyed are destroyed with it (the model's sharded parameters then stay empty).
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "ds/comm/communicator.h"
 #include "ds/config/config.h"
-#include "ds/runtime/flat_unit.h"
-#include "ds/zero/zero.h"
+#include "ds/nn/unit.h"
+#include "ds/zero/flat_unit.h"
 
-namespace ds {
+namespace ds::zero {
 
-class Init final : public zero::BuildHook {
+using ShardedUnits = std::vector<std::unique_ptr<FlatUnit>>;
+
+struct InitOptions {
+  at::ScalarType dtype = at::kFloat;        // the units' working dtype
+  at::ScalarType shard_dtype = at::kFloat;  // what each rank keeps and the all-gathers send
+};
+
+class Init final : public nn::BuildHook {
  public:
-  Init(std::shared_ptr<comm::Communicator> comm, const Config& config);
+  // `data_group`: the communicator the units are sharded over (the world when there is no
+  // pipeline or tensor parallelism). Active only when zero_optimization.stage is 3. The
+  // dtypes default to the config's precision (ds::PrecisionPolicy::from_config).
+  Init(std::shared_ptr<comm::Communicator> data_group, const Config& config);
+  Init(std::shared_ptr<comm::Communicator> data_group, const Config& config, InitOptions options);
   ~Init() override;
   Init(const Init&) = delete;
   Init& operator=(const Init&) = delete;
+
   void unit_built(torch::nn::Module& module) override;
   bool enabled() const { return enabled_; }
+  // Stops collecting and hands over the units sharded so far, in build order.
+  ShardedUnits take_units();
 
  private:
+  void close();
+
   std::shared_ptr<comm::Communicator> comm_;
-  bool enabled_ = false;
-  zero::BuildHook* previous_ = nullptr;
+  InitOptions options_;
+  bool enabled_ = false, open_ = false;
+  nn::BuildHook* previous_ = nullptr;
+  ShardedUnits units_;
 };
 
-// The unit an Init sharded whose first parameter is params[0], renamed to `spec`'s names;
-// null if there is none. Throws when it holds other parameters than `spec`.
-std::unique_ptr<FlatUnit> take_partitioned_unit(const UnitSpec& spec);
+// The engine's side of the hand-over: the unit among `sharded` whose parameters are
+// spec.params (same tensors, same order), renamed to spec's names and removed from `sharded`;
+// null if none holds spec's first parameter. Throws when a unit holds some of spec's
+// parameters but not exactly them.
+std::unique_ptr<FlatUnit> take_matching_unit(ShardedUnits& sharded, const UnitSpec& spec);
 
-}  // namespace ds
+}  // namespace ds::zero

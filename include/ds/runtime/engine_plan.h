@@ -1,0 +1,42 @@
+// EnginePlan: everything the engine takes from the config, decided in one place before a
+// buffer is allocated — the ZeRO stage, the precision policy, how gradients are reduced, how
+// stage 3 gathers, what is swapped to disk — and every setting the engine cannot honour,
+// refused with the key's path.
+//
+//   ds::EnginePlan plan = ds::plan_engine(config, groups);   // throws ds::ConfigError
+//   plan.precision.describe();  plan.reduce.bucket_elements;  plan.swap_optimizer.has_value();
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "ds/comm/topology.h"
+#include "ds/config/config.h"
+#include "ds/offload/optimizer_swapper.h"
+#include "ds/offload/param_swapper.h"
+#include "ds/zero/coordinator.h"
+#include "ds/zero/grad_sync.h"
+#include "ds/zero/layout.h"
+#include "ds/zero/precision.h"
+
+namespace ds {
+
+struct EnginePlan {
+  int stage = 0;
+  zero::PrecisionPolicy precision;
+  zero::ShardPlan shard;                  // the stage, the data-parallel group and the policy
+  zero::GradSync sync = zero::GradSync::kAllReduce;  // the stage's standard gradient sync
+  zero::GradReducerOptions reduce;        // on_packed is the engine's to set
+  zero::CoordinatorOptions gather;        // stage 3; the store is the engine's to set
+  std::optional<offload::SwapOptions> swap_optimizer;  // offload_optimizer.device "nvme"
+  std::optional<offload::ParamSwapOptions> swap_params;  // offload_param.device "nvme"
+  double gradient_clipping = 0.0;
+  int64_t allgather_bucket_elements = 500'000'000;  // stages 1-2: weights in flight after a step
+};
+
+// `config` must be resolved for groups.world's size. `compute` overrides the working dtype
+// (see zero::PrecisionPolicy).
+EnginePlan plan_engine(const Config& config, const comm::ParallelGroups& groups,
+                       std::optional<at::ScalarType> compute = std::nullopt);
+
+}  // namespace ds

@@ -1,0 +1,96 @@
+#include "ds/runtime/engine_plan.h"
+
+#include "ds/common/error.h"
+#include "ds/common/strings.h"
+
+namespace ds {
+
+namespace {
+
+// What the engine cannot honour yet is refused here, in one place, with the key's path.
+void check_supported(const Config& c, const comm::ParallelGroups& g) {
+  if (!c.resolved()) throw ConfigError("the engine needs a resolved config: call config.resolve(world_size) first");
+  if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
+    throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
+  if (c.parallel.data_parallel_size != g.data->size())
+    throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
+                              " data-parallel ranks but the data-parallel group has ", g.data->size()));
+  const auto& z = c.zero_optimization;
+  if (z.offload_optimizer.device != OffloadDevice::kNone && z.stage == 0)
+    throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
+  // On a CPU build the states already live in host memory; what cpu offload changes is that the
+  // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
+  if (z.offload_optimizer.device == OffloadDevice::kCpu && c.optimizer.torch_adam)
+    throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
+                      "kernels; remove torch_adam");
+  if (z.offload_param.device == OffloadDevice::kNvme && z.stage != 3)
+    throw ConfigError(ds::str("zero_optimization.offload_param.device \"nvme\" needs ZeRO stage 3, stage is ", z.stage));
+  if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
+    throw ConfigError("zero_optimization.offload_param.device \"nvme\" needs bf16 or fp16: under fp32 the weight shard "
+                      "is the optimizer's master and stays in memory; enable bf16");
+  if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
+  if (c.checkpoint.use_node_local_storage)
+    throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
+                      "directory (rank 0 checks each file before committing); remove the key");
+  if (c.sparse_attention.enabled)
+    throw ConfigError("sparse_attention: the engine has no sparse attention kernels yet; remove the section");
+}
+
+aio::AioOptions aio_options(const AioConfig& a) {
+  aio::AioOptions o;
+  o.block_size = size_t(a.block_size);
+  o.queue_depth = unsigned(a.queue_depth);
+  o.intra_op_parallelism = unsigned(a.intra_op_parallelism);
+  o.single_submit = a.single_submit;
+  o.overlap_events = a.overlap_events;
+  return o;
+}
+
+}  // namespace
+
+EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std::optional<at::ScalarType> compute) {
+  check_supported(c, groups);
+  const ZeroConfig& z = c.zero_optimization;
+  EnginePlan p;
+  p.stage = int(z.stage);
+  p.precision = zero::PrecisionPolicy::from_config(c, compute);
+  p.shard = {p.stage, groups.data->size(), groups.data->rank(), p.precision};
+  p.sync = p.stage == 0 ? zero::GradSync::kAllReduce : zero::GradSync::kReduceScatter;
+
+  if (z.reduce_bucket_size < 1) throw ConfigError(ds::str("reduce_bucket_size must be >= 1, got ", z.reduce_bucket_size));
+  p.reduce.every_micro_batch = p.stage >= 2;
+  p.reduce.overlap = p.stage == 0 || z.overlap_comm;  // stage 0 always overlaps
+  p.reduce.bucket_elements = z.reduce_bucket_size;
+  p.reduce.predivide_factor = c.gradient_predivide_factor;
+  p.reduce.comm_dtype = p.precision.reduce;
+
+  p.gather.prefetch_elements = z.stage3_prefetch_bucket_size;
+  p.gather.max_live_elements = z.stage3_max_live_parameters;
+  p.gather.max_reuse_distance = z.stage3_max_reuse_distance;
+  p.gather.persistence_threshold = z.stage3_param_persistence_threshold;
+  p.allgather_bucket_elements = z.allgather_bucket_size;
+  p.gradient_clipping = c.gradient_clipping;
+
+  const int rank = groups.world->rank();
+  if (z.offload_optimizer.device == OffloadDevice::kNvme) {
+    offload::SwapOptions so;
+    so.nvme_path = z.offload_optimizer.nvme_path.value_or("");
+    so.rank = rank;
+    so.sub_group_size = z.sub_group_size;
+    so.buffer_count = z.offload_optimizer.buffer_count;
+    so.pin_memory = z.offload_optimizer.pin_memory;
+    so.aio = aio_options(c.aio);
+    p.swap_optimizer = so;
+  }
+  if (z.offload_param.device == OffloadDevice::kNvme) {
+    offload::ParamSwapOptions po;
+    po.nvme_path = z.offload_param.nvme_path.value_or("");
+    po.rank = rank;
+    po.aio = aio_options(c.aio);
+    p.gather.max_reads_ahead = int(std::max<int64_t>(1, z.offload_param.buffer_count));
+    p.swap_params = po;
+  }
+  return p;
+}
+
+}  // namespace ds
