@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -82,9 +83,16 @@ void AtomicFile::write(const void* data, size_t size) {
     buffer_.insert(buffer_.end(), p, p + size);
 }
 
+namespace {
+std::atomic<CommitHook> g_commit_hook{nullptr};
+}  // namespace
+
+void set_commit_hook_for_testing(CommitHook hook) { g_commit_hook.store(hook); }
+
 FileDigest AtomicFile::commit() {
   if (committed_) throw Error(ds::str("AtomicFile ", path_, ": committed twice"));
   flush();
+  if (CommitHook hook = g_commit_hook.load()) hook(path_);
   DS_CHECK_SYS(::fsync(fd_), "fsync ", temp_path_);
   int fd = fd_;
   fd_ = -1;

@@ -30,6 +30,11 @@ std::map<std::string, OpStats> CommsLogger::totals() const {
   return out;
 }
 
+std::map<std::pair<std::string, int64_t>, OpStats> CommsLogger::by_size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
 OpStats CommsLogger::total(const std::string& op) const {
   auto all = totals();
   auto it = all.find(op);

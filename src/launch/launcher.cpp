@@ -80,9 +80,13 @@ bool env_has(const LaunchOptions& o, const std::string& key) {
   return std::getenv(key.c_str()) != nullptr;
 }
 
-// Port for a job whose rank 0 runs on this host: the given one if free, else a free one.
-int local_master_port(const LaunchPlan& plan) {
-  if (plan.master_port == -1) return pick_free_port(plan.master_addr);
+// Port for a job whose rank 0 runs on this host: the given one if free, else a free one, held
+// in `reserved` until the job ends.
+int local_master_port(const LaunchPlan& plan, PortReservation& reserved) {
+  if (plan.master_port == -1) {
+    reserved = reserve_free_port(plan.master_addr);
+    return reserved.port();
+  }
   switch (probe_port(plan.master_addr, plan.master_port)) {
     case PortState::kInUse:
       throw Error(str("--master_port ", plan.master_port, " is already in use on ", plan.master_addr,
@@ -97,15 +101,16 @@ int local_master_port(const LaunchPlan& plan) {
   return plan.master_port;
 }
 
-// Port for a job whose rank 0 may be on another host: a free one when the master address is
-// ours, else torch.distributed's default.
-int remote_master_port(const LaunchPlan& plan) {
+// Port for a job whose rank 0 may be on another host: a free one (held in `reserved`) when the
+// master address is ours, else torch.distributed's default.
+int remote_master_port(const LaunchPlan& plan, PortReservation& reserved) {
   if (plan.master_port != -1) {
     if (probe_port(plan.master_addr, plan.master_port) == PortState::kNotLocal) return plan.master_port;
-    return local_master_port(plan);
+    return local_master_port(plan, reserved);
   }
   if (probe_port(plan.master_addr, kDefaultMasterPort) == PortState::kNotLocal) return kDefaultMasterPort;
-  return pick_free_port(plan.master_addr);
+  reserved = reserve_free_port(plan.master_addr);
+  return reserved.port();
 }
 
 // .deepspeed_env in $HOME, then in the current directory (the later one wins).
@@ -144,7 +149,8 @@ LaunchResult run_ranks(const LaunchOptions& o, const LaunchPlan& plan) {
   const NodeRanks node = node_ranks(plan.world, plan.node_rank);
   const std::string path = find_program(o.program[0], effective_path_env(o));
   MasterEndpoint master{plan.master_addr, plan.master_port};
-  if (plan.node_rank == 0) master.port = local_master_port(plan);
+  PortReservation reserved;  // held while the ranks run
+  if (plan.node_rank == 0) master.port = local_master_port(plan, reserved);
   DS_CHECK(master.port > 0, "--master_port is required for node ", plan.node_rank);
   std::vector<EnvVar> common = o.env;
   if (!env_has(o, "OMP_NUM_THREADS") && node.ranks.size() > 1) {
@@ -234,7 +240,8 @@ LaunchResult run_multi_node(const LaunchOptions& o, const LaunchPlan& plan) {
   NodeCommandSpec spec;
   spec.launcher_path = o.remote_launcher.empty() ? self_exe_path() : o.remote_launcher;
   spec.world = plan.world;
-  spec.master = {plan.master_addr, remote_master_port(plan)};
+  PortReservation reserved;  // held while the nodes run
+  spec.master = {plan.master_addr, remote_master_port(plan, reserved)};
   spec.workdir = current_dir();
   spec.exports = remote_exports(o);
   spec.prefix_output = o.prefix_output;
@@ -281,7 +288,8 @@ LaunchResult run_mpirun(const LaunchOptions& o, const LaunchPlan& plan) {
   spec.mpirun = o.dry_run ? "mpirun" : find_program("mpirun", path_env ? path_env : "");
   if (o.hostfile.empty()) find_program(o.program[0], effective_path_env(o));  // all ranks are local
   spec.world = plan.world;
-  spec.master = {plan.master_addr, remote_master_port(plan)};
+  PortReservation reserved;  // held while mpirun runs
+  spec.master = {plan.master_addr, remote_master_port(plan, reserved)};
   for (const EnvVar& e : select_exported_env(environ_entries())) spec.pass_env.push_back(e.first);
   for (const EnvVar& e : read_env_files()) set_env_var(spec.exports, e);
   for (const EnvVar& e : o.env) set_env_var(spec.exports, e);

@@ -31,8 +31,9 @@ AddrInfoPtr resolve(const std::string& addr, int port) {
   return AddrInfoPtr(res);
 }
 
-// bind() on the first resolved address; returns 0 or the errno. `bound_port` receives the port.
-int try_bind(const std::string& addr, int port, int* bound_port) {
+// bind() on the first resolved address; returns 0 or the errno. `bound_port` receives the port,
+// `keep` the bound socket.
+int try_bind(const std::string& addr, int port, int* bound_port, UniqueFd* keep = nullptr) {
   AddrInfoPtr ai = resolve(addr, port);
   if (!ai) return EADDRNOTAVAIL;
   UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
@@ -47,6 +48,7 @@ int try_bind(const std::string& addr, int port, int* bound_port) {
     *bound_port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
                                            : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
   }
+  if (keep) *keep = std::move(fd);
   return 0;
 }
 
@@ -61,11 +63,14 @@ PortState probe_port(const std::string& addr, int port) {
   return PortState::kNotLocal;
 }
 
-int pick_free_port(const std::string& addr) {
+PortReservation reserve_free_port(const std::string& addr) {
   int port = 0;
-  int err = try_bind(addr, 0, &port);
+  UniqueFd fd;
+  int err = try_bind(addr, 0, &port, &fd);
   if (err != 0) throw SystemError(str("cannot choose a free port on '", addr, "': ", std::strerror(err)));
-  return port;
+  return PortReservation(port, std::move(fd));
 }
+
+int pick_free_port(const std::string& addr) { return reserve_free_port(addr).port(); }
 
 }  // namespace ds::launch

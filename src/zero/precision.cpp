@@ -30,8 +30,11 @@ PrecisionPolicy PrecisionPolicy::from_config(const Config& c, std::optional<at::
   }
   if (compute) {
     if (*compute != at::kFloat && *compute != p.param)
-      throw ConfigError(ds::str("compute dtype ", dtype_name(*compute), " cannot hold the ", p.name,
-                                " weights of this config; use fp32 or ", dtype_name(p.param)));
+      throw ConfigError(p.param == at::kFloat
+                            ? ds::str("compute dtype ", dtype_name(*compute), " needs ", dtype_name(*compute),
+                                      ".enabled in the config (the weights are fp32 here)")
+                            : ds::str("compute dtype ", dtype_name(*compute), " cannot hold the ", p.name,
+                                      " weights of this config; use fp32 or ", dtype_name(p.param)));
     p.working = *compute;
   }
   return p;

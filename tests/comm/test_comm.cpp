@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+
 #include "collective_checks.h"
 #include "ds/comm/communicator.h"
 #include "ds/comm/topology.h"
@@ -217,7 +219,37 @@ TEST(Topology, SubGroupsReduceOverTheirOwnAxis) {
     EXPECT_TRUE(at::all(p == float(world.rank() % 2 == 0 ? 0 + 2 : 1 + 3)).item<bool>());
     EXPECT_EQ(g.data->rank(), g.coord.data);
     g.tensor->barrier().wait();
+    // The model-parallel group (pipe x tensor of one replica) is the pipe group here.
+    at::Tensor m = at::full({2}, float(world.rank()));
+    g.model->all_reduce(m).wait();
+    EXPECT_TRUE(at::all(m == float(world.rank() % 2 == 0 ? 0 + 2 : 1 + 3)).item<bool>());
+    EXPECT_EQ(g.model_rank(), g.coord.pipe);
     world.barrier().wait();
+  });
+}
+
+TEST(Topology, ModelGroupsSpanPipeAndTensorAndGroupsCanBeMadeAgain) {
+  comm::Topology t(2, 2, 2);
+  EXPECT_EQ(t.model_group(5), (std::vector<int>{0, 1, 4, 5}));  // data coordinate 0
+  EXPECT_EQ(t.model_group(2), (std::vector<int>{2, 3, 6, 7}));  // data coordinate 1
+  test::run_ranks(4, [](comm::Communicator& world) {
+    // Every layout of 4 ranks, twice each: a second set of groups (a second engine) must not
+    // meet the first one's rendezvous keys.
+    for (int round = 0; round < 2; ++round) {
+      for (auto [pipe, data, tensor] : {std::array<int, 3>{1, 2, 2}, {2, 1, 2}, {1, 4, 1}}) {
+        auto g = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology(pipe, data, tensor));
+        EXPECT_EQ(g.model->size(), pipe * tensor);
+        EXPECT_EQ(g.data->size(), data);
+        at::Tensor sum = at::full({1}, float(world.rank()));
+        g.model->all_reduce(sum).wait();
+        float want = 0;
+        for (int r : g.topology.model_group(world.rank())) want += float(r);
+        EXPECT_EQ(sum.item<float>(), want) << pipe << "x" << data << "x" << tensor << " rank " << world.rank();
+      }
+    }
+    auto dp = comm::ParallelGroups::data_parallel(world.shared_from_this());
+    EXPECT_EQ(dp.data.get(), &world);  // the world itself, no new group
+    EXPECT_EQ(dp.model->size(), 1);
   });
 }
 

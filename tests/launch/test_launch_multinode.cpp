@@ -95,10 +95,9 @@ TEST_F(FakeCluster, IncludePicksHostsAndSlots) {
 
 TEST_F(FakeCluster, FailingRemoteRankIsNamedWithItsHostAndEveryRankStops) {
   RunOutput r = run_launch(driver_args({probe_bin(), "--pid-dir", dir_.path(), "--wait-pids", dir_.path(),
-                                        "4", "--exit", "3:7", "--sleep", "30"}),
+                                        "4", "--exit", "3:7", "--sleep", "600"}),
                            20);
   EXPECT_EQ(r.exit_code(), 7) << diag(r);
-  EXPECT_LT(r.seconds, 10.0);
   auto pids = wait_for_pids(dir_, 4, 1.0);
   ASSERT_EQ(pids.size(), 4u);
   auto errors = error_lines(r.err);
@@ -110,7 +109,7 @@ TEST_F(FakeCluster, FailingRemoteRankIsNamedWithItsHostAndEveryRankStops) {
 
 TEST_F(FakeCluster, SigtermToTheDriverReachesEveryRankOnEveryNode) {
   Spawned driver(launch_argv(
-      driver_args({probe_bin(), "--on-term-write", dir_.path(), "--pid-dir", dir_.path(), "--sleep", "30"})));
+      driver_args({probe_bin(), "--on-term-write", dir_.path(), "--pid-dir", dir_.path(), "--sleep", "600"})));
   auto pids = wait_for_pids(dir_, 4, 10.0);
   ASSERT_EQ(pids.size(), 4u);
   ASSERT_EQ(::kill(driver.pid(), SIGTERM), 0);
@@ -125,7 +124,7 @@ TEST_F(FakeCluster, SigtermToTheDriverReachesEveryRankOnEveryNode) {
 }
 
 TEST_F(FakeCluster, KillingTheDriverWithSigkillTakesEveryRankDown) {
-  Spawned driver(launch_argv(driver_args({probe_bin(), "--pid-dir", dir_.path(), "--sleep", "30"})));
+  Spawned driver(launch_argv(driver_args({probe_bin(), "--pid-dir", dir_.path(), "--sleep", "600"})));
   auto pids = wait_for_pids(dir_, 4, 10.0);
   ASSERT_EQ(pids.size(), 4u);
   ASSERT_EQ(::kill(driver.pid(), SIGKILL), 0);

@@ -126,10 +126,9 @@ TEST_F(TwoHosts, TwoNodesOfTwoRanksRendezvousAcrossTheVethLink) {
 
 TEST_F(TwoHosts, FailureOnTheSecondHostStopsBothNodes) {
   RunOutput r = run_launch(
-      args({"--pid-dir", dir_.path(), "--wait-pids", dir_.path(), "4", "--exit", "2:5", "--sleep", "30"}),
+      args({"--pid-dir", dir_.path(), "--wait-pids", dir_.path(), "4", "--exit", "2:5", "--sleep", "600"}),
       25);
   EXPECT_EQ(r.exit_code(), 5) << diag(r);
-  EXPECT_LT(r.seconds, 10.0);
   auto pids = wait_for_pids(dir_, 4, 1.0);
   ASSERT_EQ(pids.size(), 4u);
   auto errors = error_lines(r.err);

@@ -235,70 +235,64 @@ TEST(EngineCheckpoint, StageThreeGathersSixteenBitWeightsIntoTheModelStatesOnReq
 
 namespace {
 
-// Whether a killed save left traces: a tag directory without manifest, or a temp file.
-bool save_was_interrupted(const std::string& dir) {
-  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
-    std::string name = entry.path().filename().string();
-    if (name.find(".tmp.") != std::string::npos) return true;
-    if (entry.is_directory() && !ckpt::file_size(entry.path().string() + "/" + ckpt::kManifestName))
-      return true;
-  }
-  return false;
+// The saving child's fault injection: SIGKILL at the g_kill_at-th file commit.
+int g_commits = 0, g_kill_at = 0;
+void kill_at_commit(const std::string&) {
+  if (++g_commits == g_kill_at) ::kill(::getpid(), SIGKILL);
 }
-
-int64_t step_of(const std::string& tag) { return std::stoll(tag.substr(std::string("global_step").size())); }
 
 }  // namespace
 
 TEST(EngineCheckpoint, KillNineDuringASaveLeavesLatestOnThePreviousLoadableCheckpoint) {
-  // d_model 256: 1.7 M parameters, ~26 MB per save (fp32 masters, two Adam states, weights),
-  // so most of the child's time is spent saving and the kills land inside saves.
+  // A save on one rank writes four files, each to a temporary name then renamed: the
+  // optimizer part, the model states, the manifest, `latest`. The child saves at step 1, then
+  // at step 2 dies by SIGKILL with file k (1..4) of that save fully written but not renamed.
   const std::string cfg =
       R"({"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}})";
-  const test::TinyShape big{2, 256};
-  std::vector<std::unique_ptr<TempDir>> dirs;
-  int interrupted = 0;
-  for (int round = 0; round < 12 && interrupted < 3; ++round) {
-    dirs.push_back(std::make_unique<TempDir>());
-    const std::string dir = dirs.back()->path();
+  const test::TinyShape big{2, 64};
+  constexpr int kFilesPerSave = 4;
+  for (int k = 1; k <= kFilesPerSave; ++k) {
+    TempDir dir;
     pid_t child = ::fork();  // no LibTorch work in this process before the last fork
     ASSERT_GE(child, 0);
-    if (child == 0) {  // trains a step, saves, and again, until killed
+    if (child == 0) {
       try {
         at::set_num_threads(1);
         test::TinyRun run(test::solo(), cfg, big);
+        g_kill_at = kFilesPerSave + k;
+        ckpt::set_commit_hook_for_testing(&kill_at_commit);
         for (int64_t step = 1;; ++step) {
           run.train_to(step);
-          run.engine().save_checkpoint(dir);
+          run.engine().save_checkpoint(dir.path());
         }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "saving child: %s\n", e.what());
-        ::_exit(1);
       }
+      ::_exit(1);
     }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (!ckpt::file_size(dir + "/latest") && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    std::this_thread::sleep_for(
-        std::chrono::milliseconds(5 + 37 * round % 120));  // somewhere in a later save
-    ::kill(child, SIGKILL);
     int status = 0;
     ASSERT_EQ(::waitpid(child, &status, 0), child);
-    ASSERT_TRUE(WIFSIGNALED(status)) << "the saving child failed on its own (status " << status << ")";
-    interrupted += save_was_interrupted(dir);
-  }
-  std::printf("%d of %zu kills landed inside a save\n", interrupted, dirs.size());
-  EXPECT_GE(interrupted, 1) << "no kill landed inside a save: the test proved nothing";
-  for (const auto& d : dirs) {
-    ckpt::CheckpointReader ck(d->path());
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "the saving child was not killed in its second save (status " << status << ")";
+    // The killed save left its temporary file; `latest` still names step 1, complete.
+    bool temp_left = false;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.path()))
+      temp_left |= entry.path().filename().string().find(".tmp.") != std::string::npos;
+    EXPECT_TRUE(temp_left) << "file " << k;
+    ckpt::CheckpointReader ck(dir.path());
     ck.verify_all();  // every file of the tag `latest` names is whole
-    int64_t newest = 0;
-    for (const auto& tag : ckpt::list_tags(d->path())) newest = std::max(newest, step_of(tag));
-    EXPECT_EQ(step_of(ck.tag()), newest) << "latest is not the newest complete checkpoint";
+    EXPECT_EQ(ck.tag(), "global_step1") << "file " << k;
+    // Killed before its manifest, step 2 is no checkpoint at all; killed writing `latest`, it is
+    // complete but not latest (`latest` moves last).
+    const std::vector<std::string> complete = ckpt::list_tags(dir.path());
+    const std::vector<std::string> expected =
+        k < kFilesPerSave ? std::vector<std::string>{"global_step1"} : std::vector<std::string>{"global_step1", "global_step2"};
+    EXPECT_EQ(complete, expected) << "file " << k;
     test::TinyRun run(test::solo(), cfg, big);
-    EXPECT_EQ(run.engine().load_checkpoint(d->path()).global_step, newest);
-    run.train_to(newest + 1);  // and it trains on
-    EXPECT_TRUE(std::isfinite(run.result().losses.at(0)));
+    EXPECT_EQ(run.engine().load_checkpoint(dir.path()).global_step, 1);
+    run.train_to(2);  // and it trains on
+    run.engine().save_checkpoint(dir.path());  // over the debris of the killed save
+    EXPECT_EQ(ckpt::CheckpointReader(dir.path()).tag(), "global_step2");
   }
 }
 

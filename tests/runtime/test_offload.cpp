@@ -13,6 +13,7 @@
 #include "aio/aio_test_support.h"
 #include "ds/aio/file.h"
 #include "ds/offload/optimizer_swapper.h"
+#include "ds/offload/param_swapper.h"
 #include "support/errors.h"
 #include "support/files.h"
 #include "support/ranks.h"
@@ -85,6 +86,15 @@ TEST(NvmeOffload, StageThreeWeightShardsOnDiskTrainBitForBit) {
     auto mem = run.engine().memory_breakdown();
     EXPECT_EQ(mem.params, 0);  // between steps nothing of the weights is in memory
     run.train_to(10);
+    // Every gather read its shard from the file (asynchronously, through ds::aio); after the
+    // first micro-batch recorded the trace, reads were started ahead of use; every step wrote
+    // each unit's shard back once.
+    const offload::ParamSwapper* ps = run.engine().param_swapper();
+    ASSERT_NE(ps, nullptr);
+    const zero::ParamCoordinator& pc = *run.engine().coordinator();
+    EXPECT_EQ(ps->stats().reads, pc.stats().gathers);
+    EXPECT_GT(pc.stats().prefetched, 0);
+    EXPECT_EQ(ps->stats().writes, int64_t(run.engine().unit_count()) * (1 + 10));
     auto r = run.result();
     EXPECT_EQ(r.losses, base.losses);
     EXPECT_TRUE(r.weights.equal(base.weights)) << (r.weights - base.weights).abs().max().item<double>();

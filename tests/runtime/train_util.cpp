@@ -1,6 +1,8 @@
 #include "train_util.h"
 
 #include <gtest/gtest.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
 #include <torch/utils.h>
 
 #include "ds/config/config.h"
@@ -13,6 +15,22 @@ std::shared_ptr<comm::Communicator> solo() {
   return comm::make_gloo(o);
 }
 
+namespace {
+
+// The attention key biases of `slots` within their unit's elements (see TrainResult::key_bias).
+at::Tensor key_bias_mask(const std::vector<std::pair<std::string, int64_t>>& slots, int64_t numel) {
+  at::Tensor mask = at::zeros({numel}, at::kBool);
+  int64_t offset = 0;
+  for (const auto& [name, n] : slots) {
+    if (name.size() >= 8 && name.compare(name.size() - 8, 8, "qkv.bias") == 0)
+      mask.slice(0, offset + n / 3, offset + 2 * n / 3).fill_(true);
+    offset += n;
+  }
+  return mask;
+}
+
+}  // namespace
+
 TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, TinyShape shape)
     : comm_(std::move(comm)), data_(make_task("reverse", 99)) {
   Config config = Config::parse(config_json, "test config");
@@ -22,6 +40,7 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   torch::manual_seed(7);
   EngineOptions options;
   options.compute_dtype = shape.compute_dtype;
+  if (shape.optimizer) options.optimizer = shape.optimizer();
   if (shape.zero_init) {
     const zero::PrecisionPolicy policy = zero::PrecisionPolicy::from_config(config, shape.compute_dtype);
     zero::Init init(comm_, config, {policy.working, policy.param});
@@ -61,11 +80,9 @@ TrainResult TinyRun::result() const {
     engine_->gathered_parameters({unit.slots()[0].name}, [&] {
       parts.push_back(unit.params().slice(0, 0, unit.numel()).to(at::kFloat, false, /*copy=*/true));
     });
-    at::Tensor mask = at::zeros({unit.numel()}, at::kBool);
-    for (const zero::ParamSlot& slot : unit.slots())
-      if (slot.name.size() >= 8 && slot.name.compare(slot.name.size() - 8, 8, "qkv.bias") == 0)
-        mask.slice(0, slot.offset + slot.numel / 3, slot.offset + 2 * slot.numel / 3).fill_(true);
-    masks.push_back(mask);
+    std::vector<std::pair<std::string, int64_t>> slots;
+    for (const zero::ParamSlot& slot : unit.slots()) slots.emplace_back(slot.name, slot.numel);
+    masks.push_back(key_bias_mask(slots, unit.numel()));
   }
   r.weights = at::cat(parts).clone();
   r.key_bias = at::cat(masks);
@@ -77,6 +94,43 @@ TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::stri
   TinyRun run(std::move(comm), config_json);
   run.train_to(steps, before_backward);
   return run.result();
+}
+
+TrainResult train_plain_libtorch(const PlainAdamW& o, int steps, TinyShape shape) {
+  auto data = make_task("reverse", 99);
+  GptConfig mc;
+  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data->context();
+  torch::manual_seed(7);
+  Gpt model(mc);
+  torch::optim::AdamW adamw(model->parameters(),
+                            torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay).eps(o.eps));
+  TrainResult r;
+  for (int step = 0; step < steps; ++step) {
+    Batch b = data->batch(step, 0, o.batch);
+    adamw.zero_grad();
+    at::Tensor loss = model->loss(b.tokens, b.targets);
+    loss.backward();
+    if (o.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip);
+    adamw.step();
+    r.losses.push_back(loss.item<double>());
+    r.scales.push_back(1.0);
+    r.skipped.push_back(false);
+  }
+  // The weights in the engine's order: unit by unit (zero::find_units), slot by slot.
+  std::vector<at::Tensor> parts, masks;
+  for (const zero::UnitSpec& unit : zero::find_units(*model)) {
+    std::vector<std::pair<std::string, int64_t>> slots;
+    int64_t numel = 0;
+    for (const auto& [name, p] : unit.params) {
+      parts.push_back(p.detach().reshape({-1}).clone());
+      slots.emplace_back(name, p.numel());
+      numel += p.numel();
+    }
+    masks.push_back(key_bias_mask(slots, numel));
+  }
+  r.weights = at::cat(parts);
+  r.key_bias = at::cat(masks);
+  return r;
 }
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {

@@ -32,6 +32,8 @@ struct TinyShape {
   int64_t n_layer, d_model;
   bool zero_init = false;  // build the model under ds::zero::Init (shards at once at stage 3)
   std::optional<at::ScalarType> compute_dtype;  // EngineOptions::compute_dtype
+  // EngineOptions::optimizer (null: the config's)
+  std::function<std::unique_ptr<optim::FlatOptimizer>()> optimizer;
 };
 
 // The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The
@@ -68,5 +70,14 @@ TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::stri
 std::shared_ptr<comm::Communicator> solo();
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b);
+
+// The external reference: the same tiny GPT (seed 7, `shape`) on the same data, trained by a
+// plain LibTorch loop in one process — no engine — with torch::optim::AdamW (constant lr)
+// and torch::nn::utils::clip_grad_norm_ (clip <= 0: none), `batch` examples per step.
+struct PlainAdamW {
+  double lr = 0.01, weight_decay = 0.01, eps = 1e-6, clip = 0.5;
+  int64_t batch = 8;
+};
+TrainResult train_plain_libtorch(const PlainAdamW& opt, int steps, TinyShape shape = {});
 
 }  // namespace ds::test

@@ -11,28 +11,35 @@
 
 namespace ds::test {
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+PortReservation::PortReservation() {
+  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = 0;
   socklen_t len = sizeof a;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ADD_FAILURE() << "cannot find a free port";
-    return 29500;
+  if (fd_ < 0 || ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ADD_FAILURE() << "cannot reserve a free port";
+    return;
   }
-  ::close(fd);
-  return ntohs(a.sin_port);
+  port_ = ntohs(a.sin_port);
+}
+
+PortReservation::~PortReservation() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 std::vector<int> run_processes(int world, const std::function<void(int, int)>& fn, RankRun run) {
-  int port = free_port();
+  PortReservation reserved;  // bound until every rank is done: no other test can take the port
+  const int port = reserved.port();
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
     pid_t pid = ::fork();
     if (pid == 0) {
+      reserved.forget();
       int code = 0;
       try {
         fn(r, port);

@@ -13,8 +13,23 @@
 
 namespace ds::test {
 
-// A TCP port on 127.0.0.1 that was free a moment ago.
-int free_port();
+// A free TCP port on 127.0.0.1, held until destroyed: the socket stays bound with
+// SO_REUSEADDR and does not listen, so the kernel gives the port to no other process (tests
+// running in parallel) while rank 0's TCPStore, binding with SO_REUSEADDR too, can listen on it.
+class PortReservation {
+ public:
+  PortReservation();
+  ~PortReservation();
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+  int port() const { return port_; }
+  // In a forked child: leave the socket to the parent (its destructor will not close it).
+  void forget() { fd_ = -1; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 29500;
+};
 
 struct RankRun {
   std::chrono::seconds timeout{60};

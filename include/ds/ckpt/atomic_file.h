@@ -55,6 +55,12 @@ class AtomicFile {
   bool committed_ = false;
 };
 
+// Fault injection, for tests only: called by every commit() once the temporary file holds all
+// its data, before it is synced and renamed (a test's hook may kill the process there, to
+// crash a save at an exact point). Null in every other program.
+using CommitHook = void (*)(const std::string& path);
+void set_commit_hook_for_testing(CommitHook hook);
+
 FileDigest write_file_atomic(const std::string& path, const void* data, size_t size);
 FileDigest write_file_atomic(const std::string& path, const std::string& text);
 

@@ -32,6 +32,8 @@ class CommsLogger {
   // Per op name, summed over message sizes.
   std::map<std::string, OpStats> totals() const;
   OpStats total(const std::string& op) const;
+  // Per (op name, message bytes of one call).
+  std::map<std::pair<std::string, int64_t>, OpStats> by_size() const;
   int64_t sent_bytes() const;  // over all ops
   void reset();
   // A table: op, message size, calls, total/avg latency, algorithmic and bus bandwidth.

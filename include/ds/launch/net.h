@@ -1,14 +1,19 @@
 // The master port: choosing a free one, and checking a given one before starting any rank.
 //
-//   int port = ds::launch::pick_free_port("127.0.0.1");   // bind :0, read it back, close
+//   ds::launch::PortReservation port = ds::launch::reserve_free_port("127.0.0.1");
+//   ... start the ranks with MASTER_PORT=port.port(), keep `port` until they are done ...
 //   switch (ds::launch::probe_port("127.0.0.1", 29500)) {  // kFree, kInUse, kDenied, kNotLocal
 //     ...
 //   }
-// There is a short window between choosing a port and rank 0 binding it; another process could
-// take it then (torchrun has the same window).
+// A reservation keeps the chosen port's socket bound (with SO_REUSEADDR) but not listening: the
+// kernel gives the port to no other process, while rank 0's TCPStore, which binds with
+// SO_REUSEADDR too, can still listen on it. So nothing can take the port between choosing it
+// and rank 0 binding it (torchrun's window; pick_free_port alone still has it).
 #pragma once
 
 #include <string>
+
+#include "ds/launch/process.h"
 
 namespace ds::launch {
 
@@ -24,5 +29,18 @@ PortState probe_port(const std::string& addr, int port);
 
 // A port the kernel considers free on `addr`; throws ds::SystemError when addr is not local.
 int pick_free_port(const std::string& addr);
+
+class PortReservation {
+ public:
+  PortReservation() = default;
+  PortReservation(int port, UniqueFd fd) : port_(port), fd_(std::move(fd)) {}
+  int port() const { return port_; }
+
+ private:
+  int port_ = -1;
+  UniqueFd fd_;
+};
+// A free port on `addr`, held until the reservation is destroyed (see above).
+PortReservation reserve_free_port(const std::string& addr);
 
 }  // namespace ds::launch
