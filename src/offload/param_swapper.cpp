@@ -94,11 +94,6 @@ void ParamSwapper::start_read(int ui) {
   ++stats_.reads;
 }
 
-bool ParamSwapper::read_done(int ui) {
-  const Unit& u = units_[size_t(ui)];
-  return !u.read.valid() || u.read.done();
-}
-
 at::Tensor ParamSwapper::take(int ui) {
   Unit& u = units_[size_t(ui)];
   if (!u.reading) start_read(ui);
@@ -119,6 +114,7 @@ void ParamSwapper::give_back(int ui) {
 
 at::Tensor ParamSwapper::staging(size_t ui) {
   Unit& u = units_[ui];
+  if (u.reading) give_back(int(ui));  // a read of the old values must not be used after this write
   if (u.write.valid()) {  // an earlier write of this unit still reads from the buffer
     u.write.wait();
     u.write = aio::AioTicket();

@@ -37,15 +37,16 @@ ParamCoordinator::~ParamCoordinator() {
   for (size_t u = 0; u < slots_.size(); ++u) {
     Slot& s = slots_[u];
     try {
-      if (s.state == State::kReading) {  // its buffer must not be reused while the read runs
-        options_.store->take(int(u));
-        options_.store->give_back(int(u));
-      } else if (s.state == State::kInFlight) {
+      if (s.state == State::kInFlight) {
         s.work.wait();
         if (s.from_store) options_.store->give_back(int(u));
       }
     } catch (...) {
     }
+  }
+  try {
+    if (options_.store) drop_reads();
+  } catch (...) {
   }
 }
 
@@ -70,23 +71,28 @@ void ParamCoordinator::fetch(int u, bool ahead) {
   live_ += units_[size_t(u)]->padded_numel();
   stats_.peak_live = std::max(stats_.peak_live, live_);
   if (ahead) ++stats_.prefetched;
-  if (!options_.store) {
-    issue(u);
-    return;
-  }
-  options_.store->start_read(u);
-  s.state = State::kReading;
-  reading_.push_back(u);
-  issue_reads(-1);
+  issue(u);
 }
 
-// The all-gather of unit u from this rank's shard (in memory, or a store's buffer).
+// The all-gather of unit u from this rank's shard: in memory, or a store's buffer (waiting
+// for its read, started now unless read ahead). Collectives must be issued in the same order
+// on every rank, so a gather is issued here, at its place in the trace, never when a read
+// happens to complete.
 void ParamCoordinator::issue(int u) {
   Slot& s = slots_[size_t(u)];
   FlatUnit& unit = *units_[size_t(u)];
   s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
   s.from_store = options_.store != nullptr;
-  at::Tensor source = s.from_store ? options_.store->take(u) : unit.shard_data();
+  at::Tensor source;
+  if (s.from_store) {
+    const auto start = std::chrono::steady_clock::now();
+    options_.store->start_read(u);  // nothing if it was read ahead
+    reads_ahead_.erase(u);
+    source = options_.store->take(u);
+    stats_.read_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  } else {
+    source = unit.shard_data();
+  }
   if (comm_->size() == 1) {
     s.wire.copy_(source);
     if (s.from_store) options_.store->give_back(u);
@@ -98,27 +104,32 @@ void ParamCoordinator::issue(int u) {
   ++stats_.gathers;
 }
 
-// Reads complete in any order, but every rank must issue its all-gathers in the same order:
-// the units whose shards are being read are issued in fetch order, as far as their reads are
-// done — and, when unit `upto` is needed now, up to it, waiting for the reads.
-void ParamCoordinator::issue_reads(int upto) {
-  bool needed = upto >= 0 && slots_[size_t(upto)].state == State::kReading;
-  while (!reading_.empty()) {
-    const int v = reading_.front();
-    if (!needed && !options_.store->read_done(v)) return;
-    reading_.pop_front();
-    const auto start = std::chrono::steady_clock::now();
-    issue(v);  // take() waits for the read
-    stats_.read_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (v == upto) needed = false;
+// With a store: starts the reads of the units the trace needs after the gather window, at
+// most max_reads_ahead at a time, so their shards are in memory when their gathers are issued.
+void ParamCoordinator::read_ahead(size_t from) {
+  if (!options_.store) return;
+  for (size_t i = from; i < trace_.size() && int(reads_ahead_.size()) < options_.max_reads_ahead; ++i) {
+    const int u = trace_[i];
+    if (slots_[size_t(u)].state != State::kReleased || reads_ahead_.count(u)) continue;
+    options_.store->start_read(u);
+    reads_ahead_.insert(u);
   }
+}
+
+// Reads started for this micro-batch and not used: their buffers go back (a step may rewrite
+// the shards before the next one).
+void ParamCoordinator::drop_reads() {
+  for (int u : reads_ahead_) {
+    options_.store->take(u);
+    options_.store->give_back(u);
+  }
+  reads_ahead_.clear();
 }
 
 void ParamCoordinator::wait(int u) {
   Slot& s = slots_[size_t(u)];
   if (s.state == State::kAvailable) return;
   if (s.state == State::kReleased) fetch(u);
-  if (s.state == State::kReading) issue_reads(u);
   auto start = std::chrono::steady_clock::now();
   s.work.wait();
   s.work = comm::Work();
@@ -185,22 +196,22 @@ void ParamCoordinator::record(int u) {
 // prefetch_elements are held ahead (DeepSpeed counts only what each call newly issues, which
 // lets the window grow to max_live_parameters).
 void ParamCoordinator::prefetch() {
-  if (options_.store) issue_reads(-1);
-  if (!in_micro_batch_ || !trace_valid_ || diverged_ || options_.prefetch_elements <= 0) return;
+  if (!in_micro_batch_ || !trace_valid_ || diverged_) return;
   int64_t ahead = 0;
   std::vector<bool> counted(units_.size(), false);
-  for (size_t i = pos_; i < trace_.size() && ahead < options_.prefetch_elements; ++i) {
+  size_t i = pos_;
+  for (; i < trace_.size() && ahead < options_.prefetch_elements; ++i) {
     const int u = trace_[i];
     if (counted[size_t(u)] || slots_[size_t(u)].users > 0 || persistent(u)) continue;
     counted[size_t(u)] = true;
     const int64_t n = units_[size_t(u)]->padded_numel();
     if (slots_[size_t(u)].state == State::kReleased) {
       if (live_ + n > options_.max_live_elements) break;
-      if (options_.store && int(reading_.size()) >= options_.max_reads_ahead) break;
       fetch(u, /*ahead=*/true);
     }
     ahead += n;
   }
+  read_ahead(i);
 }
 
 // DeepSpeed's reuse rule: walking the trace from here, a unit met before `max_reuse_distance`
@@ -262,6 +273,7 @@ void ParamCoordinator::end_micro_batch() {
   recording_ = false;
   in_micro_batch_ = false;
   for (size_t u = 0; u < units_.size(); ++u) maybe_release(int(u));
+  if (options_.store) drop_reads();
 }
 
 void ParamCoordinator::gather_all() {

@@ -6,8 +6,12 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <torch/nn/module.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <thread>
 #include <torch/nn/modules/linear.h>
 
 #include "ds/zero/init.h"
@@ -318,5 +322,85 @@ TEST(Zero3, ATinyReduceBucketSettlesEachUnitBeforeTheNextAndStaysExact) {
     test::TinyRun run(c.shared_from_this(), config(3, 6, kShardAll + R"(, "reduce_bucket_size": 1)"));
     run.train_to(5);
     EXPECT_LT(test::max_abs_diff(run.result().losses, base.result().losses), 1e-5);
+  });
+}
+
+namespace {
+
+// A shard store whose reads finish late on one rank and early on the other: the shards live
+// in memory, and take() sleeps a rank-dependent, varying time first.
+class SlowStore final : public zero::ShardStore {
+ public:
+  SlowStore(std::vector<at::Tensor> shards, int rank) : shards_(std::move(shards)), rank_(rank) {}
+  void start_read(int u) override {
+    if (pending_.insert(u).second) events_.push_back(u);
+  }
+  at::Tensor take(int u) override {
+    EXPECT_EQ(pending_.count(u), 1u) << "take without a read of unit " << u;
+    std::this_thread::sleep_for(std::chrono::milliseconds(rank_ == 1 ? 3 * (u % 4) : 0));
+    pending_.erase(u);
+    // Read ahead: something else happened between this read's start and its use.
+    if (!(events_.size() && events_.back() == u)) ++taken_ahead_;
+    events_.push_back(-1 - u);
+    return shards_[size_t(u)];
+  }
+  void give_back(int) override {}
+  std::set<int> pending_;
+  std::vector<int> events_;  // u: read started, -1-u: taken
+  int taken_ahead_ = 0;
+
+ private:
+  std::vector<at::Tensor> shards_;
+  int rank_;
+};
+
+}  // namespace
+
+TEST(Zero3, GathersFromADiskStoreKeepOneCollectiveOrderWhateverTheReadTimes) {
+  // Six units gathered from a store whose reads take different times on the two ranks, with
+  // another collective between uses (as the gradient reduce-scatters are): the gathers must be
+  // issued at the same places of the collective order on both ranks, so the results are right
+  // and Gloo never sees two different messages at one position.
+  test::run_ranks(2, [](comm::Communicator& c) {
+    auto comm = c.shared_from_this();
+    std::vector<std::unique_ptr<zero::FlatUnit>> units;
+    std::vector<at::Tensor> shards, expected;
+    for (int u = 0; u < 6; ++u) {
+      at::Tensor w = at::arange(1000 * (u + 1), at::kFloat) + float(u);
+      expected.push_back(w.clone());
+      zero::FlatUnitOptions o;
+      o.pad_to = 128;
+      o.persistent_grads = false;
+      units.push_back(std::make_unique<zero::FlatUnit>(ds::str("u", u), zero::NamedParams{{"w", w.requires_grad_()}}, o));
+      units.back()->shard(2, c.rank());
+      shards.push_back(units.back()->shard_data().clone());
+      units.back()->drop_shard_data();
+    }
+    SlowStore store(shards, c.rank());
+    zero::CoordinatorOptions o;
+    o.persistence_threshold = 0;
+    o.max_reuse_distance = 0;
+    o.prefetch_elements = 3000;  // about one unit ahead; the reads run further ahead
+    o.store = &store;
+    o.max_reads_ahead = 3;
+    std::vector<zero::FlatUnit*> raw;
+    for (auto& u : units) raw.push_back(u.get());
+    zero::ParamCoordinator pc(raw, comm, o);
+    for (int micro = 0; micro < 3; ++micro) {
+      pc.begin_micro_batch();
+      for (int u = 0; u < 6; ++u) {
+        pc.pre_forward({u});
+        EXPECT_TRUE(units[size_t(u)]->params().slice(0, 0, expected[size_t(u)].numel()).equal(expected[size_t(u)]))
+            << "unit " << u << " micro-batch " << micro;
+        at::Tensor between = at::full({size_t(37 + u)}, float(c.rank() + 1));
+        comm->all_reduce(between).wait();
+        EXPECT_TRUE((between == 3.0f).all().item<bool>());
+        pc.post_forward({u});
+      }
+      pc.end_micro_batch();
+    }
+    EXPECT_GT(pc.stats().prefetched, 0);
+    EXPECT_GT(store.taken_ahead_, 0) << "no read ran ahead of its gather";
+    EXPECT_TRUE(store.pending_.empty()) << "reads left unused after the micro-batch";
   });
 }

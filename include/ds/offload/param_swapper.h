@@ -41,7 +41,6 @@ class ParamSwapper final : public zero::ShardStore {
 
   // zero::ShardStore: asynchronous reads for the coordinator.
   void start_read(int u) override;
-  bool read_done(int u) override;
   at::Tensor take(int u) override;
   void give_back(int u) override;
 

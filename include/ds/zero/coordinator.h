@@ -18,14 +18,16 @@
 // lands in a buffer of that dtype; when the working dtype is the same, that buffer becomes the
 // unit's weights directly, otherwise it is widened once.
 //
-// With a ShardStore (offload_param nvme) the shards live on disk: fetching a unit starts its
-// read, and gathers are issued in fetch order as their reads complete, so a prefetch along
-// the trace reads ahead while the forward computes.
+// With a ShardStore (offload_param nvme) the shards live on disk. Reads run ahead of the
+// gathers along the trace: beyond the prefetch window, the next units' shards are read (at
+// most max_reads_ahead at a time) while the forward computes, and a gather, issued at its
+// place in the trace like any other (every rank must issue collectives in the same order),
+// finds its shard read already or waits for it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <deque>
+#include <set>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -42,7 +44,6 @@ class ShardStore {
   virtual ~ShardStore() = default;
   // Starts reading unit u's shard (nothing if it is being read or was read already).
   virtual void start_read(int u) = 0;
-  virtual bool read_done(int u) = 0;
   // Waits for the read; the shard, valid until give_back(u).
   virtual at::Tensor take(int u) = 0;
   virtual void give_back(int u) = 0;
@@ -54,7 +55,7 @@ struct CoordinatorOptions {
   int64_t max_reuse_distance = 1'000'000'000; // stage3_max_reuse_distance
   int64_t persistence_threshold = 100'000;    // stage3_param_persistence_threshold (per unit)
   ShardStore* store = nullptr;                // null: shards in memory (FlatUnit::shard_data)
-  int max_reads_ahead = 4;                    // with a store: prefetch reads in flight at most
+  int max_reads_ahead = 4;                    // with a store: reads started ahead of their gather, at most
 };
 
 class ParamCoordinator final : public nn::UnitHooks {
@@ -103,7 +104,7 @@ class ParamCoordinator final : public nn::UnitHooks {
   bool trace_valid() const { return trace_valid_; }
 
  private:
-  enum class State { kReleased, kReading, kInFlight, kAvailable };
+  enum class State { kReleased, kInFlight, kAvailable };
   struct Slot {
     State state = State::kReleased;
     at::Tensor wire;  // the gathered buffer in the shard dtype while in flight
@@ -113,7 +114,8 @@ class ParamCoordinator final : public nn::UnitHooks {
   };
   void fetch(int u, bool ahead = false);
   void issue(int u);
-  void issue_reads(int upto);
+  void read_ahead(size_t from);
+  void drop_reads();
   void wait(int u);
   void release(int u);
   void record(int u);
@@ -127,7 +129,7 @@ class ParamCoordinator final : public nn::UnitHooks {
   std::shared_ptr<comm::Communicator> comm_;
   CoordinatorOptions options_;
   std::vector<Slot> slots_;
-  std::deque<int> reading_;  // units whose shard is being read, in fetch order (a store only)
+  std::set<int> reads_ahead_;  // units whose shard read was started before their gather (a store only)
   std::unordered_map<const void*, int> unit_of_param_;
   std::unordered_map<const void*, std::vector<int>> units_of_module_;
   int hooks_id_ = 0;
