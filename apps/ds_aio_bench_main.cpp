@@ -210,6 +210,12 @@ int run(const BenchArgs& args) {
   if (args.size == 0 || args.size % 4096 != 0) {
     throw ds::ConfigError(ds::str("--size: ", args.size, " is not a positive multiple of 4096"));
   }
+  // A block larger than the file is one short request: it measures nothing a recommendation
+  // could use.
+  for (uint64_t b : args.block_sizes)
+    if (b > args.size)
+      throw ds::ConfigError(ds::str("--block-sizes: ", size_label(b), " is larger than the file (--size ",
+                                    size_label(args.size), "); use blocks up to the file size or a larger --size"));
   const ds::aio::SwapPathInfo info = ds::aio::check_swap_path(args.dir, args.size);
   ds::aio::AioOptions base;
   base.backend = ds::aio::parse_backend(args.backend);
@@ -294,6 +300,11 @@ int main(int argc, char** argv) {
     if (!blocks.empty()) {
       args.block_sizes.clear();
       for (const auto& b : blocks) args.block_sizes.push_back(parse_size(b));
+    } else {  // the default sweep, up to the file size
+      args.block_sizes.erase(std::remove_if(args.block_sizes.begin(), args.block_sizes.end(),
+                                            [&](uint64_t b) { return b > args.size && b > 4096; }),
+                             args.block_sizes.end());
+      if (args.block_sizes.empty()) args.block_sizes.push_back(args.size);
     }
   } catch (const ds::Error& e) {
     std::cerr << "ds-aio-bench: error: " << e.what() << "\n";

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <string>
 
+#include "ds/ckpt/atomic_file.h"
 #include "ds/ckpt/checkpoint.h"
 #include "ds/ckpt/consolidate.h"
 #include "ds/common/error.h"
@@ -79,6 +80,16 @@ int inspect(const Args& args) {
   if (!first_problem.empty()) throw ds::Error(first_problem);
   std::cout << "checksums: all " << ck.manifest().files.size() << " files ok ("
             << ds::format_bytes(double(total)) << ")\n";
+  // Temp files of saves killed by SIGKILL: harmless (readers ignore them) but possibly large.
+  const auto stale = ds::ckpt::stale_temp_files(args.dir);
+  if (!stale.empty()) {
+    std::cout << "left by killed saves (the next save removes them, or rm them):\n";
+    for (const auto& e : stale) {
+      const auto bytes = ds::ckpt::file_size(e.path);
+      std::cout << "  " << e.path << "  " << ds::format_bytes(double(bytes.value_or(0))) << "  (process " << e.pid
+                << " is gone)\n";
+    }
+  }
   return 0;
 }
 

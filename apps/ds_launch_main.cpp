@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/common/cli.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/launch/command.h"
@@ -33,8 +34,9 @@ struct Cli {
 void add_options(CLI::App& app, Cli& cli) {
   auto& o = cli.opts;
   app.add_option("--num_procs,--num_gpus,--num_accelerators,--nproc_per_node", o.num_procs,
-                 "ranks per node (default 1; with a hostfile: the first N slots of every host)");
-  app.add_option("--num_nodes", o.num_nodes, "use the first N hosts of the hostfile");
+                 "ranks per node (default 1; with a hostfile: the first N slots of every host)")
+      ->check(ds::cli::int_range(1, 65536));
+  app.add_option("--num_nodes", o.num_nodes, "use the first N hosts of the hostfile")->check(ds::cli::int_range(1, 65536));
   app.add_option("-H,--hostfile", o.hostfile, "hosts to run on, lines 'HOST slots=N'");
   app.add_option("-i,--include", o.include, "only these hosts/slots: HOST[:SLOT,...][@HOST...]");
   app.add_option("-e,--exclude", o.exclude, "all but these hosts/slots: HOST[:SLOT,...][@HOST...]");

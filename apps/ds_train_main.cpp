@@ -14,11 +14,15 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "ds/comm/communicator.h"
+#include "ds/common/cleanup.h"
+#include "ds/common/cli.h"
 #include "ds/common/error.h"
 #include "ds/common/openmp_env.h"
 #include "ds/common/plot.h"
@@ -48,36 +52,44 @@ struct Args {
   std::string config, data, task = "reverse", metrics, plot = "ds-train-loss.svg", save, load;
   int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0, save_interval = 0;
   int64_t n_layer = 2, n_head = 4, d_model = 128, seq_len = 0;
+  bool skip_nonfinite = false;
 };
 
 Args parse(int argc, char** argv) {
+  using ds::cli::int_range;
+  constexpr int64_t kBig = 1'000'000'000;
   Args a;
   CLI::App app{"ds-train: train the reference GPT with deepspeed.cpp (run under ds-launch for several ranks)"};
   app.add_option("--config", a.config, "ds_config.json (default: an embedded AdamW + WarmupDecayLR config)");
   app.add_option("--data", a.data, "train on this text file (bytes) instead of a synthetic task");
   app.add_option("--task", a.task, "embedded synthetic task: reverse | add")->capture_default_str();
-  app.add_option("--steps", a.steps, "optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--n-layer", a.n_layer, "transformer blocks")->capture_default_str();
-  app.add_option("--n-head", a.n_head, "attention heads")->capture_default_str();
-  app.add_option("--d-model", a.d_model, "model width")->capture_default_str();
-  app.add_option("--seq-len", a.seq_len, "context length (default: the task's, or 64 for text)");
-  app.add_option("--seed", a.seed, "seed for weights and data order (default: the config's seed)");
+  app.add_option("--steps", a.steps, "optimizer steps")->capture_default_str()->check(int_range(1, kBig));
+  app.add_option("--n-layer", a.n_layer, "transformer blocks")->capture_default_str()->check(int_range(1, 10000));
+  app.add_option("--n-head", a.n_head, "attention heads")->capture_default_str()->check(int_range(1, 10000));
+  app.add_option("--d-model", a.d_model, "model width")->capture_default_str()->check(int_range(1, 1'000'000));
+  app.add_option("--seq-len", a.seq_len, "context length (default: the task's, or 64 for text)")
+      ->check(int_range(1, 1'000'000));
+  app.add_option("--seed", a.seed, "seed for weights and data order (default: the config's seed)")
+      ->check(int_range(0, INT64_MAX));
   app.add_option("--metrics", a.metrics, "write per-step metrics to this CSV (rank 0)");
-  app.add_option("--plot", a.plot, "loss-curve picture (SVG) written at the end")->capture_default_str();
-  app.add_option("--eval-interval", a.eval_interval, "evaluate held-out data every N steps (0: only at the end)")->capture_default_str();
-  app.add_option("--eval-examples", a.eval_examples, "held-out examples per evaluation")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--threads", a.threads, "intra-op threads per rank (default: cores / local ranks)");
+  app.add_option("--plot", a.plot, "loss-curve picture (SVG) written at the end; \"\" for none")->capture_default_str();
+  app.add_option("--eval-interval", a.eval_interval, "evaluate held-out data every N steps (0: only at the end)")
+      ->capture_default_str()
+      ->check(int_range(0, kBig));
+  app.add_option("--eval-examples", a.eval_examples, "held-out examples per evaluation")
+      ->capture_default_str()
+      ->check(int_range(1, 1'000'000));
+  app.add_option("--threads", a.threads, "intra-op threads per rank (default: cores / local ranks)")
+      ->check(int_range(1, 1024));
+  app.add_flag("--skip-nonfinite", a.skip_nonfinite,
+               "skip a step whose loss or gradient norm is NaN/inf (default: stop with an error)");
   auto* save = app.add_option("--save", a.save,
                               "save checkpoints in this directory (at the end; see --save-interval)");
   app.add_option("--save-interval", a.save_interval, "also save every N steps (default 0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(int_range(0, kBig))
       ->needs(save);
   app.add_option("--load", a.load, "resume from the latest checkpoint in this directory (up to --steps)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    std::exit(app.exit(e));
-  }
+  ds::cli::parse_or_exit(app, argc, argv, "ds-train");
   return a;
 }
 
@@ -93,13 +105,21 @@ struct Evaluation {
 
 // The data a step sees depends only on the seed and the step, so the next step is the whole
 // data position; a checkpoint keeps it (and what it was drawn from) in its client state.
-nlohmann::json data_position(int64_t next_step, uint64_t seed, const ds::Dataset& data) {
-  return {{"data_step", next_step}, {"seed", seed}, {"data", data.describe()}};
+// The model's description goes with it: a checkpoint of another head count has the same
+// shapes, and only this tells them apart.
+struct RunIdentity {
+  uint64_t seed = 0;
+  const ds::Dataset* data = nullptr;
+  std::string model;
+};
+
+nlohmann::json data_position(int64_t next_step, const RunIdentity& run) {
+  return {{"data_step", next_step}, {"seed", run.seed}, {"data", run.data->describe()}, {"model", run.model}};
 }
 
-void save_checkpoint(ds::Engine& engine, const std::string& dir, uint64_t seed, const ds::Dataset& data) {
+void save_checkpoint(ds::Engine& engine, const std::string& dir, const RunIdentity& run) {
   auto start = std::chrono::steady_clock::now();
-  std::string path = engine.save_checkpoint(dir, "", data_position(engine.global_step(), seed, data));
+  std::string path = engine.save_checkpoint(dir, "", data_position(engine.global_step(), run));
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (engine.comm().rank() != 0) return;
   std::printf("ds-train: saved checkpoint %s (step %lld, %.2f s)\n", path.c_str(),
@@ -108,9 +128,14 @@ void save_checkpoint(ds::Engine& engine, const std::string& dir, uint64_t seed, 
 }
 
 // Loads the latest checkpoint in `dir`; returns the step to continue from.
-int64_t resume(ds::Engine& engine, const std::string& dir, uint64_t seed, const ds::Dataset& data) {
+int64_t resume(ds::Engine& engine, const std::string& dir, const RunIdentity& run) {
   ds::LoadedCheckpoint ck = engine.load_checkpoint(dir);
   const nlohmann::json& c = ck.client_state;
+  if (c.contains("model") && c["model"] != run.model)
+    throw ds::Error(ds::str("checkpoint ", ck.path, " was trained with ", c["model"].get<std::string>(),
+                            "; this run builds ", run.model, ": give the same --n-layer, --n-head, --d-model and --seq-len"));
+  const uint64_t seed = run.seed;
+  const ds::Dataset& data = *run.data;
   int64_t next = c.contains("data_step") && c["data_step"].is_number_integer() ? c["data_step"].get<int64_t>()
                                                                                : ck.global_step;
   if (next != ck.global_step)
@@ -135,8 +160,9 @@ struct Curve {
 };
 
 // Steps first .. a.steps-1 (0-based), with evaluations and checkpoints on the way.
-Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const ds::Dataset& data, int64_t first,
-            const std::function<void(int64_t)>& evaluate, uint64_t seed) {
+Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const RunIdentity& run, int64_t first,
+            const std::function<void(int64_t)>& evaluate) {
+  const ds::Dataset& data = *run.data;
   const ds::Config& config = engine.config();
   const int64_t micro = config.train_micro_batch_size_per_gpu, gas = config.gradient_accumulation_steps;
   Curve curve;
@@ -159,22 +185,36 @@ Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const ds::Dataset
     }
     if (a.eval_interval > 0 && (step + 1) % a.eval_interval == 0 && step + 1 < a.steps) evaluate(step + 1);
     if (!a.save.empty() && a.save_interval > 0 && (step + 1) % a.save_interval == 0) {
-      save_checkpoint(engine, a.save, seed, data);
+      save_checkpoint(engine, a.save, run);
       saved_at = step + 1;
     }
   }
-  if (!a.save.empty() && saved_at != engine.global_step()) save_checkpoint(engine, a.save, seed, data);
+  if (!a.save.empty() && saved_at != engine.global_step()) save_checkpoint(engine, a.save, run);
   return curve;
+}
+
+void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Engine& engine) {
+  const ds::Config& config = engine.config();
+  std::printf(
+      "ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
+      "batch %lld; ZeRO stage %d, %s, %s, %s\n",
+      mc.describe().c_str(), data.describe().c_str(), engine.groups().world->size(),
+      (long long)config.train_micro_batch_size_per_gpu, (long long)config.gradient_accumulation_steps,
+      (long long)config.train_batch_size, engine.zero_stage(), engine.precision().name.c_str(),
+      config.optimizer.type == ds::OptimizerType::kNone ? "?" : ds::optimizer_type_name(config.optimizer.type),
+      config.scheduler.type == ds::SchedulerType::kNone ? "constant lr" : ds::scheduler_type_name(config.scheduler.type));
+  std::fflush(stdout);
 }
 
 void report(const Args& a, const ds::Config& config, ds::comm::Communicator& comm, const ds::Dataset& data,
             const Curve& curve, const Evaluation& eval) {
   char loss[64] = "no steps trained";
   if (!curve.losses.empty()) std::snprintf(loss, sizeof loss, "final loss %.4f", curve.losses.back());
-  std::printf("ds-train: done: %lld steps, %s, %s %.4f, %.0f tokens/s, peak RSS %s per rank\n",
-              (long long)a.steps, loss, eval.name.c_str(), eval.values.back(),
-              curve.seconds > 0 ? curve.tokens / curve.seconds : 0.0,
-              ds::format_bytes(double(ds::peak_rss_bytes())).c_str());
+  // The first step of a run warms up and is not timed: a run of one step has no speed.
+  const std::string speed = curve.seconds > 0 ? ds::str(int64_t(curve.tokens / curve.seconds), " tokens/s")
+                                              : std::string("tokens/s n/a (only the untimed first step ran)");
+  std::printf("ds-train: done: %lld steps, %s, %s %.4f, %s, peak RSS %s per rank\n", (long long)a.steps, loss,
+              eval.name.c_str(), eval.values.back(), speed.c_str(), ds::format_bytes(double(ds::peak_rss_bytes())).c_str());
   ds::LineChart chart{
       ds::str("ds-train: ", a.data.empty() ? "task " + a.task : a.data, " (", comm.size(), " ranks)"),
       "step",
@@ -191,6 +231,40 @@ void report(const Args& a, const ds::Config& config, ds::comm::Communicator& com
     std::printf("ds-train: communication summary\n%s", comm.logger().summary(comm.size()).c_str());
 }
 
+// What would otherwise fail only after training: the checkpoint directory (every rank writes
+// its part; created now) and the loss curve's directory (rank 0).
+void check_outputs(const Args& a, bool rank0) {
+  auto writable = [](const std::string& dir, const char* flag) {
+    std::error_code ec;
+    if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec))
+      throw ds::ConfigError(ds::str(flag, " ", dir, ": exists and is not a directory"));
+    if (std::strcmp(flag, "--save") == 0) std::filesystem::create_directories(dir, ec);
+    if (!std::filesystem::is_directory(dir, ec))
+      throw ds::ConfigError(ds::str(flag, ": directory ", dir, " does not exist", ec ? " and cannot be created: " + ec.message() : ""));
+    const std::string probe = ds::str(dir, "/.ds-write-test", ds::owner_tag());
+    std::FILE* f = std::fopen(probe.c_str(), "w");
+    if (!f) throw ds::ConfigError(ds::str(flag, ": cannot write in ", dir, ": ", std::strerror(errno)));
+    std::fclose(f);
+    std::remove(probe.c_str());
+  };
+  if (!a.save.empty()) writable(a.save, "--save");
+  if (rank0 && !a.plot.empty()) {
+    const std::string parent = std::filesystem::path(a.plot).parent_path().string();
+    writable(parent.empty() ? "." : parent, "--plot");
+  }
+}
+
+// A micro-batch whose activations cannot fit is refused before minutes of set-up.
+void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
+  const double need = mc.activation_bytes(config.train_micro_batch_size_per_gpu, mc.seq_len);
+  const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE));
+  if (need > have)
+    throw ds::ConfigError(ds::str("a micro-batch of ", config.train_micro_batch_size_per_gpu, " x ", mc.seq_len,
+                                  " tokens needs about ", ds::format_bytes(need), " of activations, more than this "
+                                  "machine's ", ds::format_bytes(have), ": lower train_micro_batch_size_per_gpu "
+                                  "(raise gradient_accumulation_steps to keep the global batch)"));
+}
+
 int run(const Args& a) {
   int local = std::max(1, env_int("LOCAL_WORLD_SIZE", 1));
   at::set_num_threads(a.threads > 0 ? int(a.threads) : std::max(1, int(::sysconf(_SC_NPROCESSORS_ONLN)) / local));
@@ -205,6 +279,7 @@ int run(const Args& a) {
   if (rank0)
     for (const auto& w : config.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
   const uint64_t seed = a.seed >= 0 ? uint64_t(a.seed) : uint64_t(config.seed);
+  check_outputs(a, rank0);
 
   std::unique_ptr<ds::Dataset> data;
   if (!a.data.empty()) data = ds::TextDataset::open(a.data, a.seq_len > 0 ? a.seq_len : 64, seed);
@@ -216,28 +291,20 @@ int run(const Args& a) {
     throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),
                                   " tokens); use --seq-len ", data->context(), " or more"));
   mc.validate();
+  check_memory(mc, config);
   torch::manual_seed(seed);
   ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
   ds::zero::Init init(groups.data, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
   ds::Gpt model(mc);
   ds::EngineOptions options;
   options.sharded_units = init.take_units();
+  options.skip_nonfinite_steps = a.skip_nonfinite;
   ds::Engine engine(model.ptr(), config, groups, std::move(options));
   engine.set_tokens_per_step(config.train_batch_size * data->context());
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
-  if (rank0)
-    std::printf(
-        "ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
-        "batch %lld; ZeRO stage %d, %s, %s, %s\n",
-        mc.describe().c_str(), data->describe().c_str(), comm->size(),
-        (long long)config.train_micro_batch_size_per_gpu, (long long)config.gradient_accumulation_steps,
-        (long long)config.train_batch_size, engine.zero_stage(), engine.precision().name.c_str(),
-        config.optimizer.type == ds::OptimizerType::kNone ? "?"
-                                                          : ds::optimizer_type_name(config.optimizer.type),
-        engine.config().scheduler.type == ds::SchedulerType::kNone
-            ? "constant lr"
-            : ds::scheduler_type_name(config.scheduler.type));
-  const int64_t first = a.load.empty() ? 0 : resume(engine, a.load, seed, *data);
+  if (rank0) print_start(mc, *data, engine);
+  const RunIdentity run{seed, data.get(), mc.describe()};
+  const int64_t first = a.load.empty() ? 0 : resume(engine, a.load, run);
   if (rank0 && first >= a.steps)
     std::printf("ds-train: the checkpoint is at step %lld, --steps is %lld: nothing to train\n",
                 (long long)first, (long long)a.steps);
@@ -253,7 +320,7 @@ int run(const Args& a) {
     eval.values.push_back(v);
     if (rank0) std::printf("ds-train: step %lld %s %.4f\n", (long long)step, eval.name.c_str(), v), std::fflush(stdout);
   };
-  Curve curve = train(a, engine, model, *data, first, evaluate, seed);
+  Curve curve = train(a, engine, model, run, first, evaluate);
   evaluate(std::max(a.steps, first));
   if (rank0) report(a, config, *comm, *data, curve, eval);
   comm->barrier().wait();
@@ -267,6 +334,10 @@ int main(int argc, char** argv) {
   Args args = parse(argc, argv);
   try {
     return run(args);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "ds-train: error: out of memory: lower train_micro_batch_size_per_gpu, --seq-len or the "
+                         "model size, or shard more (ZeRO stage 3, offload)\n");
+    return 1;
   } catch (const std::exception& e) {
     std::string msg = e.what();
     std::fprintf(stderr, "ds-train: error: %s\n", msg.substr(0, msg.find('\n')).c_str());

@@ -30,6 +30,7 @@
 #include <memory>
 #include <string>
 
+#include "ds/comm/agreement.h"
 #include "ds/comm/communicator.h"
 #include "ds/comm/topology.h"
 #include "ds/config/config.h"
@@ -38,9 +39,12 @@
 namespace ds {
 
 // The rank groups of `config`'s parallel layout (resolved for world->size() ranks): pipe x
-// data x tensor, as DeepSpeed lays them out. Collective over `world`.
+// data x tensor, as DeepSpeed lays them out. Collective over `world`; first the ranks check
+// that they all have the same config (one line naming the first difference otherwise).
 inline comm::ParallelGroups parallel_groups(std::shared_ptr<comm::Communicator> world, const Config& config) {
   if (!config.resolved()) throw ConfigError("parallel_groups needs a resolved config: call config.resolve(world_size) first");
+  // Ranks with other configs would create other groups (and hang in their rendezvous).
+  comm::check_ranks_agree(*world, "the config", config.fingerprint());
   const int pipe = int(config.parallel.pipeline_stages), tensor = int(config.parallel.tensor_parallel_size);
   const int world_size = world->size();
   return comm::ParallelGroups::create(std::move(world), comm::Topology::for_world(world_size, pipe, tensor));

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "ds/common/error.h"
 
@@ -41,16 +42,17 @@ std::string parent_directory(const std::string& path) {
 }
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
-  temp_path_ = ds::str(path_, ".tmp.", ::getpid());
+  temp_path_ = ds::str(path_, kTempMarker, owner_tag().substr(1));
   fd_ = DS_CHECK_SYS(::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644),
                      "cannot create ", temp_path_);
+  cleanup_ = CleanupScope({temp_path_}, "");  // removed on Ctrl-C, SIGTERM, abort() too
   buffer_.reserve(kBufferBytes);
 }
 
 AtomicFile::~AtomicFile() {
   if (committed_) return;
   if (fd_ >= 0) ::close(fd_);
-  ::unlink(temp_path_.c_str());  // best effort: a leftover temp file is ignored by readers
+  // cleanup_ unlinks the temp file (best effort: a leftover one is ignored by readers)
 }
 
 void AtomicFile::write_fully(const char* data, size_t size) {
@@ -98,6 +100,7 @@ FileDigest AtomicFile::commit() {
   fd_ = -1;
   DS_CHECK_SYS(::close(fd), "closing ", temp_path_);
   DS_CHECK_SYS(::rename(temp_path_.c_str(), path_.c_str()), "renaming ", temp_path_, " to ", path_);
+  cleanup_.release();
   committed_ = true;
   fsync_directory(parent_directory(path_));
   return {bytes_, hash_.digest()};
@@ -170,6 +173,20 @@ FileContents read_file(const std::string& path) {
     done += size_t(n);
   }
   out.digest = {int64_t(done), xxh64(out.data.data(), done)};
+  return out;
+}
+
+bool is_temp_file_name(const std::string& name) {
+  return name.find(kTempMarker) != std::string::npos || name.find(".tmp.") != std::string::npos;
+}
+
+std::vector<StaleEntry> stale_temp_files(const std::string& dir) {
+  std::vector<StaleEntry> out = find_stale(dir, is_temp_file_name);
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (!entry.is_directory(ec)) continue;
+    for (StaleEntry& e : find_stale(entry.path().string(), is_temp_file_name)) out.push_back(std::move(e));
+  }
   return out;
 }
 

@@ -3,6 +3,8 @@
 #include <limits>
 #include <set>
 
+#include "bounded_json.h"
+
 #include "ds/ckpt/checksum.h"
 #include "ds/common/error.h"
 
@@ -261,7 +263,7 @@ void check_layout(const Manifest& m, const std::string& what) {
 Manifest parse_manifest(const std::string& text, const std::string& path) {
   json j;
   try {
-    j = json::parse(text);
+    j = detail::parse_bounded_json(text.begin(), text.end(), path);
   } catch (const json::exception& e) {
     throw Error(ds::str(path, ": not valid JSON (", e.what(), ")"));
   }

@@ -1,6 +1,7 @@
 // The load side of checkpoint.h: find the tag, validate, plan the copies, read each file once.
 #include <ATen/ATen.h>
 #include <dirent.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <memory>
@@ -13,6 +14,14 @@
 namespace ds::ckpt {
 
 namespace {
+
+// Why `dir` cannot be a checkpoint directory: missing, or something else than a directory.
+std::string not_a_checkpoint_dir(const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return ds::str("checkpoint directory ", dir, " does not exist");
+  return ds::str(dir, " is not a directory: give the directory a checkpoint was saved into (it holds a 'latest' "
+                      "file and one directory per tag)");
+}
 
 constexpr int64_t kMaxManifestBytes = int64_t(256) << 20;
 
@@ -71,7 +80,7 @@ std::vector<std::string> list_tags(const std::string& dir) {
 }
 
 std::string read_latest(const std::string& dir) {
-  if (!is_directory(dir)) throw Error(ds::str("checkpoint directory ", dir, " does not exist"));
+  if (!is_directory(dir)) throw Error(not_a_checkpoint_dir(dir));
   std::string path = dir + "/" + kLatestName;
   auto size = file_size(path);
   if (!size) {
@@ -95,7 +104,7 @@ std::string read_latest(const std::string& dir) {
 }
 
 CheckpointReader::CheckpointReader(const std::string& dir, const std::string& tag) : dir_(dir) {
-  if (!is_directory(dir_)) throw Error(ds::str("checkpoint directory ", dir_, " does not exist"));
+  if (!is_directory(dir_)) throw Error(not_a_checkpoint_dir(dir_));
   tag_ = tag.empty() ? read_latest(dir_) : tag;
   check_tag(tag_);
   tag_path_ = dir_ + "/" + tag_;

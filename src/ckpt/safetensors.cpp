@@ -6,6 +6,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "bounded_json.h"
 #include "ds/common/error.h"
 
 namespace ds::ckpt {
@@ -122,8 +123,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
         ds::str(path, ": header length ", header_bytes, " does not fit in a file of ", size, " bytes"));
   nlohmann::json header;
   try {
-    header =
-        nlohmann::json::parse(file.data.begin() + 8, file.data.begin() + 8 + std::ptrdiff_t(header_bytes));
+    header = detail::parse_bounded_json(file.data.begin() + 8, file.data.begin() + 8 + std::ptrdiff_t(header_bytes),
+                                        path);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ds::str(path, ": the header is not valid JSON (", e.what(), ")"));
   }

@@ -18,13 +18,13 @@ using detail::kModelFormat;
 using detail::kShardFormat;
 constexpr const char* kVersion = detail::kProducerVersion;
 
-// Names of entries in `dir` containing ".tmp." (temp files of crashed atomic writes).
+// Names of temp files in `dir` (of crashed atomic writes).
 std::vector<std::string> temp_files_in(const std::string& dir) {
   std::vector<std::string> out;
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
   if (!d) DS_CHECK_SYS(-1, "cannot list ", dir);
   while (dirent* e = ::readdir(d.get()))
-    if (std::strstr(e->d_name, ".tmp.")) out.push_back(e->d_name);
+    if (is_temp_file_name(e->d_name)) out.push_back(e->d_name);
   return out;
 }
 
@@ -56,6 +56,8 @@ void CheckpointWriter::prepare() const {
   make_directories(tag_path_);
   remove_file_durably(tag_path_ + "/" + kManifestName);
   for (const auto& name : temp_files_in(tag_path_)) remove_file_durably(tag_path_ + "/" + name);
+  // Saves of other tags killed by SIGKILL left their temp files (up to a whole shard each).
+  for (const StaleEntry& e : stale_temp_files(dir_)) remove_file_durably(e.path);
 }
 
 FileInfo CheckpointWriter::write_optimizer_part(int part, const std::vector<UnitShard>& units, int mp_rank) const {

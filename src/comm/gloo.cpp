@@ -14,6 +14,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <thread>
 
@@ -48,6 +49,8 @@ std::string local_address_towards(const std::string& host) {
   if (out.empty()) throw CommError(ds::str("no route from this host to MASTER_ADDR '", host, "'"));
   return out;
 }
+
+std::string rank_list(const std::vector<int>& ranks);
 
 std::string first_line(const std::exception& e) {
   std::string s = e.what();
@@ -96,9 +99,14 @@ constexpr uint32_t kCollectiveTagBase = 1u << 24;
 
 class GlooCommunicator final : public QueuedCommunicator {
  public:
+  // global_ranks[i]: the world rank of this communicator's rank i (for messages).
   GlooCommunicator(c10::intrusive_ptr<c10d::Store> store, std::shared_ptr<::gloo::transport::Device> device,
-                   int rank, int size, CommOptions options, std::shared_ptr<CommsLogger> logger)
-      : QueuedCommunicator(rank, size, options, std::move(logger)), store_(std::move(store)), device_(std::move(device)) {
+                   int rank, int size, CommOptions options, std::shared_ptr<CommsLogger> logger,
+                   std::vector<int> global_ranks = {})
+      : QueuedCommunicator(rank, size, options, std::move(logger)), store_(std::move(store)), device_(std::move(device)),
+        global_ranks_(std::move(global_ranks)) {
+    if (global_ranks_.empty())
+      for (int r = 0; r < size; ++r) global_ranks_.push_back(r);
     auto pg_options = c10d::ProcessGroupGloo::Options::create(options.timeout);
     pg_options->devices.push_back(device_);
     pg_options->threads = 2;
@@ -115,15 +123,17 @@ class GlooCommunicator final : public QueuedCommunicator {
 
   std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks, const std::string& name) override {
     int group_rank = validate_group(ranks, name);
+    std::vector<int> global;
+    for (int r : ranks) global.push_back(global_ranks_[size_t(r)]);
     if (ranks.size() == 1)  // nothing to meet: a private store, no traffic
       return std::make_shared<GlooCommunicator>(c10::make_intrusive<c10d::HashStore>(), device_, 0, 1, options(),
-                                                logger_ptr());
+                                                logger_ptr(), global);
     // The members of a group call this the same number of times with its name: the count
     // keeps a second group of the same name (a second engine) apart from the first.
     const int seq = groups_made_[name]++;
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(ds::str("ds/group/", name, "/", seq), store_);
     return std::make_shared<GlooCommunicator>(prefixed, device_, group_rank, static_cast<int>(ranks.size()),
-                                              options(), logger_ptr());
+                                              options(), logger_ptr(), global);
   }
 
  protected:
@@ -156,6 +166,40 @@ class GlooCommunicator final : public QueuedCommunicator {
     return [op = std::shared_ptr<PendingOp>(std::move(op))](Millis t) { op->wait(t); };
   }
 
+ protected:
+  // Every rank that times out in the same collective posts its rank in the store; a stopped or
+  // hung rank posts nothing. On a detached thread: when the stopped rank is the one serving
+  // the store, the store does not answer either, and the answer is that.
+  std::string diagnose_timeout() override {
+    if (size() == 1) return "";
+    constexpr auto kWait = std::chrono::seconds(10);
+    auto answer = std::make_shared<std::promise<std::string>>();
+    std::future<std::string> future = answer->get_future();
+    std::thread([store = store_, seq = collective_seq_, me = rank(), global = global_ranks_, answer, kWait] {
+      try {
+        const std::string key = ds::str("ds/timeout/", seq, "/");
+        store->set(key + std::to_string(me), std::vector<uint8_t>{1});
+        const auto deadline = std::chrono::steady_clock::now() + kWait;
+        std::vector<int> missing;
+        do {
+          missing.clear();
+          for (size_t r = 0; r < global.size(); ++r)
+            if (!store->check({key + std::to_string(r)})) missing.push_back(global[r]);
+          if (missing.empty()) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        } while (std::chrono::steady_clock::now() < deadline);
+        answer->set_value(missing.empty()
+                              ? std::string("every rank reached this collective and waited (a lost connection?)")
+                              : ds::str(missing.size() > 1 ? "ranks " : "rank ", rank_list(missing),
+                                        " did not answer (stopped, hung, or its host unreachable)"));
+      } catch (const std::exception& e) {
+        answer->set_value(ds::str("the rendezvous store does not answer either (", first_line(e), ")"));
+      }
+    }).detach();
+    if (future.wait_for(kWait + std::chrono::seconds(5)) == std::future_status::ready) return future.get();
+    return "rank 0 (which serves the rendezvous store) does not answer either: it is stopped or hung";
+  }
+
  private:
   // Each collective gets a fresh block of tags (it runs on the single worker thread).
   RingOptions ring_options() {
@@ -182,6 +226,7 @@ class GlooCommunicator final : public QueuedCommunicator {
   std::unique_ptr<GlooTransport> transport_;
   uint32_t collective_seq_ = 0;
   std::map<std::string, int> groups_made_;
+  std::vector<int> global_ranks_;
 };
 
 std::string rank_list(const std::vector<int>& ranks) {

@@ -40,7 +40,19 @@ std::string default_backend() {
 
 std::shared_ptr<Communicator> init_from_env(CommOptions options) {
   if (env("DS_COMM_TIMEOUT")) options.timeout = std::chrono::seconds(env_int("DS_COMM_TIMEOUT", 300));
-  if (default_backend() == "mpi") return make_mpi(options);
+  if (default_backend() == "mpi") {
+    auto comm = make_mpi(options);
+    // A launcher's WORLD_SIZE/RANK (ds-launch, torchrun) must describe the same job as MPI's:
+    // started without mpirun, every process is an MPI world of its own and would train alone.
+    const char* world = env("WORLD_SIZE");
+    if (world && env_int("WORLD_SIZE", 1) != comm->size())
+      throw CommError(ds::str("DS_COMM_BACKEND=mpi, but MPI sees a world of ", comm->size(), " while WORLD_SIZE=", world,
+                              ": start the ranks with mpirun (ds-launch --launcher mpirun) or use the gloo backend"));
+    if (env("RANK") && env_int("RANK", 0) != comm->rank())
+      throw CommError(ds::str("DS_COMM_BACKEND=mpi, but MPI ranks this process ", comm->rank(), " while RANK=",
+                              env("RANK"), ": the launcher and MPI disagree on the rank order"));
+    return comm;
+  }
   GlooOptions o;
   static_cast<CommOptions&>(o) = options;
   bool has_rank = env("RANK") != nullptr, has_world = env("WORLD_SIZE") != nullptr;

@@ -133,6 +133,13 @@ void QueuedCommunicator::worker_loop() {
         int64_t sent = job.run();
         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         logger_->record(job.op, job.message_bytes, sent, secs);
+      } catch (const TimeoutError& e) {
+        std::string why = e.what();
+        const std::string who = diagnose_timeout();
+        error = std::make_exception_ptr(TimeoutError(ds::str(job.state->description(), " failed: ",
+                                                             why.substr(0, why.find('\n')), who.empty() ? "" : "; ", who)));
+        std::lock_guard<std::mutex> lock(mu_);
+        broken_ = ds::str(job.op, " timed out");
       } catch (const std::exception& e) {
         std::string why = e.what();
         error = std::make_exception_ptr(CommError(ds::str(job.state->description(), " failed: ", why.substr(0, why.find('\n')))));

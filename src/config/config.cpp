@@ -100,4 +100,14 @@ Config Config::load(const std::string& path) { return parse(config_detail::read_
 
 nlohmann::json Config::to_json() const { return config_detail::root_schema().write(*this); }
 
+std::string Config::fingerprint() const {
+  std::string out;
+  const nlohmann::json flat = to_json().flatten();  // kept alive: items() refers into it
+  for (const auto& [path, value] : flat.items()) out += path + " = " + value.dump() + "\n";
+  if (resolved_)
+    out += str("(layout) data ", parallel.data_parallel_size, " x pipe ", parallel.pipeline_stages, " x tensor ",
+               parallel.tensor_parallel_size, "\n");
+  return out;
+}
+
 }  // namespace ds

@@ -91,8 +91,12 @@ std::string strip_exception_id(const std::string& what) {
 
 nlohmann::json parse_json_text(std::string_view text, const std::string& source) {
   DuplicateKeyDetector detector(source);
-  nlohmann::json::parser_callback_t callback = [&detector](int, nlohmann::json::parse_event_t event,
-                                                           nlohmann::json& parsed) {
+  nlohmann::json::parser_callback_t callback = [&detector, &source](int depth, nlohmann::json::parse_event_t event,
+                                                                    nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxJsonDepth)
+      throw ConfigError(format_message(source, "", str("nested deeper than ", kMaxJsonDepth,
+                                                       " levels; a ds_config.json needs fewer than 10")));
     return detector.on_event(event, parsed);
   };
   try {

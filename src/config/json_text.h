@@ -10,6 +10,10 @@
 
 namespace ds::config_detail {
 
+// Deeper nesting is refused before it is built (a ds_config.json is 3-4 levels deep; a document
+// nested thousands deep would otherwise exhaust the stack of whatever walks it).
+constexpr int kMaxJsonDepth = 64;
+
 // Parses `text`; errors are one-line ds::ConfigError messages starting with "<source>: ".
 nlohmann::json parse_json_text(std::string_view text, const std::string& source);
 

@@ -16,12 +16,16 @@ constexpr const char* kTrainBatch = "train_batch_size";
 constexpr const char* kMicroBatch = "train_micro_batch_size_per_gpu";
 constexpr const char* kAccumulation = "gradient_accumulation_steps";
 
+// No step of any training run is larger: beyond it a typo (an extra digit) would only show up
+// as an allocation failure minutes later.
+constexpr double kMaxBatchKey = 2147483647.0;  // 2^31 - 1
+
 // Absent, null or "auto": 0, to be derived by resolve().
 void read_batch_key(ObjectReader& in, const char* key, int64_t& out) {
   out = 0;
   const Json* v = in.find(key);
   if (!v || v->is_null() || ObjectReader::is_auto(*v)) return;
-  read_value(*v, in.path_of(key), in.ctx(), at_least(1), out);
+  read_value(*v, in.path_of(key), in.ctx(), between(1, kMaxBatchKey), out);
 }
 
 int64_t multiply(int64_t a, int64_t b, const ParseContext& ctx, const char* path) {

@@ -113,6 +113,10 @@ void read_overlap_comm(ObjectReader& in, Z& z) {
 void check_offload(ObjectReader& in, Z& z) {
   const OP& param = z.offload_param;
   const OO& optim = z.offload_optimizer;
+  if (param.nvme_path && param.nvme_path->empty())
+    in.ctx().fail(join_path(in.path_of("offload_param"), "nvme_path"), "is empty; give the directory to swap to");
+  if (optim.nvme_path && optim.nvme_path->empty())
+    in.ctx().fail(join_path(in.path_of("offload_optimizer"), "nvme_path"), "is empty; give the directory to swap to");
   if (param.device == OffloadDevice::kNvme && !param.nvme_path) {
     in.ctx().fail(join_path(in.path_of("offload_param"), "nvme_path"), "required when device is \"nvme\"");
   }
@@ -150,9 +154,9 @@ const Schema<Z>& zero_schema() {
           .field("stage", &Z::stage, between(0, 3))
           .field("contiguous_gradients", &Z::contiguous_gradients)
           .field("reduce_scatter", &Z::reduce_scatter)
-          .field("reduce_bucket_size", &Z::reduce_bucket_size, at_least(0))
+          .field("reduce_bucket_size", &Z::reduce_bucket_size, at_least(1))
           .field("allgather_partitions", &Z::allgather_partitions)
-          .field("allgather_bucket_size", &Z::allgather_bucket_size, at_least(0))
+          .field("allgather_bucket_size", &Z::allgather_bucket_size, at_least(1))
           .custom(read_overlap_comm, [](const Z& z, Json& j) { j["overlap_comm"] = z.overlap_comm; })
           .field("load_from_fp32_weights", &Z::load_from_fp32_weights)
           .field("elastic_checkpoint", &Z::elastic_checkpoint)
@@ -160,7 +164,7 @@ const Schema<Z>& zero_schema() {
           .field("round_robin_gradients", &Z::round_robin_gradients)
           .object("offload_param", &Z::offload_param, offload_param_schema())
           .object("offload_optimizer", &Z::offload_optimizer, offload_optimizer_schema())
-          .field("sub_group_size", &Z::sub_group_size, at_least(0))
+          .field("sub_group_size", &Z::sub_group_size, at_least(1))
           .field("stage3_prefetch_bucket_size", &Z::stage3_prefetch_bucket_size, at_least(0))
           .field("stage3_param_persistence_threshold", &Z::stage3_param_persistence_threshold, at_least(0))
           .field("stage3_model_persistence_threshold", &Z::stage3_model_persistence_threshold, at_least(0))

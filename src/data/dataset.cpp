@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -107,6 +108,15 @@ std::unique_ptr<Dataset> make_task(const std::string& name, uint64_t seed) {
 
 std::unique_ptr<TextDataset> TextDataset::open(const std::string& path, int64_t context, uint64_t seed) {
   if (context < 1) throw ConfigError(ds::str("sequence length must be >= 1, got ", context));
+  // A directory, a device (/dev/zero) or a pipe would be read until something breaks.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status))
+    throw Error(ds::str("cannot read data file '", path, "': it does not exist"));
+  if (!std::filesystem::is_regular_file(status))
+    throw Error(ds::str("data file '", path, "' is not a regular file (",
+                        std::filesystem::is_directory(status) ? "a directory" : "a device, pipe or socket",
+                        "); give a text file"));
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error(ds::str("cannot read data file '", path, "' (missing or not readable)"));
   std::unique_ptr<TextDataset> d(new TextDataset());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -168,6 +169,9 @@ std::vector<HostEntry> parse_hostfile(std::string_view text, std::string_view so
 }
 
 std::vector<HostEntry> read_hostfile(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw ConfigError(str("hostfile '", path, "' is a directory; give a file of lines 'HOST slots=N'"));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(str("cannot read hostfile '", path, "'"));
   std::ostringstream text;

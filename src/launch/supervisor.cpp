@@ -155,6 +155,7 @@ struct Child {
   UniqueFd stdin_w;
   Stream out, err;
   std::string error_line;
+  bool stop_reported = false;  // it is stopped (SIGSTOP, SIGTSTP) and the user was told
 };
 
 class Supervisor {
@@ -376,6 +377,22 @@ void Supervisor::reap() {
     if (!c.running) continue;
     siginfo_t info;
     std::memset(&info, 0, sizeof info);
+    // A stopped rank does not die: its peers block in their next collective until the
+    // communication timeout. Say so now, not minutes later.
+    if (::waitid(P_PID, static_cast<id_t>(c.pid), &info, WSTOPPED | WCONTINUED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid != 0) {
+      if (info.si_code == CLD_STOPPED && !c.stop_reported) {
+        const std::string line =
+            str("ds-launch: warning: ", c.spec->label, " (pid ", c.pid, ") was stopped by ", signal_name(info.si_status),
+                "; the other ranks wait for it and fail after DS_COMM_TIMEOUT (300 s unless set), unless it "
+                "continues (kill -CONT ", c.pid, ")\n");
+        write_all(opts_.err_fd, line);
+        c.stop_reported = true;
+      } else if (info.si_code == CLD_CONTINUED) {
+        c.stop_reported = false;
+      }
+      std::memset(&info, 0, sizeof info);
+    }
     // WNOWAIT: the zombie keeps the process group id reserved while we clear the group out.
     int rc = ::waitid(P_PID, static_cast<id_t>(c.pid), &info, WEXITED | WNOHANG | WNOWAIT);
     if (rc < 0 && errno == EINTR) continue;

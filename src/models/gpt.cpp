@@ -34,6 +34,12 @@ double GptConfig::flops_per_token(int64_t context) const {
   return 6.0 * double(parameter_count()) + 12.0 * double(n_layer) * double(context) * double(d_model);
 }
 
+double GptConfig::activation_bytes(int64_t batch, int64_t context) const {
+  const double T = double(context), B = double(batch), d = double(d_model), H = double(n_head);
+  const double per_layer = (34.0 * d + 5.0 * H * T) * T * B;
+  return 4.0 * (double(n_layer) * per_layer + 3.0 * T * B * double(vocab_size));
+}
+
 std::string GptConfig::describe() const {
   return ds::str("GPT ", n_layer, " layers x ", n_head, " heads x ", d_model, " wide, context ", seq_len, ", vocab ",
                  vocab_size, " (", parameter_count(), " parameters)");

@@ -9,8 +9,10 @@
 #include <cstring>
 #include <filesystem>
 
+#include "ds/ckpt/checksum.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "swap_dir.h"
 
 namespace ds::offload {
 
@@ -69,14 +71,10 @@ OptimizerSwapper::OptimizerSwapper(SwapOptions options, std::vector<int64_t> uni
     largest = std::max(largest, group_bytes(g));
   }
   // Pre-flight: the directory exists, is writable, takes O_DIRECT and has the space.
+  remove_stale_swap_dirs(options_.nvme_path);  // what killed runs left takes space the check counts
   aio::check_swap_path(options_.nvme_path, file_bytes_);
-  std::string tmpl = ds::str(options_.nvme_path, "/ds-swap-rank", options_.rank, "-XXXXXX");
-  std::vector<char> name(tmpl.begin(), tmpl.end());
-  name.push_back('\0');
-  if (!::mkdtemp(name.data()))
-    throw SystemError(ds::str("cannot create a swap directory under ", options_.nvme_path, ": ", std::strerror(errno)));
-  dir_ = name.data();
-  file_path_ = dir_ + "/optimizer_states.swp";
+  swap_dir_ = std::make_unique<SwapDir>(options_.nvme_path, "swap", options_.rank, "optimizer_states.swp");
+  file_path_ = swap_dir_->file();
   try {
     aio_ = std::make_unique<aio::AioHandle>(options_.aio);
     file_ = aio::File(file_path_, {aio::OpenMode::ReadWrite, true, true});
@@ -93,16 +91,17 @@ OptimizerSwapper::OptimizerSwapper(SwapOptions options, std::vector<int64_t> uni
       std::vector<at::Tensor> init = initial(g.length);
       DS_CHECK(init.size() == num_states_, "the optimizer made ", init.size(), " states, expected ", num_states_);
       for (size_t k = 0; k < num_states_; ++k) view(buf, g, k, 0, g.length).copy_(init[k]);
+      checksums_.push_back(ckpt::xxh64(buf.data(), group_bytes(g)));
       aio_->sync_pwrite(file_, buf.data(), group_bytes(g), g.file_offset);
     }
   } catch (const aio::IoError& e) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    file_ = aio::File();
+    swap_dir_.reset();
     throw Error(ds::str("offload_optimizer: cannot set up the swap file (", file_bytes_, " bytes) under ",
                         options_.nvme_path, ": ", e.what()));
   } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    file_ = aio::File();
+    swap_dir_.reset();
     throw;
   }
 }
@@ -110,9 +109,10 @@ OptimizerSwapper::OptimizerSwapper(SwapOptions options, std::vector<int64_t> uni
 OptimizerSwapper::~OptimizerSwapper() {
   aio_.reset();  // waits for anything in flight
   file_ = aio::File();
-  std::error_code ec;
-  std::filesystem::remove_all(dir_, ec);
+  swap_dir_.reset();  // removes the file and its directory
 }
+
+const std::string& OptimizerSwapper::directory() const { return swap_dir_->dir(); }
 
 int64_t OptimizerSwapper::buffer_bytes() const {
   int64_t n = 0;
@@ -161,6 +161,7 @@ void OptimizerSwapper::run(const SegmentFn& fn, bool write_back, int64_t only_un
       if (i + 1 < n) read(i + 1);  // read ahead while this one computes
       const Group& g = groups_[order[i]];
       aio::AlignedBuffer& buf = buffers_[i % nb];
+      verify(order[i], buf);
       int64_t at = 0;
       for (const SwapSegment& s : g.segments) {
         std::vector<at::Tensor> states;
@@ -170,6 +171,7 @@ void OptimizerSwapper::run(const SegmentFn& fn, bool write_back, int64_t only_un
         at += s.length;
       }
       if (write_back) {  // write behind: the next sub-group computes meanwhile
+        checksums_[order[i]] = ckpt::xxh64(buf.data(), group_bytes(g));
         writes[i % nb] = aio_->pwrite(file_, buf.data(), group_bytes(g), g.file_offset);
         stats_.bytes_written += group_bytes(g);
       }
@@ -181,6 +183,20 @@ void OptimizerSwapper::run(const SegmentFn& fn, bool write_back, int64_t only_un
     throw;
   }
   stats_.step_s += since(start);
+}
+
+// Each sub-group's bytes are hashed when written and checked when read back: a swap file
+// changed behind the run (another process, a failing disk) is named, instead of training on
+// whatever came back.
+void OptimizerSwapper::verify(size_t group, const aio::AlignedBuffer& buf) {
+  const Group& g = groups_[group];
+  const auto start = Clock::now();
+  const uint64_t got = ckpt::xxh64(buf.data(), group_bytes(g));
+  stats_.checksum_s += since(start);
+  if (got != checksums_[group])
+    throw Error(ds::str("offload_optimizer: ", file_path_, " changed on disk since it was written: sub-group ", group,
+                        " (", group_bytes(g), " bytes at offset ", g.file_offset, ") reads back with another "
+                        "checksum; was the file modified, or is the disk failing? The run cannot continue from it"));
 }
 
 void OptimizerSwapper::read_unit(size_t unit, at::Tensor* master, std::vector<at::Tensor>* states) {

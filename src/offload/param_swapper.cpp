@@ -9,6 +9,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "swap_dir.h"
 
 namespace ds::offload {
 
@@ -31,13 +32,10 @@ ParamSwapper::ParamSwapper(ParamSwapOptions options, std::vector<int64_t> length
     units_[u].aligned_bytes = align_up(units_[u].bytes);
     file_bytes_ += units_[u].aligned_bytes;
   }
+  remove_stale_swap_dirs(options.nvme_path);  // what killed runs left takes space the check counts
   aio::check_swap_path(options.nvme_path, file_bytes_);
-  std::string tmpl = ds::str(options.nvme_path, "/ds-params-rank", options.rank, "-XXXXXX");
-  if (!::mkdtemp(tmpl.data()))
-    throw SystemError(ds::str("cannot create a parameter swap directory under ", options.nvme_path, ": ",
-                              std::strerror(errno)));
-  dir_ = tmpl;
-  path_ = dir_ + "/params.swp";
+  swap_dir_ = std::make_unique<SwapDir>(options.nvme_path, "params", options.rank, "params.swp");
+  path_ = swap_dir_->file();
   try {
     aio_ = std::make_unique<aio::AioHandle>(options.aio);
     file_ = aio::File(path_, {aio::OpenMode::ReadWrite, true, true});
@@ -45,8 +43,7 @@ ParamSwapper::ParamSwapper(ParamSwapOptions options, std::vector<int64_t> length
   } catch (const std::exception& e) {
     aio_.reset();
     file_ = aio::File();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    swap_dir_.reset();
     throw Error(ds::str("offload_param: cannot set up ", path_, " (", file_bytes_, " bytes): ", e.what()));
   }
 }
@@ -55,8 +52,7 @@ ParamSwapper::~ParamSwapper() {
   for (Unit& u : units_) u.read = aio::AioTicket(), u.write = aio::AioTicket();  // wait quietly
   aio_.reset();
   file_ = aio::File();
-  std::error_code ec;
-  std::filesystem::remove_all(dir_, ec);
+  swap_dir_.reset();  // removes the file and its directory
 }
 
 aio::AlignedBuffer ParamSwapper::buffer_for(uint64_t bytes) {

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "ds/comm/agreement.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
@@ -56,6 +57,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
       schedule_(optim::LrSchedule::from_config(config_.scheduler, config_.optimizer.lr)),
       scaler_(plan_.precision.loss_scaling ? LossScaler::from_config(config_.fp16) : LossScaler::none()) {
   groups_.world->logger().set_enabled(config_.comms_logger.enabled);
+  skip_nonfinite_steps_ = options.skip_nonfinite_steps;
   if (plan_.swap_optimizer)
     for (const optim::StateSpec& s : optimizer_->state_specs())
       if (s.kind != optim::StateSpec::Kind::kElementwise)
@@ -91,6 +93,12 @@ void Engine::build_units(EngineOptions& options) {
   std::vector<zero::UnitSpec> specs = std::move(options.units);
   if (specs.empty()) specs = zero::find_units(*model_);
   if (specs.empty()) throw Error("the model has no trainable parameters");
+  // Before the first collective: ranks with another config, model or engine would issue other
+  // collectives (and abort inside the transport).
+  std::string fingerprint = config_.fingerprint() + "(engine) " + plan_.precision.describe() + "\n";
+  for (const auto& spec : specs)
+    for (const auto& [name, p] : spec.params) fingerprint += ds::str(spec.name, ": ", name, " ", p.sizes(), "\n");
+  comm::check_ranks_agree(*groups_.world, "the config and the model", fingerprint);
   const zero::PrecisionPolicy& pp = plan_.precision;
   comm::Communicator& data = *groups_.data;
   std::vector<at::Tensor> initial_masters;  // swapped masters, until they are on disk

@@ -19,6 +19,7 @@
 
 #include "ds/ckpt/checkpoint.h"
 #include "ds/ckpt/checksum.h"
+#include "ds/comm/agreement.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
@@ -33,16 +34,6 @@ std::string join(const std::vector<std::string>& items) {
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
   return out.empty() ? "none" : out;
-}
-
-// Rank `root`'s `text`, on every rank.
-std::string broadcast_string(comm::Communicator& comm, const std::string& text, int root) {
-  at::Tensor length = at::tensor({int64_t(text.size())}, at::kLong);
-  comm.broadcast(length, root).wait();
-  at::Tensor bytes = at::empty({length.item<int64_t>()}, at::kByte);
-  if (comm.rank() == root && !text.empty()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
-  comm.broadcast(bytes, root).wait();
-  return std::string(static_cast<const char*>(bytes.data_ptr()), size_t(bytes.numel()));
 }
 
 // Whether every rank passed the same text (one all-reduce of two integers).
@@ -78,7 +69,7 @@ std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
   auto a = all.accessor<int64_t, 1>();
   for (int r = 0; r < world; ++r) {
     if (a[r * kFields] == 0) continue;
-    std::string message = broadcast_string(comm, error, r);
+    std::string message = comm::broadcast_string(comm, error, r);
     throw Error(world > 1 ? ds::str("rank ", r, ": ", message) : message);
   }
   std::vector<ckpt::FileInfo> files(size_t(world), ckpt::FileInfo{});
@@ -126,7 +117,7 @@ std::string Engine::agreed_tag(const std::string& tag) {
   if (config_.checkpoint.tag_validation == TagValidation::kFail)
     throw Error(ds::str("the ranks passed different checkpoint tags (this rank: '", tag,
                         "') and checkpoint.tag_validation is \"Fail\""));
-  std::string agreed = broadcast_string(*groups_.world, tag, 0);
+  std::string agreed = comm::broadcast_string(*groups_.world, tag, 0);
   if (groups_.world->rank() == 0 && config_.checkpoint.tag_validation == TagValidation::kWarn)
     std::fprintf(stderr, "warning: the ranks passed different checkpoint tags; saving under rank 0's '%s'\n",
                  agreed.c_str());
@@ -232,6 +223,17 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   tag = agreed_tag(tag);
   comm::Communicator& world = *groups_.world;
   const int rank = world.rank(), dp = dp_rank(), mp = groups_.model_rank();
+  // 0. This rank's part, checked before anything on disk changes: a NaN checkpoint would
+  // replace the last good one as `latest`.
+  std::vector<ckpt::UnitShard> part;
+  on_every_rank(world, [&] {
+    part = optimizer_part();
+    for (size_t u = 0; u < part.size(); ++u)
+      if (part[u].fp32.defined() && !at::isfinite(part[u].fp32).all().item<bool>())
+        throw Error(ds::str("refusing to save ", dir, "/", tag, ": the fp32 weights of ", units_[u].unit->name(),
+                            " hold NaN or inf (step ", global_step_, "); ", dir, "/latest stays on the last good save"));
+    return ckpt::FileInfo{};
+  });
   std::optional<ckpt::CheckpointWriter> writer;
   // 1. Rank 0 creates the tag directory (dropping a stale manifest) before anyone writes.
   on_every_rank(world, [&] {
@@ -245,7 +247,7 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   std::vector<ckpt::FileInfo> parts = on_every_rank(world, [&] {
     if (dp == 0) model_file = writer->write_model_states(states, mp);
     if (dp >= writer->layout().partition.count) return ckpt::FileInfo{};
-    return writer->write_optimizer_part(dp, optimizer_part(), mp);
+    return writer->write_optimizer_part(dp, part, mp);
   }, dp, mp);
   // 3. Rank 0 commits (manifest, then `latest`) with every file's size and checksum. The
   // exchange that ends this phase is the closing barrier: no rank returns before `latest`

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
+#include <cstring>
 #include <iomanip>
 
 #include "ds/common/error.h"
@@ -160,8 +161,15 @@ std::optional<StepStats> Engine::step() {
   bool overflow = unscale_and_check_overflow();
   s.lr = current_lr();
   s.skipped = scaler_.update(overflow);
+  if (s.skipped) s.skip_reason = "fp16 overflow";
   if (!s.skipped) {
     s.grad_norm = global_grad_norm();
+    if (!scaler_.enabled() && nonfinite_step(s)) {  // fp32/bf16: no loss scaler absorbs it
+      s.skipped = true;
+      s.skip_reason = "non-finite loss or gradient";
+    }
+  }
+  if (!s.skipped) {
     if (plan_.gradient_clipping > 0) {
       double coef = plan_.gradient_clipping / (s.grad_norm + 1e-6);
       if (coef < 1.0)
@@ -169,7 +177,7 @@ std::optional<StepStats> Engine::step() {
     }
     apply_update(s.lr);
     ++schedule_iteration_;
-  } else {
+  } else if (std::strcmp(s.skip_reason, "fp16 overflow") == 0) {
     s.grad_norm = NAN;
   }
   for (auto& unit : units_) {
@@ -191,12 +199,29 @@ std::optional<StepStats> Engine::step() {
   return s;
 }
 
+// Whether this step's loss or gradient norm is NaN/inf (the same on every rank: both are
+// reduced). Throws unless the engine was told to skip such steps.
+bool Engine::nonfinite_step(const StepStats& s) {
+  bool bad = !std::isfinite(s.loss) || !std::isfinite(s.grad_norm);
+  if (window_sync_ == zero::GradSync::kNone && dp_size() > 1) {  // each rank's own norm: agree
+    at::Tensor flag = at::full({1}, bad ? 1 : 0, at::kInt);
+    groups_.data->all_reduce(flag, comm::ReduceOp::Max).wait();
+    bad = flag.item<int>() != 0;
+  }
+  if (!bad || skip_nonfinite_steps_) return bad;
+  throw Error(ds::str("step ", global_step_ + 1, ": the loss is ", s.loss, " and the gradient norm ", s.grad_norm,
+                      " (", plan_.precision.name, " training has no loss scaling to absorb a non-finite value); "
+                      "nothing was updated. Lower the learning rate, set gradient_clipping, check the data, or "
+                      "skip such steps (ds-train --skip-nonfinite, EngineOptions::skip_nonfinite_steps)"));
+}
+
 std::string Engine::progress_line(const StepStats& s) const {
   char buf[512];
   double tps = s.seconds > 0 ? tokens_per_step_ / s.seconds : 0.0;
   int n = std::snprintf(buf, sizeof buf, "step %lld | loss %.4f | lr %.3e | grad_norm %.4f | scale %g | %.0f tok/s | %.1f ms/step | rss %s%s",
                         static_cast<long long>(s.step), s.loss, s.lr, s.grad_norm, s.loss_scale, tps, s.seconds * 1e3,
-                        format_bytes(double(s.rss_bytes)).c_str(), s.skipped ? " | SKIPPED (fp16 overflow)" : "");
+                        format_bytes(double(s.rss_bytes)).c_str(),
+                        s.skipped ? ds::str(" | SKIPPED (", s.skip_reason, ")").c_str() : "");
   std::string line(buf, std::min<size_t>(n, sizeof buf - 1));
   if (config_.wall_clock_breakdown) {
     std::snprintf(buf, sizeof buf, " | fwd %.1f bwd %.1f reduce %.1f step %.1f ms", s.forward_s * 1e3,

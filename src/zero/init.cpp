@@ -5,6 +5,7 @@
 
 #include <unordered_set>
 
+#include "ds/comm/agreement.h"
 #include "ds/common/error.h"
 #include "ds/zero/precision.h"
 
@@ -51,6 +52,10 @@ void Init::unit_built(torch::nn::Module& module) {
     const at::Tensor& p = item.value();
     if (p.requires_grad() && !taken.count(p.unsafeGetTensorImpl())) params.emplace_back(item.key(), p);
   }
+  // Before the broadcast: ranks building another model would send other sizes.
+  std::string fingerprint;
+  for (const auto& [name, p] : params) fingerprint += ds::str(name, " ", p.sizes(), " ", p.scalar_type(), "\n");
+  comm::check_ranks_agree(*comm_, ds::str("the module ", module.name(), " built under ds::zero::Init"), fingerprint);
   if (params.empty()) return;
   const int world = comm_->size();
   FlatUnitOptions o;

@@ -180,17 +180,16 @@ TEST(CheckpointErrors, ACrashMidSaveLeavesLatestOnTheLastCompleteTag) {
   EXPECT_EQ(list_tags(s.dir.path()), std::vector<std::string>{"global_step42"});
 }
 
-// Whether a killed save left traces: a tag directory without manifest, or a temp file.
-bool save_was_interrupted(const std::string& dir) {
-  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
-    std::string name = entry.path().filename().string();
-    if (name.find(".tmp.") != std::string::npos) return true;
-    if (entry.is_directory() && !file_size(entry.path().string() + "/" + kManifestName)) return true;
-  }
-  return false;
+// The saving child's fault injection: SIGKILL at the g_kill_at-th file commit.
+int g_commits = 0, g_kill_at = 0;
+void kill_at_commit(const std::string&) {
+  if (++g_commits == g_kill_at) ::kill(::getpid(), SIGKILL);
 }
 
-TEST(CheckpointErrors, KillNineDuringLargeSavesNeverLeavesABrokenLatest) {
+TEST(CheckpointErrors, KillNineAtEveryFileOfASaveNeverLeavesABrokenLatest) {
+  // A save of two parts commits five files: part 0, part 1, the model states, the manifest,
+  // `latest`. The child saves global_step1, then dies by SIGKILL in global_step2 with file k
+  // fully written but not renamed into place, for every k.
   auto units = test::toy_units(8);
   units[0].slots[0].shape = {1024, 1024};  // 4 MiB per tensor: 6 MiB per part file, 16 MiB per save
   units[0].slots[0].numel = 1 << 20;
@@ -198,36 +197,35 @@ TEST(CheckpointErrors, KillNineDuringLargeSavesNeverLeavesABrokenLatest) {
   units[0].numel = (1 << 20) + 15;
   units[0].padded_numel = (units[0].numel + 7) / 8 * 8;
   auto full = test::random_state(units, 2, 2);
-  int interrupted = 0;
-  for (int round = 0; round < 20 && interrupted < 3; ++round) {
+  constexpr int kFilesPerSave = 5;
+  for (int k = 1; k <= kFilesPerSave; ++k) {
     TempDir dir;
     pid_t child = ::fork();
     ASSERT_GE(child, 0);
-    if (child == 0) {  // saves new tags until killed
+    if (child == 0) {
       try {
+        g_kill_at = kFilesPerSave + k;
+        set_commit_hook_for_testing(&kill_at_commit);
         for (int step = 1;; ++step)
-          test::save_as_ranks(dir.path(), units, full, {PartitionScheme::kTensorSplit, 2},
-                              ds::str("global_step", step));
+          test::save_as_ranks(dir.path(), units, full, {PartitionScheme::kTensorSplit, 2}, ds::str("global_step", step));
       } catch (...) {
-        ::_exit(1);
       }
+      ::_exit(1);
     }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (!file_size(dir.path() + "/latest") && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    std::this_thread::sleep_for(
-        std::chrono::milliseconds(10 + 37 * round % 150));  // somewhere in a later save
-    ::kill(child, SIGKILL);
     int status = 0;
     ASSERT_EQ(::waitpid(child, &status, 0), child);
-    ASSERT_TRUE(WIFSIGNALED(status)) << "the saving child failed on its own (status " << status << ")";
-    interrupted += save_was_interrupted(dir.path());
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "file " << k << ": status " << status;
+    EXPECT_EQ(stale_temp_files(dir.path()).size(), 1u) << "file " << k;
+    const std::vector<std::string> complete = list_tags(dir.path());
+    const std::vector<std::string> expected = k < kFilesPerSave ? std::vector<std::string>{"global_step1"}
+                                                                : std::vector<std::string>{"global_step1", "global_step2"};
+    EXPECT_EQ(complete, expected) << "file " << k;
     CheckpointReader ck(dir.path());
+    EXPECT_EQ(ck.tag(), "global_step1") << "file " << k;
     ck.verify_all();
     auto loaded = ck.load_partition(units, {PartitionScheme::kTensorSplit, 1}, 0);
-    ASSERT_TRUE(test::bit_equal(loaded[0].fp32, full.fp32[0])) << "round " << round << " tag " << ck.tag();
+    ASSERT_TRUE(test::bit_equal(loaded[0].fp32, full.fp32[0])) << "file " << k;
   }
-  EXPECT_GE(interrupted, 1) << "no kill landed inside a save: the test proved nothing";
 }
 
 TEST(CheckpointErrors, OverwritingATagDropsItsManifestFirst) {

@@ -1,5 +1,8 @@
 // xxh64 against published vectors, streaming, atomic writes and what a crash leaves behind.
 #include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -100,13 +103,40 @@ TEST(AtomicFile, AProcessKilledMidWriteLeavesTheOldFileIntact) {
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   EXPECT_EQ(test::slurp(path), "old content");
-  auto temp = file_size(ds::str(path, ".tmp.", child));
-  ASSERT_TRUE(temp);  // the crash leaves the temp file behind; readers never look at it
-  EXPECT_EQ(*temp, 4 << 20);
+  // The crash leaves the temp file behind (readers never look at it); its name says whose it
+  // was, so the next save (or ds-ckpt inspect) knows its writer is gone.
+  auto stale = stale_temp_files(dir.path());
+  ASSERT_EQ(stale.size(), 1u);
+  EXPECT_EQ(stale[0].pid, long(child));
+  EXPECT_EQ(stale[0].path.rfind(path + ".tmp@", 0), 0u) << stale[0].path;
+  EXPECT_EQ(file_size(stale[0].path).value_or(0), 4 << 20);
+}
+
+TEST(AtomicFile, TempFilesGoOnTheSignalsThatEndARun) {
+  // SIGTERM (a launcher stopping the ranks) and SIGINT remove the temp file of a save in
+  // progress; the process still dies of the signal.
+  for (int sig : {SIGTERM, SIGINT}) {
+    TempDir dir;
+    const std::string path = dir.path() + "/f.bin";
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      AtomicFile f(path);
+      f.write("partial", 7);
+      ::raise(sig);
+      ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << status;
+    int left = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) ++left, ADD_FAILURE() << "left: " << e.path();
+    EXPECT_EQ(left, 0);
+  }
 }
 
 TEST(AtomicFile, ErrorsNameThePath) {
-  EXPECT_ERROR_HAS(AtomicFile("/nonexistent_dir_ds/x"), "cannot create /nonexistent_dir_ds/x.tmp.");
+  EXPECT_ERROR_HAS(AtomicFile("/nonexistent_dir_ds/x"), "cannot create /nonexistent_dir_ds/x.tmp@");
   EXPECT_ERROR_HAS(read_file("/nonexistent_dir_ds/x"), "cannot open /nonexistent_dir_ds/x");
 }
 

@@ -38,7 +38,7 @@ TEST(ConfigErrors, WrongTypeNamesExpectedAndGot) {
 
 TEST(ConfigErrors, IntegerKeysRejectFractionsButAcceptScientificNotation) {
   EXPECT_EQ(error_of(R"({"zero_optimization": {"reduce_bucket_size": 0.5}})"),
-            "ds_config.json: zero_optimization.reduce_bucket_size: expected an integer >= 0, got number 0.5");
+            "ds_config.json: zero_optimization.reduce_bucket_size: expected an integer >= 1, got number 0.5");
   Config c = Config::parse(
       R"({"zero_optimization": {"reduce_bucket_size": 5e8, "stage3_prefetch_bucket_size": 0.94e6}})");
   EXPECT_EQ(c.zero_optimization.reduce_bucket_size, 500000000);
@@ -56,7 +56,26 @@ TEST(ConfigErrors, OutOfRangeShowsTheRange) {
   EXPECT_EQ(error_of(R"({"gradient_predivide_factor": 0})"),
             "ds_config.json: gradient_predivide_factor: expected a number > 0, got number 0");
   EXPECT_EQ(error_of(R"({"train_batch_size": 0})"),
-            "ds_config.json: train_batch_size: expected an integer >= 1, got number 0");
+            "ds_config.json: train_batch_size: expected an integer in 1..2147483647, got number 0");
+  // A step no run takes (a stray digit) is refused here, not by an allocation minutes later.
+  EXPECT_EQ(error_of(R"({"train_batch_size": 9223372036854775806})"),
+            "ds_config.json: train_batch_size: expected an integer in 1..2147483647, got number 9223372036854775806");
+  // What the engine would refuse is refused by the config: ds-config validate and ds-train agree.
+  EXPECT_EQ(error_of(R"({"zero_optimization": {"reduce_bucket_size": 0}})"),
+            "ds_config.json: zero_optimization.reduce_bucket_size: expected an integer >= 1, got number 0");
+  EXPECT_EQ(error_of(R"({"zero_optimization": {"sub_group_size": 0}})"),
+            "ds_config.json: zero_optimization.sub_group_size: expected an integer >= 1, got number 0");
+  EXPECT_EQ(error_of(R"({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": ""}}})"),
+            "ds_config.json: zero_optimization.offload_param.nvme_path: is empty; give the directory to swap to");
+}
+
+TEST(ConfigErrors, DeepNestingIsRefusedBeforeItIsBuilt) {
+  std::string deep(50000, '[');
+  deep += std::string(50000, ']');
+  EXPECT_EQ(error_of(R"({"x": )" + deep + "}"),
+            "ds_config.json: nested deeper than 64 levels; a ds_config.json needs fewer than 10");
+  std::string ok = R"({"optimizer": {"type": "AdamW", "params": {"betas": [0.9, 0.95]}}})";
+  EXPECT_NO_THROW(Config::parse(ok));
 }
 
 TEST(ConfigErrors, BadChoiceListsChoicesAndSuggests) {

@@ -229,7 +229,9 @@ TEST(LaunchErrors, BadInputGivesOneLineAndNonZeroExit) {
     std::vector<std::string> args;
     std::string expect;
   } cases[] = {
-      {{"--num_procs", "0", "true"}, "--num_procs must be at least 1"},
+      {{"--num_procs", "0", "true"}, "--num_procs: expected an integer from 1 to 65536, got \"0\""},
+      {{"--num_procs", "-1", "true"}, "--num_procs: expected an integer from 1 to 65536, got \"-1\""},
+      {{"--hostfile", dir.path(), "true"}, "is a directory; give a file of lines 'HOST slots=N'"},
       {{"--master_port", "0", "true"}, "--master_port must be in 1..65535"},
       {{"--env", "=x", "true"}, "expected KEY=VALUE"},
       {{"--hostfile", bad_hostfile, "true"}, bad_hostfile + ":3: bad slot count 'two'"},

@@ -277,8 +277,9 @@ TEST(EngineCheckpoint, KillNineDuringASaveLeavesLatestOnThePreviousLoadableCheck
     // The killed save left its temporary file; `latest` still names step 1, complete.
     bool temp_left = false;
     for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.path()))
-      temp_left |= entry.path().filename().string().find(".tmp.") != std::string::npos;
+      temp_left |= ckpt::is_temp_file_name(entry.path().filename().string());
     EXPECT_TRUE(temp_left) << "file " << k;
+    EXPECT_EQ(ckpt::stale_temp_files(dir.path()).size(), 1u) << "file " << k;
     ckpt::CheckpointReader ck(dir.path());
     ck.verify_all();  // every file of the tag `latest` names is whole
     EXPECT_EQ(ck.tag(), "global_step1") << "file " << k;
@@ -293,6 +294,7 @@ TEST(EngineCheckpoint, KillNineDuringASaveLeavesLatestOnThePreviousLoadableCheck
     run.train_to(2);  // and it trains on
     run.engine().save_checkpoint(dir.path());  // over the debris of the killed save
     EXPECT_EQ(ckpt::CheckpointReader(dir.path()).tag(), "global_step2");
+    EXPECT_TRUE(ckpt::stale_temp_files(dir.path()).empty()) << "the save left the killed one's temp file";
   }
 }
 

@@ -392,7 +392,7 @@ TEST(Zero3, GathersFromADiskStoreKeepOneCollectiveOrderWhateverTheReadTimes) {
         pc.pre_forward({u});
         EXPECT_TRUE(units[size_t(u)]->params().slice(0, 0, expected[size_t(u)].numel()).equal(expected[size_t(u)]))
             << "unit " << u << " micro-batch " << micro;
-        at::Tensor between = at::full({size_t(37 + u)}, float(c.rank() + 1));
+        at::Tensor between = at::full({int64_t(37 + u)}, float(c.rank() + 1));
         comm->all_reduce(between).wait();
         EXPECT_TRUE((between == 3.0f).all().item<bool>());
         pc.post_forward({u});

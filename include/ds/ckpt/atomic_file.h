@@ -1,8 +1,10 @@
 // Crash-safe file writes and checked whole-file reads for checkpoints.
 //
-// A file is written as <path>.tmp.<pid>, fsync'ed, renamed onto <path>, and then the
+// A file is written as <path>.tmp@<host>@<pid>, fsync'ed, renamed onto <path>, and then the
 // directory is fsync'ed, so after a crash (process or machine) <path> is either the old
-// file, or the complete new one -- never a prefix. Every byte is hashed (xxh64) on the way
+// file, or the complete new one -- never a prefix. The temp file is removed when the write is
+// abandoned, also on the signals that end a run (ds::CleanupScope); one a killed process left
+// is recognised by its owner tag (stale_temp_files). Every byte is hashed (xxh64) on the way
 // out, so the writer learns the checksum the manifest records without reading the file back.
 //
 //   ds::ckpt::AtomicFile f("/ckpt/global_step10/manifest.json");
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "ds/ckpt/checksum.h"
+#include "ds/common/cleanup.h"
 
 namespace ds::ckpt {
 
@@ -53,7 +56,15 @@ class AtomicFile {
   int64_t bytes_ = 0;
   std::vector<char> buffer_;  // coalesces the many small writes of a zip/pickle stream
   bool committed_ = false;
+  CleanupScope cleanup_;
 };
+
+// What temp files' names contain: "<path>.tmp@<host>@<pid>" (older versions: ".tmp.<pid>").
+constexpr const char* kTempMarker = ".tmp@";
+bool is_temp_file_name(const std::string& name);
+// Temp files under `dir` and its sub-directories (one level: the tags) whose writer, a
+// process of this host, is gone: what saves killed by SIGKILL left.
+std::vector<StaleEntry> stale_temp_files(const std::string& dir);
 
 // Fault injection, for tests only: called by every commit() once the temporary file holds all
 // its data, before it is synced and renamed (a test's hook may kill the process there, to

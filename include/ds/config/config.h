@@ -97,6 +97,9 @@ struct Config {
   // unknown (batch keys before resolve(), total_num_steps "auto") are written as "auto".
   // Parsing the result gives back an equal Config.
   nlohmann::json to_json() const;
+  // Every setting as one "/json/path = value" line (and the resolved layout): what ranks
+  // compare to agree they run the same config (ds::comm::check_ranks_agree).
+  std::string fingerprint() const;
 
   // One line each, "<source>: <path>: <text>" (deprecated keys, ignored settings, "auto" defaults).
   const std::vector<std::string>& warnings() const { return warnings_; }

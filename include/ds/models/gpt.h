@@ -39,6 +39,10 @@ struct GptConfig {
   // Training FLOPs per token (forward + backward), as in the PaLM / nanoGPT estimate:
   // 6 N + 12 L T d.
   double flops_per_token(int64_t context) const;
+  // Bytes of activations one training micro-batch of `batch` sequences of `context` tokens
+  // keeps for the backward, in fp32: Megatron-LM's per-layer estimate (34 d + 5 H T) T B
+  // elements, plus the logits and their gradient (3 T B V). An estimate, for start-up checks.
+  double activation_bytes(int64_t batch, int64_t context) const;
   std::string describe() const;
 };
 

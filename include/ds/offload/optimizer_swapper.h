@@ -2,7 +2,7 @@
 //
 // This rank's optimizer states (Adam's exp_avg and exp_avg_sq, ...) and, when they are copies
 // of the weights (bf16/fp16 training), its fp32 masters live in one file under
-// <nvme_path>/ds-swap-rank<r>-XXXXXX/, written with O_DIRECT through ds::aio. The rank's
+// <nvme_path>/ds-swap-rank<r>@<host>@<pid>-XXXXXX/, written with O_DIRECT through ds::aio. The rank's
 // elements (every unit's chunk, in unit order) are cut into sub-groups of at most
 // `sub_group_size` elements; a sub-group's tensors sit contiguously in the file, each padded
 // to 4 KiB. The optimizer step walks the sub-groups with three rotating buffers: reading
@@ -13,9 +13,12 @@
 //     optimizer.step(master, grad.slice(...), states, ...);
 //   });
 //
-// The directory is created fresh for each run and rank and removed by the destructor.
+// The directory is created fresh for each run and rank and removed by the destructor, and on
+// the signals that end a run (ds::CleanupScope); creating one removes the directories killed
+// runs of this host left.
 // Space is reserved (fallocate) when the swapper is made, so a disk too small fails then,
-// with the bytes needed, not in the middle of a step.
+// with the bytes needed, not in the middle of a step. Every sub-group is checksummed (xxh64)
+// as it is written and verified as it is read back.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,6 +33,8 @@
 #include "ds/aio/handle.h"
 
 namespace ds::offload {
+
+class SwapDir;
 
 struct SwapOptions {
   std::string nvme_path;
@@ -72,15 +77,16 @@ class OptimizerSwapper {
   void read_unit(size_t unit, at::Tensor* master, std::vector<at::Tensor>* states);
   void write_unit(size_t unit, const at::Tensor& master, const std::vector<at::Tensor>& states);
 
-  const std::string& directory() const { return dir_; }
+  const std::string& directory() const;
   const std::string& path() const { return file_path_; }
   uint64_t file_bytes() const { return file_bytes_; }
   size_t sub_groups() const { return groups_.size(); }
   int64_t buffer_bytes() const;  // held in memory for swapping
   struct Stats {
     uint64_t bytes_read = 0, bytes_written = 0;
-    double io_wait_s = 0;  // time the step waited for the disk
-    double step_s = 0;     // whole for_each calls
+    double io_wait_s = 0;   // time the step waited for the disk
+    double step_s = 0;      // whole for_each calls
+    double checksum_s = 0;  // verifying what came back from the disk
   };
   const Stats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
@@ -94,6 +100,7 @@ class OptimizerSwapper {
   size_t tensors() const { return num_states_ + (swap_master_ ? 1 : 0); }
   uint64_t group_bytes(const Group& g) const { return g.slot_bytes * tensors(); }
   void run(const SegmentFn& fn, bool write_back, int64_t only_unit);
+  void verify(size_t group, const aio::AlignedBuffer& buf);
   at::Tensor view(aio::AlignedBuffer& buf, const Group& g, size_t slot, int64_t offset, int64_t length);
 
   SwapOptions options_;
@@ -101,7 +108,9 @@ class OptimizerSwapper {
   size_t num_states_ = 0;
   bool swap_master_ = false;
   std::vector<Group> groups_;
-  std::string dir_, file_path_;
+  std::vector<uint64_t> checksums_;  // xxh64 of each sub-group as last written
+  std::unique_ptr<SwapDir> swap_dir_;
+  std::string file_path_;
   uint64_t file_bytes_ = 0;
   std::unique_ptr<aio::AioHandle> aio_;
   aio::File file_;

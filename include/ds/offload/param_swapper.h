@@ -1,14 +1,15 @@
 // ParamSwapper: ZeRO-Infinity's parameter swapping (offload_param.device "nvme", stage 3).
 //
 // Each rank's weight shards — what the stage-3 all-gathers send, in the param dtype — live in
-// one file under <nvme_path>/ds-params-rank<r>-XXXXXX/, each unit's shard at a 4 KiB-aligned
+// one file under <nvme_path>/ds-params-rank<r>@<host>@<pid>-XXXXXX/, each unit's shard at a 4 KiB-aligned
 // offset, read and written with O_DIRECT through ds::aio (so they really live on the disk,
 // not in the page cache). As the coordinator's ShardStore it reads a unit's shard when the
 // unit is fetched — ahead of use when the trace prefetches it — into a pooled aligned buffer
 // that goes back to the pool once the all-gather has sent it. The optimizer writes updated
 // shards into a staging buffer per unit; a unit's buffer is written back asynchronously as
 // soon as all of it is final, and flush() waits for the writes. A read of a unit waits for a
-// write of it still in flight. The directory is removed with the swapper.
+// write of it still in flight. The directory is removed with the swapper (and on the signals
+// that end a run).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,6 +24,8 @@
 #include "ds/zero/coordinator.h"
 
 namespace ds::offload {
+
+class SwapDir;
 
 struct ParamSwapOptions {
   std::string nvme_path;
@@ -79,7 +82,8 @@ class ParamSwapper final : public zero::ShardStore {
   std::vector<int64_t> lengths_;
   at::ScalarType dtype_;
   std::vector<Unit> units_;
-  std::string dir_, path_;
+  std::unique_ptr<SwapDir> swap_dir_;
+  std::string path_;
   uint64_t file_bytes_ = 0;
   std::unique_ptr<aio::AioHandle> aio_;
   aio::File file_;

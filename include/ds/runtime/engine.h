@@ -58,6 +58,7 @@ struct UnitShard;
 struct StepStats {
   int64_t step = 0;  // optimizer steps so far, skipped ones included
   bool skipped = false;
+  const char* skip_reason = "";  // "fp16 overflow" or "non-finite loss or gradient"
   double loss = NAN;  // mean over the whole global batch (all ranks, all micro-batches)
   double lr = 0, grad_norm = 0, loss_scale = 1;
   double seconds = 0;  // wall time of this step (since the previous one)
@@ -81,6 +82,10 @@ struct EngineOptions {
   // the config's bf16.enabled (see zero::PrecisionPolicy).
   std::optional<at::ScalarType> compute_dtype;
   std::unique_ptr<optim::FlatOptimizer> optimizer;  // default: optim::make_optimizer(config.optimizer)
+  // A step whose loss or gradient norm is NaN/inf without fp16 loss scaling (fp32, bf16): by
+  // default step() throws ds::Error naming the step (nothing is updated); true skips the step
+  // instead, as fp16 skips an overflow (the lr schedule does not advance).
+  bool skip_nonfinite_steps = false;
 };
 
 class Engine {
@@ -115,6 +120,7 @@ class Engine {
   // calls them, between steps (not inside an accumulation window). A failure on any rank
   // throws ds::Error on every rank, with that rank's message.
   //
+  // Refuses (ds::Error on every rank, nothing written) when a master weight is NaN or inf.
   // Saves to <dir>/<tag> (default "global_step<N>"): each data-parallel rank its fp32 master
   // and optimizer state chunk (at stage 0 the first the whole), rank 0 the weights, RNG state
   // and the manifest with the counters, lr schedule and loss scaler; <dir>/latest moves to
@@ -215,6 +221,7 @@ class Engine {
   void write_back(size_t u, int modifier_rank);
   bool unscale_and_check_overflow();
   double global_grad_norm();
+  bool nonfinite_step(const StepStats& s);
   void apply_update(double lr);
   void gather_parameters();
   void log_step(const StepStats& s);
@@ -242,6 +249,7 @@ class Engine {
   std::unique_ptr<zero::ParamCoordinator> coordinator_;
   bool unit_aware_ = false;  // the model calls nn::run_unit (else stage 3 gathers every unit)
   zero::GradSync window_sync_ = zero::GradSync::kAllReduce;  // this accumulation window's
+  bool skip_nonfinite_steps_ = false;
   optim::LrSchedule schedule_;
   LossScaler scaler_;
   int64_t micro_step_ = 0;       // backward() calls so far

@@ -1,0 +1,25 @@
+// Start-up agreement between ranks. Ranks that disagree on the config or the model would
+// issue different collectives and die deep inside the transport (or hang until a timeout);
+// checking first turns that into one line naming the rank and the first difference.
+//
+//   ds::comm::check_ranks_agree(*world, "the config", text);   // every rank, its own text
+//   // ds::Error on every rank when they differ, e.g.
+//   //   the ranks disagree on the config: rank 1 has "/zero_optimization/stage = 3" where rank 0
+//   //   has "/zero_optimization/stage = 2"
+#pragma once
+
+#include <string>
+
+#include "ds/comm/communicator.h"
+
+namespace ds::comm {
+
+// Collective. `text` is this rank's description, one item per line; costs one all-gather of
+// a 64-bit hash when the ranks agree. Throws ds::Error (the same message on every rank)
+// naming the lowest rank whose text differs from rank 0's and the first line where.
+void check_ranks_agree(Communicator& comm, const std::string& what, const std::string& text);
+
+// Rank `root`'s `text`, on every rank (collective).
+std::string broadcast_string(Communicator& comm, const std::string& text, int root);
+
+}  // namespace ds::comm

@@ -1,0 +1,65 @@
+#include "ds/comm/agreement.h"
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <functional>
+#include <sstream>
+#include <vector>
+
+#include "ds/common/error.h"
+
+namespace ds::comm {
+
+namespace {
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+std::string quoted(const std::string& line) { return "\"" + line + "\""; }
+
+// Where `mine` first differs from `theirs` (rank 0's), as a phrase.
+std::string first_difference(const std::string& mine, const std::string& theirs, int me) {
+  const auto a = lines_of(mine), b = lines_of(theirs);
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    if (i < a.size() && i < b.size() && a[i] == b[i]) continue;
+    const std::string has = i < a.size() ? quoted(a[i]) : "nothing more";
+    const std::string where = i < b.size() ? quoted(b[i]) : "nothing more";
+    return ds::str("rank ", me, " has ", has, " where rank 0 has ", where);
+  }
+  return ds::str("rank ", me, " describes it differently from rank 0");  // same lines, another hash: cannot happen
+}
+
+}  // namespace
+
+std::string broadcast_string(Communicator& comm, const std::string& text, int root) {
+  at::Tensor length = at::tensor({int64_t(text.size())}, at::kLong);
+  comm.broadcast(length, root).wait();
+  at::Tensor bytes = at::empty({length.item<int64_t>()}, at::kByte);
+  if (comm.rank() == root && !text.empty()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  comm.broadcast(bytes, root).wait();
+  return std::string(static_cast<const char*>(bytes.data_ptr()), size_t(bytes.numel()));
+}
+
+void check_ranks_agree(Communicator& comm, const std::string& what, const std::string& text) {
+  if (comm.size() == 1) return;
+  const int64_t hash = int64_t(std::hash<std::string>{}(text));
+  at::Tensor all = at::empty({comm.size()}, at::kLong);
+  at::Tensor own = at::tensor({hash}, at::kLong);
+  comm.all_gather(all, own).wait();
+  int differs = -1;
+  for (int r = 1; r < comm.size() && differs < 0; ++r)
+    if (all[r].item<int64_t>() != all[0].item<int64_t>()) differs = r;
+  if (differs < 0) return;
+  const std::string reference = broadcast_string(comm, comm.rank() == 0 ? text : "", 0);
+  const std::string difference =
+      broadcast_string(comm, comm.rank() == differs ? first_difference(text, reference, differs) : "", differs);
+  throw Error(ds::str("the ranks disagree on ", what, ": ", difference,
+                      "; start every rank with the same program, arguments and config"));
+}
+
+}  // namespace ds::comm
