@@ -22,16 +22,25 @@ std::vector<std::string> lines_of(const std::string& text) {
 
 std::string quoted(const std::string& line) { return "\"" + line + "\""; }
 
-// Where `mine` first differs from `theirs` (rank 0's), as a phrase.
+// Where `mine` differs from `theirs` (rank 0's), as a phrase: the first three differing lines
+// (one setting often implies others: a stage's defaults), and how many more there are.
 std::string first_difference(const std::string& mine, const std::string& theirs, int me) {
   const auto a = lines_of(mine), b = lines_of(theirs);
+  std::string out;
+  int shown = 0, more = 0;
   for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
     if (i < a.size() && i < b.size() && a[i] == b[i]) continue;
+    if (shown == 3) {
+      ++more;
+      continue;
+    }
     const std::string has = i < a.size() ? quoted(a[i]) : "nothing more";
     const std::string where = i < b.size() ? quoted(b[i]) : "nothing more";
-    return ds::str("rank ", me, " has ", has, " where rank 0 has ", where);
+    out += shown == 0 ? ds::str("rank ", me, " has ", has, " where rank 0 has ", where) : ds::str("; ", has, " vs ", where);
+    ++shown;
   }
-  return ds::str("rank ", me, " describes it differently from rank 0");  // same lines, another hash: cannot happen
+  if (more > 0) out += ds::str(" (and ", more, " more)");
+  return shown ? out : ds::str("rank ", me, " describes it differently from rank 0");
 }
 
 }  // namespace
@@ -43,6 +52,27 @@ std::string broadcast_string(Communicator& comm, const std::string& text, int ro
   if (comm.rank() == root && !text.empty()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
   comm.broadcast(bytes, root).wait();
   return std::string(static_cast<const char*>(bytes.data_ptr()), size_t(bytes.numel()));
+}
+
+void all_or_nothing(Communicator& comm, const std::function<void()>& phase) {
+  std::string error;
+  try {
+    phase();
+  } catch (const std::exception& e) {
+    error = *e.what() ? e.what() : "unknown error";
+  }
+  if (comm.size() == 1) {
+    if (!error.empty()) throw Error(error);
+    return;
+  }
+  at::Tensor all = at::empty({comm.size()}, at::kLong);
+  at::Tensor own = at::tensor({int64_t(error.size())}, at::kLong);
+  comm.all_gather(all, own).wait();
+  for (int r = 0; r < comm.size(); ++r) {
+    if (all[r].item<int64_t>() == 0) continue;
+    const std::string message = broadcast_string(comm, error, r);
+    throw Error(ds::str("rank ", r, ": ", message.substr(0, message.find('\n'))));
+  }
 }
 
 void check_ranks_agree(Communicator& comm, const std::string& what, const std::string& text) {

@@ -193,11 +193,13 @@ class GlooCommunicator final : public QueuedCommunicator {
                               : ds::str(missing.size() > 1 ? "ranks " : "rank ", rank_list(missing),
                                         " did not answer (stopped, hung, or its host unreachable)"));
       } catch (const std::exception& e) {
-        answer->set_value(ds::str("the rendezvous store does not answer either (", first_line(e), ")"));
+        answer->set_value(ds::str("the rendezvous store on rank 0 does not answer either (", first_line(e),
+                                  "): rank 0 is stopped or gone, or this host is cut off from it"));
       }
     }).detach();
     if (future.wait_for(kWait + std::chrono::seconds(5)) == std::future_status::ready) return future.get();
-    return "rank 0 (which serves the rendezvous store) does not answer either: it is stopped or hung";
+    return "the rendezvous store on rank 0 does not answer either: rank 0 is stopped or hung, or this host is cut off "
+           "from it";
   }
 
  private:

@@ -50,8 +50,9 @@ class QueuedCommunicator : public Communicator {
   const CommOptions& options() const { return options_; }
   std::string describe(const std::string& op) const;
   // Called on the worker thread when a collective timed out: which ranks did not answer, as a
-  // phrase for the error ("" when the backend cannot tell).
+  // phrase for the error ("" when the backend cannot tell). At most kDiagnosisGrace.
   virtual std::string diagnose_timeout() { return ""; }
+  static constexpr Millis kDiagnosisGrace{std::chrono::seconds(20)};
 
  private:
   struct Job {

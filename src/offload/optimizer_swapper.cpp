@@ -12,7 +12,7 @@
 #include "ds/ckpt/checksum.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
-#include "swap_dir.h"
+#include "ds/offload/swap_dir.h"
 
 namespace ds::offload {
 

@@ -9,7 +9,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
-#include "swap_dir.h"
+#include "ds/offload/swap_dir.h"
 
 namespace ds::offload {
 
@@ -22,6 +22,12 @@ constexpr size_t kWritesInFlight = 4;  // staged units being written at once, at
 uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
+
+uint64_t ParamSwapper::bytes_needed(const std::vector<int64_t>& lengths, at::ScalarType dtype) {
+  uint64_t bytes = 0;
+  for (int64_t n : lengths) bytes += align_up(uint64_t(n) * c10::elementSize(dtype));
+  return bytes;
+}
 
 ParamSwapper::ParamSwapper(ParamSwapOptions options, std::vector<int64_t> lengths, at::ScalarType dtype)
     : lengths_(std::move(lengths)), dtype_(dtype), units_(lengths_.size()) {

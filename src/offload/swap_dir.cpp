@@ -1,4 +1,4 @@
-#include "swap_dir.h"
+#include "ds/offload/swap_dir.h"
 
 #include <cerrno>
 #include <cstdio>

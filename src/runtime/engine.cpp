@@ -15,6 +15,7 @@
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
+#include "ds/offload/swap_dir.h"
 
 namespace ds {
 
@@ -88,7 +89,8 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
 
 // Every unit as its layout says: flat (or taken from a zero::Init), the same weights on every
 // data-parallel rank, rounded to the param dtype, sharded at stage 3, with its master, gradient
-// shard and optimizer states.
+// shard and optimizer states. What can fail on one rank alone (the swap directories) is checked
+// on every rank before any weight moves.
 void Engine::build_units(EngineOptions& options) {
   std::vector<zero::UnitSpec> specs = std::move(options.units);
   if (specs.empty()) specs = zero::find_units(*model_);
@@ -99,52 +101,85 @@ void Engine::build_units(EngineOptions& options) {
   for (const auto& spec : specs)
     for (const auto& [name, p] : spec.params) fingerprint += ds::str(spec.name, ": ", name, " ", p.sizes(), "\n");
   comm::check_ranks_agree(*groups_.world, "the config and the model", fingerprint);
-  const zero::PrecisionPolicy& pp = plan_.precision;
-  comm::Communicator& data = *groups_.data;
-  std::vector<at::Tensor> initial_masters;  // swapped masters, until they are on disk
-  for (auto& spec : specs) {
-    UnitState s;
-    // A unit a zero::Init sharded already (its parameters are empty placeholders now).
-    if (plan_.stage == 3) s.unit = zero::take_matching_unit(options.sharded_units, spec);
-    int64_t numel = 0;
-    for (const auto& [name, p] : spec.params) numel += p.numel();
-    s.layout = zero::plan_unit(s.unit ? s.unit->numel() : numel, plan_.shard);
-    const zero::UnitLayout& l = s.layout;
-    if (s.unit) {  // a zero::Init sharded it already (its weights came from the group's first rank)
-      if (s.unit->dtype() != pp.working || s.unit->shard_dtype() != pp.param || s.unit->padded_numel() != l.padded_numel)
-        throw Error(ds::str("unit ", spec.name, " was sharded by ds::zero::Init as ", zero::dtype_name(s.unit->dtype()),
-                            " weights with ", zero::dtype_name(s.unit->shard_dtype()), " shards of a ",
-                            s.unit->padded_numel(), "-element buffer, but the engine needs ", pp.describe(),
-                            " over ", data.size(), " data-parallel ranks; build the Init with the same config, "
-                            "data-parallel group and dtypes"));
-    } else {
-      zero::FlatUnitOptions o;
-      o.pad_to = plan_.shard.pad * data.size();
-      o.dtype = pp.working;
-      o.persistent_grads = l.persistent_grads;
-      o.shard_dtype = pp.param;
-      s.unit = std::make_unique<zero::FlatUnit>(spec.name, spec.params, o);
-      at::Tensor params = s.unit->params();
-      data.broadcast(params, 0).wait();  // every replica starts from the first one's weights
-      if (pp.rounds_working()) params.copy_(params.to(pp.param));  // the weights hold param-dtype values
-      if (l.shard_params) s.unit->shard(data.size(), data.rank());
-    }
-    DS_CHECK(s.unit->padded_numel() == l.padded_numel, "unit ", spec.name, ": padded to ", s.unit->padded_numel(),
-             " but its layout says ", l.padded_numel);
-    const at::Tensor weights =
-        l.shard_params ? s.unit->shard_data() : s.unit->params().slice(0, l.own.offset, l.own.offset + l.own.length);
-    if (l.master_is_weights) s.master = weights;
-    else if (plan_.swap_optimizer) initial_masters.push_back(weights.to(at::kFloat, false, /*copy=*/true));
-    else s.master = weights.to(at::kFloat, false, /*copy=*/true);
-    if (l.grad_shard) s.grad_shard = at::zeros({l.own.length});
-    if (!plan_.swap_optimizer) s.states = optimizer_->init_state(l.own.length);
-    units_.push_back(std::move(s));
+  std::vector<std::unique_ptr<zero::FlatUnit>> sharded(specs.size());  // units a zero::Init built
+  std::vector<zero::UnitLayout> layouts;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (plan_.stage == 3) sharded[i] = zero::take_matching_unit(options.sharded_units, specs[i]);
+    int64_t numel = 0;  // an Init unit's parameters are empty placeholders now
+    for (const auto& [name, p] : specs[i].params) numel += p.numel();
+    layouts.push_back(zero::plan_unit(sharded[i] ? sharded[i]->numel() : numel, plan_.shard));
   }
   if (!options.sharded_units.empty())
     throw Error(ds::str("ds::zero::Init sharded ", options.sharded_units.size(), " unit(s) the engine does not train ",
                         "(the first: ", options.sharded_units.front()->name(), "); build the engine with the model ",
                         "the Init built"));
-  if (plan_.swap_optimizer) start_offload(initial_masters);
+  comm::all_or_nothing(*groups_.world, [&] { preflight_swap(layouts); });
+  std::vector<at::Tensor> initial_masters;  // swapped masters, until they are on disk
+  for (size_t i = 0; i < specs.size(); ++i) add_unit(specs[i], layouts[i], std::move(sharded[i]), initial_masters);
+  // Local disk work that can fail on one rank (the space taken between the check and now):
+  // every rank learns which, instead of the others failing later on a closed connection.
+  if (plan_.swap_optimizer) comm::all_or_nothing(*groups_.world, [&] { start_offload(initial_masters); });
+}
+
+// The swap directories can hold what this rank will put there (stale directories of killed
+// runs removed first).
+void Engine::preflight_swap(const std::vector<zero::UnitLayout>& layouts) const {
+  std::vector<int64_t> lengths;
+  for (const auto& l : layouts) lengths.push_back(l.own.length);
+  uint64_t optimizer_bytes = 0, param_bytes = 0;
+  if (plan_.swap_optimizer) {
+    const size_t tensors = optimizer_->state_specs().size() + (plan_.precision.master_is_working() ? 0 : 1);
+    optimizer_bytes = offload::OptimizerSwapper::bytes_needed(lengths, tensors, plan_.swap_optimizer->sub_group_size);
+    offload::remove_stale_swap_dirs(plan_.swap_optimizer->nvme_path);
+  }
+  if (plan_.swap_params) {
+    param_bytes = offload::ParamSwapper::bytes_needed(lengths, plan_.precision.param);
+    offload::remove_stale_swap_dirs(plan_.swap_params->nvme_path);
+  }
+  if (plan_.swap_optimizer && plan_.swap_params && plan_.swap_optimizer->nvme_path == plan_.swap_params->nvme_path) {
+    aio::check_swap_path(plan_.swap_optimizer->nvme_path, optimizer_bytes + param_bytes);
+    return;
+  }
+  if (plan_.swap_optimizer) aio::check_swap_path(plan_.swap_optimizer->nvme_path, optimizer_bytes);
+  if (plan_.swap_params) aio::check_swap_path(plan_.swap_params->nvme_path, param_bytes);
+}
+
+void Engine::add_unit(const zero::UnitSpec& spec, const zero::UnitLayout& l, std::unique_ptr<zero::FlatUnit> sharded,
+                      std::vector<at::Tensor>& initial_masters) {
+  const zero::PrecisionPolicy& pp = plan_.precision;
+  comm::Communicator& data = *groups_.data;
+  UnitState s;
+  s.layout = l;
+  s.unit = std::move(sharded);
+  if (s.unit) {  // a zero::Init sharded it already (its weights came from the group's first rank)
+    if (s.unit->dtype() != pp.working || s.unit->shard_dtype() != pp.param || s.unit->padded_numel() != l.padded_numel)
+      throw Error(ds::str("unit ", spec.name, " was sharded by ds::zero::Init as ", zero::dtype_name(s.unit->dtype()),
+                          " weights with ", zero::dtype_name(s.unit->shard_dtype()), " shards of a ",
+                          s.unit->padded_numel(), "-element buffer, but the engine needs ", pp.describe(), " over ",
+                          data.size(), " data-parallel ranks; build the Init with the same config, data-parallel "
+                          "group and dtypes"));
+  } else {
+    zero::FlatUnitOptions o;
+    o.pad_to = plan_.shard.pad * data.size();
+    o.dtype = pp.working;
+    o.persistent_grads = l.persistent_grads;
+    o.shard_dtype = pp.param;
+    s.unit = std::make_unique<zero::FlatUnit>(spec.name, spec.params, o);
+    at::Tensor params = s.unit->params();
+    data.broadcast(params, 0).wait();  // every replica starts from the first one's weights
+    if (pp.rounds_working()) params.copy_(params.to(pp.param));  // the weights hold param-dtype values
+    if (l.shard_params) s.unit->shard(data.size(), data.rank());
+  }
+  DS_CHECK(s.unit->padded_numel() == l.padded_numel, "unit ", spec.name, ": padded to ", s.unit->padded_numel(),
+           " but its layout says ", l.padded_numel);
+  const at::Tensor weights =
+      l.shard_params ? s.unit->shard_data() : s.unit->params().slice(0, l.own.offset, l.own.offset + l.own.length);
+  if (l.master_is_weights) s.master = weights;
+  else if (plan_.swap_optimizer) initial_masters.push_back(weights.to(at::kFloat, false, /*copy=*/true));
+  else s.master = weights.to(at::kFloat, false, /*copy=*/true);
+  if (l.grad_shard) s.grad_shard = at::zeros({l.own.length});
+  if (!plan_.swap_optimizer) s.states = optimizer_->init_state(l.own.length);
+  units_.push_back(std::move(s));
 }
 
 void Engine::start_offload(std::vector<at::Tensor>& initial_masters) {
@@ -170,12 +205,12 @@ void Engine::start_stage3() {
   if (plan_.swap_params) {  // the weight shards go to disk
     std::vector<int64_t> lengths;
     for (const auto& s : units_) lengths.push_back(s.layout.own.length);
-    param_swapper_ = std::make_unique<offload::ParamSwapper>(*plan_.swap_params, lengths, plan_.precision.param);
-    for (size_t u = 0; u < units_.size(); ++u) {
-      param_swapper_->write(u, units_[u].unit->shard_data());
-      units_[u].unit->drop_shard_data();
-    }
-    param_swapper_->flush();
+    comm::all_or_nothing(*groups_.world, [&] {
+      param_swapper_ = std::make_unique<offload::ParamSwapper>(*plan_.swap_params, lengths, plan_.precision.param);
+      for (size_t u = 0; u < units_.size(); ++u) param_swapper_->write(u, units_[u].unit->shard_data());
+      param_swapper_->flush();
+    });
+    for (auto& s : units_) s.unit->drop_shard_data();
     co.store = param_swapper_.get();
   }
   std::vector<zero::FlatUnit*> raw;

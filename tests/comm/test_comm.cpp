@@ -8,6 +8,7 @@
 #include <array>
 
 #include "collective_checks.h"
+#include "ds/comm/agreement.h"
 #include "ds/comm/communicator.h"
 #include "ds/comm/topology.h"
 #include "ds/common/error.h"
@@ -172,6 +173,55 @@ TEST(PeerFailure, SurvivorsGetAnErrorNotAHang) {
     }
     ADD_FAILURE() << "rank " << rank << " never noticed that rank 2 died";
   }, run);
+}
+
+TEST(PeerFailure, AStoppedRankIsNamedWhenTheOthersTimeOut) {
+  // Rank 2 stops (SIGSTOP: alive, connected, silent). The others time out in their next
+  // collective and say which rank did not answer. Rank 0 then kills it.
+  test::RankRun run;
+  run.comm_timeout = 2s;
+  run.accept = [](int rank, int status) { return rank == 2 ? WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL : status == 0; };
+  test::run_processes(4, [&](int rank, int port) {
+    comm::GlooOptions o;
+    o.rank = rank, o.world_size = 4, o.master_port = port, o.timeout = run.comm_timeout;
+    auto c = comm::make_gloo(o);
+    at::Tensor pids = at::zeros({4}, at::kLong);
+    at::Tensor mine = at::full({1}, int64_t(::getpid()), at::kLong);
+    c->all_gather(pids, mine).wait();
+    if (rank == 2) ::raise(SIGSTOP);
+    at::Tensor t = at::ones({1000});
+    try {
+      c->all_reduce(t).wait();
+      ADD_FAILURE() << "rank " << rank << ": the all-reduce finished without rank 2";
+    } catch (const TimeoutError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 2 did not answer (stopped, hung, or its host unreachable)"),
+                std::string::npos)
+          << e.what();
+    }
+    if (rank == 0) ::kill(pid_t(pids[2].item<int64_t>()), SIGKILL);
+  }, run);
+}
+
+TEST(Agreement, OneRanksFailureBecomesEveryRanksErrorNamingIt) {
+  test::run_ranks(3, [](comm::Communicator& c) {
+    try {
+      comm::all_or_nothing(c, [&] {
+        if (c.rank() == 2) throw Error("the disk is full\nsecond line");
+      });
+      ADD_FAILURE() << "rank " << c.rank() << " did not learn of rank 2's failure";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "rank 2: the disk is full");
+    }
+    comm::all_or_nothing(c, [] {});  // and the ranks are still in step
+    comm::check_ranks_agree(c, "the test", "same\ntext\n");
+    try {
+      comm::check_ranks_agree(c, "the model", c.rank() == 1 ? "a\nb x\nc\nd\n" : "a\nb\nc\n");
+      ADD_FAILURE() << "no disagreement found";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "the ranks disagree on the model: rank 1 has \"b x\" where rank 0 has \"b\"; "
+                                       "\"d\" vs nothing more; start every rank with the same program, arguments and config");
+    }
+  });
 }
 
 TEST(Topology, CoordinatesFollowPipeDataTensorOrder) {

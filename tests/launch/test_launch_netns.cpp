@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <thread>
+
 #include "launch_test_util.h"
 
 using namespace ds_test;
@@ -136,4 +138,35 @@ TEST_F(TwoHosts, FailureOnTheSecondHostStopsBothNodes) {
   EXPECT_EQ(errors[0], "ds-launch: error: rank 2 (pid " + std::to_string(pids[2]) + ") on " + net_.ns_b +
                            " exited with status 5; stopped the other 3 ranks");
   expect_all_gone(pids);
+}
+
+TEST_F(TwoHosts, ALinkThatGoesDownMidTrainingEndsTheJobNamingTheRank) {
+  // ds-train on two hosts (one rank each); once it trains, host B's link goes down. Both ranks
+  // time out in their collective (DS_COMM_TIMEOUT 5 s): rank 0 finds that rank 1 did not
+  // answer, rank 1 that it cannot reach rank 0's store either (cut off). Whichever reports
+  // first, the job ends naming host B's rank, within the timeout plus the time to find out who
+  // (documented in LAUNCH.md).
+  const char* dir = std::getenv("DS_BIN_DIR");
+  const std::string train = std::string(dir ? dir : DS_APPS_DIR) + "/ds-train";
+  const std::string hosts = dir_.write("hosts1", net_.ns_a + " slots=1\n" + net_.ns_b + " slots=1\n");
+  Spawned launcher(launch_argv({"--hostfile", hosts, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
+                                net_.ip_a, "--kill_timeout", "2", "--env", "DS_COMM_TIMEOUT=5", train, "--steps",
+                                "1000000", "--n-layer", "1", "--n-head", "2", "--d-model", "32", "--eval-interval",
+                                "0", "--plot", "", "--metrics", dir_.file("m.csv")}));
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (read_file(dir_.file("m.csv")).find("\n3,") == std::string::npos && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_NE(read_file(dir_.file("m.csv")).find("\n3,"), std::string::npos) << "never trained 3 steps";
+  ASSERT_EQ(run_cmd({"/usr/sbin/ip", "-n", net_.ns_b, "link", "set", net_.veth_b, "down"}), "");
+  const auto down = Clock::now();
+  RunOutput r = launcher.wait(90);
+  const double seconds = std::chrono::duration<double>(Clock::now() - down).count();
+  EXPECT_FALSE(r.timed_out) << diag(r);
+  EXPECT_NE(r.exit_code(), 0) << diag(r);
+  const bool rank0_says = r.err.find("rank 1 did not answer (stopped, hung, or its host unreachable)") != std::string::npos;
+  const bool rank1_says = r.err.find("rank 0 is stopped or gone, or this host is cut off from it") != std::string::npos &&
+                          r.err.find("ds-launch: error: rank 1 (pid") != std::string::npos &&
+                          r.err.find(") on " + net_.ns_b + " exited with status 1") != std::string::npos;
+  EXPECT_TRUE(rank0_says || rank1_says) << diag(r);
+  EXPECT_LT(seconds, 5 + 20 + 15) << "timeout + diagnosis + the launcher stopping the other node";
 }

@@ -5,7 +5,9 @@
 // writes swapped masters; the files go away with the engine; a bad nvme_path fails at once
 // with the path.
 #include <ATen/ATen.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -190,4 +192,27 @@ TEST(NvmeOffload, ADiskThatFillsUpMidRunFailsTheSaveAndTheLastCheckpointStillLoa
   std::filesystem::remove(ext4.path() + "/filler");
   test::TinyRun again(test::solo(), cfg);
   EXPECT_EQ(again.engine().load_checkpoint(ck).global_step, 2);
+}
+
+TEST(NvmeOffload, ASwapFileChangedBehindTheRunIsNamed) {
+  // Every sub-group is checksummed as it is written and checked as it is read back: bytes
+  // changed in the file (another process, a failing disk) stop the step with the file and the
+  // sub-group, instead of training on garbage.
+  test::TempDir dir("ds_swap", "/tmp");
+  offload::SwapOptions o;
+  o.nvme_path = dir.path();
+  o.sub_group_size = 4096;
+  auto zeros = [](int64_t n) { return std::vector<at::Tensor>{at::zeros({n}), at::zeros({n})}; };
+  offload::OptimizerSwapper swap(o, {10000}, 2, /*swap_master=*/false, zeros);
+  swap.for_each([](const offload::SwapSegment&, at::Tensor, std::vector<at::Tensor>& st) { st[0].fill_(1); });
+  swap.for_each([](const offload::SwapSegment&, at::Tensor, std::vector<at::Tensor>& st) {
+    EXPECT_TRUE((st[0] == 1).all().item<bool>());
+  });
+  const int fd = ::open(swap.path().c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  const uint64_t offset = 2 * 4096 * 4 + 100;  // inside the second sub-group's first state
+  ASSERT_EQ(::pwrite(fd, "garbage!", 8, off_t(offset)), 8);
+  ::close(fd);
+  EXPECT_ERROR_HAS(swap.for_each([](const offload::SwapSegment&, at::Tensor, std::vector<at::Tensor>&) {}),
+                   "changed on disk since it was written: sub-group 1");
 }

@@ -8,6 +8,7 @@
 //   //   has "/zero_optimization/stage = 2"
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "ds/comm/communicator.h"
@@ -18,6 +19,12 @@ namespace ds::comm {
 // a 64-bit hash when the ranks agree. Throws ds::Error (the same message on every rank)
 // naming the lowest rank whose text differs from rank 0's and the first line where.
 void check_ranks_agree(Communicator& comm, const std::string& what, const std::string& text);
+
+// Runs `phase` on every rank, then every rank learns how it went everywhere: when it threw on
+// any rank, it throws ds::Error on every rank with the lowest failing rank's message
+// ("rank 2: ..."). For steps that can fail on one rank only (a full disk, a missing file), so
+// the others do not fail later with an echo of it ("connection reset by peer").
+void all_or_nothing(Communicator& comm, const std::function<void()>& phase);
 
 // Rank `root`'s `text`, on every rank (collective).
 std::string broadcast_string(Communicator& comm, const std::string& text, int root);

@@ -38,6 +38,8 @@ class ParamSwapper final : public zero::ShardStore {
   // lengths[u]: elements of unit u's shard on this rank. Checks nvme_path
   // (ds::aio::check_swap_path) and reserves the file.
   ParamSwapper(ParamSwapOptions options, std::vector<int64_t> lengths, at::ScalarType dtype);
+  // The bytes the file needs for these shard lengths (for the pre-flight check).
+  static uint64_t bytes_needed(const std::vector<int64_t>& lengths, at::ScalarType dtype);
   ~ParamSwapper() override;
   ParamSwapper(const ParamSwapper&) = delete;
   ParamSwapper& operator=(const ParamSwapper&) = delete;

@@ -203,6 +203,9 @@ class Engine {
   };
 
   void build_units(EngineOptions& options);
+  void preflight_swap(const std::vector<zero::UnitLayout>& layouts) const;
+  void add_unit(const zero::UnitSpec& spec, const zero::UnitLayout& layout, std::unique_ptr<zero::FlatUnit> sharded,
+                std::vector<at::Tensor>& initial_masters);
   void start_offload(std::vector<at::Tensor>& initial_masters);
   void start_stage3();
   // What the optimizer reads for unit u: the unit's gradient (all-reduced or own) or this

@@ -1,4 +1,4 @@
-// Internal: a swap directory of one rank of one run — <nvme_path>/ds-<kind>-rank<r>@<host>@<pid>-XXXXXX —
+// A swap directory of one rank of one run — <nvme_path>/ds-<kind>-rank<r>@<host>@<pid>-XXXXXX —
 // holding one file, removed with the SwapDir and on every exit the process controls (signals
 // included, ds::CleanupScope). The swappers call remove_stale_swap_dirs first.
 #pragma once

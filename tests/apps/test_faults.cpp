@@ -1,0 +1,256 @@
+// What a hostile user and environment do to the tools, end to end: bad flags and files,
+// ranks that disagree, the MPI backend without mpirun, NaN losses, killed runs that leave swap
+// directories, stopped ranks. Each ends in one clear line and a non-zero exit (usage errors:
+// 2, everything else: 1), at start-up where the problem is knowable then, never in a crash,
+// a hang or a silent wrong result.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <sstream>
+#include <thread>
+
+#include "../launch/launch_test_util.h"
+#include "ds/common/error.h"
+
+using namespace ds_test;
+
+namespace {
+
+std::string bin(const std::string& name) {
+  const char* dir = std::getenv("DS_BIN_DIR");
+  return std::string(dir ? dir : DS_APPS_DIR) + "/" + name;
+}
+
+const std::vector<std::string> kTiny = {"--n-layer", "1", "--n-head", "2", "--d-model", "32", "--eval-interval", "0",
+                                        "--eval-examples", "8", "--plot", ""};
+
+// ds-train with the tiny model's flags, `extra` taking precedence.
+std::vector<std::string> train_args(std::vector<std::string> extra) {
+  std::vector<std::string> argv = {bin("ds-train")};
+  for (size_t i = 0; i + 1 < kTiny.size(); i += 2)
+    if (std::find(extra.begin(), extra.end(), kTiny[i]) == extra.end()) argv.insert(argv.end(), {kTiny[i], kTiny[i + 1]});
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+// The one error line of a failed run (fails the test unless there is exactly one).
+std::string error_line(const RunOutput& r, const std::string& prefix, const std::string& what) {
+  std::vector<std::string> errors;
+  for (const auto& l : lines_of(r.err))
+    if (l.find("error: ") != std::string::npos) errors.push_back(l);
+  EXPECT_EQ(errors.size(), 1u) << what << ": " << diag(r);
+  if (errors.empty()) return "";
+  EXPECT_NE(errors[0].find(prefix), std::string::npos) << what << ": " << errors[0];
+  return errors[0];
+}
+
+std::string hostname() {
+  char buf[256] = {};
+  ::gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+}  // namespace
+
+TEST(Faults, EveryBadFlagIsOneLineAndExitTwo) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  } cases[] = {
+      {{"--steps", "0"}, "--steps: expected an integer from 1 to 1000000000, got \"0\""},
+      {{"--seq-len", "0"}, "--seq-len: expected an integer from 1"},
+      {{"--seq-len", "-5"}, "--seq-len: expected an integer from 1"},
+      {{"--threads", "-3"}, "--threads: expected an integer from 1 to 1024, got \"-3\""},
+      {{"--threads", "100000"}, "--threads: expected an integer from 1 to 1024"},
+      {{"--eval-interval", "-1"}, "--eval-interval: expected an integer from 0"},
+      {{"--seed", "-2"}, "--seed: expected an integer from 0"},
+      {{"--n-layer", "0"}, "--n-layer: expected an integer from 1"},
+      {{"--stepz", "3"}, "--stepz"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> argv = {bin("ds-train")};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    RunOutput r = Spawned(argv).wait(30);
+    EXPECT_EQ(r.exit_code(), 2) << c.message << ": " << diag(r);
+    std::string line = error_line(r, "ds-train: error: ", c.message);
+    EXPECT_NE(line.find(c.message), std::string::npos) << line;
+  }
+}
+
+TEST(Faults, BadFilesAndImpossibleSizesAreNamedBeforeTraining) {
+  TempDir dir;
+  const std::string a_file = dir.write("a_file", "x");
+  const std::string json = dir.write("c.json", R"({"train_batch_size": 8})");
+  const std::string huge = dir.write("huge.json", R"({"train_batch_size": 2000000000, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}})");
+  const std::string empty_nvme = dir.write("nvme.json", R"({"train_batch_size": 8, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": ""}}})");
+  const std::string bucket = dir.write("bucket.json", R"({"train_batch_size": 8, "zero_optimization": {"reduce_bucket_size": 0}})");
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  } cases[] = {
+      {{"--data", dir.path()}, "is not a regular file (a directory)"},
+      {{"--data", "/dev/zero"}, "is not a regular file (a device, pipe or socket)"},
+      {{"--save", a_file}, "--save " + a_file + ": exists and is not a directory"},
+      {{"--plot", dir.file("no/such/dir/loss.svg")}, "--plot: directory " + dir.file("no/such/dir") + " does not exist"},
+      {{"--load", json}, json + " is not a directory"},
+      {{"--config", huge}, "of activations, more than this machine's"},
+      {{"--config", empty_nvme}, "offload_optimizer.nvme_path: is empty"},
+      {{"--config", bucket}, "reduce_bucket_size: expected an integer >= 1"},
+  };
+  for (const auto& c : cases) {
+    const auto start = std::chrono::steady_clock::now();
+    RunOutput r = Spawned(train_args(c.args)).wait(60);
+    EXPECT_EQ(r.exit_code(), 1) << c.message << ": " << diag(r);
+    std::string line = error_line(r, "ds-train: error: ", c.message);
+    EXPECT_NE(line.find(c.message), std::string::npos) << line;
+    EXPECT_EQ(r.out.find("step 1"), std::string::npos) << "trained before failing: " << r.out;
+    (void)start;
+  }
+  // ds-config validate refuses what ds-train refuses, and a document nested 50,000 deep.
+  RunOutput v = Spawned({bin("ds-config"), "validate", bucket}).wait(30);
+  EXPECT_EQ(v.exit_code(), 1) << diag(v);
+  error_line(v, "ds-config: error: ", "reduce_bucket_size");
+  const std::string deep = dir.write("deep.json", "{\"x\": " + std::string(50000, '[') + std::string(50000, ']') + "}");
+  v = Spawned({bin("ds-config"), "validate", deep}).wait(30);
+  EXPECT_EQ(v.exit_code(), 1) << diag(v);
+  EXPECT_NE(error_line(v, "ds-config: error: ", "deep").find("nested deeper than 64 levels"), std::string::npos);
+}
+
+TEST(Faults, TheMpiBackendWithoutMpirunIsRefused) {
+  TempDir dir;
+  RunOutput r = run_launch({"--num_procs", "2", "--env", "DS_COMM_BACKEND=mpi", bin("ds-train"), "--steps", "2",
+                            "--plot", "", "--save", dir.file("ck")},
+                           120);
+  EXPECT_NE(r.exit_code(), 0) << diag(r);
+  EXPECT_NE(r.err.find("DS_COMM_BACKEND=mpi, but MPI sees a world of 1 while WORLD_SIZE=2"), std::string::npos)
+      << diag(r);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("ck/global_step2"))) << "each rank trained alone";
+}
+
+TEST(Faults, RanksThatDisagreeNameTheRankAndTheFirstDifference) {
+  TempDir dir;
+  const std::string s2 = dir.write("s2.json", R"({"train_batch_size": 8, "zero_optimization": {"stage": 2}})");
+  const std::string s3 = dir.write("s3.json", R"({"train_batch_size": 8, "zero_optimization": {"stage": 3}})");
+  // Rank 1 is started with other arguments than rank 0.
+  auto launch = [&](const std::string& rank0, const std::string& rank1) {
+    std::string tiny;
+    for (const auto& a : kTiny)
+      if (a != "--d-model" && a != "32") tiny += " '" + a + "'";
+    const std::string cmd = "if [ \"$RANK\" = 0 ]; then exec '" + bin("ds-train") + "' --steps 2" + tiny + " " + rank0 +
+                            "; else exec '" + bin("ds-train") + "' --steps 2" + tiny + " " + rank1 + "; fi";
+    return run_launch({"--num_procs", "2", "sh", "-c", cmd}, 120);
+  };
+  RunOutput model = launch("--d-model 32", "--d-model 64");
+  EXPECT_EQ(model.exit_code(), 1) << diag(model);
+  EXPECT_NE(model.err.find("the ranks disagree on the config and the model: rank 1 has \"wte: wte.weight [256, 64]\" "
+                           "where rank 0 has \"wte: wte.weight [256, 32]\""),
+            std::string::npos)
+      << diag(model);
+  RunOutput stage = launch("--config " + s2, "--config " + s3);
+  EXPECT_EQ(stage.exit_code(), 1) << diag(stage);
+  EXPECT_NE(stage.err.find("the ranks disagree on the config: rank 1 has "), std::string::npos) << diag(stage);
+  EXPECT_NE(stage.err.find("\"/zero_optimization/stage = 3\" vs \"/zero_optimization/stage = 2\""), std::string::npos)
+      << diag(stage);
+  EXPECT_EQ(stage.err.find("SIGABRT"), std::string::npos) << diag(stage);
+}
+
+TEST(Faults, NonFiniteLossesStopNamingTheStepOrAreSkipped) {
+  TempDir dir;
+  const std::string wild = dir.write("wild.json", R"({"train_batch_size": 8, "optimizer": {"type": "SGD", "params": {"lr": 1e8}}})");
+  RunOutput r = Spawned(train_args({"--config", wild, "--steps", "6", "--save", dir.file("ck"), "--save-interval", "1"})).wait(120);
+  EXPECT_EQ(r.exit_code(), 1) << diag(r);
+  std::string line = error_line(r, "ds-train: error: step ", "nan loss");
+  EXPECT_NE(line.find("has no loss scaling to absorb a non-finite value"), std::string::npos) << line;
+  // Whatever was saved before is finite, and `latest` names it.
+  if (std::filesystem::exists(dir.file("ck/latest"))) {
+    RunOutput inspect = Spawned({bin("ds-ckpt"), "to-fp32", dir.file("ck"), dir.file("w")}).wait(60);
+    EXPECT_EQ(inspect.exit_code(), 0) << diag(inspect);
+  }
+  RunOutput skip = Spawned(train_args({"--config", wild, "--steps", "6", "--skip-nonfinite"})).wait(120);
+  EXPECT_EQ(skip.exit_code(), 0) << diag(skip);
+}
+
+TEST(Faults, SwapDirectoriesGoWithTheRunAndWhatKilledRunsLeftIsRemoved) {
+  TempDir swap("ds_faults_swap", "/tmp");
+  const std::string cfg = swap.write(
+      "c.json", ds::str(R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, )",
+                        R"("zero_optimization": {"stage": 2, "sub_group_size": 4096, "offload_optimizer": {"device": "nvme", "nvme_path": ")",
+                        swap.path(), R"("}}})"));
+  auto swap_dirs = [&] {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(swap.path()))
+      if (e.is_directory()) out.push_back(e.path().filename().string());
+    return out;
+  };
+  // 1. SIGTERM (a launcher stopping the job, Ctrl-C) in the middle of training.
+  Spawned launcher(launch_argv({"--num_procs", "2", bin("ds-train"), "--config", cfg, "--steps", "100000", "--n-layer",
+                                "1", "--n-head", "2", "--d-model", "32", "--plot", ""}));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (swap_dirs().size() < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(swap_dirs().size(), 2u) << "the ranks never made their swap directories";
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ::kill(launcher.pid(), SIGTERM);
+  RunOutput r = launcher.wait(60);
+  EXPECT_EQ(r.exit_code(), 128 + SIGTERM) << diag(r);
+  EXPECT_EQ(swap_dirs(), std::vector<std::string>{}) << "left behind after SIGTERM";
+  // 2. What a SIGKILLed run left (its process is gone) is removed by the next run; a
+  // directory of another host is named with the command to remove it.
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ::waitpid(dead, nullptr, 0);
+  const std::string stale = ds::str("ds-swap-rank0@", hostname(), "@", dead, "-abcdef");
+  const std::string foreign = "ds-swap-rank0@some-other-host@1-abcdef";
+  std::filesystem::create_directories(swap.file(stale));
+  swap.write(stale + "/optimizer_states.swp", std::string(4096, 'x'));
+  std::filesystem::create_directories(swap.file(foreign));
+  RunOutput next = Spawned(train_args({"--config", cfg, "--steps", "2"})).wait(120);
+  EXPECT_EQ(next.exit_code(), 0) << diag(next);
+  EXPECT_NE(next.err.find("removed " + swap.file(stale) + ", left by process " + std::to_string(dead) + " that is gone"),
+            std::string::npos)
+      << diag(next);
+  EXPECT_NE(next.err.find("belongs to a run on another host; if that run is over, remove it: rm -rf '" + swap.file(foreign)),
+            std::string::npos)
+      << diag(next);
+  EXPECT_EQ(swap_dirs(), std::vector<std::string>{foreign});
+}
+
+TEST(Faults, ACheckpointOfAnotherModelWithTheSameShapesIsRefused) {
+  TempDir dir;
+  RunOutput save = Spawned(train_args({"--steps", "2", "--save", dir.file("ck")})).wait(120);
+  ASSERT_EQ(save.exit_code(), 0) << diag(save);
+  // --n-head 4 instead of 2: every parameter has the same shape.
+  std::vector<std::string> argv = train_args({"--steps", "3", "--load", dir.file("ck")});
+  for (size_t i = 0; i + 1 < argv.size(); ++i)
+    if (argv[i] == "--n-head") argv[i + 1] = "4";
+  RunOutput load = Spawned(argv).wait(120);
+  EXPECT_EQ(load.exit_code(), 1) << diag(load);
+  std::string line = error_line(load, "ds-train: error: ", "another model");
+  EXPECT_NE(line.find("was trained with GPT 1 layers x 2 heads"), std::string::npos) << line;
+  EXPECT_NE(line.find("this run builds GPT 1 layers x 4 heads"), std::string::npos) << line;
+}
+
+TEST(Faults, AStoppedRankIsNamedAtOnceByTheLauncher) {
+  TempDir dir;
+  Spawned launcher(launch_argv({"--num_procs", "2", DS_LAUNCH_PROBE, "--pid-dir", dir.path(), "--wait-pids", dir.path(),
+                                "2", "--kill-self", "1:19", "--sleep", "600"}));
+  auto pids = wait_for_pids(dir, 2, 10.0);
+  ASSERT_EQ(pids.size(), 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ::kill(launcher.pid(), SIGTERM);
+  RunOutput r = launcher.wait(30);
+  EXPECT_NE(r.err.find("ds-launch: warning: rank 1 (pid " + std::to_string(pids[1]) + ") was stopped by SIGSTOP"),
+            std::string::npos)
+      << diag(r);
+  expect_all_gone(pids);
+}
+
+TEST(Faults, AioBenchRefusesBlocksLargerThanTheFile) {
+  TempDir dir("ds_faults_aio", "/tmp");
+  RunOutput r = Spawned({bin("ds-aio-bench"), dir.path(), "--size", "1M", "--block-sizes", "4M"}).wait(60);
+  EXPECT_EQ(r.exit_code(), 2) << diag(r);  // a bad argument: usage
+  EXPECT_NE(error_line(r, "ds-aio-bench: error: ", "block").find("4M is larger than the file"), std::string::npos);
+}
