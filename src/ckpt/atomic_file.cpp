@@ -71,6 +71,7 @@ void AtomicFile::flush() {
 
 void AtomicFile::write(const void* data, size_t size) {
   if (committed_) throw Error(ds::str("AtomicFile ", path_, ": write after commit"));
+  if (size == 0) return;
   hash_.update(data, size);
   bytes_ += int64_t(size);
   const char* p = static_cast<const char*>(data);

@@ -62,6 +62,7 @@ Xxh64::Xxh64(uint64_t seed) : seed_(seed) {
 }
 
 void Xxh64::update(const void* data, size_t size) {
+  if (size == 0) return;  // an empty tensor's data may be null, and memcpy from null is undefined
   const auto* p = static_cast<const unsigned char*>(data);
   total_ += size;
   if (pending_size_ > 0) {  // complete the stripe left over from the previous call

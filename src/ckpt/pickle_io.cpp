@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "ds/common/error.h"
+#include "pt_check.h"
 
 namespace ds::ckpt::detail {
 
@@ -58,6 +59,7 @@ c10::IValue load_pickle(const std::string& path, const FileInfo& expected) {
 }
 
 c10::IValue unpickle(const std::vector<char>& bytes, const std::string& path) {
+  check_pt_bounds(bytes.data(), bytes.size(), path);
   try {
     return torch::jit::pickle_load(bytes);
   } catch (const c10::Error& e) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "ds/common/error.h"
@@ -78,13 +79,13 @@ std::vector<NodeSpec> parse_node_specs(std::string_view text, std::string_view w
     check_host_name(spec.host, what);
     if (colon != std::string::npos) {
       spec.all_slots = false;
+      std::set<int> seen;  // sets, not linear scans: a host may have up to kMaxSlots slots
       for (const std::string& s : split(std::string_view(part).substr(colon + 1), ',')) {
         long slot = parse_count(s, kMaxSlots);
         if (slot < 0)
           throw ConfigError(str(what, " '", text, "': bad slot '", s, "' for host '", spec.host,
                                 "' (expected a list of slot numbers such as 0,1)"));
-        if (std::find(spec.slots.begin(), spec.slots.end(), slot) == spec.slots.end())
-          spec.slots.push_back(static_cast<int>(slot));
+        if (seen.insert(int(slot)).second) spec.slots.push_back(static_cast<int>(slot));
       }
     }
     out.push_back(std::move(spec));
@@ -93,25 +94,26 @@ std::vector<NodeSpec> parse_node_specs(std::string_view text, std::string_view w
 }
 
 void check_slots_exist(const Node& node, const std::vector<int>& slots, std::string_view what) {
+  const std::set<int> has(node.slots.begin(), node.slots.end());
   for (int s : slots)
-    if (std::find(node.slots.begin(), node.slots.end(), s) == node.slots.end())
+    if (!has.count(s))
       throw ConfigError(
           str(what, ": host '", node.host, "' has no slot ", s, " (its slots: ", slot_list(node.slots), ")"));
 }
 
 World apply_include(const World& world, std::string_view include) {
-  std::map<std::string, std::vector<int>> chosen;
+  std::map<std::string, std::pair<std::vector<int>, std::set<int>>> chosen;  // in order, and as a set
   for (const NodeSpec& spec : parse_node_specs(include, "--include")) {
     const Node* node = find_node(world, spec.host);
     if (!node) throw ConfigError(unknown_host_message("--include", spec.host, world));
     check_slots_exist(*node, spec.slots, "--include");
-    std::vector<int>& slots = chosen[spec.host];
+    auto& [slots, seen] = chosen[spec.host];
     for (int s : spec.all_slots ? node->slots : spec.slots)
-      if (std::find(slots.begin(), slots.end(), s) == slots.end()) slots.push_back(s);
+      if (seen.insert(s).second) slots.push_back(s);
   }
   World out;
   for (const Node& n : world)
-    if (auto it = chosen.find(n.host); it != chosen.end()) out.push_back({n.host, it->second});
+    if (auto it = chosen.find(n.host); it != chosen.end()) out.push_back({n.host, it->second.first});
   return out;
 }
 
@@ -124,7 +126,9 @@ World apply_exclude(const World& world, std::string_view exclude) {
     for (Node& n : out) {
       if (n.host != spec.host) continue;
       if (spec.all_slots) n.slots.clear();
-      for (int s : spec.slots) n.slots.erase(std::remove(n.slots.begin(), n.slots.end(), s), n.slots.end());
+      const std::set<int> drop(spec.slots.begin(), spec.slots.end());
+      n.slots.erase(std::remove_if(n.slots.begin(), n.slots.end(), [&](int s) { return drop.count(s) > 0; }),
+                    n.slots.end());
     }
   }
   out.erase(std::remove_if(out.begin(), out.end(), [](const Node& n) { return n.slots.empty(); }), out.end());

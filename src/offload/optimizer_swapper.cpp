@@ -171,7 +171,9 @@ void OptimizerSwapper::run(const SegmentFn& fn, bool write_back, int64_t only_un
         at += s.length;
       }
       if (write_back) {  // write behind: the next sub-group computes meanwhile
+        const auto hash_start = Clock::now();
         checksums_[order[i]] = ckpt::xxh64(buf.data(), group_bytes(g));
+        stats_.checksum_s += since(hash_start);
         writes[i % nb] = aio_->pwrite(file_, buf.data(), group_bytes(g), g.file_offset);
         stats_.bytes_written += group_bytes(g);
       }

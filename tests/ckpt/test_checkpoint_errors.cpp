@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -12,6 +13,7 @@
 #include "ckpt_test_util.h"
 #include "ds/ckpt/atomic_file.h"
 #include "ds/ckpt/checkpoint.h"
+#include "ds/ckpt/consolidate.h"
 #include "support/errors.h"
 
 namespace ds::ckpt {
@@ -60,6 +62,54 @@ TEST(CheckpointErrors, OneFlippedByteIsACorruptFileError) {
     test::spit(path, good);
   }
   EXPECT_NO_THROW(s.load(1));
+}
+
+// A .pt read without a manifest (read_torch_state_dict: a user's file) has no checksum to stop
+// damage before LibTorch's zip reader, which reads past the buffer for some damaged archives
+// (found by fuzzing: a span cut out of the middle), and allocates whatever length a damaged
+// pickle argument claims. The zip structure and the pickle's lengths are bounds-checked first.
+TEST(CheckpointErrors, DamagedPtFilesWithoutAManifestAreErrorsNotOutOfBoundsReads) {
+  TempDir dir;
+  const std::string path = dir / "w.pt";
+  write_torch_state_dict(path, {{"a", at::randn({1000})}, {"b", at::arange(300)}});
+  const std::string good = test::slurp(path);
+  ASSERT_EQ(read_torch_state_dict(path).size(), 2u);
+  std::vector<std::string> damaged;
+  for (size_t keep : {size_t(0), size_t(10), good.size() / 3, good.size() - 30, good.size() - 1})
+    damaged.push_back(good.substr(0, keep));
+  damaged.push_back(good.substr(0, good.size() * 4 / 5) + good.substr(good.size() * 4 / 5 + 700));  // a span cut out
+  std::string bad_dir = good;  // the central directory's offset moved past the end of the file
+  const size_t end64 = bad_dir.rfind(std::string("PK\x06\x06", 4)), end = bad_dir.rfind(std::string("PK\x05\x06", 4));
+  ASSERT_NE(end, std::string::npos);
+  bad_dir[end64 != std::string::npos ? end64 + 54 : end + 19] = char(0x7f);
+  damaged.push_back(bad_dir);
+  std::string bad_length = good;  // the key "a" (BINUNICODE) claims 4 GB: LibTorch would allocate them
+  const size_t key = bad_length.find(std::string("X\x01\x00\x00\x00" "a", 6));
+  ASSERT_NE(key, std::string::npos);
+  bad_length.replace(key + 1, 4, "\xf0\xff\xff\xfe");
+  damaged.push_back(bad_length);
+  for (size_t i = 0; i < damaged.size(); ++i) {
+    test::spit(path, damaged[i]);
+    EXPECT_ERROR_HAS(read_torch_state_dict(path), ds::str("checkpoint file ", path, " is not a readable .pt (zip) file"))
+        << "damage " << i;
+  }
+}
+
+// Every .pt input the fuzzer found a problem with (fuzz/corpus/pickle/regression_*) is a
+// one-line error in the ordinary test suite too.
+TEST(CheckpointErrors, EveryPtFileTheFuzzerBrokeIsAnError) {
+  const char* src = std::getenv("DS_SOURCE_DIR");
+  ASSERT_NE(src, nullptr) << "run through ctest (DS_SOURCE_DIR names the source tree)";
+  TempDir dir;
+  int found = 0;
+  for (const auto& f : std::filesystem::directory_iterator(std::string(src) + "/fuzz/corpus/pickle")) {
+    if (f.path().filename().string().rfind("regression_", 0) != 0) continue;
+    ++found;
+    const std::string path = dir / f.path().filename().string();
+    test::spit(path, test::slurp(f.path().string()));
+    EXPECT_ERROR_HAS(read_torch_state_dict(path), ds::str("checkpoint file ", path, " is not a readable .pt (zip) file"));
+  }
+  EXPECT_GE(found, 3);
 }
 
 TEST(CheckpointErrors, MissingShardsAreListed) {

@@ -46,6 +46,15 @@ TEST(Xxh64, StreamingGivesTheOneShotHashForEverySplit) {
   }
 }
 
+// Found by UBSan: an empty tensor's data pointer is null, and update() passed it to memcpy.
+TEST(Xxh64, EmptyUpdatesFromNullChangeNothing) {
+  Xxh64 h;
+  h.update(nullptr, 0);
+  h.update("abc", 3);
+  h.update(nullptr, 0);
+  EXPECT_EQ(h.digest(), xxh64("abc", 3));
+}
+
 TEST(Xxh64, HexRoundTripAndRejectsBadText) {
   EXPECT_EQ(to_hex(0xef46db3751d8e999ULL), "ef46db3751d8e999");
   EXPECT_EQ(to_hex(1), "0000000000000001");

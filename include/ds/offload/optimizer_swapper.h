@@ -86,7 +86,7 @@ class OptimizerSwapper {
     uint64_t bytes_read = 0, bytes_written = 0;
     double io_wait_s = 0;   // time the step waited for the disk
     double step_s = 0;      // whole for_each calls
-    double checksum_s = 0;  // verifying what came back from the disk
+    double checksum_s = 0;  // hashing sub-groups as they are written and verifying them as read
   };
   const Stats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
