@@ -13,9 +13,9 @@ namespace {
 
 void check_step_args(const at::Tensor& param, const at::Tensor& grad, const std::vector<at::Tensor>& state,
                      size_t nstate, const char* who) {
-  if (param.scalar_type() != at::kFloat || grad.scalar_type() != at::kFloat)
-    throw Error(ds::str(who, ": expects float32 master parameters and gradients, got ", param.scalar_type(), " and ",
-                        grad.scalar_type()));
+  if (param.scalar_type() != at::kFloat || !at::isFloatingType(grad.scalar_type()))
+    throw Error(ds::str(who, ": expects float32 master parameters and floating-point gradients, got ",
+                        param.scalar_type(), " and ", grad.scalar_type()));
   if (param.numel() != grad.numel())
     throw Error(ds::str(who, ": parameter has ", param.numel(), " elements but gradient ", grad.numel()));
   if (state.size() != nstate) throw Error(ds::str(who, ": expected ", nstate, " state tensors, got ", state.size()));
@@ -30,9 +30,10 @@ class TorchAdam final : public FlatOptimizer {
   std::string name() const override { return config_.decoupled_weight_decay() ? "AdamW" : "Adam"; }
   std::vector<StateSpec> state_specs() const override { return {{"exp_avg"}, {"exp_avg_sq"}}; }
   std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
-  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, const StepArgs& args,
+  void step(at::Tensor& p, const at::Tensor& grad_in, std::vector<at::Tensor>& st, const StepArgs& args,
             const WorkingCopy* copy) override {
-    check_step_args(p, grad, st, 2, "Adam");
+    check_step_args(p, grad_in, st, 2, "Adam");
+    const at::Tensor grad = grad_in.scalar_type() == at::kFloat ? grad_in : grad_in.to(at::kFloat);  // bf16 shards
     const double lr = args.lr;
     const int64_t step = args.step;
     const double b1 = args.beta1.value_or(config_.betas[0]), b2 = config_.betas[1], wd = config_.weight_decay;
@@ -64,8 +65,9 @@ class TorchSgd final : public FlatOptimizer {
   std::vector<at::Tensor> init_state(int64_t n) const override {
     return config_.momentum != 0.0 ? std::vector<at::Tensor>{at::zeros({n})} : std::vector<at::Tensor>{};
   }
-  void step(at::Tensor& p, const at::Tensor& grad, std::vector<at::Tensor>& st, const StepArgs& args,
+  void step(at::Tensor& p, const at::Tensor& grad_in, std::vector<at::Tensor>& st, const StepArgs& args,
             const WorkingCopy* copy) override {
+    const at::Tensor grad = grad_in.scalar_type() == at::kFloat ? grad_in : grad_in.to(at::kFloat);  // bf16 shards
     const double momentum = args.beta1.value_or(config_.momentum);
     const double lr = args.lr;
     const int64_t step = args.step;

@@ -16,6 +16,7 @@
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
 #include "ds/offload/swap_dir.h"
+#include "ds/runtime/allocator.h"
 
 namespace ds {
 
@@ -59,6 +60,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
       scaler_(plan_.precision.loss_scaling ? LossScaler::from_config(config_.fp16) : LossScaler::none()) {
   groups_.world->logger().set_enabled(config_.comms_logger.enabled);
   skip_nonfinite_steps_ = options.skip_nonfinite_steps;
+  const std::string allocator = install_caching_allocator();
   if (plan_.swap_optimizer)
     for (const optim::StateSpec& s : optimizer_->state_specs())
       if (s.kind != optim::StateSpec::Kind::kElementwise)
@@ -79,6 +81,13 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
   if (config_.csv_monitor.enabled) {
     std::string dir = config_.csv_monitor.output_path.empty() ? "." : config_.csv_monitor.output_path;
     set_metrics_csv(dir + "/" + config_.csv_monitor.job_name + "_metrics.csv");
+  }
+  if (groups_.world->rank() == 0) {
+    std::fprintf(plan_.compute_slow ? stderr : stdout, "%s[ds] precision %s: compute in %s: %s\n",
+                 plan_.compute_slow ? "warning: " : "", plan_.precision.describe().c_str(),
+                 zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
+    std::printf("[ds] %s\n", allocator.c_str());
+    std::fflush(stdout);
   }
   std::string blas = loaded_blas_library();
   if (groups_.world->rank() == 0 && blas.find("/blas/libblas") != std::string::npos)
@@ -177,7 +186,7 @@ void Engine::add_unit(const zero::UnitSpec& spec, const zero::UnitLayout& l, std
   if (l.master_is_weights) s.master = weights;
   else if (plan_.swap_optimizer) initial_masters.push_back(weights.to(at::kFloat, false, /*copy=*/true));
   else s.master = weights.to(at::kFloat, false, /*copy=*/true);
-  if (l.grad_shard) s.grad_shard = at::zeros({l.own.length});
+  if (l.grad_shard) s.grad_shard = at::zeros({l.own.length}, at::TensorOptions().dtype(pp.grad));
   if (!plan_.swap_optimizer) s.states = optimizer_->init_state(l.own.length);
   units_.push_back(std::move(s));
 }

@@ -53,7 +53,22 @@ EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std:
   const ZeroConfig& z = c.zero_optimization;
   EnginePlan p;
   p.stage = int(z.stage);
+  if (compute) {
+    p.compute_reason = "set by the program (EngineOptions::compute_dtype)";
+  } else {
+    const zero::ComputeChoice choice = zero::choose_compute(c);
+    compute = choice.dtype;
+    p.compute_reason = choice.reason;
+    p.compute_slow = choice.slow;
+  }
   p.precision = zero::PrecisionPolicy::from_config(c, compute);
+  if (p.precision.grad != at::kFloat && p.precision.grad != p.precision.working)
+    throw ConfigError(ds::str("data_types.grad_accum_dtype ", zero::dtype_name(p.precision.grad), ": gradients ",
+                              "accumulate in fp32 or in the compute dtype (", zero::dtype_name(p.precision.working), ")"));
+  if (p.stage == 0 && c.data_types.grad_accum_dtype && p.precision.grad != p.precision.working)
+    throw ConfigError(ds::str("data_types.grad_accum_dtype ", zero::dtype_name(p.precision.grad), " at ZeRO stage 0: ",
+                              "gradients accumulate in the ", zero::dtype_name(p.precision.working), " weights' own "
+                              "gradient buffers there; use ZeRO stage 1 or more, or remove the key"));
   p.shard = {p.stage, groups.data->size(), groups.data->rank(), p.precision};
   p.sync = p.stage == 0 ? zero::GradSync::kAllReduce : zero::GradSync::kReduceScatter;
 

@@ -83,7 +83,11 @@ bool Engine::unscale_and_check_overflow() {
 double Engine::global_grad_norm() {
   double sq = 0.0;
   for (size_t u = 0; u < units_.size(); ++u) {
-    double n = grad_of(u).norm().item<double>();
+    const at::Tensor g = grad_of(u);
+    // Accumulated in fp32 (a bf16 sum of squares would lose most of its digits).
+    const double n = g.scalar_type() == at::kFloat
+                         ? g.norm().item<double>()
+                         : at::linalg_vector_norm(g, 2, c10::nullopt, false, at::kFloat).item<double>();
     sq += n * n;
   }
   at::Tensor t = at::full({1}, sq, at::kDouble);

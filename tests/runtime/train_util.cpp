@@ -96,6 +96,13 @@ TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::stri
   return run.result();
 }
 
+TrainResult train_tiny_shape(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, int steps,
+                             TinyShape shape) {
+  TinyRun run(std::move(comm), config_json, std::move(shape));
+  run.train_to(steps);
+  return run.result();
+}
+
 TrainResult train_plain_libtorch(const PlainAdamW& o, int steps, TinyShape shape) {
   auto data = make_task("reverse", 99);
   GptConfig mc;

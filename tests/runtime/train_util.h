@@ -66,6 +66,10 @@ class TinyRun {
 TrainResult train_tiny(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, int steps,
                        const std::function<void(Engine&, int)>& before_backward = {});
 
+// The same with a model shape / engine options of its own.
+TrainResult train_tiny_shape(std::shared_ptr<comm::Communicator> comm, const std::string& config_json, int steps,
+                             TinyShape shape);
+
 // A world-of-one communicator (no network), for in-process baselines.
 std::shared_ptr<comm::Communicator> solo();
 

@@ -24,6 +24,8 @@ namespace ds {
 struct EnginePlan {
   int stage = 0;
   zero::PrecisionPolicy precision;
+  std::string compute_reason;             // why the working dtype is what it is (the start-up line)
+  bool compute_slow = false;              // bf16 forced on a CPU that emulates it
   zero::ShardPlan shard;                  // the stage, the data-parallel group and the policy
   zero::GradSync sync = zero::GradSync::kAllReduce;  // the stage's standard gradient sync
   zero::GradReducerOptions reduce;        // on_packed is the engine's to set

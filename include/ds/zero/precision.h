@@ -9,14 +9,18 @@
 //            a step, stage 3's shards)
 //   reduce   what gradients travel in (communication_data_type)
 //
-//   fp32          master fp32, working fp32, param fp32, reduce fp32
-//   bf16 storage  master fp32, working fp32, param bf16, reduce bf16   (bf16 values, fp32 GEMMs)
-//   bf16 compute  master fp32, working bf16, param bf16, reduce bf16   (bf16 GEMMs)
+//   grad     the dtype of the gradient shards (stages 1-3) between micro-batches
+//
+//   fp32          master fp32, working fp32, param fp32, reduce fp32, grad fp32
+//   bf16 storage  master fp32, working fp32, param bf16, reduce bf16, grad fp32   (bf16 values, fp32 GEMMs)
+//   bf16 compute  master fp32, working bf16, param bf16, reduce bf16, grad bf16   (bf16 GEMMs)
 //   fp16          as bf16 storage with fp16, plus dynamic loss scaling
 //
-// The working weights are fp32 unless asked otherwise (EngineOptions::compute_dtype): LibTorch
-// 1.13's bf16 GEMMs are 30x slower than fp32 on CPUs without native bf16, and that choice
-// belongs to the compute path, not to the config.
+// Whether bf16 is computed in or only stored is the compute path's choice, not the config's
+// (choose_compute): bf16 where the CPU has native bf16 dot products (AVX512_BF16, AMX-BF16),
+// fp32 elsewhere — LibTorch 1.13 emulates bf16 GEMMs there, ~30x slower than fp32. The
+// environment variable DS_COMPUTE_DTYPE=bf16|fp32 forces either; EngineOptions::compute_dtype
+// overrides both.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -35,12 +39,14 @@ struct PrecisionPolicy {
   at::ScalarType working = at::kFloat;
   at::ScalarType param = at::kFloat;
   at::ScalarType reduce = at::kFloat;
+  at::ScalarType grad = at::kFloat;
   bool loss_scaling = false;  // fp16: dynamic loss scale, overflow checks, skipped steps
   std::string name = "fp32";  // the training precision as the config names it (checkpoints)
 
-  // From fp16/bf16.enabled and communication_data_type; `compute` overrides the working
-  // dtype (it must hold the param dtype's values: fp32, or the param dtype itself). Throws
-  // ds::ConfigError for fp16 and bf16 both enabled, or an impossible compute dtype.
+  // From fp16/bf16.enabled, communication_data_type and data_types.grad_accum_dtype; the
+  // working dtype is `compute` when given (it must hold the param dtype's values: fp32, or the
+  // param dtype itself), else choose_compute(config)'s. Throws ds::ConfigError for an
+  // impossible compute dtype.
   static PrecisionPolicy from_config(const Config& config, std::optional<at::ScalarType> compute = std::nullopt);
 
   // The master is the working weights themselves (fp32 training): no copy, no rounding.
@@ -51,5 +57,14 @@ struct PrecisionPolicy {
 };
 
 const char* dtype_name(at::ScalarType t);  // "fp32", "bf16", "fp16", ...
+
+// The working dtype this CPU and environment give a config, and why, in words for the
+// start-up line.
+struct ComputeChoice {
+  at::ScalarType dtype = at::kFloat;
+  std::string reason;
+  bool slow = false;  // forced bf16 on a CPU that emulates it
+};
+ComputeChoice choose_compute(const Config& config);
 
 }  // namespace ds::zero
