@@ -13,6 +13,11 @@
 // stage3_param_persistence_threshold; defaults as DeepSpeed's). Sequences are short
 // (--tokens): the shape, not the context, sets the parameter count.
 //
+// Speed: --micro sequences of --tokens per rank per step; tokens/s over all ranks and, given
+// --peak-gflops (the machine's GEMM rate, bench/gemm_bench), model FLOP utilisation
+// (GptConfig::flops_per_token: 6 N + 12 L T d). --bf16 1 trains bf16 (its
+// compute dtype as the engine chooses it; DS_COMPUTE_DTYPE=bf16|fp32 forces it).
+//
 // ZeRO-Infinity: --nvme PATH swaps the optimizer states (and with --bf16 1 the fp32 masters)
 // to PATH in sub-groups of --sub-group elements; the optimizer's swap traffic, the time it
 // waited for the disk and its throughput are printed per step; --nvme-params 1 (stage 3 with
@@ -72,6 +77,7 @@ int main(int argc, char** argv) {
   try {
     const int stage = static_cast<int>(arg(argc, argv, "--stage", 0));
     const int64_t steps = arg(argc, argv, "--steps", 3), tokens = arg(argc, argv, "--tokens", 32);
+    const int64_t micro = arg(argc, argv, "--micro", 1), peak_gflops = arg(argc, argv, "--peak-gflops", 0);
     ds::GptConfig mc;  // GPT-2 small by default
     mc.vocab_size = arg(argc, argv, "--vocab", 50257);
     mc.n_layer = arg(argc, argv, "--layers", 12);
@@ -86,7 +92,7 @@ int main(int argc, char** argv) {
     if (!nvme.empty() && arg(argc, argv, "--nvme-params", 0))  // stage 3, bf16: the weight shards too
       nvme += ds::str(R"(, "offload_param": {"device": "nvme", "nvme_path": ")", nvme_path, R"("})");
     const std::string bf16 = arg(argc, argv, "--bf16", 0) ? R"(, "bf16": {"enabled": true})" : "";
-    ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n,
+    ds::Config config = ds::Config::parse(ds::str(R"({"train_batch_size": )", n * micro,
         R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "comms_logger": {"enabled": true},)",
         R"( "zero_optimization": {"stage": )", stage, R"(, "overlap_comm": true)",
         R"(, "reduce_bucket_size": )", arg(argc, argv, "--reduce-bucket", 500000000),
@@ -103,7 +109,7 @@ int main(int argc, char** argv) {
     ds::EngineOptions options;
     options.sharded_units = init.take_units();
     ds::Engine engine(model.ptr(), config, groups, std::move(options));
-    at::Tensor x = at::randint(0, mc.vocab_size, {1, tokens}, at::kLong);
+    at::Tensor x = at::randint(0, mc.vocab_size, {micro, tokens}, at::kLong);
     ds::Engine::MemoryBreakdown mem;
     std::vector<double> times;
     for (int64_t s = 0; s < steps; ++s) {
@@ -154,11 +160,19 @@ int main(int argc, char** argv) {
         const auto& st = sw->stats();
         const double k = double(steps - 1), moved = double(st.bytes_read + st.bytes_written) / k;
         std::printf("  nvme: %s on disk per rank (%zu sub-groups, %s buffers); per step %s moved, optimizer step %.0f ms, "
-                    "waiting for the disk %.0f ms; %.2f GB/s over the optimizer step\n",
+                    "waiting for the disk %.0f ms, verifying checksums %.0f ms; %.2f GB/s over the optimizer step\n",
                     ds::format_bytes(double(mem.on_disk)).c_str(), sw->sub_groups(), ds::format_bytes(double(sw->buffer_bytes())).c_str(),
-                    ds::format_bytes(moved).c_str(), st.step_s / k * 1e3, st.io_wait_s / k * 1e3, moved / (st.step_s / k) / 1e9);
+                    ds::format_bytes(moved).c_str(), st.step_s / k * 1e3, st.io_wait_s / k * 1e3, st.checksum_s / k * 1e3,
+                    moved / (st.step_s / k) / 1e9);
       }
-      std::printf("  step time (median of %zu) %.0f ms\n", times.size(), times.empty() ? 0.0 : times[times.size() / 2] * 1e3);
+      const double step_s = times.empty() ? 0.0 : times[times.size() / 2];
+      const double tps = step_s > 0 ? double(n * micro * tokens) / step_s : 0.0;
+      const double flops_per_token = mc.flops_per_token(tokens);
+      std::printf("  step time (median of %zu) %.0f ms; %.0f tokens/s", times.size(), step_s * 1e3, tps);
+      if (peak_gflops > 0)
+        std::printf("; %.1f model GFLOP/s = %.1f %% of %lld GFLOP/s", tps * flops_per_token / 1e9,
+                    100.0 * tps * flops_per_token / 1e9 / double(peak_gflops), (long long)peak_gflops);
+      std::printf("\n");
     }
     comm->barrier().wait();
     return 0;
