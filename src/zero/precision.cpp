@@ -44,7 +44,9 @@ ComputeChoice choose_compute(const Config& c) {
     out.slow = !cpu.native_bf16();
     out.reason = cpu.native_bf16() ? "DS_COMPUTE_DTYPE=bf16"
                                    : ds::str("DS_COMPUTE_DTYPE=bf16 on a CPU without native bf16 (", cpu.describe(),
-                                             "): LibTorch emulates bf16 GEMMs here, measured up to 30x slower than fp32");
+                                             "): LibTorch converts to fp32 inside its kernels here, measured ",
+                                             cpu.avx512bw ? "0.93-1.0x fp32's GEMM rate and 0.96x its tokens/s on an AVX-512 Xeon"
+                                                          : "30x slower than fp32 GEMMs on an AVX2-only EPYC");
   } else if (cpu.native_bf16()) {
     out.dtype = at::kBFloat16;
     out.reason = ds::str("the CPU has native bf16 dot products (", cpu.describe(), ")");
