@@ -1,0 +1,131 @@
+#include "ds/pipe/executor.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <map>
+#include <optional>
+#include <utility>
+
+#include "ds/common/error.h"
+#include "ds/pipe/link.h"
+
+namespace ds::pipe {
+
+// One batch on one stage: what each micro-batch chunk holds between its instructions.
+struct Executor::Impl {
+  struct Slot {
+    MicroBatch batch;     // first virtual stage: inputs; last: labels
+    at::Tensor input;     // received activation (a leaf that collects its gradient)
+    at::Tensor output;    // this chunk's output, kept for the backward
+    at::Tensor loss;      // last virtual stage: the scaled loss, kept for the backward
+    at::Tensor grad;      // received gradient of `output`
+  };
+
+  const ScheduleSpec& spec;
+  const int stage, last;
+  const bool training;
+  const StageModel& model;
+  const DataSource& data;
+  const BatchHooks& hooks;
+  StageLink link;
+  std::map<std::pair<int, int>, Slot> slots;  // (micro-batch, chunk)
+  double loss_sum = 0;
+
+  Impl(const Executor& ex, const StageModel& m, const DataSource& d, const BatchHooks& h)
+      : spec(ex.spec_), stage(ex.stage_), last(ex.spec_.stages * ex.spec_.virtual_stages - 1),
+        training(ex.spec_.kind != Kind::kInference), model(m), data(d), hooks(h), link(ex.pipe_) {}
+
+  int virt(const Instruction& in) const { return in.chunk * spec.stages + stage; }
+  // One tag per (kind, receiving virtual stage): messages of one kind to one chunk keep their order.
+  int tag(bool grad, int receiver_virt) const { return (grad ? last + 1 : 0) + receiver_virt; }
+
+  void execute(const Instruction& in) {
+    Slot& s = slots[{in.micro_batch, in.chunk}];
+    const int v = virt(in);
+    switch (in.op) {
+      case Op::kLoadMicroBatch:
+        s.batch = data(in.micro_batch);
+        break;
+      case Op::kRecvActivation:
+        s.input = link.recv(in.peer, tag(false, v));
+        if (training && s.input.is_floating_point()) s.input.requires_grad_(true);
+        break;
+      case Op::kForward:
+        forward(s, v, in);
+        break;
+      case Op::kSendActivation:
+        link.send(s.output, in.peer, tag(false, v + 1));
+        if (!training) slots.erase({in.micro_batch, in.chunk});
+        break;
+      case Op::kRecvGrad:
+        s.grad = link.recv(in.peer, tag(true, v));
+        break;
+      case Op::kBackward:
+        if (v == last) s.loss.backward();
+        else if (s.output.requires_grad()) torch::autograd::backward({s.output}, {s.grad});
+        s.output = s.loss = s.grad = at::Tensor();
+        if (v == 0) slots.erase({in.micro_batch, in.chunk});
+        break;
+      case Op::kSendGrad: {
+        const at::Tensor g = s.input.grad().defined() ? s.input.grad() : at::zeros_like(s.input);
+        link.send(g, in.peer, tag(true, v - 1));
+        slots.erase({in.micro_batch, in.chunk});
+        break;
+      }
+      case Op::kReduceTiedGrads:
+        if (hooks.reduce_tied_grads) hooks.reduce_tied_grads();
+        break;
+      case Op::kReduceGrads:
+        if (hooks.reduce_grads) hooks.reduce_grads();
+        break;
+      case Op::kOptimizerStep:
+        if (hooks.optimizer_step) hooks.optimizer_step();
+        break;
+    }
+  }
+
+  void forward(Slot& s, int v, const Instruction& in) {
+    const at::Tensor& x = v == 0 ? s.batch.inputs : s.input;
+    if (!x.defined())
+      throw Error(ds::str("pipeline stage ", stage, ": forward of micro-batch ", in.micro_batch,
+                          " without its input (the data source returned no inputs?)"));
+    at::Tensor out = model.forward(in.chunk, x);
+    if (v != last) {
+      s.output = out;
+      return;
+    }
+    if (!s.batch.labels.defined() || !model.loss)
+      throw Error(ds::str("pipeline stage ", stage, ": the last stage needs labels from the data source and a loss"));
+    at::Tensor loss = model.loss(out, s.batch.labels);
+    if (loss.numel() != 1) throw Error(ds::str("pipeline: the loss of a micro-batch must be a scalar, got ", loss.sizes()));
+    loss_sum += loss.item<double>();
+    if (training) s.loss = loss / double(spec.micro_batches);
+    else slots.erase({in.micro_batch, in.chunk});
+  }
+};
+
+Executor::Executor(ScheduleSpec spec, std::shared_ptr<comm::Communicator> pipe)
+    : spec_(spec), pipe_(std::move(pipe)), stage_(pipe_->rank()) {
+  if (pipe_->size() != spec_.stages)
+    throw ConfigError(ds::str("pipeline: ", spec_.stages, " stages but the pipe group has ", pipe_->size(), " ranks"));
+  steps_ = schedule(spec_, stage_);
+}
+
+Executor::~Executor() = default;
+
+double Executor::run(const StageModel& model, const DataSource& data, const BatchHooks& hooks) {
+  Impl impl(*this, model, data, hooks);
+  {
+    std::optional<at::NoGradGuard> no_grad;
+    if (!impl.training) no_grad.emplace();
+    for (const Step& step : steps_)
+      for (const Instruction& in : step) impl.execute(in);
+  }
+  impl.link.wait_sends();
+  at::Tensor loss = at::full({1}, impl.loss_sum / spec_.micro_batches, at::kDouble);
+  pipe_->broadcast(loss, spec_.stages - 1).wait();
+  return loss.item<double>();
+}
+
+}  // namespace ds::pipe
