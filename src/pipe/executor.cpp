@@ -18,7 +18,7 @@ struct Executor::Impl {
     MicroBatch batch;     // first virtual stage: inputs; last: labels
     at::Tensor input;     // received activation (a leaf that collects its gradient)
     at::Tensor output;    // this chunk's output, kept for the backward
-    at::Tensor loss;      // last virtual stage: the scaled loss, kept for the backward
+    at::Tensor loss;      // last virtual stage: the loss, kept for the backward
     at::Tensor grad;      // received gradient of `output`
   };
 
@@ -62,8 +62,13 @@ struct Executor::Impl {
         s.grad = link.recv(in.peer, tag(true, v));
         break;
       case Op::kBackward:
-        if (v == last) s.loss.backward();
-        else if (s.output.requires_grad()) torch::autograd::backward({s.output}, {s.grad});
+        if (v == last) {
+          if (hooks.backward_loss) hooks.backward_loss(s.loss);
+          else (s.loss / double(spec.micro_batches)).backward();
+        } else if (s.output.requires_grad()) {
+          if (hooks.backward_output) hooks.backward_output(s.output, s.grad);
+          else torch::autograd::backward({s.output}, {s.grad});
+        }
         s.output = s.loss = s.grad = at::Tensor();
         if (v == 0) slots.erase({in.micro_batch, in.chunk});
         break;
@@ -100,13 +105,14 @@ struct Executor::Impl {
     at::Tensor loss = model.loss(out, s.batch.labels);
     if (loss.numel() != 1) throw Error(ds::str("pipeline: the loss of a micro-batch must be a scalar, got ", loss.sizes()));
     loss_sum += loss.item<double>();
-    if (training) s.loss = loss / double(spec.micro_batches);
+    if (training) s.loss = loss;
     else slots.erase({in.micro_batch, in.chunk});
   }
 };
 
 Executor::Executor(ScheduleSpec spec, std::shared_ptr<comm::Communicator> pipe)
     : spec_(spec), pipe_(std::move(pipe)), stage_(pipe_->rank()) {
+  if (!pipe_) throw Error("pipeline executor: no pipe group");
   if (pipe_->size() != spec_.stages)
     throw ConfigError(ds::str("pipeline: ", spec_.stages, " stages but the pipe group has ", pipe_->size(), " ranks"));
   steps_ = schedule(spec_, stage_);

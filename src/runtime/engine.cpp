@@ -3,6 +3,7 @@
 #include "ds/runtime/engine.h"
 
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 #include <sys/resource.h>
 #include <torch/nn/module.h>
 #include <unistd.h>
@@ -87,6 +88,10 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                  plan_.compute_slow ? "warning: " : "", plan_.precision.describe().c_str(),
                  zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
     std::printf("[ds] %s\n", allocator.c_str());
+    if (groups_.pipe->size() > 1)
+      std::printf("[ds] pipeline: %d stages (1F1B, %lld micro-batches per step) x %d data-parallel; checkpoints of a "
+                  "pipeline are not supported yet (save_checkpoint refuses)\n",
+                  groups_.pipe->size(), (long long)config_.gradient_accumulation_steps, groups_.data->size());
     std::fflush(stdout);
   }
   std::string blas = loaded_blas_library();
@@ -106,10 +111,13 @@ void Engine::build_units(EngineOptions& options) {
   if (specs.empty()) throw Error("the model has no trainable parameters");
   // Before the first collective: ranks with another config, model or engine would issue other
   // collectives (and abort inside the transport).
-  std::string fingerprint = config_.fingerprint() + "(engine) " + plan_.precision.describe() + "\n";
+  // Every rank runs the same config and engine; the ranks of one data-parallel group (the
+  // same pipeline stage and tensor shard) hold the same parameters.
+  comm::check_ranks_agree(*groups_.world, "the config", config_.fingerprint() + "(engine) " + plan_.precision.describe());
+  std::string fingerprint;
   for (const auto& spec : specs)
     for (const auto& [name, p] : spec.params) fingerprint += ds::str(spec.name, ": ", name, " ", p.sizes(), "\n");
-  comm::check_ranks_agree(*groups_.world, "the config and the model", fingerprint);
+  comm::check_ranks_agree(*groups_.data, "the model", fingerprint);
   std::vector<std::unique_ptr<zero::FlatUnit>> sharded(specs.size());  // units a zero::Init built
   std::vector<zero::UnitLayout> layouts;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -262,20 +270,51 @@ int64_t Engine::parameter_count() const {
 
 void Engine::backward(const at::Tensor& loss) {
   if (loss.numel() != 1) throw Error(ds::str("backward() takes a scalar loss, got shape ", loss.sizes()));
+  loss_sum_ += loss.item<double>();
+  run_backward([&] {
+    at::Tensor scaled = loss * (scaler_.scale() / double(config_.gradient_accumulation_steps));
+    scaled.backward();
+  });
+}
+
+void Engine::backward(const at::Tensor& output, const at::Tensor& grad) {
+  if (!grad.defined() || !output.sizes().equals(grad.sizes()))
+    throw Error(ds::str("backward(output, grad): the gradient's shape ", grad.defined() ? grad.sizes() : at::IntArrayRef{},
+                        " is not the output's ", output.sizes()));
+  run_backward([&] { torch::autograd::backward({output}, {grad.to(output.scalar_type())}); });
+}
+
+// One micro-batch's backward with the engine's bookkeeping around it: the window's gradient
+// synchronisation, the grad-view check, the reducer, stage 3's coordinator, the counters.
+void Engine::run_backward(const std::function<void()>& autograd) {
   auto start = Clock::now();
-  double value = loss.item<double>();
-  loss_sum_ += value;
   const int64_t gas = config_.gradient_accumulation_steps;
   if (micro_step_ % gas == 0) window_sync_ = optimizer_->grad_sync(plan_.sync, optimizer_steps_ + 1);
   const bool boundary = (micro_step_ + 1) % gas == 0;
   for (auto& s : units_) s.unit->check_grad_views();
   reducer_->begin_backward(boundary, window_sync_);
-  at::Tensor scaled = loss * (scaler_.scale() / double(gas));
-  scaled.backward();
+  autograd();
   if (plan_.reduce.every_micro_batch) reducer_->finish();  // this micro-batch's gradients go to the shards now
   if (coordinator_) coordinator_->end_micro_batch();
   ++micro_step_;
   backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSource& data) {
+  if (micro_step_ % config_.gradient_accumulation_steps != 0)
+    throw Error("train_batch() inside an accumulation window started by backward(): finish it with step() first");
+  const int stages = groups_.pipe->size();
+  pipe::Executor executor({pipe::Kind::kOneFOneB, stages, int(config_.gradient_accumulation_steps)}, groups_.pipe);
+  pipe::StageModel timed = stage;
+  timed.forward = [&](int chunk, const at::Tensor& x) { return forward([&] { return stage.forward(chunk, x); }); };
+  std::optional<StepStats> stats;
+  pipe::BatchHooks hooks;
+  hooks.backward_loss = [this](const at::Tensor& loss) { backward(loss); };
+  hooks.backward_output = [this](const at::Tensor& out, const at::Tensor& grad) { backward(out, grad); };
+  hooks.optimizer_step = [&] { stats = step(); };
+  executor.run(timed, data, hooks);
+  if (!stats) throw Error("train_batch(): the schedule ended without an optimizer step");
+  return *stats;
 }
 
 at::Tensor Engine::grad_of(size_t u) const {

@@ -215,6 +215,8 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
 std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
                                     const nlohmann::json& client_state) {
   require_step_boundary("save_checkpoint");
+  if (groups_.pipe->size() > 1)
+    throw Error("save_checkpoint: checkpoints of a pipeline (pipeline.stages > 1) are not supported yet");
   if (tag.empty()) tag = ds::str("global_step", global_step_);  // DeepSpeed's default tag
   on_every_rank(*groups_.world, [&] {
     ckpt::check_tag(tag);
@@ -332,6 +334,8 @@ void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
 
 LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag) {
   require_step_boundary("load_checkpoint");
+  if (groups_.pipe->size() > 1)
+    throw Error("load_checkpoint: checkpoints of a pipeline (pipeline.stages > 1) are not supported yet");
   std::optional<ckpt::CheckpointReader> reader;
   std::vector<ckpt::UnitShard> part;
   ckpt::ModelStates states;

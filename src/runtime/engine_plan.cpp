@@ -10,8 +10,20 @@ namespace {
 // What the engine cannot honour yet is refused here, in one place, with the key's path.
 void check_supported(const Config& c, const comm::ParallelGroups& g) {
   if (!c.resolved()) throw ConfigError("the engine needs a resolved config: call config.resolve(world_size) first");
-  if (c.parallel.pipeline_stages > 1 || c.parallel.tensor_parallel_size > 1)
-    throw ConfigError("pipeline.stages / tensor_parallel.autotp_size > 1: the engine runs data parallelism only");
+  if (c.parallel.tensor_parallel_size > 1)
+    throw ConfigError("tensor_parallel.autotp_size > 1: the engine has no tensor parallelism yet; remove the key");
+  if (c.parallel.pipeline_stages != g.pipe->size())
+    throw ConfigError(ds::str("pipeline.stages is ", c.parallel.pipeline_stages, " but the pipe group has ",
+                              g.pipe->size(), " ranks: build the groups with ds::comm::Topology::for_world(world, ",
+                              c.parallel.pipeline_stages, ", 1)"));
+  if (c.parallel.pipeline_stages > 1) {
+    if (c.zero_optimization.offload_optimizer.device != OffloadDevice::kNone ||
+        c.zero_optimization.offload_param.device != OffloadDevice::kNone)
+      throw ConfigError("zero_optimization offload with pipeline.stages > 1 is not supported yet; remove the offload");
+    if (c.pipeline.activation_checkpoint_interval > 0)
+      throw ConfigError("pipeline.activation_checkpoint_interval: the engine runs the stage model it is given and "
+                        "does not recompute activations yet; set it to 0");
+  }
   if (c.parallel.data_parallel_size != g.data->size())
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the data-parallel group has ", g.data->size()));

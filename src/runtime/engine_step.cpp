@@ -157,6 +157,8 @@ std::optional<StepStats> Engine::step() {
   // The logged loss: mean over micro-batches here, then over the data-parallel replicas.
   at::Tensor loss = at::full({1}, loss_sum_ / double(config_.gradient_accumulation_steps), at::kDouble);
   if (dp_size() > 1) groups_.data->all_reduce(loss, comm::ReduceOp::Avg).wait();
+  // A pipeline: only the last stage computes the loss; the others take its value.
+  if (groups_.pipe->size() > 1) groups_.pipe->broadcast(loss, groups_.pipe->size() - 1).wait();
   s.loss = loss.item<double>();
   s.reduce_s = std::chrono::duration<double>(Clock::now() - reduce_start).count();
 

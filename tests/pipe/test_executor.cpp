@@ -76,7 +76,11 @@ void check_against_reference(comm::Communicator& pipe, const ScheduleSpec& spec)
                    mse};
   int tied = 0, reduced = 0, stepped = 0;
   Executor ex(spec, pipe.shared_from_this());
-  const double loss = ex.run(model, micro_batch, {[&] { ++tied; }, [&] { ++reduced; }, [&] { ++stepped; }});
+  BatchHooks hooks;
+  hooks.reduce_tied_grads = [&] { ++tied; };
+  hooks.reduce_grads = [&] { ++reduced; };
+  hooks.optimizer_step = [&] { ++stepped; };
+  const double loss = ex.run(model, micro_batch, hooks);
   const Reference ref = reference(spec.micro_batches);
   EXPECT_NEAR(loss, ref.loss, 1e-6) << what;
   EXPECT_EQ(tied + reduced + stepped, 3) << what;

@@ -11,7 +11,7 @@
 //
 // Training: each micro-batch's loss is divided by the number of micro-batches before its
 // backward, so the gradients left in the parameters are those of the batch mean (added to
-// what they held). Inference (Kind::kInference): forwards under no_grad. Either way run()
+// what they held), unless BatchHooks replace the backward. Inference (Kind::kInference): forwards under no_grad. Either way run()
 // returns the mean loss over the micro-batches on every stage (the last stage broadcasts it
 // over the pipe group).
 #pragma once
@@ -43,6 +43,11 @@ struct StageModel {
 
 struct BatchHooks {  // unset hooks do nothing
   std::function<void()> reduce_tied_grads, reduce_grads, optimizer_step;
+  // Replace the executor's own backward (the loss divided by the number of micro-batches, then
+  // autograd) on the last virtual stage and on the others: the engine's, which scales by its
+  // accumulation steps and loss scale and counts micro-steps. Set both or neither.
+  std::function<void(const at::Tensor& loss)> backward_loss;
+  std::function<void(const at::Tensor& output, const at::Tensor& grad)> backward_output;
 };
 
 class Executor {

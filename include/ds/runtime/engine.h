@@ -33,6 +33,7 @@
 #include "ds/config/config.h"
 #include "ds/optim/lr_schedule.h"
 #include "ds/optim/optimizer.h"
+#include "ds/pipe/executor.h"
 #include "ds/runtime/engine_plan.h"
 #include "ds/runtime/loss_scaler.h"
 #include "ds/zero/coordinator.h"
@@ -111,6 +112,16 @@ class Engine {
   }
   // loss: this micro-batch's mean loss (a scalar). Accumulates gradients.
   void backward(const at::Tensor& loss);
+  // A pipeline stage that is not the last: the backward of this micro-batch's `output` with
+  // the gradient the next stage sent (already scaled by that stage's backward(loss)).
+  void backward(const at::Tensor& output, const at::Tensor& grad);
+
+  // One optimizer step of a pipeline (DeepSpeed's train_batch): gradient_accumulation_steps
+  // micro-batches through the 1F1B schedule over the pipe group (pipeline.stages; 1 is a plain
+  // loop), the step at the end. `stage` is this stage's part of the model (its layers only),
+  // `data(i)` micro-batch i of this data-parallel rank. Returns the step's stats; their loss
+  // is the batch mean on every rank.
+  StepStats train_batch(const pipe::StageModel& stage, const pipe::DataSource& data);
   // At an accumulation boundary: waits for the gradient reduction, unscales and checks for
   // overflow (fp16), clips, updates, steps the schedule, and returns the step's stats.
   // Between boundaries it does nothing and returns nullopt.
@@ -220,6 +231,7 @@ class Engine {
   void set_working(size_t u, const at::Tensor& values);
   void forward_begin();
   void forward_end();
+  void run_backward(const std::function<void()>& autograd);
   std::vector<size_t> units_holding(const std::vector<std::string>& names) const;
   void write_back(size_t u, int modifier_rank);
   bool unscale_and_check_overflow();
