@@ -272,6 +272,10 @@ int run(const Args& a) {
   const bool rank0 = comm->rank() == 0;
 
   ds::Config config = a.config.empty() ? ds::Config::parse(kDefaultConfig, "default config") : ds::Config::load(a.config);
+  if (config.pipeline.stages > 1)
+    throw ds::ConfigError(ds::str("pipeline.stages is ", config.pipeline.stages,
+                                  ": ds-train's GPT does not run in pipeline stages yet (the library's "
+                                  "Engine::train_batch does); set pipeline.stages to 1 or remove it"));
   ds::ResolveOptions ro;
   ro.world_size = comm->size();
   ro.total_num_steps = a.steps;

@@ -75,7 +75,7 @@ std::vector<int> partition_layers(const std::vector<LayerInfo>& layers, int stag
                               " layers: use at most ", n, " stages"));
   if (method == "uniform") return partition_uniform(n, stages);
   std::vector<int64_t> w;
-  if (method == "parameters") {
+  if (method == "parameters" || method == "best") {  // "best": DeepSpeed's config default, balanced by parameters
     for (const LayerInfo& l : layers) w.push_back(l.parameters);
   } else if (method.rfind("type:", 0) == 0) {
     const std::string pattern = method.substr(5);
@@ -94,7 +94,7 @@ std::vector<int> partition_layers(const std::vector<LayerInfo>& layers, int stag
       throw ConfigError(ds::str("pipeline.partition '", method, "' matches none of the layer types (", types, ")"));
     }
   } else {
-    throw ConfigError(ds::str("pipeline.partition '", method, "': expected parameters, uniform or type:REGEX"));
+    throw ConfigError(ds::str("pipeline.partition '", method, "': expected parameters, best, uniform or type:REGEX"));
   }
   return partition_balanced(w, stages);
 }

@@ -287,6 +287,9 @@ void Engine::backward(const at::Tensor& output, const at::Tensor& grad) {
 // One micro-batch's backward with the engine's bookkeeping around it: the window's gradient
 // synchronisation, the grad-view check, the reducer, stage 3's coordinator, the counters.
 void Engine::run_backward(const std::function<void()>& autograd) {
+  if (groups_.pipe->size() > 1 && !in_train_batch_)
+    throw Error("pipeline.stages > 1: train with engine.train_batch(stage, data); backward() alone would treat this "
+                "stage's layers as the whole model");
   auto start = Clock::now();
   const int64_t gas = config_.gradient_accumulation_steps;
   if (micro_step_ % gas == 0) window_sync_ = optimizer_->grad_sync(plan_.sync, optimizer_steps_ + 1);
@@ -312,7 +315,14 @@ StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSou
   hooks.backward_loss = [this](const at::Tensor& loss) { backward(loss); };
   hooks.backward_output = [this](const at::Tensor& out, const at::Tensor& grad) { backward(out, grad); };
   hooks.optimizer_step = [&] { stats = step(); };
-  executor.run(timed, data, hooks);
+  in_train_batch_ = true;
+  try {
+    executor.run(timed, data, hooks);
+  } catch (...) {
+    in_train_batch_ = false;
+    throw;
+  }
+  in_train_batch_ = false;
   if (!stats) throw Error("train_batch(): the schedule ended without an optimizer step");
   return *stats;
 }

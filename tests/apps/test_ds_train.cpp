@@ -80,6 +80,7 @@ TEST(DsTrain, BadInputIsOneErrorLineAndExitOne) {
   TempDir dir;
   std::string tiny = dir.write("tiny.txt", std::string(100, 'x'));
   std::string nvme = dir.write("nvme.json", R"({"train_batch_size": 8, "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/nonexistent/swap"}}})");
+  std::string pipe = dir.write("pipe.json", R"({"train_batch_size": 8, "pipeline": {"stages": 2}})");
   std::string typo = dir.write("typo.json", R"({"train_batch_size": 8, "zero_optimization": {"stgae": 0}})");
   std::vector<BadInput> cases = {
       {"missing data file", {"--data", dir.file("nope.txt")}, "cannot read data file"},
@@ -88,6 +89,7 @@ TEST(DsTrain, BadInputIsOneErrorLineAndExitOne) {
       {"context shorter than the task", {"--seq-len", "4"}, "shorter than the task's examples"},
       {"config the engine cannot honour", {"--config", nvme}, "offload_param"},
       {"typo in the config", {"--config", typo}, "did you mean \"stage\""},
+      {"pipeline stages", {"--config", pipe}, "pipeline.stages is 2: ds-train's GPT does not run in pipeline stages yet"},
       {"missing config", {"--config", dir.file("none.json")}, "none.json"},
   };
   for (const auto& c : cases) {

@@ -86,12 +86,13 @@ TEST(PipePartition, MethodsOnAGpt) {
   EXPECT_EQ(partition_layers(layers, 4, "parameters"), (std::vector<int>{0, 1, 4, 7, 11}));
   EXPECT_EQ(partition_layers(layers, 4, "uniform"), (std::vector<int>{0, 3, 6, 9, 11}));
   EXPECT_EQ(partition_layers(layers, 1, "parameters"), (std::vector<int>{0, 11}));
+  EXPECT_EQ(partition_layers(layers, 4, "best"), partition_layers(layers, 4, "parameters"));
 }
 
 TEST(PipePartition, BadInputIsOneLine) {
   const auto layers = gpt(2, 100, 10);  // 5 layers
   EXPECT_ERROR_HAS(partition_layers(layers, 6, "uniform"), "pipeline.stages is 6 but the model has 5 layers: use at most 5");
-  EXPECT_ERROR_HAS(partition_layers(layers, 2, "balanced"), "expected parameters, uniform or type:REGEX");
+  EXPECT_ERROR_HAS(partition_layers(layers, 2, "balanced"), "expected parameters, best, uniform or type:REGEX");
   EXPECT_ERROR_HAS(partition_layers(layers, 2, "type:conv"),
                    "matches none of the layer types (Embedding, TransformerBlock, LayerNorm, LMHead)");
   EXPECT_ERROR_HAS(partition_layers(layers, 2, "type:(block"), "not a regular expression");

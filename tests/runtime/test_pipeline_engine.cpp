@@ -161,6 +161,9 @@ TEST(PipelineEngine, BadLayoutsAreRefusedAtStartUp) {
     auto stage = std::make_shared<Stack>(world.rank() * 4, world.rank() * 4 + 4);
     Engine engine(stage, cfg, groups);
     EXPECT_ERROR_HAS(engine.save_checkpoint("/nonexistent-ds-test"), "checkpoints of a pipeline");
+    // The plain loop's calls would run each stage's layers as if they were the model.
+    at::Tensor loss = engine.forward([&] { return mse(stage->forward(at::ones({kRows, kWidth})), at::zeros({kRows, kWidth})); });
+    EXPECT_ERROR_HAS(engine.backward(loss), "pipeline.stages > 1: train with engine.train_batch(stage, data)");
   });
 }
 

@@ -9,7 +9,7 @@
 //   uniform       the same number of layers per stage (the first stages take one more when
 //                 the count does not divide)
 //   parameters    balance the parameter counts: the largest stage's count is as small as it
-//                 can be
+//                 can be ("best", the config's default, means the same here)
 //   type:REGEX    balance the number of layers whose type matches REGEX (case-insensitive),
 //                 e.g. "type:transformer" puts the same number of blocks on every stage
 // Every stage gets at least one layer.

@@ -268,6 +268,7 @@ class Engine {
   optim::LrSchedule schedule_;
   LossScaler scaler_;
   int64_t micro_step_ = 0;       // backward() calls so far
+  bool in_train_batch_ = false;  // a pipeline's backward runs only inside train_batch()
   int64_t global_step_ = 0;      // optimizer steps so far, skipped included
   int64_t optimizer_steps_ = 0;  // steps actually applied (Adam's t)
   int64_t global_samples_ = 0;   // samples over all ranks (train_batch_size per step)
