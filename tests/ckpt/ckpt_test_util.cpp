@@ -123,6 +123,7 @@ void save_as_ranks(const std::string& dir, const std::vector<UnitInfo>& units, c
 
 bool bit_equal(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  if (a.numel() == 0) return true;  // an empty tensor's data pointer may be null (memcmp must not see it)
   at::Tensor x = a.contiguous(), y = b.contiguous();
   return std::memcmp(x.data_ptr(), y.data_ptr(), size_t(x.numel()) * x.element_size()) == 0;
 }
