@@ -327,6 +327,16 @@ StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSou
   return *stats;
 }
 
+double Engine::eval_batch(const pipe::StageModel& stage, const pipe::DataSource& data, int micro_batches) {
+  const int m = micro_batches > 0 ? micro_batches : int(config_.gradient_accumulation_steps);
+  pipe::Executor executor({pipe::Kind::kInference, groups_.pipe->size(), m}, groups_.pipe);
+  pipe::StageModel timed = stage;
+  timed.forward = [&](int chunk, const at::Tensor& x) { return forward([&] { return stage.forward(chunk, x); }); };
+  at::Tensor loss = at::full({1}, executor.run(timed, data), at::kDouble);
+  if (dp_size() > 1) groups_.data->all_reduce(loss, comm::ReduceOp::Avg).wait();
+  return loss.item<double>();
+}
+
 at::Tensor Engine::grad_of(size_t u) const {
   const UnitState& s = units_[u];
   if (window_sync_ == zero::GradSync::kReduceScatter) return s.grad_shard;

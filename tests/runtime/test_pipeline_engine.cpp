@@ -147,6 +147,28 @@ TEST(PipelineEngine, LayoutsMatchAPlainLoopAndOneProcess) {
   }
 }
 
+TEST(PipelineEngine, EvalBatchIsTheMeanLossOfThePlainForwardEverywhere) {
+  test::run_ranks(4, [](comm::Communicator& world) {
+    for (int pipe : {1, 2, 4}) {
+      const int data = 4 / pipe, m = 3;
+      comm::ParallelGroups groups =
+          comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(4, pipe, 1));
+      Config cfg = Config::parse(config(pipe, data, 1), "test config");
+      cfg.resolve(4);
+      const int stage = groups.coord.pipe, dp = groups.coord.data;
+      auto model = std::make_shared<Stack>(stage * kLayers / pipe, (stage + 1) * kLayers / pipe);
+      Engine engine(model, cfg, groups);
+      pipe::StageModel sm{[&](int, const at::Tensor& x) { return model->forward(x); }, mse};
+      const double got = engine.eval_batch(sm, [&](int i) { return sample(7, dp * m + i); }, m);
+      Stack whole(0, kLayers);  // the plain forward over all data ranks' micro-batches
+      double want = 0;
+      for (int i = 0; i < m * data; ++i) want += mse(whole.forward(sample(7, i).inputs), sample(7, i).labels).item<double>();
+      EXPECT_NEAR(got, want / (m * data), 1e-6) << "pipe " << pipe << ", rank " << world.rank();
+      for (auto& p : model->parameters()) EXPECT_FALSE(p.grad().defined() && p.grad().abs().sum().item<double>() > 0);
+    }
+  });
+}
+
 TEST(PipelineEngine, BadLayoutsAreRefusedAtStartUp) {
   test::run_ranks(2, [](comm::Communicator& world) {
     // ZeRO-2 with pipeline stages: DeepSpeed's restriction, from the config.

@@ -122,6 +122,10 @@ class Engine {
   // `data(i)` micro-batch i of this data-parallel rank. Returns the step's stats; their loss
   // is the batch mean on every rank.
   StepStats train_batch(const pipe::StageModel& stage, const pipe::DataSource& data);
+  // Evaluation through the pipeline (forwards only, no gradients): `micro_batches` (default
+  // gradient_accumulation_steps) micro-batches of this data-parallel rank; returns the mean
+  // loss over them and over the data-parallel replicas, on every rank.
+  double eval_batch(const pipe::StageModel& stage, const pipe::DataSource& data, int micro_batches = 0);
   // At an accumulation boundary: waits for the gradient reduction, unscales and checks for
   // overflow (fp16), clips, updates, steps the schedule, and returns the step's stats.
   // Between boundaries it does nothing and returns nullopt.
