@@ -41,6 +41,15 @@ struct Executor::Impl {
   int tag(bool grad, int receiver_virt) const { return (grad ? last + 1 : 0) + receiver_virt; }
 
   void execute(const Instruction& in) {
+    auto call = [](const std::function<void()>& hook) {
+      if (hook) hook();
+    };
+    switch (in.op) {  // the batch-level instructions: no micro-batch, no slot
+      case Op::kReduceTiedGrads: return call(hooks.reduce_tied_grads);
+      case Op::kReduceGrads: return call(hooks.reduce_grads);
+      case Op::kOptimizerStep: return call(hooks.optimizer_step);
+      default: break;
+    }
     Slot& s = slots[{in.micro_batch, in.chunk}];
     const int v = virt(in);
     switch (in.op) {
@@ -78,14 +87,7 @@ struct Executor::Impl {
         slots.erase({in.micro_batch, in.chunk});
         break;
       }
-      case Op::kReduceTiedGrads:
-        if (hooks.reduce_tied_grads) hooks.reduce_tied_grads();
-        break;
-      case Op::kReduceGrads:
-        if (hooks.reduce_grads) hooks.reduce_grads();
-        break;
-      case Op::kOptimizerStep:
-        if (hooks.optimizer_step) hooks.optimizer_step();
+      default:  // batch-level, handled above
         break;
     }
   }

@@ -303,26 +303,31 @@ void Engine::run_backward(const std::function<void()>& autograd) {
   backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// The stage's forward run as the engine's forward (timed; stage 3 gathers around it).
+pipe::StageModel Engine::as_engine_forward(const pipe::StageModel& stage) {
+  pipe::StageModel wrapped = stage;
+  wrapped.forward = [this, f = stage.forward](int chunk, const at::Tensor& x) {
+    return forward([&] { return f(chunk, x); });
+  };
+  return wrapped;
+}
+
 StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSource& data) {
   if (micro_step_ % config_.gradient_accumulation_steps != 0)
     throw Error("train_batch() inside an accumulation window started by backward(): finish it with step() first");
   const int stages = groups_.pipe->size();
   pipe::Executor executor({pipe::Kind::kOneFOneB, stages, int(config_.gradient_accumulation_steps)}, groups_.pipe);
-  pipe::StageModel timed = stage;
-  timed.forward = [&](int chunk, const at::Tensor& x) { return forward([&] { return stage.forward(chunk, x); }); };
   std::optional<StepStats> stats;
   pipe::BatchHooks hooks;
   hooks.backward_loss = [this](const at::Tensor& loss) { backward(loss); };
   hooks.backward_output = [this](const at::Tensor& out, const at::Tensor& grad) { backward(out, grad); };
   hooks.optimizer_step = [&] { stats = step(); };
-  in_train_batch_ = true;
-  try {
-    executor.run(timed, data, hooks);
-  } catch (...) {
-    in_train_batch_ = false;
-    throw;
-  }
-  in_train_batch_ = false;
+  struct InBatch {  // backward() is allowed while the schedule runs, whichever way it ends
+    bool& flag;
+    explicit InBatch(bool& f) : flag(f) { flag = true; }
+    ~InBatch() { flag = false; }
+  } in_batch(in_train_batch_);
+  executor.run(as_engine_forward(stage), data, hooks);
   if (!stats) throw Error("train_batch(): the schedule ended without an optimizer step");
   return *stats;
 }
@@ -330,9 +335,7 @@ StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSou
 double Engine::eval_batch(const pipe::StageModel& stage, const pipe::DataSource& data, int micro_batches) {
   const int m = micro_batches > 0 ? micro_batches : int(config_.gradient_accumulation_steps);
   pipe::Executor executor({pipe::Kind::kInference, groups_.pipe->size(), m}, groups_.pipe);
-  pipe::StageModel timed = stage;
-  timed.forward = [&](int chunk, const at::Tensor& x) { return forward([&] { return stage.forward(chunk, x); }); };
-  at::Tensor loss = at::full({1}, executor.run(timed, data), at::kDouble);
+  at::Tensor loss = at::full({1}, executor.run(as_engine_forward(stage), data), at::kDouble);
   if (dp_size() > 1) groups_.data->all_reduce(loss, comm::ReduceOp::Avg).wait();
   return loss.item<double>();
 }

@@ -236,6 +236,7 @@ class Engine {
   void forward_begin();
   void forward_end();
   void run_backward(const std::function<void()>& autograd);
+  pipe::StageModel as_engine_forward(const pipe::StageModel& stage);
   std::vector<size_t> units_holding(const std::vector<std::string>& names) const;
   void write_back(size_t u, int modifier_rank);
   bool unscale_and_check_overflow();

@@ -18,7 +18,8 @@
 //
 // Whether bf16 is computed in or only stored is the compute path's choice, not the config's
 // (choose_compute): bf16 where the CPU has native bf16 dot products (AVX512_BF16, AMX-BF16),
-// fp32 elsewhere — LibTorch 1.13 emulates bf16 GEMMs there, ~30x slower than fp32. The
+// fp32 elsewhere — LibTorch 1.13 converts bf16 inside its kernels there: ~30x slower than
+// fp32 on AVX2-only CPUs, about fp32's rate on AVX-512 ones, never faster. The
 // environment variable DS_COMPUTE_DTYPE=bf16|fp32 forces either; EngineOptions::compute_dtype
 // overrides both.
 #pragma once
