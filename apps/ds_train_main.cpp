@@ -19,6 +19,7 @@
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "ds/comm/communicator.h"
 #include "ds/common/cleanup.h"
@@ -30,6 +31,7 @@
 #include "ds/config/config.h"
 #include "ds/data/dataset.h"
 #include "ds/models/gpt.h"
+#include "ds/pipe/module.h"
 #include "ds/deepspeed.h"
 #include "ds/zero/init.h"
 
@@ -154,13 +156,28 @@ int64_t resume(ds::Engine& engine, const std::string& dir, const RunIdentity& ru
   return next;
 }
 
+// The reference GPT: one ds::Gpt, or with pipeline.stages > 1 this stage's part of the same
+// model as a PipelineModule (the same initial weights, so every layout trains alike).
+struct Model {
+  ds::Gpt gpt{nullptr};
+  ds::pipe::PipelineModule pipe{nullptr};
+  std::shared_ptr<torch::nn::Module> module() {
+    if (pipe) return pipe.ptr();
+    return gpt.ptr();
+  }
+  // Logits on every rank (collective over the pipe group with a pipeline).
+  at::Tensor logits(ds::Engine& engine, const at::Tensor& tokens) {
+    return pipe ? engine.forward_pipeline(pipe->stage_model(ds::gpt_loss), tokens) : gpt->forward(tokens);
+  }
+};
+
 struct Curve {
   std::vector<double> steps, losses;
   double tokens = 0, seconds = 0;
 };
 
 // Steps first .. a.steps-1 (0-based), with evaluations and checkpoints on the way.
-Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const RunIdentity& run, int64_t first,
+Curve train(const Args& a, ds::Engine& engine, Model& model, const RunIdentity& run, int64_t first,
             const std::function<void(int64_t)>& evaluate) {
   const ds::Dataset& data = *run.data;
   const ds::Config& config = engine.config();
@@ -168,14 +185,23 @@ Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const RunIdentity
   Curve curve;
   int64_t saved_at = a.load.empty() ? -1 : first;  // a resumed run's first step is saved already
   for (int64_t step = first; step < a.steps; ++step) {
-    for (int64_t m = 0; m < gas; ++m) {
-      // Example indices in the global batch: micro-batch m of data-parallel rank r covers
-      // [(m*N + r)*micro, +micro) (the ranks of one model replica read the same examples).
-      ds::Batch b = data.batch(step, (m * engine.dp_size() + engine.dp_rank()) * micro, micro);
-      at::Tensor loss = engine.forward([&] { return model->loss(b.tokens, b.targets); });
-      engine.backward(loss);
+    // Example indices in the global batch: micro-batch m of data-parallel rank r covers
+    // [(m*N + r)*micro, +micro) (the ranks of one model replica read the same examples).
+    auto micro_batch = [&](int64_t m) { return data.batch(step, (m * engine.dp_size() + engine.dp_rank()) * micro, micro); };
+    std::optional<ds::StepStats> stats;
+    if (model.pipe) {
+      stats = engine.train_batch(model.pipe->stage_model(ds::gpt_loss), [&](int m) {
+        ds::Batch b = micro_batch(m);
+        return ds::pipe::MicroBatch{b.tokens, b.targets};
+      });
+    } else {
+      for (int64_t m = 0; m < gas; ++m) {
+        ds::Batch b = micro_batch(m);
+        at::Tensor loss = engine.forward([&] { return model.gpt->loss(b.tokens, b.targets); });
+        engine.backward(loss);
+      }
+      stats = engine.step();
     }
-    auto stats = engine.step();
     DS_CHECK(stats.has_value(), "no optimizer step at the end of an accumulation window");
     curve.steps.push_back(double(stats->step));
     curve.losses.push_back(stats->loss);
@@ -193,7 +219,7 @@ Curve train(const Args& a, ds::Engine& engine, ds::Gpt& model, const RunIdentity
   return curve;
 }
 
-void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Engine& engine) {
+void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Engine& engine, Model& model) {
   const ds::Config& config = engine.config();
   std::printf(
       "ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
@@ -203,6 +229,13 @@ void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Eng
       (long long)config.train_batch_size, engine.zero_stage(), engine.precision().name.c_str(),
       config.optimizer.type == ds::OptimizerType::kNone ? "?" : ds::optimizer_type_name(config.optimizer.type),
       config.scheduler.type == ds::SchedulerType::kNone ? "constant lr" : ds::scheduler_type_name(config.scheduler.type));
+  const ds::comm::ParallelGroups& g = engine.groups();
+  std::printf("ds-train: layout %s%s\n", g.topology.describe().c_str(),
+              g.pipe->size() > 1 ? ds::str(" (1F1B over ", config.gradient_accumulation_steps, " micro-batches; ",
+                                           config.pipeline.partition, " partition)").c_str()
+                                 : "");
+  if (model.pipe)
+    for (int s = 0; s < g.pipe->size(); ++s) std::printf("ds-train:   %s\n", model.pipe->describe_stage(s).c_str());
   std::fflush(stdout);
 }
 
@@ -272,10 +305,9 @@ int run(const Args& a) {
   const bool rank0 = comm->rank() == 0;
 
   ds::Config config = a.config.empty() ? ds::Config::parse(kDefaultConfig, "default config") : ds::Config::load(a.config);
-  if (config.pipeline.stages > 1)
-    throw ds::ConfigError(ds::str("pipeline.stages is ", config.pipeline.stages,
-                                  ": ds-train's GPT does not run in pipeline stages yet (the library's "
-                                  "Engine::train_batch does); set pipeline.stages to 1 or remove it"));
+  if (config.pipeline.stages > 1 && (!a.save.empty() || !a.load.empty()))
+    throw ds::ConfigError(ds::str("pipeline.stages is ", config.pipeline.stages, ": checkpoints of a pipeline are not "
+                                  "supported yet; drop --save/--load or set pipeline.stages to 1"));
   ds::ResolveOptions ro;
   ro.world_size = comm->size();
   ro.total_num_steps = a.steps;
@@ -299,14 +331,16 @@ int run(const Args& a) {
   torch::manual_seed(seed);
   ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
   ds::zero::Init init(groups.data, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
-  ds::Gpt model(mc);
+  Model model;
+  if (groups.pipe->size() > 1) model.pipe = ds::pipe::PipelineModule(ds::gpt_layer_specs(mc), ds::pipe::PipelineLayout::from(config, groups));
+  else model.gpt = ds::Gpt(mc);
   ds::EngineOptions options;
   options.sharded_units = init.take_units();
   options.skip_nonfinite_steps = a.skip_nonfinite;
-  ds::Engine engine(model.ptr(), config, groups, std::move(options));
+  ds::Engine engine(model.module(), config, groups, std::move(options));
   engine.set_tokens_per_step(config.train_batch_size * data->context());
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
-  if (rank0) print_start(mc, *data, engine);
+  if (rank0) print_start(mc, *data, engine, model);
   const RunIdentity run{seed, data.get(), mc.describe()};
   const int64_t first = a.load.empty() ? 0 : resume(engine, a.load, run);
   if (rank0 && first >= a.steps)
@@ -318,8 +352,10 @@ int run(const Args& a) {
   auto evaluate = [&](int64_t step) {
     torch::NoGradGuard no_grad;
     double v = data->has_answers()
-                   ? ds::exact_match_accuracy(*data, [&](const at::Tensor& t) { return model->forward(t); }, a.eval_examples)
-                   : ds::held_out_loss(*data, [&](const at::Tensor& t, const at::Tensor& y) { return model->loss(t, y); }, a.eval_examples);
+                   ? ds::exact_match_accuracy(*data, [&](const at::Tensor& t) { return model.logits(engine, t); }, a.eval_examples)
+                   : ds::held_out_loss(*data, [&](const at::Tensor& t, const at::Tensor& y) {
+                       return ds::gpt_loss(model.logits(engine, t), y);
+                     }, a.eval_examples);
     eval.steps.push_back(double(step));
     eval.values.push_back(v);
     if (rank0) std::printf("ds-train: step %lld %s %.4f\n", (long long)step, eval.name.c_str(), v), std::fflush(stdout);

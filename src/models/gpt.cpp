@@ -12,6 +12,24 @@
 
 namespace ds {
 
+namespace {
+
+// LayerNorm's statistics in fp32. LibTorch 1.13's CPU kernel keeps a bf16 input's mean and
+// variance in bf16 (measured: normalised values up to 0.84 off for rows of mean 1000), so a
+// model computing in bf16 normalises an fp32 copy and rounds the result. fp32 is unchanged.
+at::Tensor layer_norm(torch::nn::LayerNormImpl& ln, const at::Tensor& x) {
+  if (x.scalar_type() == at::kFloat) return ln.forward(x);
+  const auto& o = ln.options;
+  return at::layer_norm(x.to(at::kFloat), o.normalized_shape(), ln.weight.to(at::kFloat), ln.bias.to(at::kFloat), o.eps())
+      .to(x.scalar_type());
+}
+
+int64_t block_parameters(int64_t d) {
+  return 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
+}
+
+}  // namespace
+
 void GptConfig::validate() const {
   auto bad = [](const std::string& m) { throw ConfigError("model: " + m); };
   if (vocab_size < 2) bad(ds::str("vocab_size must be >= 2, got ", vocab_size));
@@ -25,9 +43,7 @@ void GptConfig::validate() const {
 }
 
 int64_t GptConfig::parameter_count() const {
-  int64_t d = d_model;
-  int64_t block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
-  return vocab_size * d + seq_len * d + n_layer * block + 2 * d;
+  return vocab_size * d_model + seq_len * d_model + n_layer * block_parameters(d_model) + 2 * d_model;
 }
 
 double GptConfig::flops_per_token(int64_t context) const {
@@ -45,20 +61,6 @@ std::string GptConfig::describe() const {
                  vocab_size, " (", parameter_count(), " parameters)");
 }
 
-namespace {
-
-// LayerNorm's statistics in fp32. LibTorch 1.13's CPU kernel keeps a bf16 input's mean and
-// variance in bf16 (measured: normalised values up to 0.84 off for rows of mean 1000), so a
-// model computing in bf16 normalises an fp32 copy and rounds the result. fp32 is unchanged.
-at::Tensor layer_norm(torch::nn::LayerNorm& ln, const at::Tensor& x) {
-  if (x.scalar_type() == at::kFloat) return ln(x);
-  const auto& o = ln->options;
-  return at::layer_norm(x.to(at::kFloat), o.normalized_shape(), ln->weight.to(at::kFloat), ln->bias.to(at::kFloat),
-                        o.eps())
-      .to(x.scalar_type());
-}
-
-}  // namespace
 
 GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head) {
   const int64_t d = c.d_model;
@@ -84,34 +86,36 @@ GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head
 
 at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / n_head_;
-  at::Tensor qkv = nn::linear(layer_norm(ln1_, x), qkv_->weight, qkv_->bias).view({B, T, 3, n_head_, hd}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
+  at::Tensor qkv = nn::linear(layer_norm(*ln1_, x), qkv_->weight, qkv_->bias).view({B, T, 3, n_head_, hd}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
   at::Tensor causal = at::ones({T, T}, at::kBool).triu(1);
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
   at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, C});
   at::Tensor h = x + nn::linear(y, attn_proj_->weight, attn_proj_->bias);
-  at::Tensor m = at::gelu(nn::linear(layer_norm(ln2_, h), fc_->weight, fc_->bias));
+  at::Tensor m = at::gelu(nn::linear(layer_norm(*ln2_, h), fc_->weight, fc_->bias));
   return h + nn::linear(m, mlp_proj_->weight, mlp_proj_->bias);
 }
 
 GptImpl::GptImpl(const GptConfig& c) : config_(c) {
   c.validate();
-  // Each unit is finished (initialised) before the next is built: under ds::Init,
-  // unit_built shards it at once, so the whole model never exists on one rank.
-  torch::NoGradGuard no_grad;
-  wte_ = register_module("wte", torch::nn::Embedding(c.vocab_size, c.d_model));
-  torch::nn::init::normal_(wte_->weight, 0.0, 0.02);
+  // The layers of gpt_layer_specs, seeded as a PipelineModule seeds them. Each unit is
+  // finished (initialised) before the next is built: under ds::Init, unit_built shards it at
+  // once, so the whole model never exists on one rank.
+  const std::vector<pipe::LayerSpec> specs = gpt_layer_specs(c);
+  const uint64_t base = pipe::layer_seed_base(false);
+  auto build = [&](size_t i) { return pipe::build_layer(specs[i], base + i); };
+  wte_ = register_module("wte", torch::nn::Embedding(std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(build(0))));
   nn::unit_built(*wte_);
-  wpe_ = register_module("wpe", torch::nn::Embedding(c.seq_len, c.d_model));
-  torch::nn::init::normal_(wpe_->weight, 0.0, 0.02);
+  wpe_ = register_module("wpe", torch::nn::Embedding(std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(build(1))));
   nn::unit_built(*wpe_);
   blocks_ = register_module("blocks", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    blocks_->push_back(GptBlock(c, l));
+    blocks_->push_back(GptBlock(std::dynamic_pointer_cast<GptBlockImpl>(build(size_t(2 + l)))));
     nn::unit_built(*blocks_[l]);
   }
-  ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
+  ln_f_ = register_module(
+      "ln_f", torch::nn::LayerNorm(std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(build(size_t(c.n_layer + 2)))));
   nn::unit_built(*ln_f_);
 }
 
@@ -123,17 +127,73 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
   at::Tensor x = nn::run_unit(*wte_, [&] { return wte_(tokens); });
   x = x + nn::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
   for (const auto& block : *blocks_) x = nn::run_unit(*block, [&] { return block->as<GptBlock>()->forward(x); });
-  x = nn::run_unit(*ln_f_, [&] { return layer_norm(ln_f_, x); });
+  x = nn::run_unit(*ln_f_, [&] { return layer_norm(*ln_f_, x); });
   return nn::run_unit(*wte_, [&] { return nn::linear(x, wte_->weight); });  // tied LM head
 }
 
-at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
-  at::Tensor logits = forward(tokens);
+at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) { return gpt_loss(forward(tokens), targets); }
+
+at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets) {
   // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
-  if (logits.scalar_type() != at::kFloat) logits = logits.to(at::kFloat);
-  return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
+  const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
+  return torch::nn::functional::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}),
+                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
+}
+
+std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer) {
+  const std::string tied = "tied_modules.wte.";
+  if (pipeline_name.rfind(tied, 0) == 0) return "wte." + pipeline_name.substr(tied.size());
+  const size_t dot = pipeline_name.find('.');
+  int64_t i = -1;
+  if (dot != std::string::npos && dot > 0 && pipeline_name.find_first_not_of("0123456789") == dot)
+    i = std::stoll(pipeline_name.substr(0, dot));
+  const std::string rest = dot == std::string::npos ? "" : pipeline_name.substr(dot);
+  if (i == 1) return "wpe" + rest;
+  if (i >= 2 && i < n_layer + 2) return ds::str("blocks.", i - 2, rest);
+  if (i == n_layer + 2) return "ln_f" + rest;
+  throw Error(ds::str("'", pipeline_name, "' is not a parameter of the pipeline GPT with ", n_layer, " blocks"));
+}
+
+std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c) {
+  c.validate();
+  const int64_t d = c.d_model, seq = c.seq_len;
+  auto embedding = [](int64_t n, int64_t d) {
+    return [n, d]() -> std::shared_ptr<torch::nn::Module> {
+      auto e = std::make_shared<torch::nn::EmbeddingImpl>(n, d);
+      torch::nn::init::normal_(e->weight, 0.0, 0.02);
+      return e;
+    };
+  };
+  using M = torch::nn::Module;
+  std::vector<pipe::LayerSpec> specs;
+  specs.push_back({"TokenEmbedding", embedding(c.vocab_size, d),
+                   [seq](M& m, const at::Tensor& tokens) {
+                     if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
+                     if (tokens.size(1) > seq)
+                       throw Error(ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq));
+                     return dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(tokens);
+                   },
+                   c.vocab_size * d, "wte"});
+  specs.push_back({"PositionEmbedding", embedding(seq, d),
+                   [](M& m, const at::Tensor& x) {
+                     return x + dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(at::arange(x.size(1), at::kLong));
+                   },
+                   seq * d, ""});
+  const int64_t block_params = block_parameters(d);
+  for (int64_t l = 0; l < c.n_layer; ++l)
+    specs.push_back({"GptBlock", [c, l]() -> std::shared_ptr<M> { return std::make_shared<GptBlockImpl>(c, l); },
+                     [](M& m, const at::Tensor& x) { return dynamic_cast<GptBlockImpl&>(m).forward(x); }, block_params, ""});
+  specs.push_back({"LayerNorm",
+                   [d]() -> std::shared_ptr<M> {
+                     return std::make_shared<torch::nn::LayerNormImpl>(torch::nn::LayerNormOptions({d}));
+                   },
+                   [](M& m, const at::Tensor& x) { return layer_norm(dynamic_cast<torch::nn::LayerNormImpl&>(m), x); },
+                   2 * d, ""});
+  specs.push_back({"LMHead", nullptr,
+                   [](M& m, const at::Tensor& x) { return nn::linear(x, dynamic_cast<torch::nn::EmbeddingImpl&>(m).weight); },
+                   c.vocab_size * d, "wte"});
+  specs.back().build = specs.front().build;  // a tied spec's own build is not used; keep it valid
+  return specs;
 }
 
 }  // namespace ds

@@ -67,7 +67,9 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
       if (s.kind != optim::StateSpec::Kind::kElementwise)
         throw ConfigError(ds::str("zero_optimization.offload_optimizer \"nvme\" swaps elementwise states only; ",
                                   optimizer_->name(), " keeps '", s.name, "', which is not"));
+  connect_pipeline_module();
   build_units(options);
+  find_tied_units();
   if (plan_.stage == 3) start_stage3();
   std::vector<zero::FlatUnit*> raw;
   std::vector<at::Tensor> shards;
@@ -338,6 +340,39 @@ double Engine::eval_batch(const pipe::StageModel& stage, const pipe::DataSource&
   at::Tensor loss = at::full({1}, executor.run(as_engine_forward(stage), data), at::kDouble);
   if (dp_size() > 1) groups_.data->all_reduce(loss, comm::ReduceOp::Avg).wait();
   return loss.item<double>();
+}
+
+at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Tensor& inputs) {
+  torch::NoGradGuard no_grad;
+  const int stages = groups_.pipe->size();
+  if (stages == 1) return forward([&] { return stage.forward(0, inputs); });
+  at::Tensor out;
+  pipe::StageModel capture = stage;
+  capture.loss = [&](const at::Tensor& o, const at::Tensor&) {
+    out = at::isFloatingType(o.scalar_type()) ? o.to(at::kFloat) : o;
+    return at::zeros({}, at::kDouble);
+  };
+  pipe::Executor executor({pipe::Kind::kInference, stages, 1}, groups_.pipe);
+  executor.run(as_engine_forward(capture), [&](int) { return pipe::MicroBatch{inputs, inputs}; });
+  // The shape and dtype first: the other stages do not know them.
+  constexpr int kMaxDims = 8;
+  at::Tensor meta = at::zeros({kMaxDims + 2}, at::kLong);
+  const bool last = groups_.pipe->rank() == stages - 1;
+  if (last) {
+    if (out.dim() > kMaxDims) throw Error(ds::str("forward_pipeline: an output of ", out.dim(), " dimensions; at most ", kMaxDims));
+    meta[0] = out.dim(), meta[1] = int64_t(out.scalar_type());
+    for (int64_t d = 0; d < out.dim(); ++d) meta[d + 2] = out.size(d);
+  }
+  groups_.pipe->broadcast(meta, stages - 1).wait();
+  if (!last) {
+    std::vector<int64_t> sizes;
+    for (int64_t d = 0; d < meta[0].item<int64_t>(); ++d) sizes.push_back(meta[d + 2].item<int64_t>());
+    out = at::empty(sizes, at::TensorOptions().dtype(at::ScalarType(meta[1].item<int64_t>())));
+  } else {
+    out = out.contiguous();
+  }
+  groups_.pipe->broadcast(out, stages - 1).wait();
+  return out;
 }
 
 at::Tensor Engine::grad_of(size_t u) const {

@@ -20,10 +20,10 @@ void check_supported(const Config& c, const comm::ParallelGroups& g) {
     if (c.zero_optimization.offload_optimizer.device != OffloadDevice::kNone ||
         c.zero_optimization.offload_param.device != OffloadDevice::kNone)
       throw ConfigError("zero_optimization offload with pipeline.stages > 1 is not supported yet; remove the offload");
-    if (c.pipeline.activation_checkpoint_interval > 0)
-      throw ConfigError("pipeline.activation_checkpoint_interval: the engine runs the stage model it is given and "
-                        "does not recompute activations yet; set it to 0");
   }
+  if (c.pipeline.activation_checkpoint_interval > 0 && c.zero_optimization.stage == 3)
+    throw ConfigError("pipeline.activation_checkpoint_interval with ZeRO stage 3 is not supported yet (the recompute "
+                      "would need the units gathered again); use stage 0-2 or set it to 0");
   if (c.parallel.data_parallel_size != g.data->size())
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the data-parallel group has ", g.data->size()));

@@ -83,6 +83,7 @@ bool Engine::unscale_and_check_overflow() {
 double Engine::global_grad_norm() {
   double sq = 0.0;
   for (size_t u = 0; u < units_.size(); ++u) {
+    if (!counted_in_norm(u)) continue;  // a tied layer's other copies
     const at::Tensor g = grad_of(u);
     // Accumulated in fp32 (a bf16 sum of squares would lose most of its digits).
     const double n = g.scalar_type() == at::kFloat
@@ -154,6 +155,7 @@ std::optional<StepStats> Engine::step() {
   StepStats s;
   auto reduce_start = Clock::now();
   if (!plan_.reduce.every_micro_batch) reducer_->finish();  // stages 2-3 reduced every micro-batch already
+  reduce_tied_grads();
   // The logged loss: mean over micro-batches here, then over the data-parallel replicas.
   at::Tensor loss = at::full({1}, loss_sum_ / double(config_.gradient_accumulation_steps), at::kDouble);
   if (dp_size() > 1) groups_.data->all_reduce(loss, comm::ReduceOp::Avg).wait();

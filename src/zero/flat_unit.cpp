@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/moduledict.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 
@@ -36,7 +37,8 @@ void add_unit(std::vector<UnitSpec>& out, std::unordered_set<const void*>& seen,
 }
 
 bool is_container(const torch::nn::Module& m) {
-  return dynamic_cast<const torch::nn::ModuleListImpl*>(&m) || dynamic_cast<const torch::nn::SequentialImpl*>(&m);
+  return dynamic_cast<const torch::nn::ModuleListImpl*>(&m) || dynamic_cast<const torch::nn::SequentialImpl*>(&m) ||
+         dynamic_cast<const torch::nn::ModuleDictImpl*>(&m);
 }
 
 // Released stage-3 parameters carry DispatchKey::Fake (torchdistx's key, unused by LibTorch

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "ds/nn/unit.h"
+#include "ds/pipe/module.h"
 
 namespace ds {
 
@@ -57,6 +58,19 @@ class GptBlockImpl : public torch::nn::Module {
   torch::nn::Linear qkv_{nullptr}, attn_proj_{nullptr}, fc_{nullptr}, mlp_proj_{nullptr};
 };
 TORCH_MODULE(GptBlock);
+
+// The same model as pipeline layer specs (ds/pipe/module.h), DeepSpeed's GPT2ModelPipe:
+//   0 token embedding (tied "wte")   1 position embedding (adds to its input)
+//   2 .. n_layer + 1 the blocks       n_layer + 2 final LayerNorm     n_layer + 3 LM head (tied "wte")
+// The first layer takes tokens [B, T]; the last returns logits. Built with the same seeds as
+// ds::Gpt (layer i from the drawn base + i), so both start from the same weights.
+std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c);
+// ds::Gpt's name for a parameter of the pipeline GPT: "tied_modules.wte.weight" -> "wte.weight",
+// "1.weight" -> "wpe.weight", "3.fc.bias" -> "blocks.1.fc.bias", "<n_layer + 2>.weight" ->
+// "ln_f.weight". Throws ds::Error for a name that is not one of them.
+std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer);
+// The GPT's loss from logits and targets: mean cross-entropy in fp32 over targets != -1.
+at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets);
 
 class GptImpl : public torch::nn::Module, public nn::UnitAware {
  public:

@@ -126,6 +126,11 @@ class Engine {
   // gradient_accumulation_steps) micro-batches of this data-parallel rank; returns the mean
   // loss over them and over the data-parallel replicas, on every rank.
   double eval_batch(const pipe::StageModel& stage, const pipe::DataSource& data, int micro_batches = 0);
+  // The pipeline's output for `inputs` (e.g. logits, for generation or accuracy): one forward
+  // through the stages without gradients, the last stage's output (in fp32 when floating)
+  // returned on every stage of the pipe group. Collective over the pipe group, every stage
+  // with the same inputs. Without pipeline stages: stage.forward(0, inputs).
+  at::Tensor forward_pipeline(const pipe::StageModel& stage, const at::Tensor& inputs);
   // At an accumulation boundary: waits for the gradient reduction, unscales and checks for
   // overflow (fp16), clips, updates, steps the schedule, and returns the step's stats.
   // Between boundaries it does nothing and returns nullopt.
@@ -256,6 +261,11 @@ class Engine {
   void restore_optimizer_part(const std::vector<ckpt::UnitShard>& part);
   void restore_model_states(const ckpt::ModelStates& states);
   void restore_engine_state(const ckpt::Manifest& manifest);
+  // Tied layers of a pipe::PipelineModule held by several stages (engine_tied.cpp).
+  void connect_pipeline_module();  // before the units are built: groups, equal copies
+  void find_tied_units();      // after
+  void reduce_tied_grads();
+  bool counted_in_norm(size_t u) const;
 
   std::shared_ptr<torch::nn::Module> model_;
   Config config_;
@@ -263,6 +273,13 @@ class Engine {
   EnginePlan plan_;
   std::unique_ptr<optim::FlatOptimizer> optimizer_;
   std::vector<UnitState> units_;
+  struct TiedUnit {
+    std::string name;  // the unit's: "tied_modules.<key>"
+    size_t unit = 0;
+    std::shared_ptr<comm::Communicator> group;  // the ranks holding a copy (same data and tensor coordinates)
+    bool counted = false;  // the first stage holding it counts it in the gradient norm
+  };
+  std::vector<TiedUnit> tied_;
   std::unique_ptr<zero::GradReducer> reducer_;
   std::unique_ptr<offload::OptimizerSwapper> swapper_;     // offload_optimizer nvme
   std::unique_ptr<offload::ParamSwapper> param_swapper_;   // offload_param nvme (stage 3, bf16/fp16)

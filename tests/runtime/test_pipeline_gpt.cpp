@@ -1,0 +1,165 @@
+// The reference GPT as a PipelineModule through Engine::train_batch: a tied embedding/head
+// on the first and last stage, accumulation and clipping by the global norm. Each layout's
+// losses and weights must equal a plain LibTorch loop over ds::Gpt (which uses its embedding
+// twice in one graph, so the tied gradient is summed by autograd itself) and a 1-process run.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "ds/comm/topology.h"
+#include "ds/common/error.h"
+#include "ds/models/gpt.h"
+#include "ds/nn/checkpointing.h"
+#include "ds/pipe/module.h"
+#include "ds/runtime/engine.h"
+#include "support/errors.h"
+#include "support/ranks.h"
+
+namespace ds {
+namespace {
+
+constexpr int kSteps = 5, kAccum = 2, kRows = 2, kSeed = 21;
+constexpr double kLr = 0.3, kClip = 1.0;
+
+GptConfig tiny() {
+  GptConfig c;
+  c.vocab_size = 24, c.n_layer = 4, c.n_head = 2, c.d_model = 16, c.seq_len = 8;
+  return c;
+}
+
+// Micro-batch i of step t of the global batch (data rank d's i-th is d * accum + i).
+pipe::MicroBatch sample(int t, int i) {
+  at::Tensor pos = at::arange(kRows * 8, at::kLong).reshape({kRows, 8});
+  at::Tensor tokens = (pos * (t + 3) + i * 7 + pos.pow(2)) % tiny().vocab_size;
+  return {tokens, tokens.roll(-1, 1)};
+}
+
+struct GptRun {
+  std::vector<double> losses;
+  std::map<std::string, at::Tensor> weights;  // by ds::Gpt's names; only what this rank holds
+  int clipped = 0;
+};
+
+GptRun plain_loop(int micro_batches) {
+  torch::manual_seed(kSeed);
+  Gpt gpt(tiny());
+  torch::optim::SGD sgd(gpt->parameters(), torch::optim::SGDOptions(kLr));
+  GptRun r;
+  for (int t = 0; t < kSteps; ++t) {
+    sgd.zero_grad();
+    double loss = 0;
+    for (int i = 0; i < micro_batches; ++i) {
+      pipe::MicroBatch b = sample(t, i);
+      at::Tensor l = gpt->loss(b.inputs, b.labels);
+      loss += l.item<double>() / micro_batches;
+      (l / double(micro_batches)).backward();
+    }
+    r.losses.push_back(loss);
+    const double norm = torch::nn::utils::clip_grad_norm_(gpt->parameters(), kClip, 2.0, false);
+    r.clipped += norm > kClip;
+    sgd.step();
+  }
+  for (const auto& p : gpt->named_parameters()) r.weights[p.key()] = p.value().detach().clone();
+  return r;
+}
+
+std::string config(int pipe, int data, int zero, int accum, int interval) {
+  return ds::str(R"({"train_batch_size": )", kRows * accum * data, R"(, "train_micro_batch_size_per_gpu": )", kRows,
+                 R"(, "optimizer": {"type": "SGD", "params": {"lr": )", kLr, R"(}}, "gradient_clipping": )", kClip,
+                 R"(, "zero_optimization": {"stage": )", zero, R"(}, "pipeline": {"stages": )", pipe,
+                 R"(, "partition": "type:GptBlock", "activation_checkpoint_interval": )", interval, "}}");
+}
+
+GptRun engine_run(comm::Communicator& world, int pipe, int zero, int accum = kAccum, int interval = 0) {
+  comm::ParallelGroups groups =
+      comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(world.size(), pipe, 1));
+  Config cfg = Config::parse(config(pipe, groups.data->size(), zero, accum, interval), "test config");
+  cfg.resolve(world.size());
+  torch::manual_seed(kSeed);
+  pipe::PipelineModule model(gpt_layer_specs(tiny()), pipe::PipelineLayout::from(cfg, groups));
+  Engine engine(model.ptr(), cfg, groups);
+  const int dp = groups.coord.data;
+  GptRun r;
+  for (int t = 0; t < kSteps; ++t)
+    r.losses.push_back(engine.train_batch(model->stage_model(gpt_loss), [&](int i) { return sample(t, dp * accum + i); }).loss);
+  for (const auto& p : model->named_parameters())
+    r.weights[gpt_parameter_name(p.key(), tiny().n_layer)] = p.value().detach().clone();
+  return r;
+}
+
+void expect_same(const GptRun& got, const GptRun& want, const std::string& what) {
+  ASSERT_EQ(got.losses.size(), want.losses.size()) << what;
+  for (size_t t = 0; t < want.losses.size(); ++t) EXPECT_NEAR(got.losses[t], want.losses[t], 1e-5) << what << " step " << t;
+  ASSERT_FALSE(got.weights.empty()) << what;
+  for (const auto& [name, w] : got.weights) {
+    ASSERT_TRUE(want.weights.count(name)) << what << " " << name;
+    EXPECT_LT((w - want.weights.at(name)).abs().max().item<double>(), 1e-5) << what << " " << name;
+  }
+}
+
+TEST(PipelineGpt, TiedEmbeddingLayoutsMatchAPlainLoopAndOneProcess) {
+  struct Layout { int world, pipe, zero, interval; };
+  for (Layout l : {Layout{2, 2, 0, 0}, Layout{4, 2, 1, 0}, Layout{4, 4, 0, 0}, Layout{4, 2, 0, 1}, Layout{2, 1, 1, 0}}) {
+    test::run_ranks(l.world, [&](comm::Communicator& world) {
+      const int data = l.world / l.pipe;
+      const GptRun plain = plain_loop(kAccum * data);
+      ASSERT_GT(plain.clipped, 0) << "clipping never triggered: the norm over the stages would go unchecked";
+      comm::GlooOptions solo;
+      const GptRun single = engine_run(*comm::make_gloo(solo), 1, 0, kAccum * data);
+      expect_same(single, plain, "1 process");
+      const int64_t recomputed = checkpointing::recomputations();
+      const std::string what =
+          ds::str("pipe ", l.pipe, " x data ", data, ", ZeRO ", l.zero, ", checkpoint interval ", l.interval, ", rank ", world.rank());
+      const GptRun got = engine_run(world, l.pipe, l.zero, kAccum, l.interval);
+      expect_same(got, plain, what + " vs the plain loop");
+      expect_same(got, single, what + " vs 1 process");
+      if (l.interval > 0 && got.weights.count("blocks.0.fc.weight"))  // this rank runs blocks: they were recomputed
+        EXPECT_GT(checkpointing::recomputations(), recomputed) << what;
+    });
+  }
+}
+
+comm::ParallelGroups two_stages(comm::Communicator& world) {
+  return comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(2, 2, 1));
+}
+
+Config two_stage_config(int interval) {
+  Config cfg = Config::parse(config(2, 1, 0, kAccum, interval), "test config");
+  cfg.resolve(2);
+  return cfg;
+}
+
+TEST(PipelineGpt, TheTiedCopiesStartEqualWhateverEachStageBuilt) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    comm::ParallelGroups groups = two_stages(world);
+    Config cfg = two_stage_config(0);
+    torch::manual_seed(kSeed + world.rank());  // each stage draws another base seed
+    pipe::PipelineModule model(gpt_layer_specs(tiny()), pipe::PipelineLayout::from(cfg, groups));
+    Engine engine(model.ptr(), cfg, groups);
+    at::Tensor wte = model->tied().at(0).module->parameters()[0].detach().clone();
+    at::Tensor first = wte.clone();
+    groups.pipe->broadcast(first, 0).wait();
+    EXPECT_TRUE(wte.equal(first)) << "rank " << world.rank();
+  });
+}
+
+TEST(PipelineGpt, AModuleForAnotherStageOrAnIntervalWithoutAModuleIsRefused) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    comm::ParallelGroups groups = two_stages(world);
+    Config cfg = two_stage_config(0);
+    pipe::PipelineLayout wrong = pipe::PipelineLayout::from(cfg, groups);
+    wrong.stage = 1 - wrong.stage;
+    pipe::PipelineModule swapped(gpt_layer_specs(tiny()), wrong);
+    EXPECT_ERROR_HAS(Engine(swapped.ptr(), cfg, groups), ds::str("built as stage ", wrong.stage, " of 2 but this rank is stage ",
+                                                                1 - wrong.stage, " of 2"));
+    Config ckpt = two_stage_config(1);
+    auto plain = std::make_shared<torch::nn::LinearImpl>(4, 4);
+    EXPECT_ERROR_HAS(Engine(plain, ckpt, groups), "activation_checkpoint_interval > 0 needs a ds::pipe::PipelineModule");
+  });
+}
+
+}  // namespace
+}  // namespace ds
