@@ -305,9 +305,6 @@ int run(const Args& a) {
   const bool rank0 = comm->rank() == 0;
 
   ds::Config config = a.config.empty() ? ds::Config::parse(kDefaultConfig, "default config") : ds::Config::load(a.config);
-  if (config.pipeline.stages > 1 && (!a.save.empty() || !a.load.empty()))
-    throw ds::ConfigError(ds::str("pipeline.stages is ", config.pipeline.stages, ": checkpoints of a pipeline are not "
-                                  "supported yet; drop --save/--load or set pipeline.stages to 1"));
   ds::ResolveOptions ro;
   ro.world_size = comm->size();
   ro.total_num_steps = a.steps;

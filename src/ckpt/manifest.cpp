@@ -67,14 +67,15 @@ class Fields {
   std::string where_;
 };
 
-ordered_json units_to_json(const std::vector<UnitInfo>& units) {
+ordered_json units_to_json_impl(const std::vector<UnitInfo>& units) {
   ordered_json out = ordered_json::array();
   for (const auto& u : units) {
     ordered_json slots = ordered_json::array();
     for (const auto& s : u.slots)
       slots.push_back(
           {{"name", s.name}, {"offset", s.offset}, {"numel", s.numel}, {"shape", s.shape}, {"split_dim", s.split_dim}});
-    out.push_back({{"name", u.name}, {"numel", u.numel}, {"padded_numel", u.padded_numel}, {"slots", slots}});
+    out.push_back({{"name", u.name}, {"numel", u.numel}, {"padded_numel", u.padded_numel}, {"mp_rank", u.mp_rank},
+                   {"slots", slots}});
   }
   return out;
 }
@@ -95,7 +96,8 @@ std::vector<UnitInfo> parse_units(const json& j, const std::string& where, int v
   std::vector<UnitInfo> units;
   for (size_t i = 0; i < j.size(); ++i) {
     Fields f(j[i], ds::str(where, "[", i, "]"));
-    UnitInfo u{f.string("name"), f.integer("numel", 0), f.integer("padded_numel", 0), {}};
+    UnitInfo u{f.string("name"), f.integer("numel", 0), f.integer("padded_numel", 0), {}, 0};
+    if (version >= 3) u.mp_rank = int(f.integer("mp_rank", 0, INT32_MAX));
     const json& slots = f.array("slots");
     for (size_t k = 0; k < slots.size(); ++k) {
       Fields s(slots[k], ds::str(f.path("slots"), "[", k, "]"));
@@ -128,14 +130,32 @@ void check_files(const Manifest& m, const std::string& where) {
     if (!seen.insert(f.name).second) throw Error(ds::str(where, ": file ", f.name, " is listed twice"));
   }
   std::vector<std::string> missing;
-  if (!seen.count(model_states_name())) missing.push_back(model_states_name());
-  for (int k = 0; k < m.partition.count; ++k)
-    if (!seen.count(optim_states_name(k))) missing.push_back(optim_states_name(k));
+  for (int mp : m.mp_ranks()) {
+    if (!seen.count(model_states_name(mp))) missing.push_back(model_states_name(mp));
+    for (int k = 0; k < m.partition.count; ++k)
+      if (!seen.count(optim_states_name(k, mp))) missing.push_back(optim_states_name(k, mp));
+  }
   if (!missing.empty())
     throw Error(ds::str(where, ": does not list ", missing.front(), missing.size() > 1 ? " and others" : ""));
 }
 
 }  // namespace
+
+std::vector<int> Manifest::mp_ranks() const {
+  std::set<int> ranks{0};  // mp rank 0 always saves (at least its model states)
+  for (const auto& u : units) ranks.insert(u.mp_rank);
+  return {ranks.begin(), ranks.end()};
+}
+
+ordered_json units_to_json(const std::vector<UnitInfo>& units) { return units_to_json_impl(units); }
+
+std::vector<UnitInfo> units_from_json(const std::string& text, const std::string& where) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_array()) throw Error(ds::str(where, ": not a JSON array of units"));
+  std::vector<UnitInfo> units = parse_units(j, where, kFormatVersion);
+  check_units(units, where);
+  return units;
+}
 
 const FileInfo* Manifest::find_file(const std::string& name) const {
   for (const auto& f : files)
@@ -200,7 +220,7 @@ ordered_json manifest_to_json(const Manifest& m) {
           {"precision", m.precision},
           {"partition", {{"scheme", to_string(m.partition.scheme)}, {"count", m.partition.count}}},
           {"optimizer", {{"type", m.optimizer.type}, {"state_names", m.optimizer.state_names}}},
-          {"units", units_to_json(m.units)},
+          {"units", units_to_json_impl(m.units)},
           {"engine_state", engine_state_to_json(m.engine)},
           {"files", files}};
 }
@@ -216,7 +236,8 @@ std::string manifest_text(const Manifest& m) {
       for (size_t u = 0; u < value.size(); ++u) {
         const auto& unit = value[u];
         out += ds::str("  {\"name\": ", unit["name"].dump(), ", \"numel\": ", unit["numel"].dump(),
-                       ", \"padded_numel\": ", unit["padded_numel"].dump(), ", \"slots\": [\n");
+                       ", \"padded_numel\": ", unit["padded_numel"].dump(), ", \"mp_rank\": ", unit["mp_rank"].dump(),
+                       ", \"slots\": [\n");
         for (size_t k = 0; k < unit["slots"].size(); ++k)
           out += "   " + unit["slots"][k].dump() + (k + 1 < unit["slots"].size() ? ",\n" : "\n");
         out += std::string("  ]}") + (u + 1 < value.size() ? ",\n" : "\n");
@@ -247,6 +268,10 @@ void check_layout(const Manifest& m, const std::string& what) {
       !in(m.tp_world_size, 1, kMaxWorld))
     throw Error(ds::str(what, ": world sizes must be in [1, ", kMaxWorld, "]"));
   if (!in(m.zero_stage, 0, 3)) throw Error(ds::str(what, ": zero_stage ", m.zero_stage, " is not 0..3"));
+  for (const auto& u : m.units)
+    if (!in(u.mp_rank, 0, int64_t(m.pp_world_size) * m.tp_world_size - 1))
+      throw Error(ds::str(what, ": unit ", u.name, " has mp_rank ", u.mp_rank, " but there are ",
+                          int64_t(m.pp_world_size) * m.tp_world_size, " model-parallel ranks (pp x tp)"));
   if (!in(m.partition.count, 1, kMaxWorld))
     throw Error(ds::str(what, ": partition count ", m.partition.count, " is not in [1, ", kMaxWorld, "]"));
   if (!m.engine.client.is_object())

@@ -54,10 +54,10 @@ at::Tensor checked_part(const at::Tensor& t, int64_t length, const std::string& 
 
 // Bytes the fp32 elements of a part need at least: a manifest cannot make us allocate more
 // than the files on disk hold.
-bool part_fits(const Manifest& m, int part, int64_t file_bytes) {
+bool part_fits(const Manifest& m, int part, int mp_rank, int64_t file_bytes) {
   int64_t elements = 0, per_element = 4 * int64_t(1 + m.optimizer.state_names.size()), bytes = 0;
   for (const auto& u : m.units)
-    if (__builtin_add_overflow(elements, partition_range(u.padded_numel, m.partition, part).length,
+    if (u.mp_rank == mp_rank && __builtin_add_overflow(elements, partition_range(u.padded_numel, m.partition, part).length,
                                &elements))
       return false;
   return !__builtin_mul_overflow(elements, per_element, &bytes) && bytes <= file_bytes;
@@ -134,11 +134,13 @@ CheckpointReader::CheckpointReader(const std::string& dir, const std::string& ta
   if (!missing.empty())
     throw Error(ds::str("checkpoint ", tag_path_, " is missing ", missing.size(), " of ",
                         manifest_.files.size(), " files: ", join(missing)));
-  for (int k = 0; k < manifest_.partition.count; ++k)
-    if (!part_fits(manifest_, k, file_info(optim_states_name(k)).bytes))
-      throw Error(ds::str(manifest_path, ": the units claim more elements for part ", k, " than ",
-                          optim_states_name(k), " can hold (", file_info(optim_states_name(k)).bytes,
-                          " bytes)"));
+  for (int mp : manifest_.mp_ranks())
+    for (int k = 0; k < manifest_.partition.count; ++k) {
+      const FileInfo& f = file_info(optim_states_name(k, mp));
+      if (!part_fits(manifest_, k, mp, f.bytes))
+        throw Error(ds::str(manifest_path, ": the units claim more elements for part ", k, " than ", f.name,
+                            " can hold (", f.bytes, " bytes)"));
+    }
 }
 
 const FileInfo& CheckpointReader::file_info(const std::string& name) const {
@@ -168,13 +170,13 @@ void CheckpointReader::verify_all() const {
   }
 }
 
-void CheckpointReader::check_model(const std::vector<UnitInfo>& model_units) const {
+void CheckpointReader::check_model(const std::vector<UnitInfo>& model_units, bool whole) const {
   check_units(model_units, "the model's units");
-  check_compatible(manifest_.units, model_units);
+  check_compatible(manifest_.units, model_units, whole);
 }
 
-std::vector<std::vector<at::Tensor>> CheckpointReader::load_part(int part, size_t kinds) const {
-  std::string name = optim_states_name(part), path = file_path(name);
+std::vector<std::vector<at::Tensor>> CheckpointReader::load_part(int part, int mp_rank, size_t kinds) const {
+  std::string name = optim_states_name(part, mp_rank), path = file_path(name);
   detail::DictReader d(detail::load_pickle(path, file_info(name)), path);
   if (d.string("format") != detail::kShardFormat || d.integer("part") != part ||
       d.integer("part_count") != manifest_.partition.count)
@@ -183,6 +185,7 @@ std::vector<std::vector<at::Tensor>> CheckpointReader::load_part(int part, size_
   std::vector<std::vector<at::Tensor>> out(manifest_.units.size());
   for (size_t u = 0; u < manifest_.units.size(); ++u) {
     const UnitInfo& unit = manifest_.units[u];
+    if (unit.mp_rank != mp_rank) continue;
     int64_t length = partition_range(unit.padded_numel, manifest_.partition, part).length;
     out[u].push_back(checked_part(fp32.tensor(unit.name), length, ds::str(path, ": fp32 of ", unit.name)));
     for (size_t k = 1; k < kinds; ++k) {
@@ -198,12 +201,16 @@ void CheckpointReader::run_plan(const std::vector<CopyOp>& plan, size_t kinds,
                                 const std::vector<int64_t>& lengths,
                                 std::vector<std::vector<at::Tensor>>& targets) const {
   targets.assign(lengths.size(), std::vector<at::Tensor>(kinds));
+  // By file: (model-parallel rank of the source unit, part).
+  auto file_of = [&](const CopyOp& op) { return std::make_pair(manifest_.units[size_t(op.src_unit)].mp_rank, op.part); };
+  std::vector<CopyOp> ops = plan;
+  std::stable_sort(ops.begin(), ops.end(), [&](const CopyOp& a, const CopyOp& b) { return file_of(a) < file_of(b); });
   size_t i = 0;
-  while (i < plan.size()) {
-    int part = plan[i].part;
-    auto source = load_part(part, kinds);  // one file in memory at a time
-    for (; i < plan.size() && plan[i].part == part; ++i) {
-      const CopyOp& op = plan[i];
+  while (i < ops.size()) {
+    const auto file = file_of(ops[i]);
+    auto source = load_part(file.second, file.first, kinds);  // one file in memory at a time
+    for (; i < ops.size() && file_of(ops[i]) == file; ++i) {
+      const CopyOp& op = ops[i];
       const int64_t length = lengths[size_t(op.target)];
       for (size_t k = 0; k < kinds; ++k) {
         const at::Tensor& src = source[size_t(op.src_unit)][k];
@@ -228,7 +235,7 @@ void CheckpointReader::run_plan(const std::vector<CopyOp>& plan, size_t kinds,
 std::vector<UnitShard> CheckpointReader::load_ranges(const std::vector<UnitInfo>& model_units,
                                                      const std::vector<Range>& ranges,
                                                      const LoadOptions& options) const {
-  check_model(model_units);
+  check_model(model_units, options.whole_model);
   const auto& names = manifest_.optimizer.state_names;
   if (options.optimizer_states && !options.expected_state_names.empty() &&
       options.expected_state_names != names)
@@ -257,8 +264,8 @@ std::vector<UnitShard> CheckpointReader::load_partition(const std::vector<UnitIn
   return load_ranges(model_units, ranges, options);
 }
 
-ModelStates CheckpointReader::load_model_states() const {
-  std::string name = model_states_name(), path = file_path(name);
+ModelStates CheckpointReader::load_model_states(int mp_rank) const {
+  std::string name = model_states_name(mp_rank), path = file_path(name);
   detail::DictReader d(detail::load_pickle(path, file_info(name)), path);
   if (d.string("format") != detail::kModelFormat)
     throw Error(ds::str(path, ": not a deepspeed.cpp model-states file"));

@@ -80,7 +80,7 @@ std::vector<int> parts_used(const std::vector<CopyOp>& plan) {
   return parts;
 }
 
-void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<UnitInfo>& model) {
+void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<UnitInfo>& model, bool whole) {
   auto saved_index = index_slots(saved);
   auto model_index = index_slots(model);
   for (const auto& u : model) {
@@ -95,6 +95,7 @@ void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<Unit
                             shape_string(s.shape), " in the model"));
     }
   }
+  if (!whole) return;
   for (const auto& u : saved)
     for (const auto& s : u.slots)
       if (!model_index.count(s.name))

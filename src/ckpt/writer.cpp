@@ -64,14 +64,17 @@ FileInfo CheckpointWriter::write_optimizer_part(int part, const std::vector<Unit
   const Partition& p = layout_.partition;
   if (part < 0 || part >= p.count)
     throw Error(ds::str("optimizer part ", part, " does not exist: the layout has ", p.count, " parts"));
-  if (units.size() != layout_.units.size())
-    throw Error(ds::str("optimizer part ", part, ": ", units.size(), " unit shards for ",
-                        layout_.units.size(), " units"));
+  std::vector<const UnitInfo*> infos;  // the units this model-parallel rank's files hold
+  for (const UnitInfo& u : layout_.units)
+    if (u.mp_rank == mp_rank) infos.push_back(&u);
+  if (units.size() != infos.size())
+    throw Error(ds::str("optimizer part ", part, " of mp rank ", mp_rank, ": ", units.size(), " unit shards for ",
+                        infos.size(), " units"));
   const auto& names = layout_.optimizer.state_names;
   NamedTensors fp32;
   std::vector<NamedTensors> states(names.size());
   for (size_t u = 0; u < units.size(); ++u) {
-    const UnitInfo& info = layout_.units[u];
+    const UnitInfo& info = *infos[u];
     Range r = partition_range(info.padded_numel, p, part);
     std::string what = ds::str("part ", part, " of unit ", info.name);
     fp32.emplace_back(info.name, part_tensor(units[u].fp32, r, p, info.padded_numel, what + " (fp32)"));
@@ -90,6 +93,7 @@ FileInfo CheckpointWriter::write_optimizer_part(int part, const std::vector<Unit
   d.insert("ds_version", kVersion);
   d.insert("part", int64_t(part));
   d.insert("part_count", int64_t(p.count));
+  d.insert("mp_rank", int64_t(mp_rank));
   d.insert("partition_scheme", to_string(p.scheme));
   d.insert("zero_stage", int64_t(layout_.zero_stage));
   d.insert("fp32", detail::tensor_dict(fp32));
@@ -124,10 +128,11 @@ FileInfo CheckpointWriter::write_model_states(const ModelStates& states, int mp_
 void CheckpointWriter::commit(const std::vector<FileInfo>& files, bool update_latest) const {
   Manifest m = layout_;
   m.files = files;
-  auto rank_of = [](const FileInfo& f) {
-    if (f.name == model_states_name()) return -1;
-    int part = -1;
-    return std::sscanf(f.name.c_str(), "zero_pp_rank_%d_", &part) == 1 ? part : INT32_MAX;
+  auto rank_of = [](const FileInfo& f) {  // model states first, then the parts by data rank, then model rank
+    int part = -1, mp = -1;
+    if (std::sscanf(f.name.c_str(), "mp_rank_%d_", &mp) == 1) return std::make_pair(-1, mp);
+    if (std::sscanf(f.name.c_str(), "zero_pp_rank_%d_mp_rank_%d_", &part, &mp) == 2) return std::make_pair(part, mp);
+    return std::make_pair(INT32_MAX, 0);
   };
   std::stable_sort(m.files.begin(), m.files.end(),
                    [&](const FileInfo& a, const FileInfo& b) { return rank_of(a) < rank_of(b); });

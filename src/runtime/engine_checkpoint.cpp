@@ -46,8 +46,8 @@ bool same_on_every_rank(comm::Communicator& comm, const std::string& text) {
 }
 
 // Runs `phase` on this rank, then every rank learns how it went everywhere. Returns the file
-// each rank's phase wrote (name empty: none; an optimizer part, named by the writer's data-
-// and model-parallel ranks), indexed by rank; throws ds::Error on every rank when `phase`
+// each rank's phase wrote (name empty: none; an optimizer part or a model-states file, named
+// by the writer's data- and model-parallel ranks), indexed by rank; throws ds::Error on every rank when `phase`
 // threw on any, with the lowest failing rank's message.
 std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
                                           const std::function<ckpt::FileInfo()>& phase, int dp_rank = 0,
@@ -60,8 +60,10 @@ std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
     error = *e.what() ? e.what() : "unknown error";
   }
   const int world = comm.size();
-  constexpr int kFields = 6;  // error length, wrote a file, its bytes, its xxh64, dp rank, mp rank
-  at::Tensor own = at::tensor({int64_t(error.size()), int64_t(!mine.name.empty()), mine.bytes, int64_t(mine.xxh64),
+  constexpr int kFields = 6;  // error length, the file written (0 none, 1 optimizer part, 2 model states), its bytes,
+                              // its xxh64, dp rank, mp rank
+  const int64_t kind = mine.name.empty() ? 0 : mine.name == ckpt::model_states_name(mp_rank) ? 2 : 1;
+  at::Tensor own = at::tensor({int64_t(error.size()), kind, mine.bytes, int64_t(mine.xxh64),
                                int64_t(dp_rank), int64_t(mp_rank)},
                               at::kLong);
   at::Tensor all = at::empty({world * kFields}, at::kLong);
@@ -75,7 +77,8 @@ std::vector<ckpt::FileInfo> on_every_rank(comm::Communicator& comm,
   std::vector<ckpt::FileInfo> files(size_t(world), ckpt::FileInfo{});
   for (int r = 0; r < world; ++r)
     if (a[r * kFields + 1])
-      files[size_t(r)] = {ckpt::optim_states_name(int(a[r * kFields + 4]), int(a[r * kFields + 5])),
+      files[size_t(r)] = {a[r * kFields + 1] == 2 ? ckpt::model_states_name(int(a[r * kFields + 5]))
+                                                  : ckpt::optim_states_name(int(a[r * kFields + 4]), int(a[r * kFields + 5])),
                           a[r * kFields + 2], uint64_t(a[r * kFields + 3])};
   return files;
 }
@@ -128,11 +131,30 @@ std::vector<ckpt::UnitInfo> Engine::checkpoint_units() const {
   std::vector<ckpt::UnitInfo> out;
   for (const auto& s : units_) {
     const zero::FlatUnit& u = *s.unit;
-    ckpt::UnitInfo info{u.name(), u.numel(), u.padded_numel(), {}};
+    ckpt::UnitInfo info{u.name(), u.numel(), u.padded_numel(), {}, groups_.model_rank()};
     // Every parameter is whole on every model-parallel rank (split_dim -1) until tensor
     // parallelism splits some.
     for (const zero::ParamSlot& p : u.slots()) info.slots.push_back({p.name, p.offset, p.numel, p.shape, -1});
     out.push_back(std::move(info));
+  }
+  return out;
+}
+
+// What the checkpoint holds: every model-parallel rank's units (a pipeline stage's layers),
+// each tied layer once (from the first stage holding it), gathered over the model group.
+std::vector<ckpt::UnitInfo> Engine::checkpoint_units_everywhere() const {
+  std::vector<ckpt::UnitInfo> mine;
+  const std::vector<ckpt::UnitInfo> all = checkpoint_units();
+  for (size_t u = 0; u < all.size(); ++u)
+    if (counted_in_norm(u)) mine.push_back(all[u]);
+  comm::Communicator& model = *groups_.model;
+  if (model.size() == 1) return mine;
+  const std::string text = ckpt::units_to_json(mine).dump();
+  std::vector<ckpt::UnitInfo> out;
+  for (int r = 0; r < model.size(); ++r) {
+    std::vector<ckpt::UnitInfo> theirs =
+        ckpt::units_from_json(comm::broadcast_string(model, text, r), ds::str("the units of model-parallel rank ", r));
+    out.insert(out.end(), theirs.begin(), theirs.end());
   }
   return out;
 }
@@ -150,7 +172,7 @@ ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann:
   m.precision = plan_.precision.name;
   // Stage 0 keeps whole units on every rank: one part. Stages 1-3: each rank's chunk_of.
   m.partition = {ckpt::PartitionScheme::kTensorSplit, plan_.stage == 0 ? 1 : dp_size()};
-  m.units = checkpoint_units();
+  m.units = checkpoint_units_everywhere();
   m.optimizer = {optimizer_type_name(config_.optimizer.type), optimizer_->state_names()};
   ckpt::EngineState& e = m.engine;
   e.global_steps = global_step_;
@@ -198,6 +220,7 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
   const std::vector<optim::StateSpec> specs = optimizer_->state_specs();
   std::vector<ckpt::UnitShard> part;
   for (size_t u = 0; u < units_.size(); ++u) {
+    if (!counted_in_norm(u)) continue;  // a tied layer's copy: the first stage holding it saves it
     const UnitState& s = units_[u];
     // Under bf16 compute the stage 0-2 master is fp32 already; the file stores fp32.
     ckpt::UnitShard shard{s.master.defined() ? s.master.to(at::kFloat) : at::Tensor(), {}};
@@ -215,8 +238,6 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
 std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
                                     const nlohmann::json& client_state) {
   require_step_boundary("save_checkpoint");
-  if (groups_.pipe->size() > 1)
-    throw Error("save_checkpoint: checkpoints of a pipeline (pipeline.stages > 1) are not supported yet");
   if (tag.empty()) tag = ds::str("global_step", global_step_);  // DeepSpeed's default tag
   on_every_rank(*groups_.world, [&] {
     ckpt::check_tag(tag);
@@ -230,10 +251,14 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   std::vector<ckpt::UnitShard> part;
   on_every_rank(world, [&] {
     part = optimizer_part();
-    for (size_t u = 0; u < part.size(); ++u)
-      if (part[u].fp32.defined() && !at::isfinite(part[u].fp32).all().item<bool>())
+    for (size_t u = 0; u < units_.size(); ++u)
+      if (units_[u].master.defined() && !at::isfinite(units_[u].master).all().item<bool>())
         throw Error(ds::str("refusing to save ", dir, "/", tag, ": the fp32 weights of ", units_[u].unit->name(),
                             " hold NaN or inf (step ", global_step_, "); ", dir, "/latest stays on the last good save"));
+    for (const ckpt::UnitShard& shard : part)
+      if (shard.fp32.defined() && !at::isfinite(shard.fp32).all().item<bool>())
+        throw Error(ds::str("refusing to save ", dir, "/", tag, ": swapped fp32 weights hold NaN or inf (step ",
+                            global_step_, "); ", dir, "/latest stays on the last good save"));
     return ckpt::FileInfo{};
   });
   std::optional<ckpt::CheckpointWriter> writer;
@@ -243,14 +268,17 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
     if (rank == 0) writer->prepare();
     return ckpt::FileInfo{};
   });
-  // 2. Each rank owning a part writes it; rank 0 also the weights and RNG state.
-  ckpt::FileInfo model_file;
+  // 2. The first data-parallel rank of each model-parallel rank (pipeline stage) writes its
+  // weights and RNG state; each rank owning a part writes it.
   ckpt::ModelStates states = model_states();  // collective at stage 3
   std::vector<ckpt::FileInfo> parts = on_every_rank(world, [&] {
-    if (dp == 0) model_file = writer->write_model_states(states, mp);
+    return dp == 0 ? writer->write_model_states(states, mp) : ckpt::FileInfo{};
+  }, dp, mp);
+  std::vector<ckpt::FileInfo> optim_parts = on_every_rank(world, [&] {
     if (dp >= writer->layout().partition.count) return ckpt::FileInfo{};
     return writer->write_optimizer_part(dp, part, mp);
   }, dp, mp);
+  parts.insert(parts.end(), optim_parts.begin(), optim_parts.end());
   // 3. Rank 0 commits (manifest, then `latest`) with every file's size and checksum. The
   // exchange that ends this phase is the closing barrier: no rank returns before `latest`
   // names the new tag, or every rank throws.
@@ -259,11 +287,44 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
     std::vector<ckpt::FileInfo> files;
     for (const auto& f : parts)
       if (!f.name.empty()) files.push_back(f);
-    files.push_back(model_file);
     writer->commit(files);
     return ckpt::FileInfo{};
   });
   return writer->tag_path();
+}
+
+// The model-states file of this rank's model-parallel rank; saved at another pipeline size,
+// the entries of every stage's file (the names are global) and this rank's RNG state if its
+// model-parallel rank saved one (else the first's).
+ckpt::ModelStates Engine::load_model_states_for_this_rank(const ckpt::CheckpointReader& reader) const {
+  const ckpt::Manifest& m = reader.manifest();
+  const int mp = groups_.model_rank();
+  if (m.pp_world_size == groups_.pipe->size()) return reader.load_model_states(mp);
+  ckpt::ModelStates merged;
+  for (int r : m.mp_ranks()) {
+    ckpt::ModelStates s = reader.load_model_states(r);
+    merged.module.insert(merged.module.end(), s.module.begin(), s.module.end());
+    if (r == 0 || r == mp) merged.rng_states = s.rng_states;
+  }
+  return merged;
+}
+
+// Every parameter of the checkpoint is held by some stage of this model (collective over the
+// model group; the same verdict on every rank).
+void Engine::check_stages_cover(const ckpt::Manifest& manifest) const {
+  std::unordered_set<std::string> mine;
+  for (const auto& u : checkpoint_units())
+    for (const auto& slot : u.slots) mine.insert(slot.name);
+  std::vector<std::string> names;
+  for (const auto& u : manifest.units)
+    for (const auto& slot : u.slots) names.push_back(slot.name);
+  at::Tensor covered = at::zeros({int64_t(names.size())}, at::kInt);
+  for (size_t i = 0; i < names.size(); ++i) covered[int64_t(i)] = int(mine.count(names[i]));
+  groups_.model->all_reduce(covered, comm::ReduceOp::Max).wait();
+  for (size_t i = 0; i < names.size(); ++i)
+    if (covered[int64_t(i)].item<int>() == 0)
+      throw Error(ds::str("the checkpoint does not match the model: its parameter ", names[i],
+                          " is in no pipeline stage of this model"));
 }
 
 void Engine::check_model_states(const ckpt::ModelStates& states) const {
@@ -334,8 +395,6 @@ void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
 
 LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag) {
   require_step_boundary("load_checkpoint");
-  if (groups_.pipe->size() > 1)
-    throw Error("load_checkpoint: checkpoints of a pipeline (pipeline.stages > 1) are not supported yet");
   std::optional<ckpt::CheckpointReader> reader;
   std::vector<ckpt::UnitShard> part;
   ckpt::ModelStates states;
@@ -343,7 +402,13 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
   on_every_rank(*groups_.world, [&] {
     reader.emplace(dir, tag);
     const std::vector<ckpt::UnitInfo> units = checkpoint_units();
-    reader->check_model(units);
+    const ckpt::Manifest& m = reader->manifest();
+    if (m.tp_world_size != groups_.tensor->size())
+      throw Error(ds::str("checkpoint ", reader->tag_path(), " was saved with tensor-parallel size ", m.tp_world_size,
+                          "; this run has ", groups_.tensor->size(), ": load it with the same size"));
+    // A pipeline stage holds part of the model: the stages together must cover the checkpoint
+    // (checked below). Parameter names are global (layer indices), so any stage count loads.
+    reader->check_model(units, /*whole=*/groups_.model->size() == 1);
     const ckpt::OptimizerInfo& saved = reader->manifest().optimizer;
     const std::vector<std::string> names = optimizer_->state_names();
     if (saved.state_names != names)
@@ -351,15 +416,18 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
                           join(saved.state_names), ") but this engine's ",
                           optimizer_type_name(config_.optimizer.type), " keeps (", join(names), ")"));
     const bool sharded = plan_.stage > 0;
+    ckpt::LoadOptions options;
+    options.whole_model = groups_.model->size() == 1;
     part = reader->load_partition(units, {ckpt::PartitionScheme::kTensorSplit, sharded ? dp_size() : 1},
-                                  sharded ? dp_rank() : 0);
-    states = reader->load_model_states();
+                                  sharded ? dp_rank() : 0, options);
+    states = load_model_states_for_this_rank(*reader);
     check_model_states(states);
     return ckpt::FileInfo{};
   });
   if (!same_on_every_rank(*groups_.world, reader->tag()))  // e.g. `latest` moved while the ranks read it
     throw Error(ds::str("the ranks loaded different checkpoint tags from ", dir,
                         " (this rank: ", reader->tag(), ")"));
+  if (groups_.model->size() > 1) check_stages_cover(reader->manifest());
   // Model states first: a name the units do not hold may still alias a unit's weights (a tied
   // parameter); the exact fp32 masters written next then have the last word.
   restore_model_states(states);

@@ -91,8 +91,8 @@ TEST(Manifest, WrongTypesAndMissingFieldsNameThePath) {
                    "optimizer state name \"m\" is empty, reserved or repeated");
   EXPECT_ERROR_HAS(parse_edited([](json& j) { j["engine_state"]["loss_scaler"]["scale"] = "big"; }),
                    "engine_state.loss_scaler.scale: expected a number");
-  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["format_version"] = 3; }),
-                   "format_version 3 was written by a newer");
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["format_version"] = 4; }),
+                   "format_version 4 was written by a newer");
 }
 
 TEST(Manifest, SplitDimensionsAreRecordedAndVersionOneReadsAsWhole) {
@@ -111,14 +111,43 @@ TEST(Manifest, SplitDimensionsAreRecordedAndVersionOneReadsAsWhole) {
   // parameter is whole; writing it again gives version 2.
   Manifest old = parse_edited([](json& j) {
     j["format_version"] = 1;
-    for (auto& u : j["units"])
+    for (auto& u : j["units"]) {
+      u.erase("mp_rank");
       for (auto& s : u["slots"]) s.erase("split_dim");
+    }
   });
   EXPECT_EQ(old.format_version, 1);
   for (const auto& u : old.units)
     for (const auto& s : u.slots) EXPECT_EQ(s.split_dim, -1) << s.name;
   EXPECT_EQ(manifest_to_json(old)["format_version"], kFormatVersion);
-  EXPECT_EQ(kFormatVersion, 2);
+  EXPECT_EQ(kFormatVersion, 3);
+}
+
+TEST(Manifest, UnitsOfModelParallelRanksNeedTheirFilesAndAValidRank) {
+  // Version 2 (before pipeline checkpoints) reads every unit as model-parallel rank 0.
+  Manifest v2 = parse_edited([](json& j) {
+    j["format_version"] = 2;
+    for (auto& u : j["units"]) u.erase("mp_rank");
+  });
+  for (const auto& u : v2.units) EXPECT_EQ(u.mp_rank, 0) << u.name;
+  EXPECT_EQ(v2.mp_ranks(), std::vector<int>{0});
+  EXPECT_ERROR_HAS(parse_edited([](json& j) { j["units"][1]["mp_rank"] = 1; }),
+                   "unit " + sample().units[1].name + " has mp_rank 1 but there are 1 model-parallel ranks (pp x tp)");
+  // Two pipeline stages: stage 1's unit needs stage 1's model states and optimizer parts.
+  auto two_stages = [](json& j) {
+    j["world"]["pp"] = 2;
+    j["units"][1]["mp_rank"] = 1;
+  };
+  EXPECT_ERROR_HAS(parse_edited(two_stages), "files: does not list mp_rank_01_model_states.pt");
+  Manifest m = parse_edited([&](json& j) {
+    two_stages(j);
+    const int parts = j["partition"]["count"];
+    j["files"].push_back({{"name", "mp_rank_01_model_states.pt"}, {"bytes", 1}, {"xxh64", "0000000000000001"}});
+    for (int k = 0; k < parts; ++k)
+      j["files"].push_back({{"name", optim_states_name(k, 1)}, {"bytes", 1}, {"xxh64", "0000000000000001"}});
+  });
+  EXPECT_EQ(m.mp_ranks(), (std::vector<int>{0, 1}));
+  EXPECT_EQ(parse_manifest(manifest_text(m), "x").units[1].mp_rank, 1);  // the written text keeps it
 }
 
 TEST(Manifest, FileListMustBeCompleteAndSafe) {

@@ -63,9 +63,9 @@ class CheckpointWriter {
   // manifest first (a crash while overwriting leaves the tag incomplete, never mixed) and
   // temp files of earlier crashed saves.
   void prepare() const;
-  // Part `part` (the rank's index in layout().partition), units in layout order. Under
-  // kEqualChunks a tensor may be the rank's whole padded chunk; its tail is not saved.
-  // `mp_rank`: the writer's model-parallel rank, in the file name.
+  // Part `part` (the rank's index in layout().partition) of the units model-parallel rank
+  // `mp_rank` holds (UnitInfo::mp_rank), in layout order. Under kEqualChunks a tensor may be
+  // the rank's whole padded chunk; its tail is not saved.
   FileInfo write_optimizer_part(int part, const std::vector<UnitShard>& units, int mp_rank = 0) const;
   // Data-parallel rank 0 of each model-parallel rank.
   FileInfo write_model_states(const ModelStates& states, int mp_rank = 0) const;
@@ -88,6 +88,8 @@ struct LoadOptions {
   // When loading states and non-empty: the engine's optimizer state names; a checkpoint with
   // other names is an error naming both.
   std::vector<std::string> expected_state_names;
+  // false: the model is one model-parallel rank's part (see check_model).
+  bool whole_model = true;
 };
 
 class CheckpointReader {
@@ -106,8 +108,10 @@ class CheckpointReader {
   std::string verify_file(const FileInfo& file) const;
   // verify_file() for every file; throws ds::Error with the first problem.
   void verify_all() const;
-  // Throws unless the model has exactly the checkpoint's parameters with the same shapes.
-  void check_model(const std::vector<UnitInfo>& model_units) const;
+  // Throws unless the model has exactly the checkpoint's parameters with the same shapes. A
+  // part of a model (a pipeline stage: whole = false) must have only checkpoint parameters,
+  // with the same shapes; the caller checks that the parts together cover it.
+  void check_model(const std::vector<UnitInfo>& model_units, bool whole = true) const;
 
   // For each unit u of the model, elements ranges[u] of its flat buffer: fp32 masters and,
   // per options, optimizer states; read from whichever saved parts hold them, whatever their
@@ -117,12 +121,15 @@ class CheckpointReader {
   // Part `index` of `partition` of every unit (a rank's ZeRO shard; {scheme, 1}: everything).
   std::vector<UnitShard> load_partition(const std::vector<UnitInfo>& model_units, const Partition& partition,
                                         int index, const LoadOptions& options = {}) const;
-  ModelStates load_model_states() const;
+  // The model-states file of model-parallel rank `mp_rank`.
+  ModelStates load_model_states(int mp_rank = 0) const;
   // Every parameter's fp32 master weights, shaped, in manifest order.
   NamedTensors load_fp32_weights() const;
 
  private:
-  std::vector<std::vector<at::Tensor>> load_part(int part, size_t kinds) const;
+  // The tensors of part `part` of mp rank `mp_rank`'s file, per manifest unit (empty for
+  // units other files hold).
+  std::vector<std::vector<at::Tensor>> load_part(int part, int mp_rank, size_t kinds) const;
   // Fills targets[t][kind] (lengths[t] elements; zero where the plan writes nothing).
   void run_plan(const std::vector<CopyOp>& plan, size_t kinds, const std::vector<int64_t>& lengths,
                 std::vector<std::vector<at::Tensor>>& targets) const;

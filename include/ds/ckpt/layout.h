@@ -55,6 +55,10 @@ struct UnitInfo {
   int64_t numel = 0;         // elements that belong to parameters
   int64_t padded_numel = 0;  // the flat buffer's length
   std::vector<SlotInfo> slots;
+  // The model-parallel rank (pipeline stage x tensor shard) whose files hold the unit: its
+  // optimizer parts are zero_pp_rank_<k>_mp_rank_<mp_rank>_optim_states.pt. 0 without
+  // model parallelism.
+  int mp_rank = 0;
 };
 
 // Structural checks for units from a manifest or from the engine: non-empty unique names,

@@ -20,8 +20,9 @@
 namespace ds::ckpt {
 
 // Version 2 records each parameter's split dimension (SlotInfo::split_dim); version 1
-// manifests are read as "every parameter whole" (split_dim -1).
-constexpr int kFormatVersion = 2;
+// manifests are read as "every parameter whole" (split_dim -1). Version 3 records each
+// unit's model-parallel rank (UnitInfo::mp_rank, 0 before).
+constexpr int kFormatVersion = 3;
 
 struct LossScalerState {  // mirrors ds::LossScaler::State
   double scale = 1.0;
@@ -73,9 +74,12 @@ struct Manifest {
   std::vector<UnitInfo> units;
   OptimizerInfo optimizer;
   EngineState engine;
-  std::vector<FileInfo> files;  // the model-states file and every optimizer file
+  std::vector<FileInfo> files;  // the model-states files and every optimizer file
 
   const FileInfo* find_file(const std::string& name) const;
+  // The model-parallel ranks that hold units, ascending (each has a model-states file and
+  // partition.count optimizer files).
+  std::vector<int> mp_ranks() const;
 };
 
 // Keys in a reading order (format, tag, layout, units, engine state, files).
@@ -85,6 +89,11 @@ std::string manifest_text(const Manifest& m);
 // Parses and validates: types, ranges, units (check_units), the file list (safe names, every
 // optimizer part present). Throws ds::Error starting with `path`.
 Manifest parse_manifest(const std::string& text, const std::string& path);
+
+// The manifest's encoding of units alone (e.g. to send them between ranks); the parse
+// validates as parse_manifest does (check_units). Throws ds::Error starting with `where`.
+nlohmann::ordered_json units_to_json(const std::vector<UnitInfo>& units);
+std::vector<UnitInfo> units_from_json(const std::string& text, const std::string& where);
 
 nlohmann::ordered_json engine_state_to_json(const EngineState& s);
 EngineState engine_state_from_json(const nlohmann::json& j, const std::string& path);

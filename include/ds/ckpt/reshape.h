@@ -62,6 +62,7 @@ std::vector<int> parts_used(const std::vector<CopyOp>& plan);
 // Throws ds::Error("the checkpoint does not match the model: ...") naming the first parameter
 // (in model order) that is missing or has another shape, with both shapes; then the first
 // checkpoint parameter the model lacks. Unit grouping and padding may differ.
-void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<UnitInfo>& model);
+// whole = false: `model` is part of a model (a pipeline stage); only its own parameters are checked.
+void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<UnitInfo>& model, bool whole = true);
 
 }  // namespace ds::ckpt

@@ -50,6 +50,7 @@ class ParamSwapper;
 }  // namespace offload
 
 namespace ckpt {
+class CheckpointReader;
 struct Manifest;
 struct ModelStates;
 struct UnitInfo;
@@ -254,10 +255,13 @@ class Engine {
   void require_step_boundary(const char* what) const;
   std::string agreed_tag(const std::string& tag);
   std::vector<ckpt::UnitInfo> checkpoint_units() const;
+  std::vector<ckpt::UnitInfo> checkpoint_units_everywhere() const;
   ckpt::Manifest checkpoint_layout(const std::string& tag, const nlohmann::json& client_state) const;
   ckpt::ModelStates model_states();
   std::vector<ckpt::UnitShard> optimizer_part() const;
   void check_model_states(const ckpt::ModelStates& states) const;
+  ckpt::ModelStates load_model_states_for_this_rank(const ckpt::CheckpointReader& reader) const;
+  void check_stages_cover(const ckpt::Manifest& manifest) const;
   void restore_optimizer_part(const std::vector<ckpt::UnitShard>& part);
   void restore_model_states(const ckpt::ModelStates& states);
   void restore_engine_state(const ckpt::Manifest& manifest);
