@@ -161,13 +161,18 @@ int64_t resume(ds::Engine& engine, const std::string& dir, const RunIdentity& ru
 struct Model {
   ds::Gpt gpt{nullptr};
   ds::pipe::PipelineModule pipe{nullptr};
+  ds::tp::Group tensor;  // tensor_parallel.autotp_size > 1: each rank holds a slice of every layer
   std::shared_ptr<torch::nn::Module> module() {
     if (pipe) return pipe.ptr();
     return gpt.ptr();
   }
-  // Logits on every rank (collective over the pipe group with a pipeline).
+  ds::pipe::StageModel stage_model() {
+    return pipe->stage_model([t = tensor](const at::Tensor& out, const at::Tensor& y) { return ds::gpt_loss(out, y, t); });
+  }
+  // Logits on every rank (collective over the pipe and tensor groups).
   at::Tensor logits(ds::Engine& engine, const at::Tensor& tokens) {
-    return pipe ? engine.forward_pipeline(pipe->stage_model(ds::gpt_loss), tokens) : gpt->forward(tokens);
+    if (!pipe) return gpt->forward(tokens);
+    return ds::tp::gather_from(engine.forward_pipeline(stage_model(), tokens), tensor);
   }
 };
 
@@ -190,7 +195,7 @@ Curve train(const Args& a, ds::Engine& engine, Model& model, const RunIdentity& 
     auto micro_batch = [&](int64_t m) { return data.batch(step, (m * engine.dp_size() + engine.dp_rank()) * micro, micro); };
     std::optional<ds::StepStats> stats;
     if (model.pipe) {
-      stats = engine.train_batch(model.pipe->stage_model(ds::gpt_loss), [&](int m) {
+      stats = engine.train_batch(model.stage_model(), [&](int m) {
         ds::Batch b = micro_batch(m);
         return ds::pipe::MicroBatch{b.tokens, b.targets};
       });
@@ -305,6 +310,9 @@ int run(const Args& a) {
   const bool rank0 = comm->rank() == 0;
 
   ds::Config config = a.config.empty() ? ds::Config::parse(kDefaultConfig, "default config") : ds::Config::load(a.config);
+  if (config.tensor_parallel.autotp_size > 1 && (!a.save.empty() || !a.load.empty()))
+    throw ds::ConfigError(ds::str("tensor_parallel.autotp_size is ", config.tensor_parallel.autotp_size,
+                                  ": checkpoints with tensor parallelism are not supported yet; drop --save/--load"));
   ds::ResolveOptions ro;
   ro.world_size = comm->size();
   ro.total_num_steps = a.steps;
@@ -329,8 +337,11 @@ int run(const Args& a) {
   ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
   ds::zero::Init init(groups.data, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
   Model model;
-  if (groups.pipe->size() > 1) model.pipe = ds::pipe::PipelineModule(ds::gpt_layer_specs(mc), ds::pipe::PipelineLayout::from(config, groups));
-  else model.gpt = ds::Gpt(mc);
+  if (groups.tensor->size() > 1) model.tensor = groups.tensor;
+  if (groups.pipe->size() > 1)
+    model.pipe = ds::pipe::PipelineModule(ds::gpt_layer_specs(mc, model.tensor), ds::pipe::PipelineLayout::from(config, groups));
+  else
+    model.gpt = ds::Gpt(mc, model.tensor);
   ds::EngineOptions options;
   options.sharded_units = init.take_units();
   options.skip_nonfinite_steps = a.skip_nonfinite;
@@ -351,7 +362,7 @@ int run(const Args& a) {
     double v = data->has_answers()
                    ? ds::exact_match_accuracy(*data, [&](const at::Tensor& t) { return model.logits(engine, t); }, a.eval_examples)
                    : ds::held_out_loss(*data, [&](const at::Tensor& t, const at::Tensor& y) {
-                       return ds::gpt_loss(model.logits(engine, t), y);
+                       return ds::gpt_loss(model.logits(engine, t), y);  // the gathered logits
                      }, a.eval_examples);
     eval.steps.push_back(double(step));
     eval.values.push_back(v);

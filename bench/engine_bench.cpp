@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "args.h"
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
 #include "ds/common/openmp_env.h"
@@ -46,11 +47,7 @@ double gemm_gflops(int64_t n) {
   return 2.0 * n * n * n / median(t) / 1e9;
 }
 
-int64_t arg(int argc, char** argv, const char* name, int64_t fallback) {
-  for (int i = 1; i + 1 < argc; ++i)
-    if (!std::strcmp(argv[i], name)) return std::atoll(argv[i + 1]);
-  return fallback;
-}
+using ds::bench::arg;
 
 }  // namespace
 

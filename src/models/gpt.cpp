@@ -85,27 +85,58 @@ GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head
 }
 
 at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / n_head_;
-  at::Tensor qkv = nn::linear(layer_norm(*ln1_, x), qkv_->weight, qkv_->bias).view({B, T, 3, n_head_, hd}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
+  // With tensor parallelism: this rank's heads (H of them here) and MLP columns; copy_to
+  // before each column-parallel layer, reduce_from after each row-parallel one.
+  const int64_t B = x.size(0), T = x.size(1), H = qkv_->weight.size(0) / 3 / (x.size(2) / n_head_);
+  const int64_t hd = x.size(2) / n_head_, C = H * hd;
+  at::Tensor qkv = nn::linear(tp::copy_to(layer_norm(*ln1_, x), tensor_), qkv_->weight, qkv_->bias)
+                       .view({B, T, 3, H, hd})
+                       .permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
   at::Tensor causal = at::ones({T, T}, at::kBool).triu(1);
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
   at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, C});
-  at::Tensor h = x + nn::linear(y, attn_proj_->weight, attn_proj_->bias);
-  at::Tensor m = at::gelu(nn::linear(layer_norm(*ln2_, h), fc_->weight, fc_->bias));
-  return h + nn::linear(m, mlp_proj_->weight, mlp_proj_->bias);
+  at::Tensor h = x + tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias;
+  at::Tensor m = at::gelu(nn::linear(tp::copy_to(layer_norm(*ln2_, h), tensor_), fc_->weight, fc_->bias));
+  return h + tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias;
 }
 
-GptImpl::GptImpl(const GptConfig& c) : config_(c) {
+void GptBlockImpl::split_over(tp::Group group) {
+  if (!group || group->size() == 1) return;
+  const int64_t d = qkv_->weight.size(1);
+  const tp::Slice heads = tp::slice_of(n_head_, group, "the heads n_head");
+  const int64_t hd = d / n_head_, begin = heads.begin * hd, width = heads.length * hd;
+  torch::NoGradGuard no_grad;
+  // q, k and v rows of this rank's heads, in the [3, H, hd] order the forward views them in.
+  auto qkv_rows = [&](const at::Tensor& t) {
+    return at::cat({t.narrow(0, begin, width), t.narrow(0, d + begin, width), t.narrow(0, 2 * d + begin, width)}).clone();
+  };
+  qkv_->weight.set_data(qkv_rows(qkv_->weight));
+  qkv_->bias.set_data(qkv_rows(qkv_->bias));
+  attn_proj_->weight.set_data(attn_proj_->weight.narrow(1, begin, width).clone());
+  const tp::Slice cols = tp::slice_of(fc_->weight.size(0), group, "the MLP width 4 x d_model");
+  fc_->weight.set_data(fc_->weight.narrow(0, cols.begin, cols.length).clone());
+  fc_->bias.set_data(fc_->bias.narrow(0, cols.begin, cols.length).clone());
+  mlp_proj_->weight.set_data(mlp_proj_->weight.narrow(1, cols.begin, cols.length).clone());
+  tensor_ = std::move(group);
+}
+
+std::vector<std::pair<std::string, int>> GptBlockImpl::sharded_parameters() const {
+  if (!tensor_ || tensor_->size() == 1) return {};
+  // qkv's rows are this rank's heads of q, k and v: dimension 0 in three groups.
+  return {{"qkv.weight", 0}, {"qkv.bias", 0}, {"attn_proj.weight", 1}, {"fc.weight", 0}, {"fc.bias", 0}, {"mlp_proj.weight", 1}};
+}
+
+GptImpl::GptImpl(const GptConfig& c, tp::Group tensor) : config_(c), tensor_(std::move(tensor)) {
   c.validate();
   // The layers of gpt_layer_specs, seeded as a PipelineModule seeds them. Each unit is
   // finished (initialised) before the next is built: under ds::Init, unit_built shards it at
   // once, so the whole model never exists on one rank.
-  const std::vector<pipe::LayerSpec> specs = gpt_layer_specs(c);
+  const std::vector<pipe::LayerSpec> specs = gpt_layer_specs(c, tensor_);
   const uint64_t base = pipe::layer_seed_base(false);
   auto build = [&](size_t i) { return pipe::build_layer(specs[i], base + i); };
-  wte_ = register_module("wte", torch::nn::Embedding(std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(build(0))));
+  wte_ = register_module("wte", std::dynamic_pointer_cast<tp::VocabParallelEmbeddingImpl>(build(0)));
   nn::unit_built(*wte_);
   wpe_ = register_module("wpe", torch::nn::Embedding(std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(build(1))));
   nn::unit_built(*wpe_);
@@ -119,21 +150,26 @@ GptImpl::GptImpl(const GptConfig& c) : config_(c) {
   nn::unit_built(*ln_f_);
 }
 
-at::Tensor GptImpl::forward(const at::Tensor& tokens) {
+at::Tensor GptImpl::forward(const at::Tensor& tokens) { return tp::gather_from(logits_part(tokens), tensor_); }
+
+at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
   if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
   const int64_t T = tokens.size(1);
   if (T > config_.seq_len)
     throw Error(ds::str("sequence of ", T, " tokens exceeds the model's context of ", config_.seq_len));
-  at::Tensor x = nn::run_unit(*wte_, [&] { return wte_(tokens); });
+  at::Tensor x = nn::run_unit(*wte_, [&] { return wte_->forward(tokens); });
   x = x + nn::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
   for (const auto& block : *blocks_) x = nn::run_unit(*block, [&] { return block->as<GptBlock>()->forward(x); });
   x = nn::run_unit(*ln_f_, [&] { return layer_norm(*ln_f_, x); });
-  return nn::run_unit(*wte_, [&] { return nn::linear(x, wte_->weight); });  // tied LM head
+  return nn::run_unit(*wte_, [&] { return nn::linear(tp::copy_to(x, tensor_), wte_->weight); });  // tied LM head
 }
 
-at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) { return gpt_loss(forward(tokens), targets); }
+at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
+  return gpt_loss(logits_part(tokens), targets, tensor_);
+}
 
-at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets) {
+at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor) {
+  if (tensor && tensor->size() > 1) return tp::vocab_parallel_cross_entropy(logits, targets, tensor);
   // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
   const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
   return torch::nn::functional::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}),
@@ -154,8 +190,12 @@ std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer
   throw Error(ds::str("'", pipeline_name, "' is not a parameter of the pipeline GPT with ", n_layer, " blocks"));
 }
 
-std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c) {
+std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tensor) {
   c.validate();
+  if (tensor && tensor->size() > 1) {  // what cannot split, named before any layer is built
+    tp::slice_of(c.n_head, tensor, "the heads n_head");
+    tp::slice_of(c.vocab_size, tensor, "the vocabulary vocab_size");
+  }
   const int64_t d = c.d_model, seq = c.seq_len;
   auto embedding = [](int64_t n, int64_t d) {
     return [n, d]() -> std::shared_ptr<torch::nn::Module> {
@@ -166,12 +206,16 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c) {
   };
   using M = torch::nn::Module;
   std::vector<pipe::LayerSpec> specs;
-  specs.push_back({"TokenEmbedding", embedding(c.vocab_size, d),
+  auto token_embedding = [full = embedding(c.vocab_size, d), tensor]() -> std::shared_ptr<M> {
+    auto whole = std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(full());
+    return std::make_shared<tp::VocabParallelEmbeddingImpl>(whole->weight, tensor);
+  };
+  specs.push_back({"TokenEmbedding", token_embedding,
                    [seq](M& m, const at::Tensor& tokens) {
                      if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
                      if (tokens.size(1) > seq)
                        throw Error(ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq));
-                     return dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(tokens);
+                     return dynamic_cast<tp::VocabParallelEmbeddingImpl&>(m).forward(tokens);
                    },
                    c.vocab_size * d, "wte"});
   specs.push_back({"PositionEmbedding", embedding(seq, d),
@@ -181,7 +225,12 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c) {
                    seq * d, ""});
   const int64_t block_params = block_parameters(d);
   for (int64_t l = 0; l < c.n_layer; ++l)
-    specs.push_back({"GptBlock", [c, l]() -> std::shared_ptr<M> { return std::make_shared<GptBlockImpl>(c, l); },
+    specs.push_back({"GptBlock",
+                     [c, l, tensor]() -> std::shared_ptr<M> {
+                       auto block = std::make_shared<GptBlockImpl>(c, l);
+                       block->split_over(tensor);
+                       return block;
+                     },
                      [](M& m, const at::Tensor& x) { return dynamic_cast<GptBlockImpl&>(m).forward(x); }, block_params, ""});
   specs.push_back({"LayerNorm",
                    [d]() -> std::shared_ptr<M> {
@@ -190,7 +239,9 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c) {
                    [](M& m, const at::Tensor& x) { return layer_norm(dynamic_cast<torch::nn::LayerNormImpl&>(m), x); },
                    2 * d, ""});
   specs.push_back({"LMHead", nullptr,
-                   [](M& m, const at::Tensor& x) { return nn::linear(x, dynamic_cast<torch::nn::EmbeddingImpl&>(m).weight); },
+                   [tensor](M& m, const at::Tensor& x) {
+                     return nn::linear(tp::copy_to(x, tensor), dynamic_cast<tp::VocabParallelEmbeddingImpl&>(m).weight);
+                   },
                    c.vocab_size * d, "wte"});
   specs.back().build = specs.front().build;  // a tied spec's own build is not used; keep it valid
   return specs;

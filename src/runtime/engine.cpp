@@ -70,6 +70,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
   connect_pipeline_module();
   build_units(options);
   find_tied_units();
+  plan_tensor_parallel_norm();
   if (plan_.stage == 3) start_stage3();
   std::vector<zero::FlatUnit*> raw;
   std::vector<at::Tensor> shards;
@@ -90,6 +91,11 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                  plan_.compute_slow ? "warning: " : "", plan_.precision.describe().c_str(),
                  zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
     std::printf("[ds] %s\n", allocator.c_str());
+    if (groups_.pipe->size() > 1 && groups_.tensor->size() > 1 &&
+        (config_.pipeline.pipe_partitioned || config_.pipeline.grad_partitioned))
+      std::fprintf(stderr, "warning: pipeline.pipe_partitioned/grad_partitioned: activations and their gradients go "
+                           "whole between stages (each tensor-parallel rank sends its own copy), not split over the "
+                           "tensor group\n");
     if (groups_.pipe->size() > 1)
       std::printf("[ds] pipeline: %d stages (1F1B, %lld micro-batches per step) x %d data-parallel\n",
                   groups_.pipe->size(), (long long)config_.gradient_accumulation_steps, groups_.data->size());

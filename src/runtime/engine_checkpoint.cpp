@@ -105,6 +105,14 @@ const at::Tensor* find_tensor(const ckpt::NamedTensors& tensors, const std::stri
 
 }  // namespace
 
+// A split parameter has one name on every rank of the tensor group and another slice on
+// each: the manifest has no way yet to say which slice a file holds.
+void Engine::refuse_tensor_parallel_checkpoints(const char* what) const {
+  if (groups_.tensor->size() > 1)
+    throw Error(ds::str(what, ": checkpoints with tensor parallelism (tensor_parallel.autotp_size ",
+                        groups_.tensor->size(), ") are not supported yet"));
+}
+
 void Engine::require_step_boundary(const char* what) const {
   const int64_t gas = config_.gradient_accumulation_steps;
   if (micro_step_ != global_step_ * gas)
@@ -238,6 +246,7 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
 std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
                                     const nlohmann::json& client_state) {
   require_step_boundary("save_checkpoint");
+  refuse_tensor_parallel_checkpoints("save_checkpoint");
   if (tag.empty()) tag = ds::str("global_step", global_step_);  // DeepSpeed's default tag
   on_every_rank(*groups_.world, [&] {
     ckpt::check_tag(tag);
@@ -395,6 +404,7 @@ void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
 
 LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag) {
   require_step_boundary("load_checkpoint");
+  refuse_tensor_parallel_checkpoints("load_checkpoint");
   std::optional<ckpt::CheckpointReader> reader;
   std::vector<ckpt::UnitShard> part;
   ckpt::ModelStates states;

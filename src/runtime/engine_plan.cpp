@@ -10,8 +10,13 @@ namespace {
 // What the engine cannot honour yet is refused here, in one place, with the key's path.
 void check_supported(const Config& c, const comm::ParallelGroups& g) {
   if (!c.resolved()) throw ConfigError("the engine needs a resolved config: call config.resolve(world_size) first");
-  if (c.parallel.tensor_parallel_size > 1)
-    throw ConfigError("tensor_parallel.autotp_size > 1: the engine has no tensor parallelism yet; remove the key");
+  if (c.tensor_parallel.tp_overlap_comm)
+    throw ConfigError("tensor_parallel.tp_overlap_comm: overlapping the tensor-parallel all-reduces with compute is not "
+                      "implemented; set it to false");
+  if (c.parallel.tensor_parallel_size != g.tensor->size())
+    throw ConfigError(ds::str("tensor_parallel.autotp_size is ", c.parallel.tensor_parallel_size,
+                              " but the tensor group has ", g.tensor->size(), " ranks: build the groups with "
+                              "ds::parallel_groups(world, config)"));
   if (c.parallel.pipeline_stages != g.pipe->size())
     throw ConfigError(ds::str("pipeline.stages is ", c.parallel.pipeline_stages, " but the pipe group has ",
                               g.pipe->size(), " ranks: build the groups with ds::comm::Topology::for_world(world, ",

@@ -78,18 +78,33 @@ bool Engine::unscale_and_check_overflow() {
   return flag.item<int>() != 0;
 }
 
+// Unit u's part of the squared norm: its gradient (this rank's chunk of it), restricted to
+// the ranges plan_tensor_parallel_norm left when there are any. Accumulated in fp32 (a bf16
+// sum of squares would lose most of its digits).
+double Engine::grad_sq_norm(size_t u) const {
+  auto sq_of = [](const at::Tensor& g) {
+    const double n = g.scalar_type() == at::kFloat ? g.norm().item<double>()
+                                                   : at::linalg_vector_norm(g, 2, c10::nullopt, false, at::kFloat).item<double>();
+    return n * n;
+  };
+  const at::Tensor g = grad_of(u);
+  if (u >= norm_ranges_.size() || norm_ranges_[u].empty()) return sq_of(g);
+  const zero::UnitLayout& l = units_[u].layout;  // g holds elements [own.offset, own.offset + own.length)
+  double sq = 0;
+  for (const auto& [offset, length] : norm_ranges_[u]) {
+    const int64_t b = std::max(offset, l.own.offset), e = std::min(offset + length, l.own.offset + l.own.length);
+    if (b < e) sq += sq_of(g.slice(0, b - l.own.offset, e - l.own.offset));
+  }
+  return sq;
+}
+
 // The norm of the averaged gradient over every parameter. Under kReduceScatter each
 // data-parallel rank holds a disjoint chunk; under kNone each rank clips its own gradient.
 double Engine::global_grad_norm() {
   double sq = 0.0;
   for (size_t u = 0; u < units_.size(); ++u) {
     if (!counted_in_norm(u)) continue;  // a tied layer's other copies
-    const at::Tensor g = grad_of(u);
-    // Accumulated in fp32 (a bf16 sum of squares would lose most of its digits).
-    const double n = g.scalar_type() == at::kFloat
-                         ? g.norm().item<double>()
-                         : at::linalg_vector_norm(g, 2, c10::nullopt, false, at::kFloat).item<double>();
-    sq += n * n;
+    sq += grad_sq_norm(u);
   }
   at::Tensor t = at::full({1}, sq, at::kDouble);
   bool reduced = false;

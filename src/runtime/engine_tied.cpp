@@ -7,6 +7,9 @@
 #include "ds/common/strings.h"
 #include "ds/pipe/module.h"
 #include "ds/runtime/engine.h"
+#include "ds/tp/layers.h"
+
+#include <set>
 
 namespace ds {
 
@@ -70,6 +73,35 @@ bool Engine::counted_in_norm(size_t u) const {
   for (const TiedUnit& t : tied_)
     if (t.unit == u) return t.counted;
   return true;
+}
+
+}  // namespace ds
+
+namespace ds {
+
+// A replicated parameter (a LayerNorm, a row-parallel bias) has the same gradient on every
+// rank of the tensor group: it counts once, on the group's first rank. A split one counts on
+// every rank (each holds another slice). `norm_ranges_` keeps, per unit, the flat ranges of
+// the split parameters, on the other ranks (a unit without any then counts nothing there).
+void Engine::plan_tensor_parallel_norm() {
+  if (groups_.tensor->size() == 1) return;
+  std::set<std::string> split;
+  for (const auto& [name, dim] : tp::find_sharded_parameters(*model_)) split.insert(name);
+  // DeepSpeed's AutoTP splits an arbitrary model's linear layers; this engine splits only
+  // models built from tensor-parallel layers (ds::Gpt, ds::tp::*): otherwise every rank of
+  // the group would silently train the whole model.
+  if (split.empty())
+    throw ConfigError(ds::str("tensor_parallel.autotp_size is ", groups_.tensor->size(),
+                              " but the model has no tensor-parallel layers (ds::tp::ColumnParallelLinear, "
+                              "RowParallelLinear, VocabParallelEmbedding, or ds::Gpt built with the tensor group); "
+                              "automatic splitting of other modules is not implemented"));
+  if (groups_.tensor->rank() == 0) return;
+  norm_ranges_.assign(units_.size(), {});
+  for (size_t u = 0; u < units_.size(); ++u) {
+    for (const zero::ParamSlot& slot : units_[u].unit->slots())
+      if (split.count(slot.name)) norm_ranges_[u].emplace_back(slot.offset, slot.numel);
+    if (norm_ranges_[u].empty()) norm_ranges_[u].emplace_back(0, 0);  // nothing of this unit counts here
+  }
 }
 
 }  // namespace ds

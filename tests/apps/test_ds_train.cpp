@@ -69,12 +69,20 @@ TEST(DsTrain, LayoutsGiveTheSameLossesFromTheCommandLine) {
                                                  "pipeline": {"stages": 2}, "zero_optimization": {"stage": 1})");
   auto piped = train(2, pipe2, "d.csv");         // 2 stages x micro 4 x accumulation 2
   auto piped_dp = train(4, pipe2x2, "e.csv");    // 2 stages x 2 data-parallel x micro 2 x accumulation 2, ZeRO-1
+  // Tensor parallelism: heads, MLP and vocabulary split over 2 ranks; and with 2 stages.
+  std::string tp2 = config("tp2.json", R"("train_batch_size": 8, "tensor_parallel": {"autotp_size": 2})");
+  std::string tp2pipe2 = config("tp2pipe2.json", R"("train_batch_size": 8, "train_micro_batch_size_per_gpu": 4,
+                                                   "tensor_parallel": {"autotp_size": 2}, "pipeline": {"stages": 2})");
+  auto split = train(2, tp2, "f.csv");
+  auto split_piped = train(4, tp2pipe2, "g.csv");
   ASSERT_EQ(base.size(), 10u);
   for (size_t i = 0; i < base.size(); ++i) {
     EXPECT_NEAR(two[i], base[i], 1e-5) << "step " << i + 1;
     EXPECT_NEAR(accum[i], base[i], 1e-5) << "step " << i + 1;
     EXPECT_NEAR(piped[i], base[i], 1e-5) << "step " << i + 1;
     EXPECT_NEAR(piped_dp[i], base[i], 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(split[i], base[i], 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(split_piped[i], base[i], 1e-5) << "step " << i + 1;
   }
 }
 
@@ -110,5 +118,24 @@ TEST(DsTrain, BadInputIsOneErrorLineAndExitOne) {
     ASSERT_EQ(lines.size(), 1u) << c.what << ": " << r.err;
     EXPECT_EQ(lines[0].rfind("ds-train: error: ", 0), 0u) << c.what << ": " << lines[0];
     EXPECT_NE(lines[0].find(c.message), std::string::npos) << c.what << ": " << lines[0];
+  }
+}
+
+TEST(DsTrain, LayoutsThatCannotSplitTheModelStopAtStartUpOnEveryRank) {
+  TempDir dir;
+  std::string tp2 = dir.write("tp2.json", R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 2}})");
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  for (const Case& c : {Case{{"--n-head", "3", "--d-model", "48"}, "tensor_parallel.autotp_size 2 does not divide the heads n_head 3"},
+                        Case{{"--save", dir.file("ck")}, "checkpoints with tensor parallelism are not supported yet"}}) {
+    std::vector<std::string> args = {"--num_procs", "2", bin("ds-train"), "--config", tp2, "--steps", "1", "--plot", ""};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    RunOutput r = run_launch(args, 120);
+    EXPECT_NE(r.exit_code(), 0) << diag(r);
+    for (const char* rank : {"[rank0]: ds-train: error: ", "[rank1]: ds-train: error: "})
+      EXPECT_NE(r.err.find(rank), std::string::npos) << diag(r);
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << diag(r);
   }
 }

@@ -170,3 +170,40 @@ TEST_F(TwoHosts, ALinkThatGoesDownMidTrainingEndsTheJobNamingTheRank) {
   EXPECT_TRUE(rank0_says || rank1_says) << diag(r);
   EXPECT_LT(seconds, 5 + 20 + 15) << "timeout + diagnosis + the launcher stopping the other node";
 }
+
+// A pipeline across hosts: ds-train with 2 stages x 2 data-parallel ranks puts stage 0 on the
+// first host and stage 1 on the second (the pipe axis is the slowest of the rank grid), so
+// every activation and its gradient crosses the veth link; the losses must be a 1-process
+// run's (1e-5).
+TEST_F(TwoHosts, APipelineAcrossTwoHostsTrainsAsOneProcess) {
+  const std::string train = std::string(DS_APPS_DIR) + "/ds-train";
+  auto config = [&](const std::string& name, const std::string& extra) {
+    return dir_.write(name, R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
+      "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "gradient_clipping": 1.0)" + extra + "}");
+  };
+  const std::vector<std::string> model = {"--steps", "6", "--n-layer", "2", "--n-head", "2", "--d-model", "32",
+                                          "--eval-interval", "0", "--eval-examples", "8", "--plot", ""};
+  std::vector<std::string> piped = {"--hostfile", hostfile_, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
+                                    net_.ip_a, "--kill_timeout", "2", train, "--config",
+                                    config("pipe.json", R"(, "pipeline": {"stages": 2}, "zero_optimization": {"stage": 1})"),
+                                    "--metrics", dir_.file("pipe.csv")};
+  piped.insert(piped.end(), model.begin(), model.end());
+  RunOutput r = run_launch(piped, 110);
+  ASSERT_EQ(r.exit_code(), 0) << diag(r);
+  EXPECT_NE(r.out.find("layout pipe=2 x data=2 x tensor=1"), std::string::npos) << r.out;
+  std::vector<std::string> solo = {"--num_procs", "1", train, "--config", config("one.json", ""), "--metrics",
+                                   dir_.file("one.csv")};
+  solo.insert(solo.end(), model.begin(), model.end());
+  RunOutput s = run_launch(solo, 60);
+  ASSERT_EQ(s.exit_code(), 0) << diag(s);
+  auto losses = [&](const std::string& csv) {
+    std::vector<double> out;
+    auto lines = lines_of(read_file(dir_.file(csv)));
+    for (size_t i = 1; i < lines.size(); ++i) out.push_back(std::stod(lines[i].substr(lines[i].find(',') + 1)));
+    return out;
+  };
+  const auto got = losses("pipe.csv"), want = losses("one.csv");
+  ASSERT_EQ(got.size(), 6u);
+  ASSERT_EQ(want.size(), 6u);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5) << "step " << i + 1;
+}

@@ -24,6 +24,7 @@
 
 #include "ds/nn/unit.h"
 #include "ds/pipe/module.h"
+#include "ds/tp/layers.h"
 
 namespace ds {
 
@@ -47,13 +48,22 @@ struct GptConfig {
   std::string describe() const;
 };
 
-class GptBlockImpl : public torch::nn::Module {
+// Tensor parallelism (Megatron's split of a transformer layer): split_over(group) keeps this
+// rank's heads of qkv (column-parallel: rows of q, k and v of heads [r H/t, (r+1) H/t)) and of
+// the MLP's first layer, and the matching input columns of attn_proj and mlp_proj
+// (row-parallel, their biases whole); LayerNorms stay whole. The forward then needs one
+// all-reduce after attention and one after the MLP (and two in the backward).
+class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
  public:
   GptBlockImpl(const GptConfig& c, int64_t layer);
   at::Tensor forward(const at::Tensor& x);
+  // Throws ds::ConfigError when the group's size does not divide the heads.
+  void split_over(tp::Group group);
+  std::vector<std::pair<std::string, int>> sharded_parameters() const override;
 
  private:
   int64_t n_head_;
+  tp::Group tensor_;
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
   torch::nn::Linear qkv_{nullptr}, attn_proj_{nullptr}, fc_{nullptr}, mlp_proj_{nullptr};
 };
@@ -64,26 +74,36 @@ TORCH_MODULE(GptBlock);
 //   2 .. n_layer + 1 the blocks       n_layer + 2 final LayerNorm     n_layer + 3 LM head (tied "wte")
 // The first layer takes tokens [B, T]; the last returns logits. Built with the same seeds as
 // ds::Gpt (layer i from the drawn base + i), so both start from the same weights.
-std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c);
+// With a tensor group the layers are split as ds::Gpt splits them, and the head returns this
+// rank's vocabulary slice of the logits (give gpt_loss the same group).
+std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tensor = nullptr);
 // ds::Gpt's name for a parameter of the pipeline GPT: "tied_modules.wte.weight" -> "wte.weight",
 // "1.weight" -> "wpe.weight", "3.fc.bias" -> "blocks.1.fc.bias", "<n_layer + 2>.weight" ->
 // "ln_f.weight". Throws ds::Error for a name that is not one of them.
 std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer);
-// The GPT's loss from logits and targets: mean cross-entropy in fp32 over targets != -1.
-at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets);
+// The GPT's loss from logits and targets: mean cross-entropy in fp32 over targets != -1. With
+// a tensor group, `logits` is this rank's vocabulary slice (vocab-parallel cross-entropy).
+at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor = nullptr);
 
 class GptImpl : public torch::nn::Module, public nn::UnitAware {
  public:
-  explicit GptImpl(const GptConfig& c);
-  // tokens: [B, T] int64 with T <= seq_len. Returns logits [B, T, vocab].
+  // With a tensor group of t > 1 ranks, each rank holds 1/t of the heads, the MLP width and
+  // the vocabulary (the embedding and the tied head are vocab-parallel); the weights are
+  // slices of those the unsplit model has with the same seed.
+  explicit GptImpl(const GptConfig& c, tp::Group tensor = nullptr);
+  // tokens: [B, T] int64 with T <= seq_len. Returns logits [B, T, vocab] (gathered over the
+  // tensor group).
   at::Tensor forward(const at::Tensor& tokens);
   // Mean cross-entropy over positions whose target is not -1.
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
   const GptConfig& config() const { return config_; }
 
  private:
+  at::Tensor logits_part(const at::Tensor& tokens);  // this rank's vocabulary slice
   GptConfig config_;
-  torch::nn::Embedding wte_{nullptr}, wpe_{nullptr};
+  tp::Group tensor_;
+  std::shared_ptr<tp::VocabParallelEmbeddingImpl> wte_;
+  torch::nn::Embedding wpe_{nullptr};
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::LayerNorm ln_f_{nullptr};
 };

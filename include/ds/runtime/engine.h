@@ -253,6 +253,7 @@ class Engine {
   void log_step(const StepStats& s);
   // Checkpoints (engine_checkpoint.cpp).
   void require_step_boundary(const char* what) const;
+  void refuse_tensor_parallel_checkpoints(const char* what) const;
   std::string agreed_tag(const std::string& tag);
   std::vector<ckpt::UnitInfo> checkpoint_units() const;
   std::vector<ckpt::UnitInfo> checkpoint_units_everywhere() const;
@@ -270,6 +271,10 @@ class Engine {
   void find_tied_units();      // after
   void reduce_tied_grads();
   bool counted_in_norm(size_t u) const;
+  // Tensor parallelism: on every rank but the tensor group's first, the parts of each unit
+  // the gradient norm counts (the split parameters; the replicated ones count on the first).
+  void plan_tensor_parallel_norm();
+  double grad_sq_norm(size_t u) const;
 
   std::shared_ptr<torch::nn::Module> model_;
   Config config_;
@@ -284,6 +289,7 @@ class Engine {
     bool counted = false;  // the first stage holding it counts it in the gradient norm
   };
   std::vector<TiedUnit> tied_;
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> norm_ranges_;  // per unit (offset, length); empty: all
   std::unique_ptr<zero::GradReducer> reducer_;
   std::unique_ptr<offload::OptimizerSwapper> swapper_;     // offload_optimizer nvme
   std::unique_ptr<offload::ParamSwapper> param_swapper_;   // offload_param nvme (stage 3, bf16/fp16)
