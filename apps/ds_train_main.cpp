@@ -310,9 +310,6 @@ int run(const Args& a) {
   const bool rank0 = comm->rank() == 0;
 
   ds::Config config = a.config.empty() ? ds::Config::parse(kDefaultConfig, "default config") : ds::Config::load(a.config);
-  if (config.tensor_parallel.autotp_size > 1 && (!a.save.empty() || !a.load.empty()))
-    throw ds::ConfigError(ds::str("tensor_parallel.autotp_size is ", config.tensor_parallel.autotp_size,
-                                  ": checkpoints with tensor parallelism are not supported yet; drop --save/--load"));
   ds::ResolveOptions ro;
   ro.world_size = comm->size();
   ro.total_num_steps = a.steps;

@@ -1,5 +1,7 @@
 #include "ds/ckpt/layout.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <unordered_set>
@@ -54,6 +56,14 @@ int partition_of(int64_t n, const Partition& p, int64_t element) {
   return int(element / ((n + p.count - 1) / p.count));
 }
 
+at::Tensor join_slices(const std::vector<at::Tensor>& pieces, int dim, int groups) {
+  if (groups == 1) return at::cat(pieces, dim);
+  std::vector<at::Tensor> blocks;  // block 0 of every rank, then block 1, ...
+  for (int g = 0; g < groups; ++g)
+    for (const at::Tensor& p : pieces) blocks.push_back(p.chunk(groups, dim)[size_t(g)]);
+  return at::cat(blocks, dim);
+}
+
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -67,6 +77,9 @@ void check_slot(const SlotInfo& s, const UnitInfo& u, const std::string& where) 
   if (s.split_dim < -1 || s.split_dim >= int(s.shape.size()))
     throw Error(ds::str(where, " (", s.name, "): split_dim ", s.split_dim, " is not a dimension of shape ",
                         shape_string(s.shape), " (or -1)"));
+  if (s.split_groups < 1 || (s.split_dim >= 0 && s.shape[size_t(s.split_dim)] % s.split_groups != 0))
+    throw Error(ds::str(where, " (", s.name, "): split_groups ", s.split_groups, " does not divide dimension ",
+                        s.split_dim, " of shape ", shape_string(s.shape)));
   int64_t product = 1;
   for (int64_t d : s.shape) {
     if (d < 0 || (d > 0 && __builtin_mul_overflow(product, d, &product)))

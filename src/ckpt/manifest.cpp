@@ -73,7 +73,8 @@ ordered_json units_to_json_impl(const std::vector<UnitInfo>& units) {
     ordered_json slots = ordered_json::array();
     for (const auto& s : u.slots)
       slots.push_back(
-          {{"name", s.name}, {"offset", s.offset}, {"numel", s.numel}, {"shape", s.shape}, {"split_dim", s.split_dim}});
+          {{"name", s.name}, {"offset", s.offset}, {"numel", s.numel}, {"shape", s.shape}, {"split_dim", s.split_dim},
+           {"split_groups", s.split_groups}});
     out.push_back({{"name", u.name}, {"numel", u.numel}, {"padded_numel", u.padded_numel}, {"mp_rank", u.mp_rank},
                    {"slots", slots}});
   }
@@ -105,6 +106,7 @@ std::vector<UnitInfo> parse_units(const json& j, const std::string& where, int v
                     parse_shape(s.at("shape"), s.path("shape")), -1};
       if (version >= 2) {
         slot.split_dim = int(s.integer("split_dim", -1, 63));
+        if (version >= 3) slot.split_groups = int(s.integer("split_groups", 1, INT32_MAX));
         if (slot.split_dim >= int(slot.shape.size()))
           throw Error(ds::str(s.path("split_dim"), ": ", slot.split_dim, " is not a dimension of shape ",
                               shape_string(slot.shape)));
@@ -140,6 +142,13 @@ void check_files(const Manifest& m, const std::string& where) {
 }
 
 }  // namespace
+
+std::vector<UnitInfo> Manifest::units_of_tensor_rank(int tensor_rank) const {
+  std::vector<UnitInfo> out = units;
+  for (auto& u : out)
+    if (u.mp_rank % tp_world_size != tensor_rank) u.slots.clear();
+  return out;
+}
 
 std::vector<int> Manifest::mp_ranks() const {
   std::set<int> ranks{0};  // mp rank 0 always saves (at least its model states)
@@ -282,7 +291,13 @@ void check_layout(const Manifest& m, const std::string& what) {
   for (const auto& n : m.optimizer.state_names)
     if (n.empty() || n == "fp32" || !names.insert(n).second)
       throw Error(ds::str(what, ": optimizer state name \"", n, "\" is empty, reserved or repeated"));
-  check_units(m.units, what);
+  // Each tensor rank's units are a model of their own (the same names hold other slices).
+  for (int r = 0; r < m.tp_world_size; ++r) {
+    std::vector<UnitInfo> mine;
+    for (const auto& u : m.units)
+      if (u.mp_rank % m.tp_world_size == r) mine.push_back(u);
+    if (!mine.empty() || r == 0) check_units(mine, m.tp_world_size > 1 ? ds::str(what, " (tensor rank ", r, ")") : what);
+  }
 }
 
 Manifest parse_manifest(const std::string& text, const std::string& path) {

@@ -170,9 +170,9 @@ void CheckpointReader::verify_all() const {
   }
 }
 
-void CheckpointReader::check_model(const std::vector<UnitInfo>& model_units, bool whole) const {
+void CheckpointReader::check_model(const std::vector<UnitInfo>& model_units, bool whole, int tensor_rank) const {
   check_units(model_units, "the model's units");
-  check_compatible(manifest_.units, model_units, whole);
+  check_compatible(manifest_.units_of_tensor_rank(tensor_rank), model_units, whole);
 }
 
 std::vector<std::vector<at::Tensor>> CheckpointReader::load_part(int part, int mp_rank, size_t kinds) const {
@@ -235,7 +235,7 @@ void CheckpointReader::run_plan(const std::vector<CopyOp>& plan, size_t kinds,
 std::vector<UnitShard> CheckpointReader::load_ranges(const std::vector<UnitInfo>& model_units,
                                                      const std::vector<Range>& ranges,
                                                      const LoadOptions& options) const {
-  check_model(model_units, options.whole_model);
+  check_model(model_units, options.whole_model, options.tensor_rank);
   const auto& names = manifest_.optimizer.state_names;
   if (options.optimizer_states && !options.expected_state_names.empty() &&
       options.expected_state_names != names)
@@ -243,7 +243,8 @@ std::vector<UnitShard> CheckpointReader::load_ranges(const std::vector<UnitInfo>
                         join(names), ") but the engine's keeps (", join(options.expected_state_names),
                         "); load without optimizer states to take the weights only"));
   size_t kinds = options.optimizer_states ? 1 + names.size() : 1;
-  auto plan = plan_copies(manifest_.units, manifest_.partition, requests_for_ranges(model_units, ranges));
+  auto plan = plan_copies(manifest_.units_of_tensor_rank(options.tensor_rank), manifest_.partition,
+                          requests_for_ranges(model_units, ranges));
   std::vector<int64_t> lengths;
   for (const auto& r : ranges) lengths.push_back(r.length);
   std::vector<std::vector<at::Tensor>> targets;
@@ -277,19 +278,45 @@ ModelStates CheckpointReader::load_model_states(int mp_rank) const {
 }
 
 NamedTensors CheckpointReader::load_fp32_weights() const {
-  std::vector<Request> requests;
-  std::vector<int64_t> lengths;
-  for (const auto& u : manifest_.units)
-    for (const auto& s : u.slots) {
-      requests.push_back({s.name, 0, s.numel, int(lengths.size()), 0});
-      lengths.push_back(s.numel);
-    }
-  std::vector<std::vector<at::Tensor>> targets;
-  run_plan(plan_copies(manifest_.units, manifest_.partition, requests), 1, lengths, targets);
+  // Each tensor rank's parameters (the first copy of a name: a tied layer is saved once).
+  std::vector<NamedTensors> ranks;
+  std::vector<std::vector<const SlotInfo*>> slots;
+  for (int r = 0; r < manifest_.tp_world_size; ++r) {
+    const std::vector<UnitInfo> units = manifest_.units_of_tensor_rank(r);
+    std::vector<Request> requests;
+    std::vector<int64_t> lengths;
+    slots.emplace_back();
+    for (const auto& u : units)
+      for (const auto& s : u.slots) {
+        requests.push_back({s.name, 0, s.numel, int(lengths.size()), 0});
+        lengths.push_back(s.numel);
+      }
+    for (const auto& u : manifest_.units)
+      if (u.mp_rank % manifest_.tp_world_size == r)
+        for (const auto& s : u.slots) slots.back().push_back(&s);
+    std::vector<std::vector<at::Tensor>> targets;
+    run_plan(plan_copies(units, manifest_.partition, requests), 1, lengths, targets);
+    ranks.emplace_back();
+    for (size_t i = 0; i < slots.back().size(); ++i)
+      ranks.back().emplace_back(slots.back()[i]->name, targets[i][0].view(slots.back()[i]->shape));
+  }
   NamedTensors out;
-  size_t i = 0;
-  for (const auto& u : manifest_.units)
-    for (const auto& s : u.slots) out.emplace_back(s.name, targets[i++][0].view(s.shape));
+  for (size_t i = 0; i < ranks[0].size(); ++i) {
+    const SlotInfo& s = *slots[0][i];
+    if (s.split_dim < 0 || ranks.size() == 1) {
+      out.push_back(ranks[0][i]);
+      continue;
+    }
+    std::vector<at::Tensor> pieces;
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      const at::Tensor* piece = nullptr;
+      for (const auto& [name, t] : ranks[r])
+        if (name == s.name) piece = &t;
+      if (!piece) throw Error(ds::str(tag_path_, ": tensor rank ", r, " has no slice of ", s.name));
+      pieces.push_back(*piece);
+    }
+    out.emplace_back(s.name, join_slices(pieces, s.split_dim, s.split_groups));
+  }
   return out;
 }
 

@@ -122,10 +122,11 @@ void GptBlockImpl::split_over(tp::Group group) {
   tensor_ = std::move(group);
 }
 
-std::vector<std::pair<std::string, int>> GptBlockImpl::sharded_parameters() const {
+std::vector<tp::Split> GptBlockImpl::sharded_parameters() const {
   if (!tensor_ || tensor_->size() == 1) return {};
-  // qkv's rows are this rank's heads of q, k and v: dimension 0 in three groups.
-  return {{"qkv.weight", 0}, {"qkv.bias", 0}, {"attn_proj.weight", 1}, {"fc.weight", 0}, {"fc.bias", 0}, {"mlp_proj.weight", 1}};
+  // qkv's rows are this rank's heads of q, then of k, then of v: dimension 0 in three groups.
+  return {{"qkv.weight", 0, 3}, {"qkv.bias", 0, 3}, {"attn_proj.weight", 1}, {"fc.weight", 0}, {"fc.bias", 0},
+          {"mlp_proj.weight", 1}};
 }
 
 GptImpl::GptImpl(const GptConfig& c, tp::Group tensor) : config_(c), tensor_(std::move(tensor)) {

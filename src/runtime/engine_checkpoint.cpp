@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <unordered_set>
@@ -25,6 +26,7 @@
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
 #include "ds/runtime/engine.h"
+#include "ds/tp/layers.h"
 
 namespace ds {
 
@@ -105,14 +107,6 @@ const at::Tensor* find_tensor(const ckpt::NamedTensors& tensors, const std::stri
 
 }  // namespace
 
-// A split parameter has one name on every rank of the tensor group and another slice on
-// each: the manifest has no way yet to say which slice a file holds.
-void Engine::refuse_tensor_parallel_checkpoints(const char* what) const {
-  if (groups_.tensor->size() > 1)
-    throw Error(ds::str(what, ": checkpoints with tensor parallelism (tensor_parallel.autotp_size ",
-                        groups_.tensor->size(), ") are not supported yet"));
-}
-
 void Engine::require_step_boundary(const char* what) const {
   const int64_t gas = config_.gradient_accumulation_steps;
   if (micro_step_ != global_step_ * gas)
@@ -136,13 +130,20 @@ std::string Engine::agreed_tag(const std::string& tag) {
 }
 
 std::vector<ckpt::UnitInfo> Engine::checkpoint_units() const {
+  // With tensor parallelism each rank holds a slice of the split parameters (same name, the
+  // slice's shape): the manifest records how each is split, so to-fp32 can join them.
+  std::map<std::string, tp::Split> splits;
+  if (groups_.tensor->size() > 1)
+    for (const tp::Split& s : tp::find_sharded_parameters(*model_)) splits[s.name] = s;
   std::vector<ckpt::UnitInfo> out;
   for (const auto& s : units_) {
     const zero::FlatUnit& u = *s.unit;
     ckpt::UnitInfo info{u.name(), u.numel(), u.padded_numel(), {}, groups_.model_rank()};
-    // Every parameter is whole on every model-parallel rank (split_dim -1) until tensor
-    // parallelism splits some.
-    for (const zero::ParamSlot& p : u.slots()) info.slots.push_back({p.name, p.offset, p.numel, p.shape, -1});
+    for (const zero::ParamSlot& p : u.slots()) {
+      auto split = splits.find(p.name);
+      info.slots.push_back({p.name, p.offset, p.numel, p.shape, split == splits.end() ? -1 : split->second.dim,
+                            split == splits.end() ? 1 : split->second.groups});
+    }
     out.push_back(std::move(info));
   }
   return out;
@@ -246,7 +247,6 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
 std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
                                     const nlohmann::json& client_state) {
   require_step_boundary("save_checkpoint");
-  refuse_tensor_parallel_checkpoints("save_checkpoint");
   if (tag.empty()) tag = ds::str("global_step", global_step_);  // DeepSpeed's default tag
   on_every_rank(*groups_.world, [&] {
     ckpt::check_tag(tag);
@@ -311,25 +311,26 @@ ckpt::ModelStates Engine::load_model_states_for_this_rank(const ckpt::Checkpoint
   if (m.pp_world_size == groups_.pipe->size()) return reader.load_model_states(mp);
   ckpt::ModelStates merged;
   for (int r : m.mp_ranks()) {
+    if (r % m.tp_world_size != groups_.coord.tensor) continue;  // another tensor rank's slices
     ckpt::ModelStates s = reader.load_model_states(r);
     merged.module.insert(merged.module.end(), s.module.begin(), s.module.end());
-    if (r == 0 || r == mp) merged.rng_states = s.rng_states;
+    if (merged.rng_states.empty() || r == mp) merged.rng_states = s.rng_states;
   }
   return merged;
 }
 
-// Every parameter of the checkpoint is held by some stage of this model (collective over the
-// model group; the same verdict on every rank).
+// Every parameter of the checkpoint (this tensor rank's slices) is held by some stage of this
+// model (collective over the pipe group; the same verdict on every rank).
 void Engine::check_stages_cover(const ckpt::Manifest& manifest) const {
   std::unordered_set<std::string> mine;
   for (const auto& u : checkpoint_units())
     for (const auto& slot : u.slots) mine.insert(slot.name);
   std::vector<std::string> names;
-  for (const auto& u : manifest.units)
+  for (const auto& u : manifest.units_of_tensor_rank(groups_.coord.tensor))
     for (const auto& slot : u.slots) names.push_back(slot.name);
   at::Tensor covered = at::zeros({int64_t(names.size())}, at::kInt);
   for (size_t i = 0; i < names.size(); ++i) covered[int64_t(i)] = int(mine.count(names[i]));
-  groups_.model->all_reduce(covered, comm::ReduceOp::Max).wait();
+  groups_.pipe->all_reduce(covered, comm::ReduceOp::Max).wait();
   for (size_t i = 0; i < names.size(); ++i)
     if (covered[int64_t(i)].item<int>() == 0)
       throw Error(ds::str("the checkpoint does not match the model: its parameter ", names[i],
@@ -404,7 +405,6 @@ void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
 
 LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag) {
   require_step_boundary("load_checkpoint");
-  refuse_tensor_parallel_checkpoints("load_checkpoint");
   std::optional<ckpt::CheckpointReader> reader;
   std::vector<ckpt::UnitShard> part;
   ckpt::ModelStates states;
@@ -418,7 +418,8 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
                           "; this run has ", groups_.tensor->size(), ": load it with the same size"));
     // A pipeline stage holds part of the model: the stages together must cover the checkpoint
     // (checked below). Parameter names are global (layer indices), so any stage count loads.
-    reader->check_model(units, /*whole=*/groups_.model->size() == 1);
+    // A tensor rank reads its own slices.
+    reader->check_model(units, /*whole=*/groups_.pipe->size() == 1, groups_.coord.tensor);
     const ckpt::OptimizerInfo& saved = reader->manifest().optimizer;
     const std::vector<std::string> names = optimizer_->state_names();
     if (saved.state_names != names)
@@ -427,7 +428,8 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
                           optimizer_type_name(config_.optimizer.type), " keeps (", join(names), ")"));
     const bool sharded = plan_.stage > 0;
     ckpt::LoadOptions options;
-    options.whole_model = groups_.model->size() == 1;
+    options.whole_model = groups_.pipe->size() == 1;
+    options.tensor_rank = groups_.coord.tensor;
     part = reader->load_partition(units, {ckpt::PartitionScheme::kTensorSplit, sharded ? dp_size() : 1},
                                   sharded ? dp_rank() : 0, options);
     states = load_model_states_for_this_rank(*reader);
@@ -437,7 +439,7 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
   if (!same_on_every_rank(*groups_.world, reader->tag()))  // e.g. `latest` moved while the ranks read it
     throw Error(ds::str("the ranks loaded different checkpoint tags from ", dir,
                         " (this rank: ", reader->tag(), ")"));
-  if (groups_.model->size() > 1) check_stages_cover(reader->manifest());
+  if (groups_.pipe->size() > 1) check_stages_cover(reader->manifest());
   // Model states first: a name the units do not hold may still alias a unit's weights (a tied
   // parameter); the exact fp32 masters written next then have the last word.
   restore_model_states(states);

@@ -86,7 +86,7 @@ namespace ds {
 void Engine::plan_tensor_parallel_norm() {
   if (groups_.tensor->size() == 1) return;
   std::set<std::string> split;
-  for (const auto& [name, dim] : tp::find_sharded_parameters(*model_)) split.insert(name);
+  for (const tp::Split& s : tp::find_sharded_parameters(*model_)) split.insert(s.name);
   // DeepSpeed's AutoTP splits an arbitrary model's linear layers; this engine splits only
   // models built from tensor-parallel layers (ds::Gpt, ds::tp::*): otherwise every rank of
   // the group would silently train the whole model.

@@ -10,11 +10,14 @@
 
 namespace ds::tp {
 
-std::vector<std::pair<std::string, int>> find_sharded_parameters(const torch::nn::Module& model) {
-  std::vector<std::pair<std::string, int>> out;
+std::vector<Split> find_sharded_parameters(const torch::nn::Module& model) {
+  std::vector<Split> out;
   auto add = [&](const torch::nn::Module& m, const std::string& prefix) {
     if (const auto* s = dynamic_cast<const ShardedParameters*>(&m))
-      for (const auto& [name, dim] : s->sharded_parameters()) out.emplace_back(prefix + name, dim);
+      for (Split split : s->sharded_parameters()) {
+        split.name = prefix + split.name;
+        out.push_back(split);
+      }
   };
   add(model, "");
   for (const auto& item : model.named_modules("", /*include_self=*/false)) add(*item.value(), item.key() + ".");
@@ -37,7 +40,7 @@ at::Tensor ColumnParallelLinearImpl::forward(const at::Tensor& x) {
   return gather_output_ ? gather_from(y, group_) : y;
 }
 
-std::vector<std::pair<std::string, int>> ColumnParallelLinearImpl::sharded_parameters() const {
+std::vector<Split> ColumnParallelLinearImpl::sharded_parameters() const {
   if (bias.defined()) return {{"weight", 0}, {"bias", 0}};
   return {{"weight", 0}};
 }
@@ -53,7 +56,7 @@ at::Tensor RowParallelLinearImpl::forward(const at::Tensor& x) {
   return bias.defined() ? y + bias : y;
 }
 
-std::vector<std::pair<std::string, int>> RowParallelLinearImpl::sharded_parameters() const { return {{"weight", 1}}; }
+std::vector<Split> RowParallelLinearImpl::sharded_parameters() const { return {{"weight", 1}}; }
 
 VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(const at::Tensor& w, Group group)
     : group_(std::move(group)), vocab_(w.size(0)) {
@@ -70,7 +73,7 @@ at::Tensor VocabParallelEmbeddingImpl::forward(const at::Tensor& tokens) {
   return reduce_from(rows, group_);
 }
 
-std::vector<std::pair<std::string, int>> VocabParallelEmbeddingImpl::sharded_parameters() const { return {{"weight", 0}}; }
+std::vector<Split> VocabParallelEmbeddingImpl::sharded_parameters() const { return {{"weight", 0}}; }
 
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits_in, const at::Tensor& targets_in, const Group& group,
                                         int64_t ignore_index) {

@@ -2,8 +2,8 @@
 // * a run stopped at step 10 and resumed by a NEW ds-train process (--load) is bit-exact
 //   against an uninterrupted run: the same losses in the metrics CSV (all 17 digits), and
 //   the same final checkpoint (every file's xxh64 in the manifest, and `ds-ckpt to-fp32`'s
-//   safetensors byte for byte), at ZeRO stages 0, 1 and 2 on 2 ranks, and over 2 pipeline
-//   stages with ZeRO-1 (kPipeline);
+//   safetensors byte for byte), at ZeRO stages 0, 1 and 2 on 2 ranks, over 2 pipeline
+//   stages with ZeRO-1 (kPipeline) and over 2 tensor-parallel ranks (kTensor);
 // * --save-interval saves at the right steps, resuming at --steps trains nothing;
 // * bad --load input ends with one error line and exit status 1.
 #include <gtest/gtest.h>
@@ -59,12 +59,13 @@ std::vector<std::string> metric_rows(const std::string& csv) {
 }  // namespace
 
 constexpr int kPipeline = 10;  // the parameter for 2 pipeline stages x ZeRO-1
+constexpr int kTensor = 11;    // the parameter for 2 tensor-parallel ranks x ZeRO-1
 
 class DsTrainResume : public ::testing::TestWithParam<int> {};
 
 TEST_P(DsTrainResume, ANewProcessContinuesBitForBit) {
-  const bool pipeline = GetParam() == kPipeline;
-  const int stage = pipeline ? 1 : GetParam();
+  const bool pipeline = GetParam() == kPipeline, tensor = GetParam() == kTensor;
+  const int stage = pipeline || tensor ? 1 : GetParam();
   TempDir dir;
   // total_num_steps is fixed at 20: "auto" would follow --steps, and the 10-step run would
   // then decay its learning rate over 10 steps -- another schedule, not an interruption.
@@ -73,7 +74,8 @@ TEST_P(DsTrainResume, ANewProcessContinuesBitForBit) {
     "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "weight_decay": 0.01}},
     "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_max_lr": 0.003, "warmup_num_steps": 5, "total_num_steps": 20}},
     "gradient_clipping": 1.0, "zero_optimization": {"stage": )" +
-                                      std::to_string(stage) + "}" + (pipeline ? R"(, "pipeline": {"stages": 2})" : "") + "}");
+                                      std::to_string(stage) + "}" + (pipeline ? R"(, "pipeline": {"stages": 2})" : "") +
+                                      (tensor ? R"(, "tensor_parallel": {"autotp_size": 2})" : "") + "}");
   auto train = [&](const std::vector<std::string>& args) {
     RunOutput r =
         run_launch(with({"--num_procs", "2", bin("ds-train"), "--config", config}, small_model(args)), 120);
@@ -116,8 +118,10 @@ TEST_P(DsTrainResume, ANewProcessContinuesBitForBit) {
   EXPECT_TRUE(a == b) << "the consolidated fp32 weights differ";
 }
 
-INSTANTIATE_TEST_SUITE_P(Stages, DsTrainResume, ::testing::Values(0, 1, 2, kPipeline), [](const auto& info) {
-  return info.param == kPipeline ? std::string("pipeline2_stage1") : "stage" + std::to_string(info.param);
+INSTANTIATE_TEST_SUITE_P(Stages, DsTrainResume, ::testing::Values(0, 1, 2, kPipeline, kTensor), [](const auto& info) {
+  if (info.param == kPipeline) return std::string("pipeline2_stage1");
+  if (info.param == kTensor) return std::string("tensor2_stage1");
+  return "stage" + std::to_string(info.param);
 });
 
 TEST(DsTrainCheckpoint, SaveIntervalResumeAtTheEndAndBadLoadInput) {

@@ -42,7 +42,7 @@ TEST(Manifest, RoundTripsEveryField) {
   // The file's text: one line per slot and file, and the same JSON.
   std::string text = manifest_text(m);
   EXPECT_EQ(json::parse(text), json::parse(manifest_to_json(m).dump()));
-  EXPECT_NE(text.find("\n   {\"name\":\"blocks.0.g\",\"offset\":18,\"numel\":2,\"shape\":[1,1,2],\"split_dim\":-1}\n"),
+  EXPECT_NE(text.find("\n   {\"name\":\"blocks.0.g\",\"offset\":18,\"numel\":2,\"shape\":[1,1,2],\"split_dim\":-1,\"split_groups\":1}\n"),
             std::string::npos)
       << text;
   EXPECT_NE(

@@ -86,7 +86,7 @@ TEST(TensorParallel, ColumnThenRowParallelMlpIsTheWholeMlp) {
     RowParallelLinearImpl scattered(w2, b2, g, /*input_is_parallel=*/false);
     at::Tensor h = at::randn({3, 8});
     expect_close(scattered.forward(h), at::linear(h, w2, b2), "row layer on the whole input");
-    EXPECT_EQ(find_sharded_parameters(fc), (std::vector<std::pair<std::string, int>>{{"weight", 0}, {"bias", 0}}));
+    EXPECT_EQ(find_sharded_parameters(fc), (std::vector<Split>{{"weight", 0, 1}, {"bias", 0, 1}}));
   });
 }
 

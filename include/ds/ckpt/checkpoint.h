@@ -90,6 +90,8 @@ struct LoadOptions {
   std::vector<std::string> expected_state_names;
   // false: the model is one model-parallel rank's part (see check_model).
   bool whole_model = true;
+  // With tensor parallelism: the loading rank's tensor rank (it reads that rank's slices).
+  int tensor_rank = 0;
 };
 
 class CheckpointReader {
@@ -111,7 +113,7 @@ class CheckpointReader {
   // Throws unless the model has exactly the checkpoint's parameters with the same shapes. A
   // part of a model (a pipeline stage: whole = false) must have only checkpoint parameters,
   // with the same shapes; the caller checks that the parts together cover it.
-  void check_model(const std::vector<UnitInfo>& model_units, bool whole = true) const;
+  void check_model(const std::vector<UnitInfo>& model_units, bool whole = true, int tensor_rank = 0) const;
 
   // For each unit u of the model, elements ranges[u] of its flat buffer: fp32 masters and,
   // per options, optimizer states; read from whichever saved parts hold them, whatever their
@@ -123,7 +125,8 @@ class CheckpointReader {
                                         int index, const LoadOptions& options = {}) const;
   // The model-states file of model-parallel rank `mp_rank`.
   ModelStates load_model_states(int mp_rank = 0) const;
-  // Every parameter's fp32 master weights, shaped, in manifest order.
+  // Every parameter's fp32 master weights, shaped, in manifest order; split parameters
+  // joined from every tensor rank's slice (the unsplit model's state dict).
   NamedTensors load_fp32_weights() const;
 
  private:

@@ -10,6 +10,8 @@
 //       // "zero_pp_rank_1_mp_rank_00_optim_states.pt", DeepSpeed's name
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -48,6 +50,9 @@ struct SlotInfo {
   // The dimension along which tensor parallelism splits the parameter across the
   // model-parallel ranks (`shape` is then this rank's piece); -1: whole on every rank.
   int split_dim = -1;
+  // With split_dim >= 0: the split dimension is this many equal blocks (a fused q/k/v weight:
+  // 3) and each rank holds its slice of every block, in block order.
+  int split_groups = 1;
 };
 
 struct UnitInfo {
@@ -70,6 +75,10 @@ int64_t parameter_count(const std::vector<UnitInfo>& units);
 
 // "[4, 8]"
 std::string shape_string(const std::vector<int64_t>& shape);
+
+// The whole tensor from the ranks' slices (pieces[r] from tensor rank r), split along `dim`
+// in `groups` blocks as SlotInfo says.
+at::Tensor join_slices(const std::vector<at::Tensor>& pieces, int dim, int groups = 1);
 
 // DeepSpeed's file names inside a tag directory.
 std::string model_states_name(int mp_rank = 0);               // mp_rank_00_model_states.pt

@@ -21,7 +21,8 @@ namespace ds::ckpt {
 
 // Version 2 records each parameter's split dimension (SlotInfo::split_dim); version 1
 // manifests are read as "every parameter whole" (split_dim -1). Version 3 records each
-// unit's model-parallel rank (UnitInfo::mp_rank, 0 before).
+// unit's model-parallel rank (UnitInfo::mp_rank, 0 before) and each split's blocks
+// (SlotInfo::split_groups, 1 before).
 constexpr int kFormatVersion = 3;
 
 struct LossScalerState {  // mirrors ds::LossScaler::State
@@ -80,6 +81,10 @@ struct Manifest {
   // The model-parallel ranks that hold units, ascending (each has a model-states file and
   // partition.count optimizer files).
   std::vector<int> mp_ranks() const;
+  // The units, with the parameters of other tensor ranks than `tensor_rank` removed (their
+  // units stay, empty, so indices still match `units`). Model-parallel rank m is tensor rank
+  // m % tp_world_size (the model group orders ranks pipe-major).
+  std::vector<UnitInfo> units_of_tensor_rank(int tensor_rank) const;
 };
 
 // Keys in a reading order (format, tag, layout, units, engine state, files).

@@ -59,7 +59,7 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   at::Tensor forward(const at::Tensor& x);
   // Throws ds::ConfigError when the group's size does not divide the heads.
   void split_over(tp::Group group);
-  std::vector<std::pair<std::string, int>> sharded_parameters() const override;
+  std::vector<tp::Split> sharded_parameters() const override;
 
  private:
   int64_t n_head_;

@@ -253,7 +253,6 @@ class Engine {
   void log_step(const StepStats& s);
   // Checkpoints (engine_checkpoint.cpp).
   void require_step_boundary(const char* what) const;
-  void refuse_tensor_parallel_checkpoints(const char* what) const;
   std::string agreed_tag(const std::string& tag);
   std::vector<ckpt::UnitInfo> checkpoint_units() const;
   std::vector<ckpt::UnitInfo> checkpoint_units_everywhere() const;

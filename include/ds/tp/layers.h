@@ -24,16 +24,26 @@
 
 namespace ds::tp {
 
+// How a parameter is split over the tensor group: rank r holds slice r of `dim`. With
+// groups g > 1 the dimension is g equal blocks (a fused q/k/v weight: g = 3) and rank r holds
+// slice r of each block, in block order.
+struct Split {
+  std::string name;
+  int dim = 0;
+  int groups = 1;
+  bool operator==(const Split& o) const { return name == o.name && dim == o.dim && groups == o.groups; }
+};
+
 // Implemented by modules whose parameters are split over the tensor group.
 class ShardedParameters {
  public:
   virtual ~ShardedParameters() = default;
-  // Names relative to the module, with the dimension along which each is split.
-  virtual std::vector<std::pair<std::string, int>> sharded_parameters() const = 0;
+  // Names relative to the module.
+  virtual std::vector<Split> sharded_parameters() const = 0;
 };
 
-// The full name (as in model.named_parameters()) of every split parameter of `model`.
-std::vector<std::pair<std::string, int>> find_sharded_parameters(const torch::nn::Module& model);
+// Every split parameter of `model`, under its full name (as in model.named_parameters()).
+std::vector<Split> find_sharded_parameters(const torch::nn::Module& model);
 
 // Rows [r * n/t, (r + 1) * n/t) of `full` along `dim`, as a new parameter tensor.
 at::Tensor take_slice(const at::Tensor& full, int dim, const Group& group, const std::string& what);
@@ -43,7 +53,7 @@ class ColumnParallelLinearImpl : public torch::nn::Module, public ShardedParamet
   // weight: the whole [out, in] weight, bias: [out] (or undefined).
   ColumnParallelLinearImpl(const at::Tensor& weight, const at::Tensor& bias, Group group, bool gather_output = false);
   at::Tensor forward(const at::Tensor& x);
-  std::vector<std::pair<std::string, int>> sharded_parameters() const override;
+  std::vector<Split> sharded_parameters() const override;
   at::Tensor weight, bias;
 
  private:
@@ -57,7 +67,7 @@ class RowParallelLinearImpl : public torch::nn::Module, public ShardedParameters
   // already this rank's slice of the last dimension (a column-parallel layer's output).
   RowParallelLinearImpl(const at::Tensor& weight, const at::Tensor& bias, Group group, bool input_is_parallel = true);
   at::Tensor forward(const at::Tensor& x);
-  std::vector<std::pair<std::string, int>> sharded_parameters() const override;
+  std::vector<Split> sharded_parameters() const override;
   at::Tensor weight, bias;
 
  private:
@@ -69,7 +79,7 @@ class VocabParallelEmbeddingImpl : public torch::nn::Module, public ShardedParam
  public:
   VocabParallelEmbeddingImpl(const at::Tensor& weight, Group group);  // weight: the whole [V, d]
   at::Tensor forward(const at::Tensor& tokens);
-  std::vector<std::pair<std::string, int>> sharded_parameters() const override;
+  std::vector<Split> sharded_parameters() const override;
   int64_t vocab_begin() const { return begin_; }
   at::Tensor weight;
 
