@@ -17,6 +17,25 @@ namespace {
 
 std::atomic<int64_t> recomputed{0};
 
+struct RngStream {
+  std::function<at::Tensor()> get;
+  std::function<void(const at::Tensor&)> set;
+};
+std::mutex streams_mu;
+std::vector<RngStream> streams;
+
+std::vector<at::Tensor> stream_states() {
+  std::lock_guard<std::mutex> lock(streams_mu);
+  std::vector<at::Tensor> out;
+  for (const auto& s : streams) out.push_back(s.get());
+  return out;
+}
+
+void set_stream_states(const std::vector<at::Tensor>& states) {
+  std::lock_guard<std::mutex> lock(streams_mu);
+  for (size_t i = 0; i < states.size() && i < streams.size(); ++i) streams[i].set(states[i]);
+}
+
 at::Tensor rng_state() {
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
@@ -37,6 +56,7 @@ struct RecomputeBackward : torch::autograd::Node {
   std::vector<at::Tensor> inputs;  // detached; the gradient flows to those whose flag is set
   std::vector<bool> needs_grad;
   at::Tensor rng;  // the generator's state when fn first ran
+  std::vector<at::Tensor> streams;  // the registered streams' states then
 
   std::string name() const override { return "ds::checkpointing::RecomputeBackward"; }
 
@@ -45,13 +65,16 @@ struct RecomputeBackward : torch::autograd::Node {
     std::vector<at::Tensor> xs;
     for (size_t i = 0; i < inputs.size(); ++i) xs.push_back(inputs[i].detach().requires_grad_(needs_grad[i]));
     at::Tensor now = rng_state();
+    std::vector<at::Tensor> streams_now = stream_states();
     set_rng_state(rng);
+    set_stream_states(streams);
     at::Tensor out;
     {
       at::AutoGradMode grad(true);
       out = fn(xs);
     }
     set_rng_state(now);
+    set_stream_states(streams_now);
     ++recomputed;
     if (out.requires_grad()) torch::autograd::backward({out}, {grads.at(0)});
     torch::autograd::variable_list result;
@@ -64,6 +87,7 @@ struct RecomputeBackward : torch::autograd::Node {
   void release_variables() override {
     inputs.clear();
     rng = at::Tensor();
+    streams.clear();
   }
 };
 
@@ -73,6 +97,7 @@ at::Tensor checkpoint(Function fn, const std::vector<at::Tensor>& inputs) {
   if (!at::GradMode::is_enabled()) return fn(inputs);
   auto node = std::make_shared<RecomputeBackward>();
   node->rng = rng_state();
+  node->streams = stream_states();
   at::Tensor out;
   {
     at::NoGradGuard no_grad;
@@ -91,5 +116,10 @@ at::Tensor checkpoint(Function fn, const std::vector<at::Tensor>& inputs) {
 }
 
 int64_t recomputations() { return recomputed.load(); }
+
+void register_rng_stream(std::function<at::Tensor()> get, std::function<void(const at::Tensor&)> set) {
+  std::lock_guard<std::mutex> lock(streams_mu);
+  streams.push_back({std::move(get), std::move(set)});
+}
 
 }  // namespace ds::checkpointing

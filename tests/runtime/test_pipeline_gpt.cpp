@@ -24,7 +24,7 @@
 namespace ds {
 namespace {
 
-constexpr int kSteps = 5, kAccum = 2, kRows = 2, kSeed = 21;
+constexpr int kSteps = 10, kAccum = 2, kRows = 2, kSeed = 21;
 constexpr double kLr = 0.3, kClip = 0.3;
 
 GptConfig tiny() {
@@ -122,10 +122,12 @@ struct Session {
   }
 };
 
-GptRun engine_run(comm::Communicator& world, int pipe, int zero, int accum = kAccum, int interval = 0, int tensor = 1) {
+GptRun engine_run(comm::Communicator& world, int pipe, int zero, int accum = kAccum, int interval = 0, int tensor = 1,
+                  const std::string& save = "") {
   Session s(world, pipe, zero, accum, interval, tensor);
   GptRun r;
   r.losses = s.train_to(kSteps);
+  if (!save.empty()) s.engine->save_checkpoint(save);
   if (tensor == 1) r.weights = s.weights();  // split weights are compared through the logits
   r.probe = s.logits(probe_tokens());
   return r;
@@ -143,11 +145,13 @@ void expect_same(const GptRun& got, const GptRun& want, const std::string& what)
 }
 
 // (pipe, tensor, data) layouts: the six, with ZeRO-1 over the data group in some, and
-// activation checkpointing in one.
+// activation checkpointing in one; 10 steps. Each layout's checkpoint consolidates (to-fp32)
+// to the plain loop's weights under ds::Gpt's names.
 TEST(PipelineGpt, ThreeDLayoutsMatchAPlainLoopAndOneProcess) {
   struct Layout { int world, pipe, tensor, zero, interval; };
   for (Layout l : {Layout{4, 1, 1, 1, 0}, Layout{4, 2, 1, 1, 0}, Layout{4, 1, 2, 1, 0}, Layout{4, 2, 2, 0, 0},
                    Layout{4, 4, 1, 0, 0}, Layout{8, 2, 2, 1, 0}, Layout{2, 2, 1, 0, 1}}) {
+    test::TempDir dir;
     test::run_ranks(l.world, [&](comm::Communicator& world) {
       const int data = l.world / l.pipe / l.tensor;
       const GptRun plain = plain_loop(kAccum * data);
@@ -158,9 +162,21 @@ TEST(PipelineGpt, ThreeDLayoutsMatchAPlainLoopAndOneProcess) {
       const int64_t recomputed = checkpointing::recomputations();
       const std::string what = ds::str("pipe ", l.pipe, " x tensor ", l.tensor, " x data ", data, ", ZeRO ", l.zero,
                                        ", checkpoint interval ", l.interval, ", rank ", world.rank());
-      const GptRun got = engine_run(world, l.pipe, l.zero, kAccum, l.interval, l.tensor);
+      const GptRun got = engine_run(world, l.pipe, l.zero, kAccum, l.interval, l.tensor, dir.path() + "/ckpt");
       expect_same(got, plain, what + " vs the plain loop");
       expect_same(got, single, what + " vs 1 process");
+      if (world.rank() == 0) {  // to-fp32: every stage's and tensor rank's parameters, joined
+        ckpt::CheckpointReader reader(dir.path() + "/ckpt");
+        int compared = 0;
+        for (const auto& [name, w] : reader.load_fp32_weights()) {
+          const std::string gpt = gpt_parameter_name(name, tiny().n_layer);
+          ASSERT_TRUE(plain.weights.count(gpt)) << what << " " << name;
+          ASSERT_EQ(w.sizes(), plain.weights.at(gpt).sizes()) << what << " " << name;
+          EXPECT_LT((w - plain.weights.at(gpt)).abs().max().item<double>(), 1e-5) << what << " to-fp32 " << name;
+          ++compared;
+        }
+        EXPECT_EQ(size_t(compared), plain.weights.size()) << what;
+      }
       if (l.interval > 0 && got.weights.count("blocks.0.fc.weight"))  // this rank runs blocks: they were recomputed
         EXPECT_GT(checkpointing::recomputations(), recomputed) << what;
     });
@@ -198,6 +214,31 @@ TEST(TensorParallelGpt, ZeroStagesOneToThreeMatchThePlainLoop) {
       torch::NoGradGuard no_grad;
       at::Tensor probe = engine.forward([&] { return gpt->forward(probe_tokens()); });
       EXPECT_LT((probe - plain.probe).abs().max().item<double>(), 1e-5) << what << ": the trained model's logits";
+    }
+  });
+}
+
+// A PipelineModule built under ds::zero::Init (ZeRO-3 over 2 data ranks, one stage): each
+// layer is sharded as soon as its factory returns, and training matches the plain loop.
+TEST(PipelineGpt, AModuleBuiltUnderZeroInitTrainsAtStageThree) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    const GptRun plain = plain_loop(kAccum * 2);
+    comm::ParallelGroups groups = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(2, 1, 1));
+    Config cfg = Config::parse(config(1, 2, 3, kAccum, 0), "test config");
+    cfg.resolve(2);
+    torch::manual_seed(kSeed);
+    zero::Init init(groups.data, cfg);
+    pipe::PipelineModule model(gpt_layer_specs(tiny()), pipe::PipelineLayout::from(cfg, groups));
+    for (const auto& p : model->named_parameters())  // released shards: nothing of the whole model stays
+      EXPECT_EQ(p.value().numel(), 0) << p.key();
+    EngineOptions options;
+    options.sharded_units = init.take_units();
+    Engine engine(model.ptr(), cfg, groups, std::move(options));
+    for (int t = 0; t < kSteps; ++t) {
+      const double loss = engine.train_batch(model->stage_model([](const at::Tensor& o, const at::Tensor& y) { return gpt_loss(o, y); }),
+                                             [&](int i) { return sample(t, groups.coord.data * kAccum + i); })
+                              .loss;
+      EXPECT_NEAR(loss, plain.losses[size_t(t)], 1e-5) << "step " << t << ", rank " << world.rank();
     }
   });
 }

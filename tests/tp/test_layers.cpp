@@ -7,7 +7,10 @@
 #include <torch/torch.h>
 
 #include "ds/comm/communicator.h"
+#include "ds/common/strings.h"
+#include "ds/nn/checkpointing.h"
 #include "ds/tp/layers.h"
+#include "ds/tp/random.h"
 #include "support/errors.h"
 #include "support/ranks.h"
 
@@ -127,6 +130,53 @@ TEST(TensorParallel, ASizeThatDoesNotDivideIsNamed) {
                      "tensor_parallel.autotp_size 4 does not divide the output width 6");
     EXPECT_ERROR_HAS(VocabParallelEmbeddingImpl(at::zeros({30, 4}), self(world)),
                      "tensor_parallel.autotp_size 4 does not divide the vocabulary 30");
+  });
+}
+
+// The same draw on every rank: an all-reduce of (x, -x) with max gives (max, -min).
+bool same_everywhere(const at::Tensor& x, const Group& g) {
+  at::Tensor both = at::cat({x, -x}).contiguous();
+  g->all_reduce(both, comm::ReduceOp::Max).wait();
+  return both.narrow(0, 0, x.numel()).equal(-both.narrow(0, x.numel(), x.numel()));
+}
+
+TEST(TensorParallel, RngStreamsAgreeOutsideAForkAndDifferInside) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    const Group g = self(world);
+    torch::manual_seed(5);
+    const at::Tensor first = at::rand({6}), second = at::rand({6});  // the default stream alone
+    seed_rng(5, g);
+    at::Tensor a = at::rand({6});
+    at::Tensor inside, again;
+    {
+      ForkRng fork;
+      inside = at::rand({6});
+    }
+    at::Tensor b = at::rand({6});
+    {
+      ForkRng fork;
+      again = at::rand({6});
+    }
+    EXPECT_TRUE(a.equal(first) && b.equal(second)) << "a fork must not move the default stream";
+    EXPECT_TRUE(same_everywhere(a, g) && same_everywhere(b, g));
+    EXPECT_FALSE(same_everywhere(inside, g)) << "each tensor rank has its own stream";
+    EXPECT_FALSE(again.equal(inside)) << "the stream continues from one fork to the next";
+    // A checkpointed dropout inside a fork repeats its mask in the recompute.
+    at::Tensor w0 = at::randn({6, 6}), x0 = at::randn({3, 6});
+    auto run = [&](bool checkpointed) {
+      seed_rng(9, g);
+      at::Tensor w = w0.clone().requires_grad_(true), x = x0.clone().requires_grad_(true);
+      auto f = [&](const std::vector<at::Tensor>& in) {
+        ForkRng fork;
+        return at::dropout(in[0].matmul(w), 0.5, true).matmul(w);
+      };
+      at::Tensor y = checkpointed ? checkpointing::checkpoint(f, {x}) : f({x});
+      { ForkRng fork; at::rand({2}); }  // the stream moves on before the backward
+      y.pow(2).sum().backward();
+      return std::vector<at::Tensor>{y.detach(), x.grad(), w.grad()};
+    };
+    const auto plain = run(false), ckpt = run(true);
+    for (size_t i = 0; i < plain.size(); ++i) expect_close(ckpt[i], plain[i], ds::str("checkpointed tensor ", i));
   });
 }
 

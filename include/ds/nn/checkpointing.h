@@ -29,4 +29,8 @@ at::Tensor checkpoint(Function fn, const std::vector<at::Tensor>& inputs);
 // How many forwards checkpoint() recomputed in this process so far (for tests and profiles).
 int64_t recomputations();
 
+// Another random stream to save with the CPU generator when a checkpointed call first runs
+// and to restore around its recompute (e.g. the tensor-parallel stream, ds/tp/random.h).
+void register_rng_stream(std::function<at::Tensor()> get, std::function<void(const at::Tensor&)> set);
+
 }  // namespace ds::checkpointing

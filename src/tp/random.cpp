@@ -1,0 +1,75 @@
+#include "ds/tp/random.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <mutex>
+
+#include "ds/common/error.h"
+#include "ds/nn/checkpointing.h"
+
+namespace ds::tp {
+
+namespace {
+
+constexpr uint64_t kMegatronOffset = 2718;
+
+std::mutex mu;
+at::Tensor stream;  // the tensor-parallel stream's generator state; undefined until seeded
+
+at::Tensor default_state() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_default_state(const at::Tensor& state) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+at::Tensor stream_state() {
+  std::lock_guard<std::mutex> lock(mu);
+  return stream.defined() ? stream.clone() : at::Tensor();
+}
+
+void set_stream_state(const at::Tensor& state) {
+  std::lock_guard<std::mutex> lock(mu);
+  stream = state.defined() ? state.clone() : at::Tensor();
+}
+
+}  // namespace
+
+void seed_rng(uint64_t seed, const Group& group) {
+  const uint64_t rank = group ? uint64_t(group->rank()) : 0;
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed + kMegatronOffset + rank);
+  }
+  set_stream_state(default_state());
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  }
+  static const bool registered = [] {
+    checkpointing::register_rng_stream(stream_state, set_stream_state);
+    return true;
+  }();
+  (void)registered;
+}
+
+ForkRng::ForkRng() {
+  at::Tensor s = stream_state();
+  if (!s.defined()) throw Error("ds::tp::ForkRng: call ds::tp::seed_rng(seed, tensor_group) first");
+  saved_ = default_state();
+  set_default_state(s);
+}
+
+ForkRng::~ForkRng() {
+  set_stream_state(default_state());
+  set_default_state(saved_);
+}
+
+}  // namespace ds::tp
