@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "ds/common/error.h"
+#include "ds/nn/rng.h"
 
 namespace ds::checkpointing {
 namespace {
@@ -36,18 +37,6 @@ void set_stream_states(const std::vector<at::Tensor>& states) {
   for (size_t i = 0; i < states.size() && i < streams.size(); ++i) streams[i].set(states[i]);
 }
 
-at::Tensor rng_state() {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
-}
-
-void set_rng_state(const at::Tensor& state) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-}
-
 // The backward of one checkpointed call: recompute fn on the saved inputs with grad mode on,
 // then backpropagate the incoming gradient through the recomputed graph (a nested backward,
 // which also accumulates the gradients of the parameters fn used).
@@ -64,16 +53,16 @@ struct RecomputeBackward : torch::autograd::Node {
     if (!fn) throw Error("checkpoint: this checkpointed call was already backpropagated once");
     std::vector<at::Tensor> xs;
     for (size_t i = 0; i < inputs.size(); ++i) xs.push_back(inputs[i].detach().requires_grad_(needs_grad[i]));
-    at::Tensor now = rng_state();
+    at::Tensor now = nn::cpu_rng_state();
     std::vector<at::Tensor> streams_now = stream_states();
-    set_rng_state(rng);
+    nn::set_cpu_rng_state(rng);
     set_stream_states(streams);
     at::Tensor out;
     {
       at::AutoGradMode grad(true);
       out = fn(xs);
     }
-    set_rng_state(now);
+    nn::set_cpu_rng_state(now);
     set_stream_states(streams_now);
     ++recomputed;
     if (out.requires_grad()) torch::autograd::backward({out}, {grads.at(0)});
@@ -96,7 +85,7 @@ struct RecomputeBackward : torch::autograd::Node {
 at::Tensor checkpoint(Function fn, const std::vector<at::Tensor>& inputs) {
   if (!at::GradMode::is_enabled()) return fn(inputs);
   auto node = std::make_shared<RecomputeBackward>();
-  node->rng = rng_state();
+  node->rng = nn::cpu_rng_state();
   node->streams = stream_states();
   at::Tensor out;
   {

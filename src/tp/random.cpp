@@ -7,6 +7,7 @@
 
 #include "ds/common/error.h"
 #include "ds/nn/checkpointing.h"
+#include "ds/nn/rng.h"
 
 namespace ds::tp {
 
@@ -16,18 +17,6 @@ constexpr uint64_t kMegatronOffset = 2718;
 
 std::mutex mu;
 at::Tensor stream;  // the tensor-parallel stream's generator state; undefined until seeded
-
-at::Tensor default_state() {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
-}
-
-void set_default_state(const at::Tensor& state) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-}
 
 at::Tensor stream_state() {
   std::lock_guard<std::mutex> lock(mu);
@@ -48,7 +37,7 @@ void seed_rng(uint64_t seed, const Group& group) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_current_seed(seed + kMegatronOffset + rank);
   }
-  set_stream_state(default_state());
+  set_stream_state(nn::cpu_rng_state());
   {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_current_seed(seed);
@@ -63,13 +52,13 @@ void seed_rng(uint64_t seed, const Group& group) {
 ForkRng::ForkRng() {
   at::Tensor s = stream_state();
   if (!s.defined()) throw Error("ds::tp::ForkRng: call ds::tp::seed_rng(seed, tensor_group) first");
-  saved_ = default_state();
-  set_default_state(s);
+  saved_ = nn::cpu_rng_state();
+  nn::set_cpu_rng_state(s);
 }
 
 ForkRng::~ForkRng() {
-  set_stream_state(default_state());
-  set_default_state(saved_);
+  set_stream_state(nn::cpu_rng_state());
+  nn::set_cpu_rng_state(saved_);
 }
 
 }  // namespace ds::tp
