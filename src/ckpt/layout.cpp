@@ -129,6 +129,12 @@ int64_t parameter_count(const std::vector<UnitInfo>& units) {
   return n;
 }
 
+std::string layer_states_name(int layer, int tp_rank) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "layer_%02d-model_%02d-model_states.pt", layer, tp_rank);
+  return buf;
+}
+
 std::string model_states_name(int mp_rank) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "mp_rank_%02d_model_states.pt", mp_rank);

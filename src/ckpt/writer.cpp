@@ -125,6 +125,13 @@ FileInfo CheckpointWriter::write_model_states(const ModelStates& states, int mp_
   return {name, digest.bytes, digest.xxh64};
 }
 
+FileInfo CheckpointWriter::write_layer_states(int layer, int tp_rank, const NamedTensors& state) const {
+  make_directories(tag_path_);
+  std::string name = layer_states_name(layer, tp_rank);
+  FileDigest digest = detail::save_pickle(tag_path_ + "/" + name, detail::tensor_dict(state));
+  return {name, digest.bytes, digest.xxh64};
+}
+
 void CheckpointWriter::commit(const std::vector<FileInfo>& files, bool update_latest) const {
   Manifest m = layout_;
   m.files = files;

@@ -120,6 +120,17 @@ PipelineModuleImpl::PipelineModuleImpl(std::vector<LayerSpec> specs, PipelineLay
   }
 }
 
+std::vector<std::pair<int, std::shared_ptr<torch::nn::Module>>> PipelineModuleImpl::saved_layers() const {
+  std::vector<std::pair<int, std::shared_ptr<torch::nn::Module>>> out;
+  for (int i = bounds_[size_t(layout_.stage)]; i < bounds_[size_t(layout_.stage) + 1]; ++i) {
+    const std::string& key = specs_[size_t(i)].tied_key;
+    bool first_of_key = true;
+    for (int j = 0; j < i && !key.empty(); ++j) first_of_key &= specs_[size_t(j)].tied_key != key;
+    if (first_of_key) out.emplace_back(i, layers_[size_t(i)]);
+  }
+  return out;
+}
+
 at::Tensor PipelineModuleImpl::run_layer(int i, const at::Tensor& x) {
   torch::nn::Module& m = *layers_[size_t(i)];
   const LayerSpec& s = specs_[size_t(i)];

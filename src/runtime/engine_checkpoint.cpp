@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <unordered_set>
 
 #include "ds/ckpt/checkpoint.h"
@@ -25,6 +26,7 @@
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
+#include "ds/pipe/module.h"
 #include "ds/runtime/engine.h"
 #include "ds/tp/layers.h"
 
@@ -97,6 +99,22 @@ std::vector<std::pair<std::string, at::Tensor>> non_unit_entries(torch::nn::Modu
     if (!in_units.count(p.key())) out.emplace_back(p.key(), p.value());
   for (const auto& b : model.named_buffers()) out.emplace_back(b.key(), b.value());
   return out;
+}
+
+// Every rank's files, on every rank (one broadcast per rank; the lists are short).
+std::vector<ckpt::FileInfo> gather_files(comm::Communicator& comm, const std::vector<ckpt::FileInfo>& mine) {
+  std::string text;
+  for (const auto& f : mine) text += ds::str(f.name, '\t', f.bytes, '\t', f.xxh64, '\n');
+  std::vector<ckpt::FileInfo> all;
+  for (int r = 0; r < comm.size(); ++r) {
+    std::istringstream in(comm::broadcast_string(comm, text, r));
+    ckpt::FileInfo f;
+    while (std::getline(in, f.name, '\t') && in >> f.bytes >> f.xxh64) {
+      all.push_back(f);
+      in.ignore(1);  // the newline
+    }
+  }
+  return all;
 }
 
 const at::Tensor* find_tensor(const ckpt::NamedTensors& tensors, const std::string& name) {
@@ -201,7 +219,9 @@ ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann:
 // it, stage 3's model states hold only what the units do not (the weights are in the shards).
 ckpt::ModelStates Engine::model_states() {
   ckpt::ModelStates s;
-  if (plan_.stage == 3) {
+  if (dynamic_cast<pipe::PipelineModuleImpl*>(model_.get())) {  // the weights go to the layer files
+    for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) s.module.emplace_back(name, t.detach());
+  } else if (plan_.stage == 3) {
     for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) s.module.emplace_back(name, t.detach());
     if (config_.zero_optimization.stage3_gather_16bit_weights_on_model_save) {
       const at::ScalarType dtype = plan_.precision.param;
@@ -283,6 +303,20 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   std::vector<ckpt::FileInfo> parts = on_every_rank(world, [&] {
     return dp == 0 ? writer->write_model_states(states, mp) : ckpt::FileInfo{};
   }, dp, mp);
+  // A PipelineModule's weights as DeepSpeed's per-layer files, by each stage's first data rank.
+  std::vector<ckpt::FileInfo> layer_files;
+  on_every_rank(world, [&] {
+    if (auto* module = dynamic_cast<pipe::PipelineModuleImpl*>(model_.get()); module && dp == 0)
+      for (const auto& [index, layer] : module->saved_layers()) {
+        ckpt::NamedTensors state;
+        for (const auto& p : layer->named_parameters()) state.emplace_back(p.key(), p.value().detach());
+        for (const auto& b : layer->named_buffers()) state.emplace_back(b.key(), b.value().detach());
+        layer_files.push_back(writer->write_layer_states(index, groups_.coord.tensor, state));
+      }
+    return ckpt::FileInfo{};
+  });
+  const std::vector<ckpt::FileInfo> all_layer_files = gather_files(world, layer_files);
+  parts.insert(parts.end(), all_layer_files.begin(), all_layer_files.end());
   std::vector<ckpt::FileInfo> optim_parts = on_every_rank(world, [&] {
     if (dp >= writer->layout().partition.count) return ckpt::FileInfo{};
     return writer->write_optimizer_part(dp, part, mp);

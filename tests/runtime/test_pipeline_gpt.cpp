@@ -285,6 +285,9 @@ TEST(PipelineGpt, CheckpointsResumeExactlyAndLoadAtOtherPipelineSizes) {
   ckpt::CheckpointReader reader(ckpt, "global_step3");
   EXPECT_EQ(reader.manifest().pp_world_size, 2);
   EXPECT_EQ(reader.manifest().mp_ranks(), (std::vector<int>{0, 1}));
+  // DeepSpeed's per-layer weight files: layers 0-6; the head (layer 7) reuses layer 0's embedding.
+  for (int layer = 0; layer < 7; ++layer) EXPECT_NE(reader.manifest().find_file(ckpt::layer_states_name(layer)), nullptr) << layer;
+  EXPECT_EQ(reader.manifest().find_file(ckpt::layer_states_name(7)), nullptr);
   Session at3(*comm::make_gloo(solo), 1, 0, 2 * kAccum);
   at3.train_to(3);
   std::map<std::string, at::Tensor> fp32;

@@ -4,6 +4,7 @@
 //   <dir>/<tag>/mp_rank_00_model_states.pt              module state dict, RNG states, counters
 //   <dir>/<tag>/zero_pp_rank_<k>_mp_rank_00_optim_states.pt   part k of every unit's fp32
 //                                                      masters and optimizer states
+//   <dir>/<tag>/layer_<ii>-model_<tt>-model_states.pt  a PipelineModule's layer ii (tensor rank tt)
 //   <dir>/<tag>/manifest.json                          layout, units, checksums (docs/CHECKPOINTS.md)
 //
 // Saving (every file is written atomically; the manifest, then `latest`, commit the save):
@@ -69,6 +70,9 @@ class CheckpointWriter {
   FileInfo write_optimizer_part(int part, const std::vector<UnitShard>& units, int mp_rank = 0) const;
   // Data-parallel rank 0 of each model-parallel rank.
   FileInfo write_model_states(const ModelStates& states, int mp_rank = 0) const;
+  // A pipeline layer's state dict (names relative to the layer), as DeepSpeed's pipeline
+  // engine saves it: a plain {name: tensor} dict that the layer's load_state_dict takes.
+  FileInfo write_layer_states(int layer, int tp_rank, const NamedTensors& state) const;
   // Rank 0, after every file is written: checks each file's size on disk, writes
   // manifest.json, then <dir>/latest (if update_latest).
   void commit(const std::vector<FileInfo>& files, bool update_latest = true) const;

@@ -83,6 +83,8 @@ at::Tensor join_slices(const std::vector<at::Tensor>& pieces, int dim, int group
 // DeepSpeed's file names inside a tag directory.
 std::string model_states_name(int mp_rank = 0);               // mp_rank_00_model_states.pt
 std::string optim_states_name(int dp_rank, int mp_rank = 0);  // zero_pp_rank_<dp>_mp_rank_00_optim_states.pt
+// A pipeline layer's weights (DeepSpeed's PipelineModule.ckpt_layer_path): layer_05-model_00-model_states.pt
+std::string layer_states_name(int layer, int tp_rank = 0);
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kLatestName = "latest";
 

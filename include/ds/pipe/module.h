@@ -91,6 +91,10 @@ class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware {
   // Stage s holds layers [boundaries()[s], boundaries()[s + 1]).
   const std::vector<int>& boundaries() const { return bounds_; }
   const std::vector<TiedLayer>& tied() const { return tied_; }
+  // What this stage saves as DeepSpeed's per-layer files: each of its layers by global index,
+  // a tied module under its first spec's index (on the stage holding that spec; the other
+  // specs of the key reuse it and save nothing).
+  std::vector<std::pair<int, std::shared_ptr<torch::nn::Module>>> saved_layers() const;
   int64_t layer_count() const { return int64_t(specs_.size()); }
   // "stage 1 of 2: layers 5-9 (3 x GptBlock, LayerNorm, LMHead), 1200 parameters" (default: this stage)
   std::string describe_stage(int stage = -1) const;
