@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 
 #include "ds/ckpt/checkpoint.h"
@@ -277,47 +278,49 @@ ModelStates CheckpointReader::load_model_states(int mp_rank) const {
   return out;
 }
 
-NamedTensors CheckpointReader::load_fp32_weights() const {
-  // Each tensor rank's parameters (the first copy of a name: a tied layer is saved once).
-  std::vector<NamedTensors> ranks;
-  std::vector<std::vector<const SlotInfo*>> slots;
-  for (int r = 0; r < manifest_.tp_world_size; ++r) {
-    const std::vector<UnitInfo> units = manifest_.units_of_tensor_rank(r);
-    std::vector<Request> requests;
-    std::vector<int64_t> lengths;
-    slots.emplace_back();
-    for (const auto& u : units)
-      for (const auto& s : u.slots) {
-        requests.push_back({s.name, 0, s.numel, int(lengths.size()), 0});
-        lengths.push_back(s.numel);
-      }
-    for (const auto& u : manifest_.units)
-      if (u.mp_rank % manifest_.tp_world_size == r)
-        for (const auto& s : u.slots) slots.back().push_back(&s);
-    std::vector<std::vector<at::Tensor>> targets;
-    run_plan(plan_copies(units, manifest_.partition, requests), 1, lengths, targets);
-    ranks.emplace_back();
-    for (size_t i = 0; i < slots.back().size(); ++i)
-      ranks.back().emplace_back(slots.back()[i]->name, targets[i][0].view(slots.back()[i]->shape));
-  }
+NamedTensors CheckpointReader::load_tensor_rank(int tensor_rank) const {
+  const std::vector<UnitInfo> units = manifest_.units_of_tensor_rank(tensor_rank);
+  std::vector<Request> requests;
+  std::vector<int64_t> lengths;
+  for (const auto& u : units)
+    for (const auto& s : u.slots) {
+      requests.push_back({s.name, 0, s.numel, int(lengths.size()), 0});
+      lengths.push_back(s.numel);
+    }
+  std::vector<std::vector<at::Tensor>> targets;
+  run_plan(plan_copies(units, manifest_.partition, requests), 1, lengths, targets);
   NamedTensors out;
-  for (size_t i = 0; i < ranks[0].size(); ++i) {
-    const SlotInfo& s = *slots[0][i];
-    if (s.split_dim < 0 || ranks.size() == 1) {
-      out.push_back(ranks[0][i]);
-      continue;
-    }
-    std::vector<at::Tensor> pieces;
-    for (size_t r = 0; r < ranks.size(); ++r) {
-      const at::Tensor* piece = nullptr;
-      for (const auto& [name, t] : ranks[r])
-        if (name == s.name) piece = &t;
-      if (!piece) throw Error(ds::str(tag_path_, ": tensor rank ", r, " has no slice of ", s.name));
-      pieces.push_back(*piece);
-    }
-    out.emplace_back(s.name, join_slices(pieces, s.split_dim, s.split_groups));
-  }
+  size_t i = 0;
+  for (const auto& u : units)
+    for (const auto& s : u.slots) out.emplace_back(s.name, targets[i++][0].view(s.shape));
   return out;
+}
+
+NamedTensors CheckpointReader::load_fp32_weights() const {
+  NamedTensors whole = load_tensor_rank(0);
+  if (manifest_.tp_world_size == 1) return whole;
+  // Every other tensor rank's slices, joined to rank 0's as each parameter's split says.
+  std::vector<std::map<std::string, at::Tensor>> others;
+  for (int r = 1; r < manifest_.tp_world_size; ++r) {
+    others.emplace_back();
+    for (auto& [name, t] : load_tensor_rank(r)) others.back().emplace(name, t);
+  }
+  std::map<std::string, const SlotInfo*> split;
+  for (const auto& u : manifest_.units)
+    if (u.mp_rank % manifest_.tp_world_size == 0)
+      for (const auto& s : u.slots) split.emplace(s.name, &s);
+  for (auto& [name, t] : whole) {
+    const SlotInfo& s = *split.at(name);
+    if (s.split_dim < 0) continue;
+    std::vector<at::Tensor> pieces{t};
+    for (size_t r = 0; r < others.size(); ++r) {
+      auto it = others[r].find(name);
+      if (it == others[r].end()) throw Error(ds::str(tag_path_, ": tensor rank ", r + 1, " has no slice of ", name));
+      pieces.push_back(it->second);
+    }
+    t = join_slices(pieces, s.split_dim, s.split_groups);
+  }
+  return whole;
 }
 
 }  // namespace ds::ckpt

@@ -24,6 +24,12 @@ at::Tensor layer_norm(torch::nn::LayerNormImpl& ln, const at::Tensor& x) {
       .to(x.scalar_type());
 }
 
+void check_tokens(const at::Tensor& tokens, int64_t seq_len) {
+  if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
+  if (tokens.size(1) > seq_len)
+    throw Error(ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq_len));
+}
+
 int64_t block_parameters(int64_t d) {
   return 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
 }
@@ -62,7 +68,7 @@ std::string GptConfig::describe() const {
 }
 
 
-GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head) {
+GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head), local_heads_(c.n_head) {
   const int64_t d = c.d_model;
   ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   qkv_ = register_module("qkv", torch::nn::Linear(d, 3 * d));
@@ -85,10 +91,9 @@ GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head
 }
 
 at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
-  // With tensor parallelism: this rank's heads (H of them here) and MLP columns; copy_to
-  // before each column-parallel layer, reduce_from after each row-parallel one.
-  const int64_t B = x.size(0), T = x.size(1), H = qkv_->weight.size(0) / 3 / (x.size(2) / n_head_);
-  const int64_t hd = x.size(2) / n_head_, C = H * hd;
+  // With tensor parallelism: this rank's heads and MLP columns; copy_to before each
+  // column-parallel layer, reduce_from after each row-parallel one.
+  const int64_t B = x.size(0), T = x.size(1), H = local_heads_, hd = x.size(2) / n_head_, C = H * hd;
   at::Tensor qkv = nn::linear(tp::copy_to(layer_norm(*ln1_, x), tensor_), qkv_->weight, qkv_->bias)
                        .view({B, T, 3, H, hd})
                        .permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
@@ -119,6 +124,7 @@ void GptBlockImpl::split_over(tp::Group group) {
   fc_->weight.set_data(fc_->weight.narrow(0, cols.begin, cols.length).clone());
   fc_->bias.set_data(fc_->bias.narrow(0, cols.begin, cols.length).clone());
   mlp_proj_->weight.set_data(mlp_proj_->weight.narrow(1, cols.begin, cols.length).clone());
+  local_heads_ = heads.length;
   tensor_ = std::move(group);
 }
 
@@ -154,10 +160,8 @@ GptImpl::GptImpl(const GptConfig& c, tp::Group tensor) : config_(c), tensor_(std
 at::Tensor GptImpl::forward(const at::Tensor& tokens) { return tp::gather_from(logits_part(tokens), tensor_); }
 
 at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
-  if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
+  check_tokens(tokens, config_.seq_len);
   const int64_t T = tokens.size(1);
-  if (T > config_.seq_len)
-    throw Error(ds::str("sequence of ", T, " tokens exceeds the model's context of ", config_.seq_len));
   at::Tensor x = nn::run_unit(*wte_, [&] { return wte_->forward(tokens); });
   x = x + nn::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
   for (const auto& block : *blocks_) x = nn::run_unit(*block, [&] { return block->as<GptBlock>()->forward(x); });
@@ -213,9 +217,7 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tenso
   };
   specs.push_back({"TokenEmbedding", token_embedding,
                    [seq](M& m, const at::Tensor& tokens) {
-                     if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
-                     if (tokens.size(1) > seq)
-                       throw Error(ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq));
+                     check_tokens(tokens, seq);
                      return dynamic_cast<tp::VocabParallelEmbeddingImpl&>(m).forward(tokens);
                    },
                    c.vocab_size * d, "wte"});
@@ -244,7 +246,6 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tenso
                      return nn::linear(tp::copy_to(x, tensor), dynamic_cast<tp::VocabParallelEmbeddingImpl&>(m).weight);
                    },
                    c.vocab_size * d, "wte"});
-  specs.back().build = specs.front().build;  // a tied spec's own build is not used; keep it valid
   return specs;
 }
 

@@ -1,15 +1,14 @@
 #include "ds/pipe/module.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/utils.h>
 
 #include <map>
-#include <mutex>
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/nn/checkpointing.h"
+#include "ds/nn/rng.h"
 #include "ds/pipe/partition.h"
 
 namespace ds::pipe {
@@ -25,28 +24,17 @@ int64_t count_parameters(const torch::nn::Module& m) {
 }  // namespace
 
 uint64_t layer_seed_base(bool seed_layers) {
-  if (seed_layers) return 1234;  // DeepSpeed's PipelineModule base_seed
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+  return seed_layers ? 1234 : nn::draw_cpu_random64();  // 1234: DeepSpeed's PipelineModule base_seed
 }
 
 std::shared_ptr<torch::nn::Module> build_layer(const LayerSpec& spec, uint64_t seed) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  at::Tensor saved;
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    saved = gen.get_state();
-    gen.set_current_seed(seed);
-  }
-  std::shared_ptr<torch::nn::Module> m;
-  {
-    torch::NoGradGuard no_grad;
-    m = spec.build();
-  }
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(saved);
-  return m;
+  struct Restore {  // the generator as it was, also when build() throws
+    at::Tensor state = nn::cpu_rng_state();
+    ~Restore() { nn::set_cpu_rng_state(state); }
+  } restore;
+  nn::seed_cpu_rng(seed);
+  torch::NoGradGuard no_grad;
+  return spec.build();
 }
 
 PipelineLayout PipelineLayout::from(const Config& config, const comm::ParallelGroups& groups) {
@@ -67,21 +55,22 @@ PipelineModuleImpl::PipelineModuleImpl(std::vector<LayerSpec> specs, PipelineLay
     throw ConfigError(ds::str("pipeline.activation_checkpoint_interval must be >= 0, got ",
                               layout_.activation_checkpoint_interval));
   if (specs_.empty()) throw ConfigError("a pipeline module needs at least one layer spec");
+  // Which spec builds (and seeds) each tied module: the key's first.
   for (size_t i = 0; i < specs_.size(); ++i)
-    if (!specs_[i].build || !specs_[i].forward)
-      throw ConfigError(ds::str("pipeline layer ", i, " (", specs_[i].type, ") has no ", specs_[i].build ? "forward" : "build",
+    if (!specs_[i].tied_key.empty()) first_of_key_.emplace(specs_[i].tied_key, int(i));
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const bool builds = specs_[i].tied_key.empty() || first_of_key_.at(specs_[i].tied_key) == int(i);
+    if ((builds && !specs_[i].build) || !specs_[i].forward)
+      throw ConfigError(ds::str("pipeline layer ", i, " (", specs_[i].type, ") has no ", specs_[i].forward ? "build" : "forward",
                                 " function"));
+  }
   const uint64_t base = layer_seed_base(layout_.seed_layers);
-  // Which index seeds each tied module: its first spec's.
-  std::map<std::string, int> first_of_key;
-  for (size_t i = 0; i < specs_.size(); ++i)
-    if (!specs_[i].tied_key.empty()) first_of_key.emplace(specs_[i].tied_key, int(i));
 
   std::vector<LayerInfo> infos;
   for (size_t i = 0; i < specs_.size(); ++i) {
     LayerSpec& s = specs_[i];
     if (s.parameters < 0) {  // count by building (the tied module as its first spec builds it)
-      const LayerSpec& builder = s.tied_key.empty() ? s : specs_[size_t(first_of_key[s.tied_key])];
+      const LayerSpec& builder = s.tied_key.empty() ? s : specs_[size_t(first_of_key_.at(s.tied_key))];
       s.parameters = count_parameters(*build_layer(builder, 0));
     }
     infos.push_back({s.type, s.parameters});
@@ -109,7 +98,7 @@ PipelineModuleImpl::PipelineModuleImpl(std::vector<LayerSpec> specs, PipelineLay
     }
     auto found = std::find_if(tied_.begin(), tied_.end(), [&](const TiedLayer& t) { return t.key == s.tied_key; });
     if (found == tied_.end()) {
-      const int first = first_of_key[s.tied_key];
+      const int first = first_of_key_.at(s.tied_key);
       TiedLayer t{s.tied_key, build_layer(specs_[size_t(first)], base + uint64_t(first)), holders[s.tied_key]};
       tied_modules_->update({{s.tied_key, t.module}});
       nn::unit_built(*t.module);
@@ -124,9 +113,7 @@ std::vector<std::pair<int, std::shared_ptr<torch::nn::Module>>> PipelineModuleIm
   std::vector<std::pair<int, std::shared_ptr<torch::nn::Module>>> out;
   for (int i = bounds_[size_t(layout_.stage)]; i < bounds_[size_t(layout_.stage) + 1]; ++i) {
     const std::string& key = specs_[size_t(i)].tied_key;
-    bool first_of_key = true;
-    for (int j = 0; j < i && !key.empty(); ++j) first_of_key &= specs_[size_t(j)].tied_key != key;
-    if (first_of_key) out.emplace_back(i, layers_[size_t(i)]);
+    if (key.empty() || first_of_key_.at(key) == i) out.emplace_back(i, layers_[size_t(i)]);
   }
   return out;
 }

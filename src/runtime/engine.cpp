@@ -347,36 +347,49 @@ double Engine::eval_batch(const pipe::StageModel& stage, const pipe::DataSource&
   return loss.item<double>();
 }
 
-at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Tensor& inputs) {
-  torch::NoGradGuard no_grad;
-  const int stages = groups_.pipe->size();
-  if (stages == 1) return forward([&] { return stage.forward(0, inputs); });
-  at::Tensor out;
-  pipe::StageModel capture = stage;
-  capture.loss = [&](const at::Tensor& o, const at::Tensor&) {
-    out = at::isFloatingType(o.scalar_type()) ? o.to(at::kFloat) : o;
-    return at::zeros({}, at::kDouble);
-  };
-  pipe::Executor executor({pipe::Kind::kInference, stages, 1}, groups_.pipe);
-  executor.run(as_engine_forward(capture), [&](int) { return pipe::MicroBatch{inputs, inputs}; });
-  // The shape and dtype first: the other stages do not know them.
+namespace {
+
+// `t` (meaningful on `root` only) on every rank: its shape and dtype first, then the data.
+// Collective; a tensor that cannot travel throws on every rank.
+at::Tensor broadcast_any(comm::Communicator& comm, const at::Tensor& t, int root) {
   constexpr int kMaxDims = 8;
   at::Tensor meta = at::zeros({kMaxDims + 2}, at::kLong);
-  const bool last = groups_.pipe->rank() == stages - 1;
-  if (last) {
-    if (out.dim() > kMaxDims) throw Error(ds::str("forward_pipeline: an output of ", out.dim(), " dimensions; at most ", kMaxDims));
-    meta[0] = out.dim(), meta[1] = int64_t(out.scalar_type());
-    for (int64_t d = 0; d < out.dim(); ++d) meta[d + 2] = out.size(d);
+  const bool mine = comm.rank() == root;
+  if (mine) {
+    meta[0] = t.dim() > kMaxDims ? -1 : t.dim(), meta[1] = int64_t(t.scalar_type());
+    for (int64_t d = 0; d < t.dim() && d < kMaxDims; ++d) meta[d + 2] = t.size(d);
   }
-  groups_.pipe->broadcast(meta, stages - 1).wait();
-  if (!last) {
-    std::vector<int64_t> sizes;
-    for (int64_t d = 0; d < meta[0].item<int64_t>(); ++d) sizes.push_back(meta[d + 2].item<int64_t>());
-    out = at::empty(sizes, at::TensorOptions().dtype(at::ScalarType(meta[1].item<int64_t>())));
+  comm.broadcast(meta, root).wait();
+  if (meta[0].item<int64_t>() < 0)
+    throw Error(ds::str("forward_pipeline: the last stage's output has more than ", kMaxDims, " dimensions"));
+  std::vector<int64_t> sizes;
+  for (int64_t d = 0; d < meta[0].item<int64_t>(); ++d) sizes.push_back(meta[d + 2].item<int64_t>());
+  at::Tensor out = mine ? t.contiguous() : at::empty(sizes, at::TensorOptions().dtype(at::ScalarType(meta[1].item<int64_t>())));
+  comm.broadcast(out, root).wait();
+  return out;
+}
+
+}  // namespace
+
+at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Tensor& inputs) {
+  torch::NoGradGuard no_grad;
+  const double training_forward_s = forward_s_;  // this forward is not the training step's
+  auto to_fp32 = [](const at::Tensor& o) { return at::isFloatingType(o.scalar_type()) ? o.to(at::kFloat) : o; };
+  const int stages = groups_.pipe->size();
+  at::Tensor out;
+  if (stages == 1) {
+    out = to_fp32(forward([&] { return stage.forward(0, inputs); }));
   } else {
-    out = out.contiguous();
+    pipe::StageModel capture = stage;
+    capture.loss = [&](const at::Tensor& o, const at::Tensor&) {
+      out = to_fp32(o);
+      return at::zeros({}, at::kDouble);
+    };
+    pipe::Executor executor({pipe::Kind::kInference, stages, 1}, groups_.pipe);
+    executor.run(as_engine_forward(capture), [&](int) { return pipe::MicroBatch{inputs, inputs}; });
+    out = broadcast_any(*groups_.pipe, out, stages - 1);
   }
-  groups_.pipe->broadcast(out, stages - 1).wait();
+  forward_s_ = training_forward_s;
   return out;
 }
 

@@ -173,7 +173,7 @@ std::vector<ckpt::UnitInfo> Engine::checkpoint_units_everywhere() const {
   std::vector<ckpt::UnitInfo> mine;
   const std::vector<ckpt::UnitInfo> all = checkpoint_units();
   for (size_t u = 0; u < all.size(); ++u)
-    if (counted_in_norm(u)) mine.push_back(all[u]);
+    if (is_primary_copy(u)) mine.push_back(all[u]);
   comm::Communicator& model = *groups_.model;
   if (model.size() == 1) return mine;
   const std::string text = ckpt::units_to_json(mine).dump();
@@ -219,11 +219,10 @@ ckpt::Manifest Engine::checkpoint_layout(const std::string& tag, const nlohmann:
 // it, stage 3's model states hold only what the units do not (the weights are in the shards).
 ckpt::ModelStates Engine::model_states() {
   ckpt::ModelStates s;
-  if (dynamic_cast<pipe::PipelineModuleImpl*>(model_.get())) {  // the weights go to the layer files
+  // A PipelineModule's weights go to the layer files; stage 3's are sharded.
+  if (plan_.stage == 3 || dynamic_cast<pipe::PipelineModuleImpl*>(model_.get())) {
     for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) s.module.emplace_back(name, t.detach());
-  } else if (plan_.stage == 3) {
-    for (auto& [name, t] : non_unit_entries(*model_, checkpoint_units())) s.module.emplace_back(name, t.detach());
-    if (config_.zero_optimization.stage3_gather_16bit_weights_on_model_save) {
+    if (plan_.stage == 3 && config_.zero_optimization.stage3_gather_16bit_weights_on_model_save) {
       const at::ScalarType dtype = plan_.precision.param;
       for (size_t u = 0; u < units_.size(); ++u) {
         const zero::FlatUnit& unit = *units_[u].unit;
@@ -249,7 +248,7 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
   const std::vector<optim::StateSpec> specs = optimizer_->state_specs();
   std::vector<ckpt::UnitShard> part;
   for (size_t u = 0; u < units_.size(); ++u) {
-    if (!counted_in_norm(u)) continue;  // a tied layer's copy: the first stage holding it saves it
+    if (!is_primary_copy(u)) continue;  // a tied layer's copy: the first stage holding it saves it
     const UnitState& s = units_[u];
     // Under bf16 compute the stage 0-2 master is fp32 already; the file stores fp32.
     ckpt::UnitShard shard{s.master.defined() ? s.master.to(at::kFloat) : at::Tensor(), {}};
@@ -280,14 +279,14 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
   std::vector<ckpt::UnitShard> part;
   on_every_rank(world, [&] {
     part = optimizer_part();
-    for (size_t u = 0; u < units_.size(); ++u)
-      if (units_[u].master.defined() && !at::isfinite(units_[u].master).all().item<bool>())
+    size_t k = 0;  // part holds the primary copies' shards, in unit order
+    for (size_t u = 0; u < units_.size(); ++u) {
+      if (!is_primary_copy(u)) continue;
+      const at::Tensor& fp32 = part[k++].fp32;
+      if (fp32.defined() && !at::isfinite(fp32).all().item<bool>())
         throw Error(ds::str("refusing to save ", dir, "/", tag, ": the fp32 weights of ", units_[u].unit->name(),
                             " hold NaN or inf (step ", global_step_, "); ", dir, "/latest stays on the last good save"));
-    for (const ckpt::UnitShard& shard : part)
-      if (shard.fp32.defined() && !at::isfinite(shard.fp32).all().item<bool>())
-        throw Error(ds::str("refusing to save ", dir, "/", tag, ": swapped fp32 weights hold NaN or inf (step ",
-                            global_step_, "); ", dir, "/latest stays on the last good save"));
+    }
     return ckpt::FileInfo{};
   });
   std::optional<ckpt::CheckpointWriter> writer;
@@ -297,26 +296,26 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
     if (rank == 0) writer->prepare();
     return ckpt::FileInfo{};
   });
-  // 2. The first data-parallel rank of each model-parallel rank (pipeline stage) writes its
-  // weights and RNG state; each rank owning a part writes it.
+  // 2. The first data-parallel rank of each model-parallel rank (pipeline stage x tensor
+  // shard) writes its weights and RNG state, and a PipelineModule's layers as DeepSpeed's
+  // per-layer files; each rank owning a part writes it.
   ckpt::ModelStates states = model_states();  // collective at stage 3
-  std::vector<ckpt::FileInfo> parts = on_every_rank(world, [&] {
-    return dp == 0 ? writer->write_model_states(states, mp) : ckpt::FileInfo{};
-  }, dp, mp);
-  // A PipelineModule's weights as DeepSpeed's per-layer files, by each stage's first data rank.
   std::vector<ckpt::FileInfo> layer_files;
-  on_every_rank(world, [&] {
-    if (auto* module = dynamic_cast<pipe::PipelineModuleImpl*>(model_.get()); module && dp == 0)
+  std::vector<ckpt::FileInfo> parts = on_every_rank(world, [&] {
+    if (dp != 0) return ckpt::FileInfo{};
+    if (auto* module = dynamic_cast<pipe::PipelineModuleImpl*>(model_.get()))
       for (const auto& [index, layer] : module->saved_layers()) {
         ckpt::NamedTensors state;
         for (const auto& p : layer->named_parameters()) state.emplace_back(p.key(), p.value().detach());
         for (const auto& b : layer->named_buffers()) state.emplace_back(b.key(), b.value().detach());
         layer_files.push_back(writer->write_layer_states(index, groups_.coord.tensor, state));
       }
-    return ckpt::FileInfo{};
-  });
-  const std::vector<ckpt::FileInfo> all_layer_files = gather_files(world, layer_files);
-  parts.insert(parts.end(), all_layer_files.begin(), all_layer_files.end());
+    return writer->write_model_states(states, mp);
+  }, dp, mp);
+  if (dynamic_cast<pipe::PipelineModuleImpl*>(model_.get())) {  // the same model type on every rank
+    const std::vector<ckpt::FileInfo> all_layer_files = gather_files(world, layer_files);
+    parts.insert(parts.end(), all_layer_files.begin(), all_layer_files.end());
+  }
   std::vector<ckpt::FileInfo> optim_parts = on_every_rank(world, [&] {
     if (dp >= writer->layout().partition.count) return ckpt::FileInfo{};
     return writer->write_optimizer_part(dp, part, mp);

@@ -88,7 +88,7 @@ double Engine::grad_sq_norm(size_t u) const {
     return n * n;
   };
   const at::Tensor g = grad_of(u);
-  if (u >= norm_ranges_.size() || norm_ranges_[u].empty()) return sq_of(g);
+  if (norm_ranges_.empty()) return sq_of(g);
   const zero::UnitLayout& l = units_[u].layout;  // g holds elements [own.offset, own.offset + own.length)
   double sq = 0;
   for (const auto& [offset, length] : norm_ranges_[u]) {
@@ -103,7 +103,7 @@ double Engine::grad_sq_norm(size_t u) const {
 double Engine::global_grad_norm() {
   double sq = 0.0;
   for (size_t u = 0; u < units_.size(); ++u) {
-    if (!counted_in_norm(u)) continue;  // a tied layer's other copies
+    if (!is_primary_copy(u)) continue;  // a tied layer's other copies
     sq += grad_sq_norm(u);
   }
   at::Tensor t = at::full({1}, sq, at::kDouble);

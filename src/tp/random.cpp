@@ -1,7 +1,6 @@
 #include "ds/tp/random.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <mutex>
 
@@ -32,16 +31,9 @@ void set_stream_state(const at::Tensor& state) {
 
 void seed_rng(uint64_t seed, const Group& group) {
   const uint64_t rank = group ? uint64_t(group->rank()) : 0;
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(seed + kMegatronOffset + rank);
-  }
+  nn::seed_cpu_rng(seed + kMegatronOffset + rank);
   set_stream_state(nn::cpu_rng_state());
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(seed);
-  }
+  nn::seed_cpu_rng(seed);
   static const bool registered = [] {
     checkpointing::register_rng_stream(stream_state, set_stream_state);
     return true;

@@ -119,6 +119,11 @@ TEST(PipelineModule, BadSpecsAndLayoutsAreRefused) {
   std::vector<LayerSpec> specs = gpt_layer_specs(c);
   specs[3].forward = nullptr;
   EXPECT_ERROR_HAS(PipelineModule(specs, PipelineLayout{}), "pipeline layer 3 (GptBlock) has no forward function");
+  // The head reuses the embedding's module: it needs no build of its own; the embedding does.
+  specs = gpt_layer_specs(c);
+  EXPECT_FALSE(specs.back().build);
+  specs.front().build = nullptr;
+  EXPECT_ERROR_HAS(PipelineModule(specs, PipelineLayout{}), "pipeline layer 0 (TokenEmbedding) has no build function");
 }
 
 // A function with dropout: the recompute must draw the same mask.

@@ -402,5 +402,75 @@ TEST(PipelineGpt, AModuleForAnotherStageOrAnIntervalWithoutAModuleIsRefused) {
   });
 }
 
+TEST(TensorParallelGpt, SettingsTheEngineCannotHonourAreRefusedOnEveryRank) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    comm::ParallelGroups split = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(2, 1, 2));
+    Config cfg = Config::parse(config(1, 1, 0, kAccum, 0, 2), "test config");
+    cfg.resolve(2);
+    // A model with no tensor-parallel layers would train whole on every rank of the group.
+    auto plain = std::make_shared<torch::nn::LinearImpl>(4, 4);
+    EXPECT_ERROR_HAS(Engine(plain, cfg, split), "the model has no tensor-parallel layers");
+    // The config's size must be the groups'.
+    Gpt gpt(tiny(), split.tensor);
+    EXPECT_ERROR_HAS(Engine(gpt.ptr(), cfg, world.shared_from_this()),
+                     "tensor_parallel.autotp_size is 2 but the tensor group has 1 ranks");
+    Config overlap = Config::parse(
+        R"({"train_batch_size": 4, "tensor_parallel": {"autotp_size": 2, "tp_overlap_comm": true}})", "test config");
+    overlap.resolve(2);
+    EXPECT_ERROR_HAS(Engine(gpt.ptr(), overlap, split), "tensor_parallel.tp_overlap_comm");
+  });
+}
+
+// A checkpoint with a layer no stage of the loading model has: named on every stage.
+TEST(PipelineGpt, ACheckpointLayerNoStageHoldsIsNamed) {
+  test::TempDir dir;
+  auto linears = [](int n) {
+    std::vector<pipe::LayerSpec> specs;
+    for (int i = 0; i < n; ++i)
+      specs.push_back({"Linear", [] { return std::make_shared<torch::nn::LinearImpl>(4, 4); },
+                       [](torch::nn::Module& m, const at::Tensor& x) { return dynamic_cast<torch::nn::LinearImpl&>(m).forward(x); },
+                       20, ""});
+    return specs;
+  };
+  auto cfg_for = [](int pipe) {
+    Config c = Config::parse(ds::str(R"({"train_batch_size": 2, "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+                                         "pipeline": {"stages": )", pipe, "}}"), "test config");
+    c.resolve(pipe);
+    return c;
+  };
+  {
+    comm::GlooOptions solo;
+    auto one = comm::make_gloo(solo);
+    Config c = cfg_for(1);
+    pipe::PipelineModule four(linears(4), pipe::PipelineLayout{});
+    Engine(four.ptr(), c, one).save_checkpoint(dir.path());
+  }
+  test::run_ranks(2, [&](comm::Communicator& world) {
+    Config c = cfg_for(2);
+    comm::ParallelGroups groups = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(2, 2, 1));
+    pipe::PipelineModule three(linears(3), pipe::PipelineLayout::from(c, groups));
+    Engine engine(three.ptr(), c, groups);
+    EXPECT_ERROR_HAS(engine.load_checkpoint(dir.path()), "its parameter 3.weight is in no pipeline stage of this model");
+  });
+}
+
+// forward_pipeline's output is sent to every stage; one that cannot travel is an error on
+// every stage, not a hang.
+TEST(PipelineGpt, ForwardPipelineRefusesAnOutputItCannotSendOnEveryStage) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    comm::ParallelGroups groups = two_stages(world);
+    Config cfg = two_stage_config(0);
+    auto layer = std::make_shared<torch::nn::LinearImpl>(2, 2);
+    Engine engine(layer, cfg, groups);
+    pipe::StageModel nine_dims{[&](int, const at::Tensor& x) {
+                                 return groups.coord.pipe == 1 ? x.reshape({1, 1, 1, 1, 1, 1, 1, 1, 2}) : x;
+                               },
+                               nullptr};
+    EXPECT_ERROR_HAS(engine.forward_pipeline(nine_dims, at::ones({2})), "has more than 8 dimensions");
+    pipe::StageModel fine{[&](int, const at::Tensor& x) { return x * 2; }, nullptr};
+    EXPECT_TRUE(engine.forward_pipeline(fine, at::ones({2})).equal(at::full({2}, 4.0f)));
+  });
+}
+
 }  // namespace
 }  // namespace ds

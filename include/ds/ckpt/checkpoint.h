@@ -137,6 +137,8 @@ class CheckpointReader {
   // The tensors of part `part` of mp rank `mp_rank`'s file, per manifest unit (empty for
   // units other files hold).
   std::vector<std::vector<at::Tensor>> load_part(int part, int mp_rank, size_t kinds) const;
+  // Every parameter of one tensor rank (its slices of the split ones), shaped, in manifest order.
+  NamedTensors load_tensor_rank(int tensor_rank) const;
   // Fills targets[t][kind] (lengths[t] elements; zero where the plan writes nothing).
   void run_plan(const std::vector<CopyOp>& plan, size_t kinds, const std::vector<int64_t>& lengths,
                 std::vector<std::vector<at::Tensor>>& targets) const;

@@ -62,7 +62,7 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   std::vector<tp::Split> sharded_parameters() const override;
 
  private:
-  int64_t n_head_;
+  int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
   tp::Group tensor_;
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
   torch::nn::Linear qkv_{nullptr}, attn_proj_{nullptr}, fc_{nullptr}, mlp_proj_{nullptr};

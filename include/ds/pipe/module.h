@@ -33,6 +33,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,7 @@ namespace ds::pipe {
 
 struct LayerSpec {
   std::string type;  // the layer's kind: matched by partition "type:REGEX", shown in the start-up line
+  // Unused (may be empty) for a tied spec that is not its key's first.
   std::function<std::shared_ptr<torch::nn::Module>()> build;
   // The layer's forward: the module built (for a tied spec, the shared one) and the previous
   // layer's output (on the first layer, the micro-batch's inputs).
@@ -109,6 +111,7 @@ class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware {
   std::vector<int> bounds_;
   std::vector<std::shared_ptr<torch::nn::Module>> layers_;  // per global layer; null off this stage
   std::vector<TiedLayer> tied_;
+  std::map<std::string, int> first_of_key_;  // tied key -> the spec that builds its module
   torch::nn::ModuleDict tied_modules_{nullptr};
 };
 TORCH_MODULE(PipelineModule);

@@ -130,7 +130,8 @@ class Engine {
   // The pipeline's output for `inputs` (e.g. logits, for generation or accuracy): one forward
   // through the stages without gradients, the last stage's output (in fp32 when floating)
   // returned on every stage of the pipe group. Collective over the pipe group, every stage
-  // with the same inputs. Without pipeline stages: stage.forward(0, inputs).
+  // with the same inputs. Without pipeline stages: stage.forward(0, inputs) (in fp32 too).
+  // Not counted in the next step's forward time.
   at::Tensor forward_pipeline(const pipe::StageModel& stage, const at::Tensor& inputs);
   // At an accumulation boundary: waits for the gradient reduction, unscales and checks for
   // overflow (fp16), clips, updates, steps the schedule, and returns the step's stats.
@@ -265,11 +266,15 @@ class Engine {
   void restore_optimizer_part(const std::vector<ckpt::UnitShard>& part);
   void restore_model_states(const ckpt::ModelStates& states);
   void restore_engine_state(const ckpt::Manifest& manifest);
-  // Tied layers of a pipe::PipelineModule held by several stages (engine_tied.cpp).
-  void connect_pipeline_module();  // before the units are built: groups, equal copies
-  void find_tied_units();      // after
+  // Model parallelism (engine_model_parallel.cpp). Tied layers of a pipe::PipelineModule
+  // held by several stages: groups and equal copies before the units are built, their units
+  // after, their gradients summed at the step.
+  void connect_pipeline_module();
+  void find_tied_units();
   void reduce_tied_grads();
-  bool counted_in_norm(size_t u) const;
+  // False for a tied layer's copy on any stage but the first holding it: that one alone is
+  // counted in the gradient norm and saved in checkpoints.
+  bool is_primary_copy(size_t u) const;
   // Tensor parallelism: on every rank but the tensor group's first, the parts of each unit
   // the gradient norm counts (the split parameters; the replicated ones count on the first).
   void plan_tensor_parallel_norm();
@@ -285,10 +290,12 @@ class Engine {
     std::string name;  // the unit's: "tied_modules.<key>"
     size_t unit = 0;
     std::shared_ptr<comm::Communicator> group;  // the ranks holding a copy (same data and tensor coordinates)
-    bool counted = false;  // the first stage holding it counts it in the gradient norm
+    bool primary = false;  // this is the first stage holding it (see is_primary_copy)
   };
   std::vector<TiedUnit> tied_;
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> norm_ranges_;  // per unit (offset, length); empty: all
+  // Per unit, the (offset, length) ranges the norm counts on this rank; empty (no unit at
+  // all): every unit counts whole.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> norm_ranges_;
   std::unique_ptr<zero::GradReducer> reducer_;
   std::unique_ptr<offload::OptimizerSwapper> swapper_;     // offload_optimizer nvme
   std::unique_ptr<offload::ParamSwapper> param_swapper_;   // offload_param nvme (stage 3, bf16/fp16)

@@ -1,15 +1,17 @@
-// Tied layers of a pipe::PipelineModule (the token embedding on the first stage and the LM
-// head on the last): one copy per stage holding it, kept equal by starting equal and adding
-// the copies' gradients before every step (DeepSpeed's tied-module all-reduce).
+// The engine's side of model parallelism:
+// * tied layers of a pipe::PipelineModule (the token embedding on the first stage and the LM
+//   head on the last): one copy per stage holding it, kept equal by starting equal and adding
+//   the copies' gradients before every step (DeepSpeed's tied-module all-reduce);
+// * tensor parallelism: which parts of each unit this rank counts in the gradient norm.
 #include <ATen/ATen.h>
+
+#include <set>
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/pipe/module.h"
 #include "ds/runtime/engine.h"
 #include "ds/tp/layers.h"
-
-#include <set>
 
 namespace ds {
 
@@ -69,20 +71,16 @@ void Engine::reduce_tied_grads() {
   }
 }
 
-bool Engine::counted_in_norm(size_t u) const {
+bool Engine::is_primary_copy(size_t u) const {
   for (const TiedUnit& t : tied_)
-    if (t.unit == u) return t.counted;
+    if (t.unit == u) return t.primary;
   return true;
 }
 
-}  // namespace ds
-
-namespace ds {
-
 // A replicated parameter (a LayerNorm, a row-parallel bias) has the same gradient on every
 // rank of the tensor group: it counts once, on the group's first rank. A split one counts on
-// every rank (each holds another slice). `norm_ranges_` keeps, per unit, the flat ranges of
-// the split parameters, on the other ranks (a unit without any then counts nothing there).
+// every rank (each holds another slice). On the other ranks `norm_ranges_` keeps, per unit,
+// the flat ranges of the split parameters (none: the unit counts nothing there).
 void Engine::plan_tensor_parallel_norm() {
   if (groups_.tensor->size() == 1) return;
   std::set<std::string> split;
@@ -100,7 +98,6 @@ void Engine::plan_tensor_parallel_norm() {
   for (size_t u = 0; u < units_.size(); ++u) {
     for (const zero::ParamSlot& slot : units_[u].unit->slots())
       if (split.count(slot.name)) norm_ranges_[u].emplace_back(slot.offset, slot.numel);
-    if (norm_ranges_[u].empty()) norm_ranges_[u].emplace_back(0, 0);  // nothing of this unit counts here
   }
 }
 
