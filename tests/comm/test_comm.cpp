@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <thread>
 
 #include "collective_checks.h"
 #include "ds/comm/agreement.h"
@@ -198,6 +199,10 @@ TEST(PeerFailure, AStoppedRankIsNamedWhenTheOthersTimeOut) {
                 std::string::npos)
           << e.what();
     }
+    // The survivors' timeouts fire within milliseconds of each other. Wait before any of them
+    // exits or kills rank 2: either closes connections, and a survivor still waiting would then
+    // see "connection closed" instead of its own timeout.
+    std::this_thread::sleep_for(run.comm_timeout);
     if (rank == 0) ::kill(pid_t(pids[2].item<int64_t>()), SIGKILL);
   }, run);
 }
