@@ -147,6 +147,12 @@ std::string optim_states_name(int dp_rank, int mp_rank) {
   return buf;
 }
 
+std::string rank_states_name(int dp_rank, int mp_rank) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "dp_rank_%d_mp_rank_%02d_optim_rank_states.pt", dp_rank, mp_rank);
+  return buf;
+}
+
 void check_tag(const std::string& tag) {
   if (tag.empty()) throw Error("empty checkpoint tag");
   if (tag == "." || tag == ".." || tag.size() > 255)

@@ -19,6 +19,7 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // The "format" entries of our .pt files (Python readers can tell them apart).
 constexpr const char* kShardFormat = "deepspeed.cpp zero shard";
 constexpr const char* kModelFormat = "deepspeed.cpp model states";
+constexpr const char* kRankStatesFormat = "deepspeed.cpp optimizer rank states";
 constexpr const char* kProducerVersion = "deepspeed.cpp 0.1.0";
 
 // Writes `value` atomically as the zip archive torch::pickle_save makes (data.pkl + one record

@@ -278,6 +278,15 @@ ModelStates CheckpointReader::load_model_states(int mp_rank) const {
   return out;
 }
 
+std::optional<NamedTensors> CheckpointReader::load_rank_states(int dp_rank, int mp_rank) const {
+  const std::string name = rank_states_name(dp_rank, mp_rank), path = file_path(name);
+  if (!manifest_.find_file(name)) return std::nullopt;
+  detail::DictReader d(detail::load_pickle(path, file_info(name)), path);
+  if (d.string("format") != detail::kRankStatesFormat)
+    throw Error(ds::str(path, ": not a deepspeed.cpp optimizer rank-states file"));
+  return d.dict("states").tensors();
+}
+
 NamedTensors CheckpointReader::load_tensor_rank(int tensor_rank) const {
   const std::vector<UnitInfo> units = manifest_.units_of_tensor_rank(tensor_rank);
   std::vector<Request> requests;

@@ -132,6 +132,18 @@ FileInfo CheckpointWriter::write_layer_states(int layer, int tp_rank, const Name
   return {name, digest.bytes, digest.xxh64};
 }
 
+FileInfo CheckpointWriter::write_rank_states(int dp_rank, int mp_rank, const NamedTensors& states) const {
+  c10::impl::GenericDict d = detail::new_dict();
+  d.insert("format", detail::kRankStatesFormat);
+  d.insert("optimizer", layout_.optimizer.type);
+  d.insert("dp_world_size", int64_t(layout_.dp_world_size));
+  d.insert("states", detail::tensor_dict(states));
+  make_directories(tag_path_);
+  std::string name = rank_states_name(dp_rank, mp_rank);
+  FileDigest digest = detail::save_pickle(tag_path_ + "/" + name, d);
+  return {name, digest.bytes, digest.xxh64};
+}
+
 void CheckpointWriter::commit(const std::vector<FileInfo>& files, bool update_latest) const {
   Manifest m = layout_;
   m.files = files;

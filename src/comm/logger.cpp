@@ -7,6 +7,14 @@
 
 namespace ds::comm {
 
+namespace {
+thread_local std::string current_label;
+}  // namespace
+
+LogLabel::LogLabel(std::string label) : previous_(std::move(current_label)) { current_label = std::move(label); }
+LogLabel::~LogLabel() { current_label = std::move(previous_); }
+std::string LogLabel::apply(const std::string& op) { return current_label.empty() ? op : current_label + " " + op; }
+
 void CommsLogger::record(const std::string& op, int64_t message_bytes, int64_t sent_bytes, double seconds) {
   if (!enabled_) return;
   std::lock_guard<std::mutex> lock(mu_);

@@ -98,6 +98,7 @@ std::string QueuedCommunicator::describe(const std::string& op) const {
 }
 
 Work QueuedCommunicator::enqueue(std::string op, int64_t message_bytes, std::function<int64_t()> run) {
+  op = LogLabel::apply(op);
   // The caller's wait outlasts the collective's own timeout by the time the worker takes to
   // find out which ranks did not answer (diagnose_timeout), so that answer reaches the caller.
   auto state = std::make_shared<Work::State>(describe(op), options_.timeout + kDiagnosisGrace);

@@ -6,6 +6,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/comm/logger.h"
 
 namespace ds::compress {
 
@@ -56,6 +57,7 @@ void OneBitAllReduce::all_reduce(at::Tensor& buffer) {
     throw Error(ds::str("compressed all-reduce: expected a contiguous 1-D fp32 tensor of ", n_, " elements, got ",
                         buffer.scalar_type(), " ", buffer.sizes()));
   const int64_t W = comm_->size(), rank = comm_->rank();
+  comm::LogLabel label("compressed");  // the comms logger shows these ops apart
   // 1. The worker compresses what it has plus what it dropped last time.
   at::Tensor v = buffer + worker_error_;
   const double worker_scale = scale_of(v);

@@ -67,9 +67,16 @@ void check_cross_section(const Config& c, ParseContext& ctx) {
   if (c.fp16.enabled && c.bf16.enabled) {
     ctx.fail("bf16.enabled", "fp16 and bf16 cannot both be enabled; choose one");
   }
-  if (c.optimizer.type == OptimizerType::kOneBitAdam && c.zero_optimization.stage > 0) {
-    ctx.fail("optimizer.type", str("OneBitAdam is not compatible with ZeRO (zero_optimization.stage is ",
-                                   c.zero_optimization.stage, "); use stage 0, as DeepSpeed requires"));
+  if (c.optimizer.type == OptimizerType::kOneBitAdam) {
+    const ZeroConfig& z = c.zero_optimization;
+    if (z.stage == 3)
+      ctx.fail("optimizer.type", "OneBitAdam works with ZeRO stages 0-2 here (DeepSpeed: stage 0 only); stage 3 "
+                                 "gathers weights shard by shard and has no whole local gradient to compress; use "
+                                 "stage 2 or a stage-3 optimizer such as Adam");
+    if (z.offload_optimizer.device == OffloadDevice::kNvme)
+      ctx.fail("zero_optimization.offload_optimizer.device", "OneBitAdam cannot swap its states to NVMe (its "
+                                                             "compressed step needs every unit's whole momentum in "
+                                                             "memory); use device \"cpu\" or \"none\"");
   }
 }
 

@@ -142,7 +142,7 @@ Schema<O> build_optimizer_params(OptimizerType t) {
         .field("initial_accumulator_value", &O::initial_accumulator_value, at_least(0));
   }
   if (onebit) {
-    s.field("freeze_step", &O::freeze_step, at_least(0))
+    s.field("freeze_step", &O::freeze_step, at_least(1))
         .field("eps_inside_sqrt", &O::eps_inside_sqrt)
         .field("cuda_aware", &O::cuda_aware)
         .field("comm_backend_name", &O::comm_backend_name);
@@ -160,6 +160,24 @@ const Schema<O>& optimizer_params_schema(OptimizerType t) {
   return schemas[static_cast<size_t>(t)];
 }
 
+// OneBitAdam's keys that name GPU machinery: the compressed all-reduce runs on this job's
+// communicator (Gloo or MPI) whatever they say.
+void check_onebit_params(ObjectReader& params, const O& o) {
+  const std::string& backend = o.comm_backend_name;
+  if (backend != "nccl" && backend != "mpi" && backend != "gloo" && backend != "hccl" && backend != "compressed")
+    params.ctx().fail(params.path_of("comm_backend_name"),
+                      str("unknown backend ", quote(backend), "; DeepSpeed's are \"nccl\", \"mpi\", \"hccl\" and "
+                          "\"compressed\" (here the job's communicator, gloo or mpi, carries the compressed all-reduce)"));
+  if (params.has("comm_backend_name") && backend != "mpi" && backend != "gloo")
+    params.ctx().warn(params.path_of("comm_backend_name"),
+                      str(quote(backend), " is a GPU backend; the compressed all-reduce runs on this job's "
+                          "communicator (gloo or mpi) instead"));
+  if (o.cuda_aware) params.ctx().warn(params.path_of("cuda_aware"), "ignored: there is no GPU memory to send from");
+  if (o.eps_inside_sqrt)
+    params.ctx().warn(params.path_of("eps_inside_sqrt"),
+                      "ignored, as by DeepSpeed's OnebitAdam: eps is added outside the square root");
+}
+
 void read_optimizer(ObjectReader& root, Config& c) {
   const Json* v = root.find("optimizer");
   if (!v || v->is_null()) return;
@@ -173,6 +191,7 @@ void read_optimizer(ObjectReader& root, Config& c) {
                   "\"gradient_clipping\"");
   }
   optimizer_params_schema(type).read(params, c.optimizer);
+  if (type == OptimizerType::kOneBitAdam) check_onebit_params(params, c.optimizer);
   params.finish(str("unknown parameter for optimizer ", optimizer_type_name(type)));
   check_ignored(in, "legacy_fusion", false, "no fused fp16 optimizer here");
   in.finish();

@@ -155,6 +155,14 @@ void Config::resolve(const ResolveOptions& options) {
                "\"auto\": the training program must supply the number of steps");
     }
   }
+  // The run's length, when the program says it: a freeze_step past it never compresses.
+  const int64_t steps = options.total_num_steps > 0 ? options.total_num_steps : scheduler.total_num_steps;
+  if (optimizer.type == OptimizerType::kOneBitAdam && steps > 0 && optimizer.freeze_step >= steps) {
+    ctx.warn("optimizer.params.freeze_step",
+             str(optimizer.freeze_step, " is not before the run's last step (", steps, "): the momentum is never "
+                 "compressed and every step is a plain Adam step with full-precision all-reduces; set it to ~15-25% "
+                 "of the steps"));
+  }
   train_batch_size = tbs;
   train_micro_batch_size_per_gpu = mbs;
   gradient_accumulation_steps = gas;

@@ -396,6 +396,7 @@ at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Ten
 at::Tensor Engine::grad_of(size_t u) const {
   const UnitState& s = units_[u];
   if (window_sync_ == zero::GradSync::kReduceScatter) return s.grad_shard;
+  if (window_sync_ == zero::GradSync::kNone) return s.unit->grads();  // this rank's own, whole
   const zero::UnitLayout& l = s.layout;
   return s.unit->grads().slice(0, l.own.offset, l.own.offset + l.own.length);
 }

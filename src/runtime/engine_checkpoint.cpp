@@ -321,6 +321,15 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
     return writer->write_optimizer_part(dp, part, mp);
   }, dp, mp);
   parts.insert(parts.end(), optim_parts.begin(), optim_parts.end());
+  // Each rank's own optimizer states (1-bit Adam's error feedback), when it has any.
+  std::vector<ckpt::FileInfo> rank_files;
+  on_every_rank(world, [&] {
+    const ckpt::NamedTensors states = optimizer_->rank_states();
+    if (!states.empty()) rank_files.push_back(writer->write_rank_states(dp, mp, states));
+    return ckpt::FileInfo{};
+  });
+  const std::vector<ckpt::FileInfo> all_rank_files = gather_files(world, rank_files);
+  parts.insert(parts.end(), all_rank_files.begin(), all_rank_files.end());
   // 3. Rank 0 commits (manifest, then `latest`) with every file's size and checksum. The
   // exchange that ends this phase is the closing barrier: no rank returns before `latest`
   // names the new tag, or every rank throws.
@@ -419,6 +428,29 @@ void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
   else if (plan_.stage > 0) gather_parameters();  // every rank loaded its chunk: rebuild the full weights
 }
 
+// The optimizer's per-rank states come back only into the layout that saved them; otherwise
+// they start again, with a warning when the checkpoint had some or another optimizer saved it.
+void Engine::restore_rank_states(const ckpt::Manifest& manifest,
+                                 const std::optional<std::vector<std::pair<std::string, at::Tensor>>>& saved) {
+  if (saved) {
+    optimizer_->load_rank_states(*saved);
+    return;
+  }
+  optimizer_->reset_rank_states();
+  if (groups_.world->rank() != 0) return;
+  const std::string mine = optimizer_type_name(config_.optimizer.type), theirs = manifest.optimizer.type;
+  bool had_rank_states = false;
+  for (const auto& f : manifest.files) had_rank_states |= f.name.find("_optim_rank_states.pt") != std::string::npos;
+  if (theirs != mine && (mine == "OneBitAdam" || had_rank_states))
+    std::fprintf(stderr, "warning: the checkpoint was saved by optimizer %s and this run uses %s: %s\n", theirs.c_str(),
+                 mine.c_str(), mine == "OneBitAdam" ? "the momentum and variance load, 1-bit Adam's error feedback starts at zero"
+                                                    : "its per-rank states (1-bit Adam's error feedback) are dropped");
+  else if (had_rank_states)
+    std::fprintf(stderr, "warning: the checkpoint was saved by %d data-parallel ranks x %d pipeline stages and this run has "
+                 "%d x %d: each rank's own optimizer states (1-bit Adam's error feedback) start at zero\n",
+                 manifest.dp_world_size, manifest.pp_world_size, dp_size(), groups_.pipe->size());
+}
+
 void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
   const ckpt::EngineState& e = manifest.engine;
   global_step_ = e.global_steps;
@@ -441,6 +473,7 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
   std::optional<ckpt::CheckpointReader> reader;
   std::vector<ckpt::UnitShard> part;
   ckpt::ModelStates states;
+  std::optional<ckpt::NamedTensors> rank_states;
   // Read and check everything first; the engine changes only after every rank succeeded.
   on_every_rank(*groups_.world, [&] {
     reader.emplace(dir, tag);
@@ -467,6 +500,8 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
                                   sharded ? dp_rank() : 0, options);
     states = load_model_states_for_this_rank(*reader);
     check_model_states(states);
+    if (m.dp_world_size == dp_size() && m.pp_world_size == groups_.pipe->size())
+      rank_states = reader->load_rank_states(dp_rank(), groups_.model_rank());
     return ckpt::FileInfo{};
   });
   if (!same_on_every_rank(*groups_.world, reader->tag()))  // e.g. `latest` moved while the ranks read it
@@ -477,6 +512,7 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
   // parameter); the exact fp32 masters written next then have the last word.
   restore_model_states(states);
   restore_optimizer_part(part);
+  restore_rank_states(reader->manifest(), rank_states);
   restore_engine_state(reader->manifest());
   return {reader->tag_path(), reader->tag(), global_step_, reader->engine_state().client};
 }

@@ -16,6 +16,12 @@ namespace ds {
 
 using Clock = std::chrono::steady_clock;
 
+at::Tensor Engine::part_grad_of(size_t u, int64_t offset, int64_t n) const {
+  const at::Tensor g = grad_of(u);
+  const int64_t base = window_sync_ == zero::GradSync::kNone ? units_[u].layout.own.offset + offset : offset;
+  return g.slice(0, base, base + n);
+}
+
 std::optional<optim::WorkingCopy> Engine::working_copy(size_t u, int64_t offset, int64_t n) {
   UnitState& s = units_[u];
   if (!s.layout.writes_working_copy) return std::nullopt;
@@ -47,7 +53,12 @@ void Engine::for_each_segment(const std::function<void(optim::Segment&)>& fn) {
   auto visit = [&](size_t u, int64_t offset, const at::Tensor& master, std::vector<at::Tensor>& states) {
     const int64_t n = master.numel();
     std::optional<optim::WorkingCopy> copy = working_copy(u, offset, n);
-    optim::Segment seg{u, offset, master, grad_of(u).slice(0, offset, offset + n), &states, copy ? &*copy : nullptr};
+    optim::Segment seg{u, offset, master, part_grad_of(u, offset, n), &states, copy ? &*copy : nullptr};
+    const UnitState& s = units_[u];
+    seg.unit_offset = s.layout.own.offset + offset;
+    seg.unit_numel = s.unit->numel();
+    seg.unit_padded_numel = s.unit->padded_numel();
+    if (window_sync_ != zero::GradSync::kReduceScatter) seg.unit_grad = s.unit->grads();
     fn(seg);
     if (copy) working_copy_done(u, n);
   };
@@ -89,11 +100,12 @@ double Engine::grad_sq_norm(size_t u) const {
   };
   const at::Tensor g = grad_of(u);
   if (norm_ranges_.empty()) return sq_of(g);
-  const zero::UnitLayout& l = units_[u].layout;  // g holds elements [own.offset, own.offset + own.length)
+  // g holds elements [base, base + g.numel()) of the unit.
+  const int64_t base = window_sync_ == zero::GradSync::kNone ? 0 : units_[u].layout.own.offset;
   double sq = 0;
   for (const auto& [offset, length] : norm_ranges_[u]) {
-    const int64_t b = std::max(offset, l.own.offset), e = std::min(offset + length, l.own.offset + l.own.length);
-    if (b < e) sq += sq_of(g.slice(0, b - l.own.offset, e - l.own.offset));
+    const int64_t b = std::max(offset, base), e = std::min(offset + length, base + g.numel());
+    if (b < e) sq += sq_of(g.slice(0, b - base, e - base));
   }
   return sq;
 }
@@ -246,6 +258,8 @@ std::string Engine::progress_line(const StepStats& s) const {
                         format_bytes(double(s.rss_bytes)).c_str(),
                         s.skipped ? ds::str(" | SKIPPED (", s.skip_reason, ")").c_str() : "");
   std::string line(buf, std::min<size_t>(n, sizeof buf - 1));
+  const std::string phase = optimizer_->phase(optimizer_steps_);  // e.g. 1-bit Adam's
+  if (!phase.empty()) line += " | " + phase;
   if (config_.wall_clock_breakdown) {
     std::snprintf(buf, sizeof buf, " | fwd %.1f bwd %.1f reduce %.1f step %.1f ms", s.forward_s * 1e3,
                   s.backward_s * 1e3, s.reduce_s * 1e3, s.optimizer_s * 1e3);

@@ -14,13 +14,14 @@ UnitLayout plan_unit(int64_t numel, const ShardPlan& p) {
   l.padded_numel = round_up(numel, p.pad * p.dp_size);
   l.own = p.stage == 0 ? comm::Chunk{0, l.padded_numel} : comm::chunk_of(l.padded_numel, p.dp_size, p.dp_rank);
   l.shard_params = p.stage == 3;
-  l.persistent_grads = p.stage <= 1;
+  const bool full_grads = p.stage <= 1 || (p.local_grads && p.stage == 2);
+  l.persistent_grads = full_grads;
   l.grad_shard = p.stage >= 1;
   l.gather_after_step = p.stage == 1 || p.stage == 2;
   l.master_is_weights = p.precision.master_is_working();
   l.writes_working_copy = !l.master_is_weights;
   l.sync = p.stage == 0 ? GradSync::kAllReduce : GradSync::kReduceScatter;
-  l.reduce_every_micro_batch = p.stage >= 2;
+  l.reduce_every_micro_batch = !full_grads;
   return l;
 }
 

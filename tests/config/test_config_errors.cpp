@@ -206,8 +206,13 @@ TEST(ConfigErrors, CrossSectionContradictionsAreRejected) {
           R"({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}})"),
       HasSubstr("zero_optimization.offload_optimizer.ratio: partial offload (0.5 < 1) needs ZeRO stage 3, "
                 "stage is 2"));
-  EXPECT_THAT(error_of(R"({"optimizer": {"type": "OneBitAdam"}, "zero_optimization": {"stage": 1}})"),
-              HasSubstr("optimizer.type: OneBitAdam is not compatible with ZeRO"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "OneBitAdam"}, "zero_optimization": {"stage": 3}})"),
+              HasSubstr("optimizer.type: OneBitAdam works with ZeRO stages 0-2 here"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "OneBitAdam"}, "zero_optimization": {"stage": 2,
+                "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}})"),
+              HasSubstr("OneBitAdam cannot swap its states to NVMe"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "OneBitAdam", "params": {"comm_backend_name": "ucx"}}})"),
+              HasSubstr("optimizer.params.comm_backend_name: unknown backend \"ucx\""));
 }
 
 TEST(ConfigErrors, SparseAttentionFollowsDeepSpeedsRules) {

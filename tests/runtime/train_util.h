@@ -84,4 +84,18 @@ struct PlainAdamW {
 };
 TrainResult train_plain_libtorch(const PlainAdamW& opt, int steps, TinyShape shape = {});
 
+// The external reference for 1-bit Adam: `world` ranks simulated in one process by a plain
+// LibTorch loop (no engine, no communicator). Each simulated rank takes its slice of the
+// batch; steps 1..freeze_step are AdamW on the averaged gradient; later steps follow the
+// algorithm written out in tensors, unit by unit (zero::find_units): local momentum, worker
+// compression with error feedback, per-chunk server averaging and compression, frozen
+// variance, and no momentum where the variance is 0. No clipping; bias correction as
+// OneBitAdam's default.
+struct PlainOneBitAdam {
+  double lr = 0.01, weight_decay = 0.01, eps = 1e-6, beta1 = 0.9, beta2 = 0.999;
+  int64_t freeze_step = 3;
+  int64_t batch = 8;
+};
+TrainResult train_plain_onebit_adam(const PlainOneBitAdam& opt, int world, int steps, TinyShape shape = {});
+
 }  // namespace ds::test

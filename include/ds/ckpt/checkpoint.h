@@ -26,6 +26,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,6 +74,9 @@ class CheckpointWriter {
   // A pipeline layer's state dict (names relative to the layer), as DeepSpeed's pipeline
   // engine saves it: a plain {name: tensor} dict that the layer's load_state_dict takes.
   FileInfo write_layer_states(int layer, int tp_rank, const NamedTensors& state) const;
+  // The optimizer states that belong to one rank only (FlatOptimizer::rank_states): every
+  // data-parallel rank that has some writes its own file.
+  FileInfo write_rank_states(int dp_rank, int mp_rank, const NamedTensors& states) const;
   // Rank 0, after every file is written: checks each file's size on disk, writes
   // manifest.json, then <dir>/latest (if update_latest).
   void commit(const std::vector<FileInfo>& files, bool update_latest = true) const;
@@ -129,6 +133,8 @@ class CheckpointReader {
                                         int index, const LoadOptions& options = {}) const;
   // The model-states file of model-parallel rank `mp_rank`.
   ModelStates load_model_states(int mp_rank = 0) const;
+  // What write_rank_states saved for (dp_rank, mp_rank); nullopt when the tag has no such file.
+  std::optional<NamedTensors> load_rank_states(int dp_rank, int mp_rank = 0) const;
   // Every parameter's fp32 master weights, shaped, in manifest order; split parameters
   // joined from every tensor rank's slice (the unsplit model's state dict).
   NamedTensors load_fp32_weights() const;

@@ -85,6 +85,9 @@ std::string model_states_name(int mp_rank = 0);               // mp_rank_00_mode
 std::string optim_states_name(int dp_rank, int mp_rank = 0);  // zero_pp_rank_<dp>_mp_rank_00_optim_states.pt
 // A pipeline layer's weights (DeepSpeed's PipelineModule.ckpt_layer_path): layer_05-model_00-model_states.pt
 std::string layer_states_name(int layer, int tp_rank = 0);
+// An optimizer's states of one rank that are not elementwise (1-bit Adam's error feedback; no
+// DeepSpeed counterpart): dp_rank_<dp>_mp_rank_00_optim_rank_states.pt
+std::string rank_states_name(int dp_rank, int mp_rank = 0);
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kLatestName = "latest";
 

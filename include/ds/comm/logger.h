@@ -45,4 +45,20 @@ class CommsLogger {
   std::map<std::pair<std::string, int64_t>, OpStats> stats_;  // (op, message bytes per call)
 };
 
+// Collectives started on this thread while a LogLabel lives are logged (and named in their
+// errors) as "<label> <op>", e.g. 1-bit Adam's "compressed all_to_all": the summary then
+// shows them apart from the same ops elsewhere. Labels do not nest; the innermost wins.
+class LogLabel {
+ public:
+  explicit LogLabel(std::string label);
+  ~LogLabel();
+  LogLabel(const LogLabel&) = delete;
+  LogLabel& operator=(const LogLabel&) = delete;
+  // The op name to log for `op` on this thread.
+  static std::string apply(const std::string& op);
+
+ private:
+  std::string previous_;
+};
+
 }  // namespace ds::comm

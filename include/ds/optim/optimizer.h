@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ds/comm/communicator.h"
@@ -64,6 +65,15 @@ struct Segment {
   at::Tensor grad;                  // fp32: the averaged gradient (or this rank's own under GradSync::kNone)
   std::vector<at::Tensor>* states;  // as init_state() made them
   const WorkingCopy* copy;          // null: the master is the working weights
+  // Where the segment sits in the unit's whole flat buffer: its first element there, and the
+  // unit's real (unpadded) and padded lengths. Under ZeRO 1-2 every rank's part has the same
+  // length, padded_numel / the data-parallel size.
+  int64_t unit_offset = 0;
+  int64_t unit_numel = 0;
+  int64_t unit_padded_numel = 0;
+  // The unit's whole gradient on this rank (the local one under GradSync::kNone), in the
+  // gradient dtype; undefined when it is not kept whole (after a reduce-scatter).
+  at::Tensor unit_grad;
 };
 
 struct StepContext {
@@ -94,6 +104,17 @@ class FlatOptimizer {
   virtual zero::GradSync grad_sync(zero::GradSync standard, int64_t next_step) const { return standard; }
   // The whole optimizer step: by default step() on every segment.
   virtual void step_all(StepContext& ctx);
+
+  // States that differ from rank to rank and are not elementwise over the master (1-bit
+  // Adam's error feedback): saved in a file of each rank's own, restored only into a run with
+  // the same data-parallel size and model-parallel layout. Names are the optimizer's own.
+  virtual std::vector<std::pair<std::string, at::Tensor>> rank_states() const { return {}; }
+  // Restores what rank_states() returned; throws ds::Error when a name or shape does not fit.
+  virtual void load_rank_states(const std::vector<std::pair<std::string, at::Tensor>>& states) {}
+  // Drops them (a checkpoint without them, or saved at another layout): they start again.
+  virtual void reset_rank_states() {}
+  // What the progress line says about the optimizer at `step` (e.g. "warm-up"); "" for nothing.
+  virtual std::string phase(int64_t step) const { return ""; }
 
   const OptimizerConfig& config() const { return config_; }
 

@@ -194,6 +194,7 @@ class Engine {
   // Stage 3's gather / prefetch / release (null at stages 0-2).
   const zero::ParamCoordinator* coordinator() const { return coordinator_.get(); }
   const optim::FlatOptimizer& optimizer() const { return *optimizer_; }
+  optim::FlatOptimizer& optimizer() { return *optimizer_; }
   // Bytes this rank holds for model states, counted from the engine's own buffers.
   struct MemoryBreakdown {
     int64_t params = 0, grads = 0, masters = 0, optimizer_state = 0;
@@ -230,9 +231,12 @@ class Engine {
                 std::vector<at::Tensor>& initial_masters);
   void start_offload(std::vector<at::Tensor>& initial_masters);
   void start_stage3();
-  // What the optimizer reads for unit u: the unit's gradient (all-reduced or own) or this
-  // rank's shard.
+  // What the step reads (norm, clipping, tied sums) for unit u: the all-reduced gradient of
+  // this rank's part, this rank's shard after a reduce-scatter, or under GradSync::kNone the
+  // whole unit's local gradient (the optimizer communicates itself).
   at::Tensor grad_of(size_t u) const;
+  // Elements [offset, offset + n) of this rank's part of unit u's gradient.
+  at::Tensor part_grad_of(size_t u, int64_t offset, int64_t n) const;
   // Where unit u's updated weights go in the param dtype (elements [offset, offset + n) of
   // its own part), or undefined when the master is the weights.
   std::optional<optim::WorkingCopy> working_copy(size_t u, int64_t offset, int64_t n);
@@ -265,6 +269,7 @@ class Engine {
   void check_stages_cover(const ckpt::Manifest& manifest) const;
   void restore_optimizer_part(const std::vector<ckpt::UnitShard>& part);
   void restore_model_states(const ckpt::ModelStates& states);
+  void restore_rank_states(const ckpt::Manifest& manifest, const std::optional<std::vector<std::pair<std::string, at::Tensor>>>& saved);
   void restore_engine_state(const ckpt::Manifest& manifest);
   // Model parallelism (engine_model_parallel.cpp). Tied layers of a pipe::PipelineModule
   // held by several stages: groups and equal copies before the units are built, their units

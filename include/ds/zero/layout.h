@@ -26,6 +26,10 @@ struct ShardPlan {
   int dp_size = 1, dp_rank = 0;
   PrecisionPolicy precision;
   int64_t pad = 64;  // padded_numel is a multiple of pad x dp_size (kUnitPadding)
+  // The optimizer reads each rank's whole local gradient on some steps (GradSync::kNone: 1-bit
+  // Adam's compressed phase): stage 2 then keeps full gradients and reduces at the boundary, as
+  // stage 1 does.
+  bool local_grads = false;
 };
 
 struct UnitLayout {
