@@ -192,17 +192,19 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
     return at::cat(g);
   };
   TrainResult r;
-  const int64_t micro = o.batch / world;
+  const int64_t gas = o.accumulation, micro = o.batch / (world * gas);
   for (int step = 0; step < steps; ++step) {
     const int64_t t = step + 1;
     std::vector<std::vector<at::Tensor>> grads(units.size());  // [unit][rank]
     double loss_sum = 0;
     for (int rank = 0; rank < world; ++rank) {
       model->zero_grad();
-      Batch b = data->batch(step, rank * micro, micro);
-      at::Tensor loss = model->loss(b.tokens, b.targets);
-      loss.backward();
-      loss_sum += loss.item<double>();
+      for (int64_t m = 0; m < gas; ++m) {
+        Batch b = data->batch(step, (m * world + rank) * micro, micro);
+        at::Tensor loss = model->loss(b.tokens, b.targets) / double(gas);
+        loss.backward();
+        loss_sum += loss.item<double>();
+      }
       for (size_t k = 0; k < units.size(); ++k) grads[k].push_back(flat_grad(units[k]).clone());
     }
     at::NoGradGuard no_grad;

@@ -95,6 +95,7 @@ struct PlainOneBitAdam {
   double lr = 0.01, weight_decay = 0.01, eps = 1e-6, beta1 = 0.9, beta2 = 0.999;
   int64_t freeze_step = 3;
   int64_t batch = 8;
+  int64_t accumulation = 1;  // micro-batches per rank and step, split as the engine splits them
 };
 TrainResult train_plain_onebit_adam(const PlainOneBitAdam& opt, int world, int steps, TinyShape shape = {});
 
