@@ -2,7 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
@@ -18,13 +20,34 @@ const at::Tensor& bit_weights() {
   return w;
 }
 
-// ||x|| / sqrt(count), 0 for an empty range.
-double scale_of(const at::Tensor& x) {
-  return x.numel() == 0 ? 0.0 : x.norm().item<double>() / std::sqrt(double(x.numel()));
+// Bits of v >= 0 for v[0, n) (1 for the padding up to `padded`, a multiple of 8), 8 per byte
+// least significant first; then v[i] -= scale * sign(v[i]): what compression drops.
+void pack_and_drop(float* v, int64_t n, int64_t padded, float scale, uint8_t* out) {
+  for (int64_t j = 0; j < padded / 8; ++j) {
+    uint8_t byte = 0;
+    for (int k = 0; k < 8; ++k) {
+      const int64_t i = j * 8 + k;
+      bool positive = true;
+      if (i < n) {
+        positive = v[i] >= 0;
+        v[i] -= positive ? scale : -scale;
+      }
+      byte |= uint8_t(positive) << k;
+    }
+    out[j] = byte;
+  }
 }
 
-// +1 where x >= 0, -1 elsewhere.
-at::Tensor signs(const at::Tensor& x) { return at::where(x >= 0, 1.0f, -1.0f); }
+// m[i] += +-scale by bit i of `bits`, for i in [0, n), n a multiple of 8.
+void add_signs(const uint8_t* bits, int64_t n, float scale, float* m) {
+  for (int64_t j = 0; j < n / 8; ++j)
+    for (int k = 0; k < 8; ++k) m[j * 8 + k] += (bits[j] >> k) & 1 ? scale : -scale;
+}
+
+// out[i] = +-scale by bit i of `bits`, for i in [0, n).
+void write_signs(const uint8_t* bits, int64_t n, float scale, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = (bits[i / 8] >> (i % 8)) & 1 ? scale : -scale;
+}
 
 }  // namespace
 
@@ -56,41 +79,54 @@ void OneBitAllReduce::all_reduce(at::Tensor& buffer) {
   if (buffer.scalar_type() != at::kFloat || buffer.dim() != 1 || buffer.numel() != n_ || !buffer.is_contiguous())
     throw Error(ds::str("compressed all-reduce: expected a contiguous 1-D fp32 tensor of ", n_, " elements, got ",
                         buffer.scalar_type(), " ", buffer.sizes()));
-  const int64_t W = comm_->size(), rank = comm_->rank();
+  const int64_t W = comm_->size(), rank = comm_->rank(), bytes = chunk_ / 8;
   comm::LogLabel label("compressed");  // the comms logger shows these ops apart
-  // 1. The worker compresses what it has plus what it dropped last time.
-  at::Tensor v = buffer + worker_error_;
-  const double worker_scale = scale_of(v);
-  at::Tensor padded = at::zeros({padded_}, at::kFloat);
-  padded.narrow(0, 0, n_).copy_(v);
-  at::Tensor sign_v = signs(padded);
-  worker_error_.copy_(v - sign_v.narrow(0, 0, n_) * float(worker_scale));
+  float* x = buffer.data_ptr<float>();
+  // 1. The worker compresses what it has plus what it dropped last time (v, kept in e_w).
+  float* ew = worker_error_.data_ptr<float>();
+  double sq = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    const float v = x[i] + ew[i];
+    ew[i] = v;
+    sq += double(v) * v;
+  }
+  const float worker_scale = float(std::sqrt(sq / double(n_)));
+  at::Tensor sent = at::empty({padded_ / 8}, at::kByte);  // W chunks of chunk_/8 bytes, in chunk order
+  pack_and_drop(ew, n_, padded_, worker_scale, sent.data_ptr<uint8_t>());
   // 2. Chunk c of every rank's signs goes to rank c; every rank's scale to everyone.
-  at::Tensor sent = pack_signs(sign_v);  // W chunks of chunk_/8 bytes, in chunk order
   at::Tensor received = at::empty_like(sent);
   comm_->all_to_all(received, sent).wait();
   at::Tensor scales = at::empty({W}, at::kFloat);
-  at::Tensor mine = at::full({1}, float(worker_scale), at::kFloat);
-  comm_->all_gather(scales, mine).wait();
+  comm_->all_gather(scales, at::full({1}, worker_scale, at::kFloat)).wait();
   // 3. As the server of chunk `rank`: the mean of the decompressed chunks, compressed again.
-  const int64_t bytes = chunk_ / 8;
   at::Tensor m = at::zeros({chunk_}, at::kFloat);
-  for (int64_t r = 0; r < W; ++r) m.add_(unpack_signs(received.narrow(0, r * bytes, bytes), chunk_), scales[r].item<float>());
-  m.div_(double(W)).add_(server_error_);
+  float* mp = m.data_ptr<float>();
+  const uint8_t* in = received.data_ptr<uint8_t>();
+  const float* sc = scales.data_ptr<float>();
+  for (int64_t r = 0; r < W; ++r) add_signs(in + r * bytes, chunk_, sc[r], mp);
+  const float* es = server_error_.data_ptr<float>();
   const int64_t real = std::clamp<int64_t>(n_ - rank * chunk_, 0, chunk_);  // the chunk's elements before the padding
-  const double server_scale = scale_of(m.narrow(0, 0, real));
-  at::Tensor sign_m = signs(m);
+  double msq = 0;
+  for (int64_t i = 0; i < chunk_; ++i) {
+    mp[i] = mp[i] / float(W) + es[i];
+    if (i < real) msq += double(mp[i]) * mp[i];
+  }
+  const float server_scale = real == 0 ? 0.0f : float(std::sqrt(msq / double(real)));
+  at::Tensor my_signs = at::empty({bytes}, at::kByte);
+  pack_and_drop(mp, real, chunk_, server_scale, my_signs.data_ptr<uint8_t>());
   server_error_.zero_();
-  server_error_.narrow(0, 0, real).copy_(m.narrow(0, 0, real) - sign_m.narrow(0, 0, real) * float(server_scale));
+  std::memcpy(server_error_.data_ptr<float>(), mp, size_t(real) * sizeof(float));  // what compression dropped
   // 4. Every server's signs and scale to everyone; decompress.
   at::Tensor all_signs = at::empty({padded_ / 8}, at::kByte);
-  at::Tensor my_signs = pack_signs(sign_m);
   comm_->all_gather(all_signs, my_signs).wait();
   at::Tensor server_scales = at::empty({W}, at::kFloat);
-  at::Tensor my_scale = at::full({1}, float(server_scale), at::kFloat);
-  comm_->all_gather(server_scales, my_scale).wait();
-  at::Tensor result = unpack_signs(all_signs, padded_).view({W, chunk_}) * server_scales.unsqueeze(1);
-  buffer.copy_(result.reshape({-1}).narrow(0, 0, n_));
+  comm_->all_gather(server_scales, at::full({1}, server_scale, at::kFloat)).wait();
+  const uint8_t* all = all_signs.data_ptr<uint8_t>();
+  const float* ss = server_scales.data_ptr<float>();
+  for (int64_t c = 0; c < W; ++c) {
+    const int64_t begin = c * chunk_, count = std::clamp<int64_t>(n_ - begin, 0, chunk_);
+    if (count > 0) write_signs(all + c * bytes, count, ss[c], x + begin);
+  }
 }
 
 }  // namespace ds::compress
