@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Does 1-bit Adam converge like Adam? ds-train on tinyshakespeare, the same seed, data order,
-# model, learning-rate schedule and steps; only the optimizer differs: Adam, and OneBitAdam
-# with freeze_step at 15% of the steps (ZeRO stage 0, and stage 2). RANKS ranks (default 2).
+# Do 1-bit Adam and 0/1 Adam converge like Adam? ds-train on tinyshakespeare, the same seed,
+# data order, model, learning-rate schedule and steps; only the optimizer differs: Adam,
+# OneBitAdam with freeze_step at 15% of the steps (ZeRO stage 0, and stage 2), and ZeroOneAdam
+# with var_freeze_step there and local steps whose interval doubles every 10% of the steps
+# (up to 16). RANKS ranks (default 2).
 # Prints the held-out losses and their differences to Adam's, and draws the curves in one SVG.
 #   bench/onebit_convergence.sh [OUT_DIR]       # RANKS=2 STEPS=600 BATCH=16 by default
 set -euo pipefail
@@ -17,6 +19,7 @@ mkdir -p "$out"
 config() {  # config OPTIMIZER STAGE
   local params='"lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 0.01'
   [ "$1" = OneBitAdam ] && params="$params, \"freeze_step\": $freeze"
+  [ "$1" = ZeroOneAdam ] && params="$params, \"var_freeze_step\": $freeze, \"local_step_scaler\": $((steps / 10))"
   cat <<JSON
 {"train_batch_size": $batch, "train_micro_batch_size_per_gpu": $((batch / ranks)), "seed": 1234,
  "optimizer": {"type": "$1", "params": {$params}},
@@ -27,7 +30,7 @@ JSON
 }
 echo "1-bit Adam convergence: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ranks ranks, $steps steps" \
      "(freeze_step $freeze), batch $batch, model ${model[*]}"
-runs=("adam Adam 0" "onebit OneBitAdam 0" "onebit-zero2 OneBitAdam 2")
+runs=("adam Adam 0" "onebit OneBitAdam 0" "onebit-zero2 OneBitAdam 2" "zeroone ZeroOneAdam 0")
 for run in "${runs[@]}"; do
   read -r name type stage <<<"$run"
   config "$type" "$stage" > "$out/$name.json"
@@ -36,12 +39,12 @@ for run in "${runs[@]}"; do
   { echo "step,heldout"; sed -nE 's/.*ds-train: step ([0-9]+) held-out loss ([0-9.]+).*/\1,\2/p' "$out/$name.log"; } > "$out/$name-heldout.csv"
 done
 adam=$(tail -1 "$out/adam-heldout.csv" | cut -d, -f2)
-for name in onebit onebit-zero2; do
+for name in onebit onebit-zero2 zeroone; do
   b=$(tail -1 "$out/$name-heldout.csv" | cut -d, -f2)
   echo "held-out loss at step $steps: Adam $adam, $name $b, difference $(echo "($b - $adam) / $adam * 100" | bc -l | xargs printf '%+.2f') %"
 done
 build/bench/plot_runs --out "$out/onebit-convergence.svg" --y "held-out loss" \
-  --title "ds-train, tinyshakespeare, $ranks ranks: Adam vs 1-bit Adam (freeze_step $freeze)" \
+  --title "ds-train, tinyshakespeare, $ranks ranks: Adam vs 1-bit Adam and 0/1 Adam (freeze $freeze)" \
   "Adam=$out/adam-heldout.csv:step:heldout" "1-bit Adam=$out/onebit-heldout.csv:step:heldout" \
-  "1-bit Adam, ZeRO-2=$out/onebit-zero2-heldout.csv:step:heldout"
+  "1-bit Adam, ZeRO-2=$out/onebit-zero2-heldout.csv:step:heldout" "0/1 Adam=$out/zeroone-heldout.csv:step:heldout"
 echo "chart: $out/onebit-convergence.svg"

@@ -67,6 +67,11 @@ void check_cross_section(const Config& c, ParseContext& ctx) {
   if (c.fp16.enabled && c.bf16.enabled) {
     ctx.fail("bf16.enabled", "fp16 and bf16 cannot both be enabled; choose one");
   }
+  if (c.optimizer.type == OptimizerType::kZeroOneAdam && c.zero_optimization.stage > 0)
+    ctx.fail("optimizer.type", str("ZeroOneAdam needs ZeRO stage 0 (zero_optimization.stage is ", c.zero_optimization.stage,
+                                   "): its local steps update every weight on every rank from that rank's own momentum, "
+                                   "so each rank holds all of the optimizer state, as in DeepSpeed; use stage 0, or "
+                                   "OneBitAdam with ZeRO 1-2"));
   if (c.optimizer.type == OptimizerType::kOneBitAdam) {
     const ZeroConfig& z = c.zero_optimization;
     if (z.stage == 3)

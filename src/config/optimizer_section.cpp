@@ -23,6 +23,8 @@ const char* optimizer_type_name(OptimizerType type) {
       return "Lion";
     case OptimizerType::kOneBitAdam:
       return "OneBitAdam";
+    case OptimizerType::kZeroOneAdam:
+      return "ZeroOneAdam";
   }
   return "";
 }
@@ -34,6 +36,7 @@ OptimizerConfig optimizer_defaults(OptimizerType type) {
     o.lr = 1e-2;
     o.eps = 1e-10;
   }
+  if (type == OptimizerType::kZeroOneAdam) o.bias_correction = false;  // accepted and ignored by DeepSpeed
   return o;
 }
 
@@ -66,14 +69,15 @@ using S = SchedulerConfig;
 
 constexpr OptimizerType kOptimizerTypes[] = {OptimizerType::kAdam, OptimizerType::kAdamW,
                                              OptimizerType::kSGD,  OptimizerType::kAdagrad,
-                                             OptimizerType::kLion, OptimizerType::kOneBitAdam};
+                                             OptimizerType::kLion, OptimizerType::kOneBitAdam,
+                                             OptimizerType::kZeroOneAdam};
 constexpr SchedulerType kSchedulerTypes[] = {SchedulerType::kWarmupLR, SchedulerType::kWarmupDecayLR,
                                              SchedulerType::kWarmupCosineLR, SchedulerType::kOneCycle,
                                              SchedulerType::kLRRangeTest};
 
 // DeepSpeed optimizers deepspeed.cpp does not implement, and torch.optim names DeepSpeed would accept.
 const std::vector<std::string> kRejectedOptimizers = {
-    "Lamb",   "OneBitLamb", "ZeroOneAdam", "MuAdam", "MuAdamW", "MuSGD",   "Muon",  "Adadelta",  "Adafactor",
+    "Lamb",   "OneBitLamb", "MuAdam", "MuAdamW", "MuSGD",   "Muon",  "Adadelta",  "Adafactor",
     "Adamax", "ASGD",       "LBFGS",       "NAdam",  "RAdam",   "RMSprop", "Rprop", "SparseAdam"};
 const std::vector<std::string> kTorchSchedulers = {"LambdaLR",
                                                    "MultiplicativeLR",
@@ -122,7 +126,8 @@ OptimizerType parse_optimizer_type(ObjectReader& in) {
 
 Schema<O> build_optimizer_params(OptimizerType t) {
   bool adam = t == OptimizerType::kAdam || t == OptimizerType::kAdamW;
-  bool onebit = t == OptimizerType::kOneBitAdam;
+  const bool zero_one = t == OptimizerType::kZeroOneAdam;
+  const bool onebit = t == OptimizerType::kOneBitAdam || zero_one;  // the keys they share
   Schema<O> s;
   s.field("lr", &O::lr, at_least(0));
   if (adam || onebit || t == OptimizerType::kLion) s.field("betas", &O::betas, between(0, 1));
@@ -141,9 +146,15 @@ Schema<O> build_optimizer_params(OptimizerType t) {
     s.field("lr_decay", &O::lr_decay, at_least(0))
         .field("initial_accumulator_value", &O::initial_accumulator_value, at_least(0));
   }
+  if (t == OptimizerType::kOneBitAdam) s.field("freeze_step", &O::freeze_step, at_least(1));
+  if (zero_one) {
+    s.field("var_freeze_step", &O::var_freeze_step, at_least(1))
+        .field("var_update_scaler", &O::var_update_scaler, at_least(1))
+        .field("local_step_scaler", &O::local_step_scaler, at_least(1))
+        .field("local_step_clipper", &O::local_step_clipper, at_least(1));
+  }
   if (onebit) {
-    s.field("freeze_step", &O::freeze_step, at_least(1))
-        .field("eps_inside_sqrt", &O::eps_inside_sqrt)
+    s.field("eps_inside_sqrt", &O::eps_inside_sqrt)
         .field("cuda_aware", &O::cuda_aware)
         .field("comm_backend_name", &O::comm_backend_name);
   }
@@ -153,7 +164,7 @@ Schema<O> build_optimizer_params(OptimizerType t) {
 const Schema<O>& optimizer_params_schema(OptimizerType t) {
   static const std::vector<Schema<O>> schemas = [] {
     std::vector<Schema<O>> v;
-    for (int i = 0; i <= static_cast<int>(OptimizerType::kOneBitAdam); ++i)
+    for (int i = 0; i <= static_cast<int>(OptimizerType::kZeroOneAdam); ++i)
       v.push_back(build_optimizer_params(static_cast<OptimizerType>(i)));
     return v;
   }();
@@ -191,7 +202,11 @@ void read_optimizer(ObjectReader& root, Config& c) {
                   "\"gradient_clipping\"");
   }
   optimizer_params_schema(type).read(params, c.optimizer);
-  if (type == OptimizerType::kOneBitAdam) check_onebit_params(params, c.optimizer);
+  if (type == OptimizerType::kOneBitAdam || type == OptimizerType::kZeroOneAdam) check_onebit_params(params, c.optimizer);
+  if (type == OptimizerType::kZeroOneAdam && c.optimizer.bias_correction)
+    params.ctx().fail(params.path_of("bias_correction"),
+                      "0/1 Adam updates the variance at sparse steps and corrects no bias (DeepSpeed accepts the key "
+                      "and ignores it); remove it or set it to false");
   params.finish(str("unknown parameter for optimizer ", optimizer_type_name(type)));
   check_ignored(in, "legacy_fusion", false, "no fused fp16 optimizer here");
   in.finish();

@@ -30,6 +30,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "compressed_units.h"
 #include "ds/compress/onebit.h"
 
 namespace ds::optim {
@@ -70,27 +71,22 @@ class OneBitAdam final : public FlatOptimizer {
 
   NamedTensors rank_states() const override {
     NamedTensors out;
-    for (const auto& [u, c] : units_) {
-      if (!c.reduce) continue;
-      out.emplace_back(ds::str("unit", u, ".worker_error"), c.reduce->worker_error());
-      out.emplace_back(ds::str("unit", u, ".server_error"), c.reduce->server_error());
-    }
+    errors_.append_states(out);
     return out;
   }
-  void load_rank_states(const NamedTensors& states) override {
-    units_.clear();
-    saved_.clear();
-    for (const auto& [name, t] : states) saved_[name] = t;
+  void load_rank_states(const NamedTensors& states, const SegmentVisitor&) override {
+    units_.clear();  // the whole momentum is rebuilt from the loaded shards
+    errors_.load(states);
   }
   void reset_rank_states() override {
     units_.clear();
-    saved_.clear();
+    errors_.reset();
   }
 
  private:
   // The compressed phase's per-unit state on this rank.
   struct UnitComm {
-    std::unique_ptr<compress::OneBitAllReduce> reduce;  // null on one rank
+    compress::OneBitAllReduce* reduce = nullptr;  // in errors_; null on one rank
     at::Tensor momentum;  // the unit's whole momentum (its real elements): exp_avg itself when this rank holds all of it
     // 1 where the frozen variance is not 0, else 0: an element that never had a gradient keeps
     // a zero momentum (compression cannot send an exact 0, and m / (sqrt(0) + eps) would throw
@@ -127,26 +123,8 @@ class OneBitAdam final : public FlatOptimizer {
       group.all_gather(nonzero, exp_avg_sq.ne(0).to(at::kByte)).wait();
       c.keep = nonzero.narrow(0, 0, s.unit_numel).to(at::kFloat);
     }
-    if (group.size() > 1) {
-      c.reduce = std::make_unique<compress::OneBitAllReduce>(s.unit_numel, group.shared_from_this());
-      restore_errors(s.unit, *c.reduce);
-    }
+    c.reduce = errors_.get(s.unit, s.unit_numel, group);
     return units_.emplace(s.unit, std::move(c)).first->second;
-  }
-
-  // Puts back the error feedback a checkpoint saved for this unit, if it did.
-  void restore_errors(size_t unit, compress::OneBitAllReduce& reduce) {
-    auto take = [&](const char* what, at::Tensor& into) {
-      auto it = saved_.find(ds::str("unit", unit, ".", what));
-      if (it == saved_.end()) return;
-      if (it->second.sizes() != into.sizes())
-        throw Error(ds::str("the checkpoint's 1-bit Adam ", what, " of unit ", unit, " has shape ", it->second.sizes(),
-                            " but this run's has ", into.sizes(), "; the checkpoint is from another model or layout"));
-      into.copy_(it->second);
-      saved_.erase(it);
-    };
-    take("worker_error", reduce.worker_error());
-    take("server_error", reduce.server_error());
   }
 
   void compressed_step(Segment& s, const StepContext& ctx) {
@@ -178,8 +156,8 @@ class OneBitAdam final : public FlatOptimizer {
   }
 
   std::unique_ptr<FlatOptimizer> adam_;  // the warm-up steps, and the states' layout
-  std::map<size_t, UnitComm> units_;      // by unit, from the first compressed step
-  std::map<std::string, at::Tensor> saved_;  // error feedback loaded, until its unit's first compressed step
+  std::map<size_t, UnitComm> units_;  // by unit, from the first compressed step
+  CompressedUnits errors_;
 };
 
 }  // namespace

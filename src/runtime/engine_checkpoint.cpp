@@ -433,7 +433,7 @@ void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
 void Engine::restore_rank_states(const ckpt::Manifest& manifest,
                                  const std::optional<std::vector<std::pair<std::string, at::Tensor>>>& saved) {
   if (saved) {
-    optimizer_->load_rank_states(*saved);
+    optimizer_->load_rank_states(*saved, [this](const std::function<void(optim::Segment&)>& fn) { for_each_segment(fn); });
     return;
   }
   optimizer_->reset_rank_states();
@@ -441,13 +441,13 @@ void Engine::restore_rank_states(const ckpt::Manifest& manifest,
   const std::string mine = optimizer_type_name(config_.optimizer.type), theirs = manifest.optimizer.type;
   bool had_rank_states = false;
   for (const auto& f : manifest.files) had_rank_states |= f.name.find("_optim_rank_states.pt") != std::string::npos;
-  if (theirs != mine && (mine == "OneBitAdam" || had_rank_states))
+  if (theirs != mine && (mine == "OneBitAdam" || mine == "ZeroOneAdam" || had_rank_states))
     std::fprintf(stderr, "warning: the checkpoint was saved by optimizer %s and this run uses %s: %s\n", theirs.c_str(),
-                 mine.c_str(), mine == "OneBitAdam" ? "the momentum and variance load, 1-bit Adam's error feedback starts at zero"
-                                                    : "its per-rank states (1-bit Adam's error feedback) are dropped");
+                 mine.c_str(), mine == "OneBitAdam" || mine == "ZeroOneAdam" ? "the momentum and variance load, the error feedback starts at zero"
+                                                    : "its per-rank states (error feedback, 0/1 Adam's local steps) are dropped");
   else if (had_rank_states)
     std::fprintf(stderr, "warning: the checkpoint was saved by %d data-parallel ranks x %d pipeline stages and this run has "
-                 "%d x %d: each rank's own optimizer states (1-bit Adam's error feedback) start at zero\n",
+                 "%d x %d: each rank's own optimizer states (error feedback, 0/1 Adam's local steps since the last sync) start again from rank 0's\n",
                  manifest.dp_world_size, manifest.pp_world_size, dp_size(), groups_.pipe->size());
 }
 

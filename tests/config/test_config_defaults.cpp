@@ -143,6 +143,12 @@ TEST(ConfigDefaults, OptimizerDefaultsFollowTheType) {
   Config onebit = Config::parse(R"({"optimizer": {"type": "OneBitAdam"}})");
   EXPECT_EQ(onebit.optimizer.freeze_step, 100000);
   EXPECT_EQ(onebit.optimizer.comm_backend_name, "nccl");
+  Config zero_one = Config::parse(R"({"optimizer": {"type": "ZeroOneAdam"}})");
+  EXPECT_EQ(zero_one.optimizer.var_freeze_step, 100000);
+  EXPECT_EQ(zero_one.optimizer.var_update_scaler, 16);
+  EXPECT_EQ(zero_one.optimizer.local_step_scaler, 32678);
+  EXPECT_EQ(zero_one.optimizer.local_step_clipper, 16);
+  EXPECT_FALSE(zero_one.optimizer.bias_correction);
 }
 
 TEST(ConfigDefaults, AdamAppliesDecoupledWeightDecayUnlessAdamWModeIsFalse) {

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "ds/common/error.h"
@@ -32,12 +33,6 @@ const char* kAdam = R"({"type": "Adam", "params": {"lr": 0.01, "weight_decay": 0
 // 0: their rounding noise's sign is arbitrary, see TrainResult::key_bias).
 double weight_diff(const test::TrainResult& a, const test::TrainResult& b) {
   return (a.weights - b.weights).abs().masked_fill(b.key_bias, 0.0).max().item<double>();
-}
-
-// The fraction of those weights more than 1e-4 apart.
-double parted_fraction(const test::TrainResult& a, const test::TrainResult& b) {
-  at::Tensor d = (a.weights - b.weights).abs().masked_fill(b.key_bias, 0.0);
-  return (d > 1e-4).sum().item<double>() / double(d.numel());
 }
 
 }  // namespace
@@ -72,7 +67,7 @@ TEST(OneBitAdam, MatchesAPlainLibTorchSimulationOfItsRanks) {
         if (world == 1 && stage > 0) continue;
         const auto run = test::train_tiny(c.shared_from_this(), config(stage, onebit(plain.freeze_step, plain.eps), "", int(plain.batch)), steps);
         const double loss_diff = test::max_abs_diff(run.losses, ref.losses), w_diff = weight_diff(run, ref);
-        const double apart = parted_fraction(run, ref);
+        const double apart = test::parted_fraction(run, ref);
         if (c.rank() == 0)
           std::printf("%d ranks, stage %d: max |loss - plain| %.3g, max |weight - plain| %.3g, %.2f%% of the "
                       "weights > 1e-4 apart\n", world, stage, loss_diff, w_diff, 100 * apart);
@@ -83,13 +78,15 @@ TEST(OneBitAdam, MatchesAPlainLibTorchSimulationOfItsRanks) {
         // an error in the algorithm moves most of them.
         EXPECT_LT(apart, 0.01) << world << " ranks, stage " << stage;
         EXPECT_LT(w_diff, 2 * plain.lr * (steps - plain.freeze_step)) << world << " ranks, stage " << stage;
-        if (world == 1) EXPECT_LT(w_diff, 1e-5);  // nothing is compressed on one rank
+        if (world == 1) {
+          EXPECT_LT(w_diff, 1e-5);  // nothing is compressed on one rank
+        }
       }
     });
   }
 }
 
-TEST(OneBitAdam, WorksWithAccumulationAndBf16) {
+TEST(OneBitAdam, WorksWithAccumulationBf16AndFp16) {
   // Two micro-batches of 2 per rank: each rank's accumulated local gradient is what it
   // compresses; the plain simulation splits the batch the same way. Under bf16 the weights and
   // the wire are bf16 and the masters fp32.
@@ -104,11 +101,16 @@ TEST(OneBitAdam, WorksWithAccumulationAndBf16) {
     // the 5 of the test above: measured 9.6e-4 on the losses; another split of the batch over
     // the ranks (what an accumulation bug would do) gives 0.025, with 97% of the weights apart.
     EXPECT_LT(test::max_abs_diff(accumulated.losses, ref.losses), 2e-3);
-    EXPECT_LT(parted_fraction(accumulated, ref), 0.01);
+    EXPECT_LT(test::parted_fraction(accumulated, ref), 0.01);
     const auto whole = test::train_tiny(c.shared_from_this(), config(2, onebit(2, 1e-3)), 8);
     const auto bf16 = test::train_tiny(c.shared_from_this(), config(2, onebit(2, 1e-3), R"(, "bf16": {"enabled": true})"), 8);
     EXPECT_LT(test::max_abs_diff(whole.losses, bf16.losses), 0.05);
     EXPECT_LT(bf16.losses.back(), bf16.losses.front() - 0.3);
+    // fp16: the loss scaler unscales each rank's own gradient before it is compressed.
+    const auto fp16 = test::train_tiny(
+        c.shared_from_this(), config(2, onebit(2, 1e-3), R"(, "fp16": {"enabled": true, "initial_scale_power": 8})"), 8);
+    EXPECT_EQ(std::count(fp16.skipped.begin(), fp16.skipped.end(), true), 0);
+    EXPECT_LT(test::max_abs_diff(whole.losses, fp16.losses), 0.05);
   });
 }
 

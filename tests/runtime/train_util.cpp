@@ -29,6 +29,14 @@ at::Tensor key_bias_mask(const std::vector<std::pair<std::string, int64_t>>& slo
   return mask;
 }
 
+// The tiny GPT of the tests (seed 7) for a plain loop.
+Gpt plain_model(const Dataset& data, const TinyShape& shape) {
+  GptConfig mc;
+  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data.context();
+  torch::manual_seed(7);
+  return Gpt(mc);
+}
+
 // A plain model's weights in the engine's order: unit by unit (zero::find_units), slot by slot.
 void record_weights(torch::nn::Module& model, TrainResult& r) {
   std::vector<at::Tensor> parts, masks;
@@ -122,10 +130,7 @@ TrainResult train_tiny_shape(std::shared_ptr<comm::Communicator> comm, const std
 
 TrainResult train_plain_libtorch(const PlainAdamW& o, int steps, TinyShape shape) {
   auto data = make_task("reverse", 99);
-  GptConfig mc;
-  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data->context();
-  torch::manual_seed(7);
-  Gpt model(mc);
+  Gpt model = plain_model(*data, shape);
   torch::optim::AdamW adamw(model->parameters(),
                             torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay).eps(o.eps));
   TrainResult r;
@@ -144,6 +149,11 @@ TrainResult train_plain_libtorch(const PlainAdamW& o, int steps, TinyShape shape
   return r;
 }
 
+double parted_fraction(const TrainResult& a, const TrainResult& b) {
+  at::Tensor d = (a.weights - b.weights).abs().masked_fill(b.key_bias, 0.0);
+  return (d > 1e-4).sum().item<double>() / double(d.numel());
+}
+
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   EXPECT_EQ(a.size(), b.size());
   double m = 0;
@@ -160,6 +170,37 @@ namespace {
 at::Tensor sign_of(const at::Tensor& x) { return at::where(x >= 0, 1.0f, -1.0f); }
 double rms(const at::Tensor& x) { return x.numel() == 0 ? 0.0 : x.norm().item<double>() / std::sqrt(double(x.numel())); }
 
+// The 1-bit compressed mean over simulated ranks of xs[r] (n elements each), with the error
+// feedback of compress::OneBitAllReduce written out: worker_error[r] (n), server_error[c]
+// (chunk). Chunks of the length padded to 8 x world.
+at::Tensor plain_compressed_mean(const std::vector<at::Tensor>& xs, std::vector<at::Tensor>& worker_error,
+                                 std::vector<at::Tensor>& server_error) {
+  const int world = int(xs.size());
+  const int64_t n = xs[0].numel(), chunk = server_error[0].numel(), padded = chunk * world;
+  at::Tensor sum = at::zeros({padded});
+  for (int r = 0; r < world; ++r) {
+    at::Tensor x = xs[size_t(r)] + worker_error[size_t(r)];
+    const double s = rms(x);
+    at::Tensor sent = at::full({padded}, float(s));  // the padding's sign is +1
+    sent.narrow(0, 0, n).copy_(sign_of(x) * float(s));
+    worker_error[size_t(r)] = x - sent.narrow(0, 0, n);
+    sum += sent;
+  }
+  at::Tensor out = at::zeros({n});
+  for (int c = 0; c < world; ++c) {
+    at::Tensor mean = sum.narrow(0, c * chunk, chunk) / double(world) + server_error[size_t(c)];
+    const int64_t real = std::clamp<int64_t>(n - c * chunk, 0, chunk);
+    if (real == 0) continue;
+    at::Tensor mine = mean.narrow(0, 0, real);
+    at::Tensor compressed = sign_of(mine) * float(rms(mine));
+    server_error[size_t(c)].zero_();
+    server_error[size_t(c)].narrow(0, 0, real).copy_(mine - compressed);
+    out.narrow(0, c * chunk, real).copy_(compressed);
+  }
+  return out;
+}
+
+
 // One unit's 1-bit Adam state across the simulated ranks.
 struct PlainUnit {
   std::vector<at::Tensor> params;
@@ -173,10 +214,7 @@ struct PlainUnit {
 
 TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int steps, TinyShape shape) {
   auto data = make_task("reverse", 99);
-  GptConfig mc;
-  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data->context();
-  torch::manual_seed(7);
-  Gpt model(mc);
+  Gpt model = plain_model(*data, shape);
   std::vector<PlainUnit> units;
   for (const zero::UnitSpec& spec : zero::find_units(*model)) {
     PlainUnit u;
@@ -222,29 +260,9 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
       } else if (world == 1) {
         u.m.mul_(o.beta1).add_(grads[k][0], 1.0 - o.beta1);
       } else {
-        // Workers: local momentum plus the error left last time, compressed to sign x RMS.
-        const int64_t chunk = u.server_error[0].numel(), padded = chunk * world;
-        at::Tensor sum = at::zeros({padded});
-        for (int rank = 0; rank < world; ++rank) {
-          at::Tensor x = u.m * o.beta1 + grads[k][size_t(rank)] * (1.0 - o.beta1) + u.worker_error[size_t(rank)];
-          const double s = rms(x);
-          at::Tensor sent = at::full({padded}, float(s));  // the padding's sign is +1
-          sent.narrow(0, 0, u.n).copy_(sign_of(x) * float(s));
-          u.worker_error[size_t(rank)] = x - sent.narrow(0, 0, u.n);
-          sum += sent;
-        }
-        // Servers: chunk c's mean plus its error, compressed again.
-        for (int c = 0; c < world; ++c) {
-          at::Tensor mean = sum.narrow(0, c * chunk, chunk) / double(world) + u.server_error[size_t(c)];
-          const int64_t real = std::clamp<int64_t>(u.n - c * chunk, 0, chunk);
-          if (real == 0) continue;
-          at::Tensor mine = mean.narrow(0, 0, real);
-          const double s = rms(mine);
-          at::Tensor out = sign_of(mine) * float(s);
-          u.server_error[size_t(c)].zero_();
-          u.server_error[size_t(c)].narrow(0, 0, real).copy_(mine - out);
-          u.m.narrow(0, c * chunk, real).copy_(out);
-        }
+        std::vector<at::Tensor> local;  // each rank's momentum with its own gradient
+        for (int rank = 0; rank < world; ++rank) local.push_back(u.m * o.beta1 + grads[k][size_t(rank)] * (1.0 - o.beta1));
+        u.m = plain_compressed_mean(local, u.worker_error, u.server_error);
       }
       if (compressed) u.m.mul_(u.v.ne(0).to(at::kFloat));  // no momentum where no gradient ever was
       at::Tensor update = u.m / ((u.v.sqrt() / std::sqrt(bc2)) + o.eps);
@@ -259,6 +277,130 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
     r.scales.push_back(1.0);
     r.skipped.push_back(false);
   }
+  record_weights(*model, r);
+  return r;
+}
+
+}  // namespace ds::test
+
+namespace ds::test {
+
+TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int steps, TinyShape shape) {
+  auto data = make_task("reverse", 99);
+  Gpt model = plain_model(*data, shape);
+  struct Unit {
+    std::vector<at::Tensor> params;  // the model's (loaded with a rank's weights before its backward)
+    int64_t n = 0;
+    std::vector<at::Tensor> p, m, u;  // per simulated rank
+    at::Tensor v;                     // the same on every rank
+    std::vector<at::Tensor> worker_error, server_error;
+  };
+  std::vector<Unit> units;
+  for (const zero::UnitSpec& spec : zero::find_units(*model)) {
+    Unit u;
+    std::vector<at::Tensor> flat;
+    for (const auto& [name, p] : spec.params) u.params.push_back(p), u.n += p.numel(), flat.push_back(p.detach().reshape({-1}));
+    const at::Tensor p0 = at::cat(flat);
+    const int64_t padded = (u.n + 8 * world - 1) / (8 * world) * (8 * world), chunk = padded / world;
+    for (int r = 0; r < world; ++r) {
+      u.p.push_back(p0.clone()), u.m.push_back(at::zeros({u.n})), u.u.push_back(at::zeros({u.n}));
+      u.worker_error.push_back(at::zeros({u.n})), u.server_error.push_back(at::zeros({chunk}));
+    }
+    u.v = at::zeros({u.n});
+    units.push_back(std::move(u));
+  }
+  auto load_rank = [&](int r) {
+    at::NoGradGuard no_grad;
+    for (Unit& u : units) {
+      int64_t offset = 0;
+      for (auto& p : u.params) {
+        p.view({-1}).copy_(u.p[size_t(r)].narrow(0, offset, p.numel()));
+        offset += p.numel();
+      }
+    }
+  };
+  int64_t var_interval = 1, var_counter = 0, local_interval = 1, local_counter = 0;
+  double lrs = 0;
+  TrainResult r;
+  const int64_t micro = o.batch / world;
+  for (int step = 0; step < steps; ++step) {
+    const int64_t t = step + 1;
+    std::vector<std::vector<at::Tensor>> grads(units.size());  // [unit][rank]
+    double loss_sum = 0;
+    for (int rank = 0; rank < world; ++rank) {
+      load_rank(rank);
+      model->zero_grad();
+      Batch b = data->batch(step, rank * micro, micro);
+      at::Tensor loss = model->loss(b.tokens, b.targets);
+      loss.backward();
+      loss_sum += loss.item<double>();
+      for (size_t k = 0; k < units.size(); ++k) {
+        std::vector<at::Tensor> g;
+        for (const auto& p : units[k].params) g.push_back(p.grad().reshape({-1}));
+        grads[k].push_back(at::cat(g));
+      }
+    }
+    at::NoGradGuard no_grad;
+    const bool phase_b = t > o.var_freeze_step;
+    const bool exact = !phase_b && t % var_interval == 0;
+    const bool sync = phase_b && t % local_interval == 0;
+    if (t == o.var_freeze_step + 1)
+      for (Unit& u : units) {
+        for (auto& e : u.worker_error) e.zero_();
+        for (auto& e : u.server_error) e.zero_();
+      }
+    if (phase_b) lrs += o.lr;
+    for (Unit& u : units) {
+      const size_t k = size_t(&u - units.data());
+      const at::Tensor keep = u.v.ne(0).to(at::kFloat), denom = u.v.sqrt() + o.eps;
+      if (!phase_b) {
+        at::Tensor g;
+        if (exact) {
+          g = at::zeros({u.n});
+          for (const auto& gr : grads[k]) g += gr;
+          g /= double(world);
+          u.v.mul_(o.beta2).addcmul_(g, g, 1.0 - o.beta2);
+        } else {
+          g = world > 1 ? plain_compressed_mean(grads[k], u.worker_error, u.server_error) * keep : grads[k][0];
+        }
+        for (int rank = 0; rank < world; ++rank) {
+          u.m[size_t(rank)].mul_(o.beta1).add_(g, 1.0 - o.beta1);
+          at::Tensor update = u.m[size_t(rank)] / (u.v.sqrt() + o.eps) + u.p[size_t(rank)] * o.weight_decay;
+          u.p[size_t(rank)].add_(update, -o.lr);
+        }
+        continue;
+      }
+      std::vector<at::Tensor> sent;
+      for (int rank = 0; rank < world; ++rank) {
+        const size_t i = size_t(rank);
+        u.m[i].mul_(o.beta1).add_(grads[k][i], 1.0 - o.beta1);
+        at::Tensor update = u.m[i] / denom + u.p[i] * o.weight_decay;
+        u.p[i].add_(update, -o.lr);
+        u.u[i].add_(update, -o.lr);
+        if (sync) {
+          u.p[i].sub_(u.u[i]);
+          sent.push_back(u.u[i] * denom);
+        }
+      }
+      if (!sync) continue;
+      at::Tensor mean = world > 1 ? plain_compressed_mean(sent, u.worker_error, u.server_error) * keep : sent[0];
+      for (int rank = 0; rank < world; ++rank) {
+        const size_t i = size_t(rank);
+        u.m[i] = mean / -lrs;
+        u.p[i].add_(mean / denom);
+        u.u[i].zero_();
+      }
+    }
+    if (!phase_b && exact && ++var_counter == o.var_update_scaler) var_counter = 0, var_interval *= 2;
+    if (phase_b) {
+      if (sync) lrs = 0;
+      if (++local_counter == o.local_step_scaler) local_counter = 0, local_interval = std::min(o.local_step_clipper, local_interval * 2);
+    }
+    r.losses.push_back(loss_sum / world);
+    r.scales.push_back(1.0);
+    r.skipped.push_back(false);
+  }
+  load_rank(0);
   record_weights(*model, r);
   return r;
 }

@@ -74,6 +74,8 @@ TrainResult train_tiny_shape(std::shared_ptr<comm::Communicator> comm, const std
 std::shared_ptr<comm::Communicator> solo();
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b);
+// The fraction of the weights (outside the key biases of `b`) more than 1e-4 apart.
+double parted_fraction(const TrainResult& a, const TrainResult& b);
 
 // The external reference: the same tiny GPT (seed 7, `shape`) on the same data, trained by a
 // plain LibTorch loop in one process — no engine — with torch::optim::AdamW (constant lr)
@@ -98,5 +100,16 @@ struct PlainOneBitAdam {
   int64_t accumulation = 1;  // micro-batches per rank and step, split as the engine splits them
 };
 TrainResult train_plain_onebit_adam(const PlainOneBitAdam& opt, int world, int steps, TinyShape shape = {});
+
+// The same for 0/1 Adam: variance and exact averages at exponentially spaced steps, the
+// compressed gradient in between, then local steps on each simulated rank's own copy of the
+// weights with compressed syncs (no bias correction, as ZeroOneAdam).
+struct PlainZeroOneAdam {
+  double lr = 0.01, weight_decay = 0.01, eps = 1e-3, beta1 = 0.9, beta2 = 0.999;
+  int64_t var_freeze_step = 6, var_update_scaler = 2, local_step_scaler = 2, local_step_clipper = 4;
+  int64_t batch = 8;
+};
+// The weights are rank 0's.
+TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& opt, int world, int steps, TinyShape shape = {});
 
 }  // namespace ds::test

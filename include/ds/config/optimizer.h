@@ -18,11 +18,12 @@
 namespace ds {
 
 // Optimizers deepspeed.cpp implements. kNone: no "optimizer" section (the program brings its own).
-// Rejected with a clear error: Lamb, OneBitLamb, ZeroOneAdam, MuAdam, MuAdamW, MuSGD, Muon and
+// Rejected with a clear error: Lamb, OneBitLamb, MuAdam, MuAdamW, MuSGD, Muon and
 // other torch.optim names.
-enum class OptimizerType { kNone, kAdam, kAdamW, kSGD, kAdagrad, kLion, kOneBitAdam };
+enum class OptimizerType { kNone, kAdam, kAdamW, kSGD, kAdagrad, kLion, kOneBitAdam, kZeroOneAdam };
 
-// DeepSpeed's spelling of the type ("Adam", "AdamW", "SGD", "Adagrad", "Lion", "OneBitAdam"; "" for kNone).
+// DeepSpeed's spelling of the type ("Adam", "AdamW", "SGD", "Adagrad", "Lion", "OneBitAdam", "ZeroOneAdam";
+// "" for kNone).
 const char* optimizer_type_name(OptimizerType type);
 
 struct OptimizerConfig {
@@ -35,7 +36,7 @@ struct OptimizerConfig {
   std::array<double, 2> betas{0.9, 0.999};
   // Adam, AdamW, Adagrad, OneBitAdam.
   double eps = 1e-8;
-  // Adam, AdamW, OneBitAdam.
+  // Adam, AdamW, OneBitAdam; ZeroOneAdam (default false there: DeepSpeed's 0/1 Adam never corrects).
   bool bias_correction = true;
   // Adam, AdamW: torch_adam selects torch.optim's implementation in DeepSpeed; adam_w_mode
   // (default true!) makes type "Adam" apply decoupled weight decay, as DeepSpeed's code does.
@@ -53,6 +54,14 @@ struct OptimizerConfig {
   bool eps_inside_sqrt = false;
   bool cuda_aware = false;
   std::string comm_backend_name = "nccl";
+  // ZeroOneAdam (0/1 Adam): the variance is updated at exponentially spaced steps (the interval
+  // doubles every var_update_scaler updates) until var_freeze_step; then local steps, synced
+  // every local_step_interval steps (doubling every local_step_scaler steps, at most
+  // local_step_clipper). It also takes eps_inside_sqrt, cuda_aware and comm_backend_name.
+  int64_t var_freeze_step = 100000;
+  int64_t var_update_scaler = 16;
+  int64_t local_step_scaler = 32678;
+  int64_t local_step_clipper = 16;
 
   // AdamW-style (decoupled) weight decay: type AdamW, or type Adam with adam_w_mode (DeepSpeed's rule).
   bool decoupled_weight_decay() const {

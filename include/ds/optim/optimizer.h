@@ -76,13 +76,15 @@ struct Segment {
   at::Tensor unit_grad;
 };
 
+// Calls fn on every segment, in order, with its states (read from disk and written back when
+// swapped).
+using SegmentVisitor = std::function<void(const std::function<void(Segment&)>& fn)>;
+
 struct StepContext {
   StepArgs args;
   comm::Communicator* data_group = nullptr;  // the ranks this rank's gradients were averaged over
   zero::GradSync sync = zero::GradSync::kAllReduce;  // how the gradients of this step travelled
-  // Calls fn on every segment, in order, with its states (read from disk and written back
-  // when swapped).
-  std::function<void(const std::function<void(Segment&)>& fn)> for_each_segment;
+  SegmentVisitor for_each_segment;
 };
 
 class FlatOptimizer {
@@ -109,8 +111,11 @@ class FlatOptimizer {
   // Adam's error feedback): saved in a file of each rank's own, restored only into a run with
   // the same data-parallel size and model-parallel layout. Names are the optimizer's own.
   virtual std::vector<std::pair<std::string, at::Tensor>> rank_states() const { return {}; }
-  // Restores what rank_states() returned; throws ds::Error when a name or shape does not fit.
-  virtual void load_rank_states(const std::vector<std::pair<std::string, at::Tensor>>& states) {}
+  // Restores what rank_states() returned, after the elementwise states and masters were loaded
+  // (`segments` reaches them, e.g. to put back a rank's own weights); throws ds::Error when a
+  // name or shape does not fit.
+  virtual void load_rank_states(const std::vector<std::pair<std::string, at::Tensor>>& states,
+                                const SegmentVisitor& segments) {}
   // Drops them (a checkpoint without them, or saved at another layout): they start again.
   virtual void reset_rank_states() {}
   // What the progress line says about the optimizer at `step` (e.g. "warm-up"); "" for nothing.
