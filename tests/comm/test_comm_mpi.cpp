@@ -5,9 +5,10 @@
 #include "collective_checks.h"
 #include "ds/comm/communicator.h"
 #include "ds/comm/topology.h"
+#include "support/mpi_world.h"
 
 namespace {
-std::shared_ptr<ds::comm::Communicator> world;
+const std::shared_ptr<ds::comm::Communicator>& world = ds::test::mpi_world();
 }
 
 TEST(MpiCollectives, MatchClosedFormForAllSizesAndDtypes) {
@@ -22,12 +23,4 @@ TEST(MpiCollectives, SubGroupsWork) {
   at::Tensor x = at::ones({3});
   g.data->all_reduce(x).wait();
   EXPECT_TRUE(at::all(x == float(t.size(ds::comm::Axis::Data))).item<bool>());
-}
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  world = ds::comm::init_from_env();
-  int rc = RUN_ALL_TESTS();
-  world.reset();
-  return rc;
 }

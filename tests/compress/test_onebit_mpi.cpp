@@ -3,11 +3,12 @@
 #include <gtest/gtest.h>
 
 #include "ds/comm/communicator.h"
+#include "support/mpi_world.h"
 #include "ds/compress/onebit.h"
 #include "onebit_reference.h"
 
 namespace {
-std::shared_ptr<ds::comm::Communicator> world;
+const std::shared_ptr<ds::comm::Communicator>& world = ds::test::mpi_world();
 }
 
 TEST(MpiOneBit, CompressedAllReduceIsTheClosedForm) {
@@ -22,12 +23,4 @@ TEST(MpiOneBit, CompressedAllReduceIsTheClosedForm) {
           << world->size() << " ranks, " << n << " elements, call " << t << ", rank " << world->rank();
     }
   }
-}
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  world = ds::comm::init_from_env();
-  int rc = RUN_ALL_TESTS();
-  world.reset();
-  return rc;
 }
