@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "ds/common/error.h"
@@ -55,6 +56,28 @@ TEST(ZeroOneAdam, MatchesAPlainLibTorchSimulationOfItsRanks) {
       }
     });
   }
+}
+
+TEST(ZeroOneAdam, WorksWithAccumulationBf16AndFp16) {
+  test::PlainZeroOneAdam plain;
+  plain.accumulation = 2;
+  const int steps = 12;
+  const auto ref = test::train_plain_zero_one_adam(plain, 2, steps);
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    const std::string two = ds::str(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "optimizer": )",
+                                    zero_one(plain), "}");
+    const auto accumulated = test::train_tiny(c.shared_from_this(), two, steps);
+    EXPECT_LT(test::max_abs_diff(accumulated.losses, ref.losses), 5e-3);
+    EXPECT_LT(test::parted_fraction(accumulated, ref), 0.01);
+    const auto whole = test::train_tiny(c.shared_from_this(), config(zero_one(plain)), steps);
+    for (const char* precision : {R"("bf16": {"enabled": true})", R"("fp16": {"enabled": true, "initial_scale_power": 8})"}) {
+      const auto run = test::train_tiny(
+          c.shared_from_this(), ds::str(R"({"train_batch_size": 8, "optimizer": )", zero_one(plain), ", ", precision, "}"),
+          steps);
+      EXPECT_EQ(std::count(run.skipped.begin(), run.skipped.end(), true), 0) << precision;
+      EXPECT_LT(test::max_abs_diff(whole.losses, run.losses), 0.05) << precision;
+    }
+  });
 }
 
 TEST(ZeroOneAdam, LocalStepsSkipRoundsAndResumeIsBitExactBetweenSyncs) {

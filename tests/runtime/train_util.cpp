@@ -322,7 +322,7 @@ TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int 
   int64_t var_interval = 1, var_counter = 0, local_interval = 1, local_counter = 0;
   double lrs = 0;
   TrainResult r;
-  const int64_t micro = o.batch / world;
+  const int64_t gas = o.accumulation, micro = o.batch / (world * gas);
   for (int step = 0; step < steps; ++step) {
     const int64_t t = step + 1;
     std::vector<std::vector<at::Tensor>> grads(units.size());  // [unit][rank]
@@ -330,10 +330,12 @@ TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int 
     for (int rank = 0; rank < world; ++rank) {
       load_rank(rank);
       model->zero_grad();
-      Batch b = data->batch(step, rank * micro, micro);
-      at::Tensor loss = model->loss(b.tokens, b.targets);
-      loss.backward();
-      loss_sum += loss.item<double>();
+      for (int64_t m = 0; m < gas; ++m) {
+        Batch b = data->batch(step, (m * world + rank) * micro, micro);
+        at::Tensor loss = model->loss(b.tokens, b.targets) / double(gas);
+        loss.backward();
+        loss_sum += loss.item<double>();
+      }
       for (size_t k = 0; k < units.size(); ++k) {
         std::vector<at::Tensor> g;
         for (const auto& p : units[k].params) g.push_back(p.grad().reshape({-1}));

@@ -108,6 +108,7 @@ struct PlainZeroOneAdam {
   double lr = 0.01, weight_decay = 0.01, eps = 1e-3, beta1 = 0.9, beta2 = 0.999;
   int64_t var_freeze_step = 6, var_update_scaler = 2, local_step_scaler = 2, local_step_clipper = 4;
   int64_t batch = 8;
+  int64_t accumulation = 1;  // micro-batches per rank and step, split as the engine splits them
 };
 // The weights are rank 0's.
 TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& opt, int world, int steps, TinyShape shape = {});
