@@ -1,5 +1,6 @@
 #include "ds/comm/logger.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -62,8 +63,9 @@ void CommsLogger::reset() {
 
 namespace {
 // nccl-tests' bus-bandwidth factors: what each rank must move relative to the message.
-double bus_factor(const std::string& op, int n) {
+double bus_factor(const std::string& labelled, int n) {
   if (n <= 1) return 1.0;
+  const std::string op = labelled.substr(labelled.rfind(' ') + 1);  // without a LogLabel's prefix
   if (op == "all_reduce") return 2.0 * (n - 1) / n;
   if (op == "reduce_scatter" || op == "all_gather" || op == "all_to_all") return double(n - 1) / n;
   return 1.0;
@@ -73,14 +75,16 @@ double bus_factor(const std::string& op, int n) {
 std::string CommsLogger::summary(int world_size) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::ostringstream os;
-  char line[256];
-  std::snprintf(line, sizeof line, "%-16s %12s %8s %14s %12s %12s %12s %12s\n", "op", "msg size", "calls",
+  char line[384];
+  int width = 16;  // the op column fits the longest (labelled) name
+  for (const auto& [key, s] : stats_) width = std::max(width, int(std::min<size_t>(key.first.size(), 64)));
+  std::snprintf(line, sizeof line, "%-*s %12s %8s %14s %12s %12s %12s %12s\n", width, "op", "msg size", "calls",
                 "sent/call", "total ms", "avg ms", "algbw GB/s", "busbw GB/s");
   os << line;
   for (const auto& [key, s] : stats_) {
     double avg = s.calls ? s.seconds / s.calls : 0.0;
     double algbw = avg > 0 ? key.second / avg / 1e9 : 0.0;
-    std::snprintf(line, sizeof line, "%-16s %12s %8lld %14s %12.3f %12.3f %12.3f %12.3f\n", key.first.c_str(),
+    std::snprintf(line, sizeof line, "%-*s %12s %8lld %14s %12.3f %12.3f %12.3f %12.3f\n", width, key.first.c_str(),
                   format_bytes(double(key.second)).c_str(), static_cast<long long>(s.calls),
                   format_bytes(s.calls ? double(s.sent_bytes) / s.calls : 0.0).c_str(), s.seconds * 1e3,
                   avg * 1e3, algbw, algbw * bus_factor(key.first, world_size));

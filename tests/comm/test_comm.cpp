@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <array>
+#include <sstream>
 #include <thread>
 
 #include "collective_checks.h"
 #include "ds/comm/agreement.h"
 #include "ds/comm/communicator.h"
+#include "ds/comm/logger.h"
 #include "ds/comm/topology.h"
 #include "ds/common/error.h"
 #include "support/ranks.h"
@@ -322,4 +324,23 @@ TEST(CommsLogger, SummaryListsEveryOperation) {
   log.set_enabled(false);
   log.record("barrier", 0, 0, 0.1);
   EXPECT_EQ(log.total("barrier").calls, 0);
+}
+
+TEST(CommsLogger, LabelledOpsAreListedApartWithTheSameBandwidths) {
+  {
+    comm::LogLabel label("compressed");
+    EXPECT_EQ(comm::LogLabel::apply("all_gather"), "compressed all_gather");
+  }
+  EXPECT_EQ(comm::LogLabel::apply("all_gather"), "all_gather");
+  comm::CommsLogger log;
+  log.record("all_gather", 1 << 20, 1 << 19, 0.001);
+  log.record("compressed all_gather", 1 << 20, 1 << 19, 0.001);
+  std::istringstream rows(log.summary(2));
+  std::string header, plain, labelled;
+  std::getline(rows, header), std::getline(rows, plain), std::getline(rows, labelled);
+  ASSERT_EQ(labelled.rfind("compressed all_gather", 0), 0u) << labelled;
+  // The same numbers, bus bandwidth included (the label is not part of the op's kind), and
+  // the columns line up.
+  EXPECT_EQ(plain.substr(plain.size() - 60), labelled.substr(labelled.size() - 60));
+  EXPECT_EQ(plain.size(), labelled.size());
 }
