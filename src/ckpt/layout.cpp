@@ -153,6 +153,11 @@ std::string rank_states_name(int dp_rank, int mp_rank) {
   return buf;
 }
 
+bool is_rank_states_name(const std::string& name) {
+  int dp = -1, mp = -1;
+  return std::sscanf(name.c_str(), "dp_rank_%d_mp_rank_%d_", &dp, &mp) == 2 && name == rank_states_name(dp, mp);
+}
+
 void check_tag(const std::string& tag) {
   if (tag.empty()) throw Error("empty checkpoint tag");
   if (tag == "." || tag == ".." || tag.size() > 255)

@@ -14,24 +14,18 @@ namespace ds::compress {
 
 namespace {
 
-// 1, 2, 4, ... 128 as uint8: bit i of a byte.
-const at::Tensor& bit_weights() {
-  static const at::Tensor w = at::tensor({1, 2, 4, 8, 16, 32, 64, 128}, at::kByte);
-  return w;
-}
-
-// Bits of v >= 0 for v[0, n) (1 for the padding up to `padded`, a multiple of 8), 8 per byte
-// least significant first; then v[i] -= scale * sign(v[i]): what compression drops.
-void pack_and_drop(float* v, int64_t n, int64_t padded, float scale, uint8_t* out) {
-  for (int64_t j = 0; j < padded / 8; ++j) {
+// Bits of v >= 0 for v[0, n), 8 per byte least significant first, over `bytes` bytes (bits
+// past n are 0). With Drop, also v[i] -= scale * sign(v[i]): what compression drops, in the
+// same pass.
+template <bool Drop, typename Float>
+void pack(Float* v, int64_t n, int64_t bytes, float scale, uint8_t* out) {
+  for (int64_t j = 0; j < bytes; ++j) {
     uint8_t byte = 0;
     for (int k = 0; k < 8; ++k) {
       const int64_t i = j * 8 + k;
-      bool positive = true;
-      if (i < n) {
-        positive = v[i] >= 0;
-        v[i] -= positive ? scale : -scale;
-      }
+      if (i >= n) break;
+      const bool positive = v[i] >= 0;
+      if constexpr (Drop) v[i] -= positive ? scale : -scale;
       byte |= uint8_t(positive) << k;
     }
     out[j] = byte;
@@ -52,17 +46,20 @@ void write_signs(const uint8_t* bits, int64_t n, float scale, float* out) {
 }  // namespace
 
 at::Tensor pack_signs(const at::Tensor& x) {
-  const int64_t n = x.numel(), bytes = (n + 7) / 8;
-  at::Tensor bits = at::zeros({bytes * 8}, at::kByte);
-  bits.narrow(0, 0, n).copy_(x.reshape({-1}) >= 0);
-  return (bits.view({bytes, 8}) * bit_weights()).sum(1, /*keepdim=*/false, at::kByte);
+  const at::Tensor v = x.reshape({-1}).to(at::kFloat).contiguous();
+  const int64_t n = v.numel();
+  at::Tensor out = at::empty({(n + 7) / 8}, at::kByte);
+  pack<false>(v.data_ptr<float>(), n, out.numel(), 0.0f, out.data_ptr<uint8_t>());
+  return out;
 }
 
 at::Tensor unpack_signs(const at::Tensor& packed, int64_t n) {
   if (packed.scalar_type() != at::kByte || packed.numel() * 8 < n)
     throw Error(ds::str("unpack_signs: ", packed.numel(), " bytes of type ", packed.scalar_type(), " hold no ", n, " signs"));
-  at::Tensor bits = packed.reshape({-1, 1}).bitwise_and(bit_weights()).ne(0).reshape({-1}).narrow(0, 0, n);
-  return at::where(bits, 1.0f, -1.0f);
+  const at::Tensor bits = packed.reshape({-1}).contiguous();
+  at::Tensor out = at::empty({n}, at::kFloat);
+  write_signs(bits.data_ptr<uint8_t>(), n, 1.0f, out.data_ptr<float>());
+  return out;
 }
 
 OneBitAllReduce::OneBitAllReduce(int64_t numel, std::shared_ptr<comm::Communicator> comm)
@@ -92,7 +89,7 @@ void OneBitAllReduce::all_reduce(at::Tensor& buffer) {
   }
   const float worker_scale = float(std::sqrt(sq / double(n_)));
   at::Tensor sent = at::empty({padded_ / 8}, at::kByte);  // W chunks of chunk_/8 bytes, in chunk order
-  pack_and_drop(ew, n_, padded_, worker_scale, sent.data_ptr<uint8_t>());
+  pack<true>(ew, n_, padded_ / 8, worker_scale, sent.data_ptr<uint8_t>());
   // 2. Chunk c of every rank's signs goes to rank c; every rank's scale to everyone.
   at::Tensor received = at::empty_like(sent);
   comm_->all_to_all(received, sent).wait();
@@ -113,7 +110,7 @@ void OneBitAllReduce::all_reduce(at::Tensor& buffer) {
   }
   const float server_scale = real == 0 ? 0.0f : float(std::sqrt(msq / double(real)));
   at::Tensor my_signs = at::empty({bytes}, at::kByte);
-  pack_and_drop(mp, real, chunk_, server_scale, my_signs.data_ptr<uint8_t>());
+  pack<true>(mp, real, bytes, server_scale, my_signs.data_ptr<uint8_t>());
   server_error_.zero_();
   std::memcpy(server_error_.data_ptr<float>(), mp, size_t(real) * sizeof(float));  // what compression dropped
   // 4. Every server's signs and scale to everyone; decompress.

@@ -88,10 +88,10 @@ class OneBitAdam final : public FlatOptimizer {
   struct UnitComm {
     compress::OneBitAllReduce* reduce = nullptr;  // in errors_; null on one rank
     at::Tensor momentum;  // the unit's whole momentum (its real elements): exp_avg itself when this rank holds all of it
-    // 1 where the frozen variance is not 0, else 0: an element that never had a gradient keeps
-    // a zero momentum (compression cannot send an exact 0, and m / (sqrt(0) + eps) would throw
-    // it away). DeepSpeed's OnebitAdam asks the user for this mask (exp_avg_mask).
-    at::Tensor keep;
+    // Where the frozen variance is 0 (one byte per element): an element that never had a
+    // gradient keeps a zero momentum (compression cannot send an exact 0, and m / (sqrt(0) +
+    // eps) would throw it away). DeepSpeed's OnebitAdam asks the user for this mask (exp_avg_mask).
+    at::Tensor zero_variance;
   };
 
   static OptimizerConfig warmup_config(OptimizerConfig c) {
@@ -111,7 +111,7 @@ class OneBitAdam final : public FlatOptimizer {
     const at::Tensor& exp_avg_sq = (*s.states)[1];
     if (exp_avg.numel() == s.unit_padded_numel) {  // this rank holds the whole unit (stage 0)
       c.momentum = exp_avg.narrow(0, 0, s.unit_numel);  // contiguous from element 0
-      c.keep = exp_avg_sq.narrow(0, 0, s.unit_numel).ne(0).to(at::kFloat);
+      c.zero_variance = exp_avg_sq.narrow(0, 0, s.unit_numel).eq(0);
     } else {  // ZeRO 1-2: every rank's shard of the same momentum, in rank order
       if (exp_avg.numel() * group.size() != s.unit_padded_numel)
         throw Error(ds::str("1-bit Adam: unit ", s.unit, "'s part has ", exp_avg.numel(), " elements; ", group.size(),
@@ -119,9 +119,9 @@ class OneBitAdam final : public FlatOptimizer {
       at::Tensor full = at::empty({s.unit_padded_numel}, at::kFloat);
       group.all_gather(full, exp_avg).wait();
       c.momentum = full.narrow(0, 0, s.unit_numel).clone();
-      at::Tensor nonzero = at::empty({s.unit_padded_numel}, at::kByte);
-      group.all_gather(nonzero, exp_avg_sq.ne(0).to(at::kByte)).wait();
-      c.keep = nonzero.narrow(0, 0, s.unit_numel).to(at::kFloat);
+      at::Tensor zero = at::empty({s.unit_padded_numel}, at::kByte);
+      group.all_gather(zero, exp_avg_sq.eq(0).to(at::kByte)).wait();
+      c.zero_variance = zero.narrow(0, 0, s.unit_numel).to(at::kBool);
     }
     c.reduce = errors_.get(s.unit, s.unit_numel, group);
     return units_.emplace(s.unit, std::move(c)).first->second;
@@ -136,7 +136,7 @@ class OneBitAdam final : public FlatOptimizer {
     const at::Tensor g = s.unit_grad.narrow(0, 0, s.unit_numel);
     c.momentum.mul_(b1).add_(g.scalar_type() == at::kFloat ? g : g.to(at::kFloat), 1.0 - b1);
     if (c.reduce) c.reduce->all_reduce(c.momentum);
-    c.momentum.mul_(c.keep);
+    c.momentum.masked_fill_(c.zero_variance, 0.0);
     // This segment's elements [unit_offset, unit_offset + n) of the unit; past unit_numel: padding.
     at::Tensor& exp_avg = (*s.states)[0];
     const at::Tensor& exp_avg_sq = (*s.states)[1];

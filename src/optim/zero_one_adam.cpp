@@ -153,10 +153,11 @@ class ZeroOneAdam final : public FlatOptimizer {
   }
 
   static at::Tensor real(const at::Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
-  at::Tensor local_grad(const Segment& s) const {
+  // This rank's own gradient of the unit in fp32: a copy when `copy`, else a view when it is
+  // fp32 already.
+  at::Tensor local_grad(const Segment& s, bool copy = false) const {
     if (!s.unit_grad.defined()) throw Error(ds::str("0/1 Adam: unit ", s.unit, " keeps no whole gradient on this rank"));
-    at::Tensor g = real(s.unit_grad, s.unit_numel);
-    return g.scalar_type() == at::kFloat ? g.clone() : g.to(at::kFloat);
+    return real(s.unit_grad, s.unit_numel).to(at::kFloat, /*non_blocking=*/false, copy);
   }
   void check_whole(const Segment& s) const {
     if (s.master.numel() != s.unit_padded_numel)
@@ -180,10 +181,11 @@ class ZeroOneAdam final : public FlatOptimizer {
       v.mul_(b2).addcmul_(g, g, 1.0 - b2);
       m.mul_(b1).add_(g, 1.0 - b1);
     } else {
-      at::Tensor g = local_grad(s);
-      if (auto* reduce = errors_.get(s.unit, s.unit_numel, group)) {
+      auto* reduce = errors_.get(s.unit, s.unit_numel, group);
+      at::Tensor g = local_grad(s, /*copy=*/reduce != nullptr);  // the mean replaces the copy
+      if (reduce) {
         reduce->all_reduce(g);
-        g.mul_(v.ne(0));
+        g.masked_fill_(v.eq(0), 0.0);  // see onebit_adam.cpp: no momentum where no gradient ever was
       }
       m.mul_(b1).add_(g, 1.0 - b1);
     }
@@ -206,7 +208,7 @@ class ZeroOneAdam final : public FlatOptimizer {
       u.mul_(denom);
       if (auto* reduce = errors_.get(s.unit, s.unit_numel, group)) {
         reduce->all_reduce(u);
-        u.mul_(v.ne(0));
+        u.masked_fill_(v.eq(0), 0.0);
       }
       m.copy_(u).div_(-lrs_);
       p.add_(u / denom);

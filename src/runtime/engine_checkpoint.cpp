@@ -440,7 +440,7 @@ void Engine::restore_rank_states(const ckpt::Manifest& manifest,
   if (groups_.world->rank() != 0) return;
   const std::string mine = optimizer_type_name(config_.optimizer.type), theirs = manifest.optimizer.type;
   bool had_rank_states = false;
-  for (const auto& f : manifest.files) had_rank_states |= f.name.find("_optim_rank_states.pt") != std::string::npos;
+  for (const auto& f : manifest.files) had_rank_states |= ckpt::is_rank_states_name(f.name);
   if (theirs != mine && (mine == "OneBitAdam" || mine == "ZeroOneAdam" || had_rank_states))
     std::fprintf(stderr, "warning: the checkpoint was saved by optimizer %s and this run uses %s: %s\n", theirs.c_str(),
                  mine.c_str(), mine == "OneBitAdam" || mine == "ZeroOneAdam" ? "the momentum and variance load, the error feedback starts at zero"

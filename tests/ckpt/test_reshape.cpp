@@ -193,6 +193,10 @@ TEST(Names, AreDeepSpeedsFileNames) {
   EXPECT_EQ(model_states_name(), "mp_rank_00_model_states.pt");
   EXPECT_EQ(optim_states_name(3), "zero_pp_rank_3_mp_rank_00_optim_states.pt");
   EXPECT_EQ(optim_states_name(12, 1), "zero_pp_rank_12_mp_rank_01_optim_states.pt");
+  EXPECT_EQ(rank_states_name(3, 1), "dp_rank_3_mp_rank_01_optim_rank_states.pt");
+  EXPECT_TRUE(is_rank_states_name(rank_states_name(12)));
+  EXPECT_FALSE(is_rank_states_name(optim_states_name(12)));
+  EXPECT_FALSE(is_rank_states_name("dp_rank_1_mp_rank_00_optim_rank_states.pt.tmp"));
   EXPECT_NO_THROW(check_tag("global_step100"));
   EXPECT_ERROR_HAS(check_tag("a/b"), "one path component");
   EXPECT_ERROR_HAS(check_tag(".."), "not usable");

@@ -177,8 +177,9 @@ TEST(PipelineGpt, ThreeDLayoutsMatchAPlainLoopAndOneProcess) {
         }
         EXPECT_EQ(size_t(compared), plain.weights.size()) << what;
       }
-      if (l.interval > 0 && got.weights.count("blocks.0.fc.weight"))  // this rank runs blocks: they were recomputed
+      if (l.interval > 0 && got.weights.count("blocks.0.fc.weight")) {  // this rank runs blocks: they were recomputed
         EXPECT_GT(checkpointing::recomputations(), recomputed) << what;
+      }
     });
   }
 }

@@ -181,7 +181,7 @@ at::Tensor plain_compressed_mean(const std::vector<at::Tensor>& xs, std::vector<
   for (int r = 0; r < world; ++r) {
     at::Tensor x = xs[size_t(r)] + worker_error[size_t(r)];
     const double s = rms(x);
-    at::Tensor sent = at::full({padded}, float(s));  // the padding's sign is +1
+    at::Tensor sent = at::full({padded}, float(s));  // the padding's values reach no result
     sent.narrow(0, 0, n).copy_(sign_of(x) * float(s));
     worker_error[size_t(r)] = x - sent.narrow(0, 0, n);
     sum += sent;
@@ -200,6 +200,33 @@ at::Tensor plain_compressed_mean(const std::vector<at::Tensor>& xs, std::vector<
   return out;
 }
 
+// Step `step`'s flat gradient of every unit on each simulated rank (grads[unit][rank]), with
+// the batch split as the engine splits it: micro-batch m of rank r holds examples
+// [(m world + r) micro, ... + micro). `before(rank)` runs first (to load that rank's weights).
+// Returns the ranks' mean loss.
+double rank_gradients(Gpt& model, Dataset& data, const std::vector<zero::UnitSpec>& units, int step, int world,
+                      int64_t batch, int64_t gas, std::vector<std::vector<at::Tensor>>& grads,
+                      const std::function<void(int)>& before = {}) {
+  const int64_t micro = batch / (world * gas);
+  grads.assign(units.size(), {});
+  double loss_sum = 0;
+  for (int rank = 0; rank < world; ++rank) {
+    if (before) before(rank);
+    model->zero_grad();
+    for (int64_t m = 0; m < gas; ++m) {
+      Batch b = data.batch(step, (m * world + rank) * micro, micro);
+      at::Tensor loss = model->loss(b.tokens, b.targets) / double(gas);
+      loss.backward();
+      loss_sum += loss.item<double>();
+    }
+    for (size_t k = 0; k < units.size(); ++k) {
+      std::vector<at::Tensor> g;
+      for (const auto& [name, p] : units[k].params) g.push_back(p.grad().reshape({-1}));
+      grads[k].push_back(at::cat(g));
+    }
+  }
+  return loss_sum / world;
+}
 
 // One unit's 1-bit Adam state across the simulated ranks.
 struct PlainUnit {
@@ -215,8 +242,9 @@ struct PlainUnit {
 TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int steps, TinyShape shape) {
   auto data = make_task("reverse", 99);
   Gpt model = plain_model(*data, shape);
+  const std::vector<zero::UnitSpec> specs = zero::find_units(*model);
   std::vector<PlainUnit> units;
-  for (const zero::UnitSpec& spec : zero::find_units(*model)) {
+  for (const zero::UnitSpec& spec : specs) {
     PlainUnit u;
     for (const auto& [name, p] : spec.params) u.params.push_back(p), u.n += p.numel();
     u.m = at::zeros({u.n}), u.v = at::zeros({u.n});
@@ -224,27 +252,11 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
     for (int r = 0; r < world; ++r) u.worker_error.push_back(at::zeros({u.n})), u.server_error.push_back(at::zeros({chunk}));
     units.push_back(std::move(u));
   }
-  auto flat_grad = [](const PlainUnit& u) {
-    std::vector<at::Tensor> g;
-    for (const auto& p : u.params) g.push_back(p.grad().reshape({-1}));
-    return at::cat(g);
-  };
   TrainResult r;
-  const int64_t gas = o.accumulation, micro = o.batch / (world * gas);
   for (int step = 0; step < steps; ++step) {
     const int64_t t = step + 1;
-    std::vector<std::vector<at::Tensor>> grads(units.size());  // [unit][rank]
-    double loss_sum = 0;
-    for (int rank = 0; rank < world; ++rank) {
-      model->zero_grad();
-      for (int64_t m = 0; m < gas; ++m) {
-        Batch b = data->batch(step, (m * world + rank) * micro, micro);
-        at::Tensor loss = model->loss(b.tokens, b.targets) / double(gas);
-        loss.backward();
-        loss_sum += loss.item<double>();
-      }
-      for (size_t k = 0; k < units.size(); ++k) grads[k].push_back(flat_grad(units[k]).clone());
-    }
+    std::vector<std::vector<at::Tensor>> grads;  // [unit][rank]
+    const double loss = rank_gradients(model, *data, specs, step, world, o.batch, o.accumulation, grads);
     at::NoGradGuard no_grad;
     const bool compressed = t > o.freeze_step;
     const double bc1 = 1.0 - std::pow(o.beta1, double(t));
@@ -273,7 +285,7 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
         offset += p.numel();
       }
     }
-    r.losses.push_back(loss_sum / world);
+    r.losses.push_back(loss);
     r.scales.push_back(1.0);
     r.skipped.push_back(false);
   }
@@ -295,8 +307,9 @@ TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int 
     at::Tensor v;                     // the same on every rank
     std::vector<at::Tensor> worker_error, server_error;
   };
+  const std::vector<zero::UnitSpec> specs = zero::find_units(*model);
   std::vector<Unit> units;
-  for (const zero::UnitSpec& spec : zero::find_units(*model)) {
+  for (const zero::UnitSpec& spec : specs) {
     Unit u;
     std::vector<at::Tensor> flat;
     for (const auto& [name, p] : spec.params) u.params.push_back(p), u.n += p.numel(), flat.push_back(p.detach().reshape({-1}));
@@ -322,26 +335,10 @@ TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int 
   int64_t var_interval = 1, var_counter = 0, local_interval = 1, local_counter = 0;
   double lrs = 0;
   TrainResult r;
-  const int64_t gas = o.accumulation, micro = o.batch / (world * gas);
   for (int step = 0; step < steps; ++step) {
     const int64_t t = step + 1;
-    std::vector<std::vector<at::Tensor>> grads(units.size());  // [unit][rank]
-    double loss_sum = 0;
-    for (int rank = 0; rank < world; ++rank) {
-      load_rank(rank);
-      model->zero_grad();
-      for (int64_t m = 0; m < gas; ++m) {
-        Batch b = data->batch(step, (m * world + rank) * micro, micro);
-        at::Tensor loss = model->loss(b.tokens, b.targets) / double(gas);
-        loss.backward();
-        loss_sum += loss.item<double>();
-      }
-      for (size_t k = 0; k < units.size(); ++k) {
-        std::vector<at::Tensor> g;
-        for (const auto& p : units[k].params) g.push_back(p.grad().reshape({-1}));
-        grads[k].push_back(at::cat(g));
-      }
-    }
+    std::vector<std::vector<at::Tensor>> grads;  // [unit][rank]
+    const double loss = rank_gradients(model, *data, specs, step, world, o.batch, o.accumulation, grads, load_rank);
     at::NoGradGuard no_grad;
     const bool phase_b = t > o.var_freeze_step;
     const bool exact = !phase_b && t % var_interval == 0;
@@ -398,7 +395,7 @@ TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int 
       if (sync) lrs = 0;
       if (++local_counter == o.local_step_scaler) local_counter = 0, local_interval = std::min(o.local_step_clipper, local_interval * 2);
     }
-    r.losses.push_back(loss_sum / world);
+    r.losses.push_back(loss);
     r.scales.push_back(1.0);
     r.skipped.push_back(false);
   }

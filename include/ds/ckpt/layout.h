@@ -88,6 +88,7 @@ std::string layer_states_name(int layer, int tp_rank = 0);
 // An optimizer's states of one rank that are not elementwise (1-bit Adam's error feedback; no
 // DeepSpeed counterpart): dp_rank_<dp>_mp_rank_00_optim_rank_states.pt
 std::string rank_states_name(int dp_rank, int mp_rank = 0);
+bool is_rank_states_name(const std::string& name);
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kLatestName = "latest";
 

@@ -12,7 +12,8 @@
 //      s_s = ||m|| / sqrt(k) over the chunk's k real elements; e_s = m - s_s sign(m)
 //   4. all-gather of the servers' packed signs and scales; x = s_s[c] sign(m_c) chunk by chunk
 // So each rank sends about n/8 + n/8 bytes (and 2 W scales) instead of an fp32 all-reduce's
-// ~8 n: 1/32 of the bytes. The errors carry what compression dropped into the next call.
+// ~8 n: 1/32 of the bytes. The errors carry what compression dropped into the next call. The
+// padding's bits are 0; its values never reach a result, a scale or an error.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,7 +24,8 @@
 
 namespace ds::compress {
 
-// Bit i of byte i / 8 (least significant first) is 1 where x[i] >= 0. x: 1-D float.
+// Bit i of byte i / 8 (least significant first) is 1 where x[i] >= 0; the last byte's unused
+// bits are 0. The packing the all-reduce sends. x: any float tensor, read flat.
 at::Tensor pack_signs(const at::Tensor& x);
 // +1 / -1 (float) for the first n bits of `packed` (uint8).
 at::Tensor unpack_signs(const at::Tensor& packed, int64_t n);
