@@ -57,41 +57,51 @@ std::string first_line(const std::exception& e) {
   return s.substr(0, s.find('\n'));
 }
 
+bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+// One send or receive with one peer (`peer`: its world rank, for messages).
 class C10dPending : public PendingOp {
  public:
-  explicit C10dPending(c10::intrusive_ptr<c10d::Work> work) : work_(std::move(work)) {}
+  C10dPending(c10::intrusive_ptr<c10d::Work> work, int peer) : work_(std::move(work)), peer_(peer) {}
   void wait(Millis timeout) override {
     try {
       work_->wait(timeout);
     } catch (const std::exception& e) {
       std::string msg = first_line(e);
-      if (msg.find("imed out") != std::string::npos || msg.find("imeout") != std::string::npos)
+      if (has(msg, "imed out") || has(msg, "imeout"))
         throw TimeoutError(ds::str("timed out after ", timeout.count() / 1000.0, " s: ", msg));
+      // Gloo closes every connection of a rank whose wait timed out, so its peers see a closed
+      // connection before their own timeout: name that rank, whose error names the cause.
+      if (has(msg, "losed by peer") || has(msg, "reset by peer") || has(msg, "roken pipe"))
+        throw CommError(ds::str(msg, " (rank ", peer_,
+                                " closed the connection: it failed or timed out first, and its own error names why)"));
       throw CommError(msg);
     }
   }
-  bool done() { return work_->isCompleted(); }
 
  private:
   c10::intrusive_ptr<c10d::Work> work_;
+  int peer_;
 };
 
 class GlooTransport : public Transport {
  public:
-  GlooTransport(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg) : pg_(std::move(pg)) {}
+  GlooTransport(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, std::vector<int> global_ranks)
+      : pg_(std::move(pg)), global_ranks_(std::move(global_ranks)) {}
   int rank() const override { return pg_->getRank(); }
   int size() const override { return pg_->getSize(); }
   std::unique_ptr<PendingOp> isend(const at::Tensor& buffer, int peer, uint32_t tag) override {
     std::vector<at::Tensor> v{buffer};
-    return std::make_unique<C10dPending>(pg_->send(v, peer, static_cast<int>(tag)));
+    return std::make_unique<C10dPending>(pg_->send(v, peer, static_cast<int>(tag)), global_ranks_[size_t(peer)]);
   }
   std::unique_ptr<PendingOp> irecv(const at::Tensor& buffer, int peer, uint32_t tag) override {
     std::vector<at::Tensor> v{buffer};
-    return std::make_unique<C10dPending>(pg_->recv(v, peer, static_cast<int>(tag)));
+    return std::make_unique<C10dPending>(pg_->recv(v, peer, static_cast<int>(tag)), global_ranks_[size_t(peer)]);
   }
 
  private:
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  std::vector<int> global_ranks_;
 };
 
 // Tags below 2^24 belong to the user's send/recv; collectives use the space above.
@@ -115,7 +125,7 @@ class GlooCommunicator final : public QueuedCommunicator {
     } catch (const std::exception& e) {
       throw CommError(ds::str("rank ", rank, " of ", size, ": could not connect to its peers: ", first_line(e)));
     }
-    transport_ = std::make_unique<GlooTransport>(pg_);
+    transport_ = std::make_unique<GlooTransport>(pg_, global_ranks_);
   }
   ~GlooCommunicator() override { stop_worker(); }
 
@@ -175,9 +185,8 @@ class GlooCommunicator final : public QueuedCommunicator {
     constexpr auto kWait = std::chrono::seconds(10);
     auto answer = std::make_shared<std::promise<std::string>>();
     std::future<std::string> future = answer->get_future();
-    std::thread([store = store_, seq = collective_seq_, me = rank(), global = global_ranks_, answer, kWait] {
+    std::thread([store = store_, key = failure_key(), me = rank(), global = global_ranks_, answer, kWait] {
       try {
-        const std::string key = ds::str("ds/timeout/", seq, "/");
         store->set(key + std::to_string(me), std::vector<uint8_t>{1});
         const auto deadline = std::chrono::steady_clock::now() + kWait;
         std::vector<int> missing;
@@ -202,7 +211,25 @@ class GlooCommunicator final : public QueuedCommunicator {
            "from it";
   }
 
+  void announce_failure() override {
+    if (size() == 1) return;
+    auto posted = std::make_shared<std::promise<void>>();
+    std::future<void> done = posted->get_future();
+    std::thread([store = store_, key = failure_key() + std::to_string(rank()), posted] {
+      try {
+        store->set(key, std::vector<uint8_t>{1});
+      } catch (const std::exception&) {  // the store is gone too: nobody is diagnosing
+      }
+      posted->set_value();
+    }).detach();
+    done.wait_for(std::chrono::seconds(1));
+  }
+
  private:
+  // Where the ranks that failed in the current collective post their rank (every rank's
+  // collective_seq_ is the same there).
+  std::string failure_key() const { return ds::str("ds/timeout/", collective_seq_, "/"); }
+
   // Each collective gets a fresh block of tags (it runs on the single worker thread).
   RingOptions ring_options() {
     RingOptions o;

@@ -145,6 +145,7 @@ void QueuedCommunicator::worker_loop() {
         broken_ = ds::str(job.op, " timed out");
       } catch (const std::exception& e) {
         std::string why = e.what();
+        announce_failure();
         error = std::make_exception_ptr(CommError(ds::str(job.state->description(), " failed: ", why.substr(0, why.find('\n')))));
         std::lock_guard<std::mutex> lock(mu_);
         broken_ = ds::str(job.op, " failed");

@@ -52,6 +52,10 @@ class QueuedCommunicator : public Communicator {
   // Called on the worker thread when a collective timed out: which ranks did not answer, as a
   // phrase for the error ("" when the backend cannot tell). At most kDiagnosisGrace.
   virtual std::string diagnose_timeout() { return ""; }
+  // Called on the worker thread when a collective failed otherwise (e.g. a peer closed its
+  // connection): this rank is alive and reached the collective, so that the ranks diagnosing a
+  // timeout in it do not count it among those that did not answer. Returns within a second.
+  virtual void announce_failure() {}
   static constexpr Millis kDiagnosisGrace{std::chrono::seconds(20)};
 
  private:

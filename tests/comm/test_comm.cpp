@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <filesystem>
 #include <sstream>
 #include <thread>
 
@@ -15,6 +16,7 @@
 #include "ds/comm/logger.h"
 #include "ds/comm/topology.h"
 #include "ds/common/error.h"
+#include "support/files.h"
 #include "support/ranks.h"
 
 using namespace ds;
@@ -179,8 +181,12 @@ TEST(PeerFailure, SurvivorsGetAnErrorNotAHang) {
 }
 
 TEST(PeerFailure, AStoppedRankIsNamedWhenTheOthersTimeOut) {
-  // Rank 2 stops (SIGSTOP: alive, connected, silent). The others time out in their next
-  // collective and say which rank did not answer. Rank 0 then kills it.
+  // Rank 2 stops (SIGSTOP: alive, connected, silent). The survivors fail in their next
+  // collective: a rank whose wait times out says which rank did not answer; Gloo then closes
+  // that rank's connections, so a survivor still waiting may see the closed connection first,
+  // and its error names the rank that closed it. Rank 0 kills rank 2 once every survivor has
+  // its error (a file per survivor: exiting or killing earlier would close more connections).
+  test::TempDir dir("ds_stopped");
   test::RankRun run;
   run.comm_timeout = 2s;
   run.accept = [](int rank, int status) { return rank == 2 ? WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL : status == 0; };
@@ -192,20 +198,38 @@ TEST(PeerFailure, AStoppedRankIsNamedWhenTheOthersTimeOut) {
     at::Tensor mine = at::full({1}, int64_t(::getpid()), at::kLong);
     c->all_gather(pids, mine).wait();
     if (rank == 2) ::raise(SIGSTOP);
+    std::string outcome = "no error";
     at::Tensor t = at::ones({1000});
     try {
       c->all_reduce(t).wait();
       ADD_FAILURE() << "rank " << rank << ": the all-reduce finished without rank 2";
     } catch (const TimeoutError& e) {
-      EXPECT_NE(std::string(e.what()).find("rank 2 did not answer (stopped, hung, or its host unreachable)"),
-                std::string::npos)
-          << e.what();
+      outcome = e.what();
+      EXPECT_NE(outcome.find("rank 2 did not answer (stopped, hung, or its host unreachable)"), std::string::npos)
+          << outcome;
+    } catch (const CommError& e) {
+      outcome = e.what();
+      const bool names_survivor = outcome.find("(rank 1 closed the connection") != std::string::npos ||
+                                  outcome.find("(rank 3 closed the connection") != std::string::npos ||
+                                  (rank != 0 && outcome.find("(rank 0 closed the connection") != std::string::npos);
+      EXPECT_TRUE(names_survivor) << outcome;
     }
-    // The survivors' timeouts fire within milliseconds of each other. Wait before any of them
-    // exits or kills rank 2: either closes connections, and a survivor still waiting would then
-    // see "connection closed" instead of its own timeout.
-    std::this_thread::sleep_for(run.comm_timeout);
-    if (rank == 0) ::kill(pid_t(pids[2].item<int64_t>()), SIGKILL);
+    std::filesystem::rename(dir.write(ds::str("tmp.", rank), outcome), dir.file(ds::str("failed.", rank)));
+    const auto deadline = std::chrono::steady_clock::now() + 40s;
+    auto all_failed = [&] {
+      for (int r : {0, 1, 3})
+        if (!std::filesystem::exists(dir.file(ds::str("failed.", r)))) return false;
+      return true;
+    };
+    while (!all_failed() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
+    EXPECT_TRUE(all_failed()) << "rank " << rank << ": a survivor never got its error";
+    if (rank == 0) {
+      ::kill(pid_t(pids[2].item<int64_t>()), SIGKILL);
+      int named = 0;
+      for (int r : {0, 1, 3}) named += dir.read(ds::str("failed.", r)).find("rank 2 did not answer") !=
+                                       std::string::npos;
+      EXPECT_GE(named, 1) << "no survivor named the stopped rank";
+    }
   }, run);
 }
 
