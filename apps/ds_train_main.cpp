@@ -54,6 +54,7 @@ struct Args {
   std::string config, data, task = "reverse", metrics, plot = "ds-train-loss.svg", save, load;
   int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0, save_interval = 0;
   int64_t n_layer = 2, n_head = 4, d_model = 128, seq_len = 0;
+  double dropout = 0.0;
   bool skip_nonfinite = false;
 };
 
@@ -71,6 +72,9 @@ Args parse(int argc, char** argv) {
   app.add_option("--d-model", a.d_model, "model width")->capture_default_str()->check(int_range(1, 1'000'000));
   app.add_option("--seq-len", a.seq_len, "context length (default: the task's, or 64 for text)")
       ->check(int_range(1, 1'000'000));
+  app.add_option("--dropout", a.dropout, "dropout probability (GPT-2: 0.1) on embeddings, attention and residuals")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 0.99));
   app.add_option("--seed", a.seed, "seed for weights and data order (default: the config's seed)")
       ->check(int_range(0, INT64_MAX));
   app.add_option("--metrics", a.metrics, "write per-step metrics to this CSV (rank 0)");
@@ -241,6 +245,9 @@ void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Eng
                                  : "");
   if (model.pipe)
     for (int s = 0; s < g.pipe->size(); ++s) std::printf("ds-train:   %s\n", model.pipe->describe_stage(s).c_str());
+  if (mc.dropout > 0.0 || mc.checkpoint_blocks > 0)
+    std::printf("ds-train: dropout %g; %lld of %lld blocks recomputed in the backward (activation checkpointing)\n",
+                mc.dropout, (long long)mc.checkpoint_blocks, (long long)mc.n_layer);
   std::fflush(stdout);
 }
 
@@ -292,6 +299,18 @@ void check_outputs(const Args& a, bool rank0) {
   }
 }
 
+// With an activation_checkpointing section: every block (or the first number_checkpoints) is
+// recomputed in the backward. A pipeline checkpoints by pipeline.activation_checkpoint_interval.
+int64_t checkpoint_blocks(const ds::Config& config, const ds::GptConfig& mc) {
+  const ds::ActivationCheckpointingConfig& a = config.activation_checkpointing;
+  if (!a.present || config.pipeline.stages > 1) return 0;
+  if (a.number_checkpoints && *a.number_checkpoints > mc.n_layer)
+    throw ds::ConfigError(ds::str("activation_checkpointing.number_checkpoints is ", *a.number_checkpoints,
+                                  " but the model has ", mc.n_layer, mc.n_layer == 1 ? " block" : " blocks",
+                                  " to checkpoint: give at most ", mc.n_layer));
+  return a.number_checkpoints.value_or(mc.n_layer);
+}
+
 // A micro-batch whose activations cannot fit is refused before minutes of set-up.
 void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
   const double need = mc.activation_bytes(config.train_micro_batch_size_per_gpu, mc.seq_len);
@@ -328,6 +347,8 @@ int run(const Args& a) {
   if (mc.seq_len < data->context())
     throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),
                                   " tokens); use --seq-len ", data->context(), " or more"));
+  mc.dropout = a.dropout;
+  mc.checkpoint_blocks = checkpoint_blocks(config, mc);
   mc.validate();
   check_memory(mc, config);
   torch::manual_seed(seed);

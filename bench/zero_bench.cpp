@@ -18,6 +18,9 @@
 // (GptConfig::flops_per_token: 6 N + 12 L T d). --bf16 1 trains bf16 (its
 // compute dtype as the engine chooses it; DS_COMPUTE_DTYPE=bf16|fp32 forces it).
 //
+// Activation checkpointing: --checkpoint-blocks K recomputes the first K blocks in the backward
+// (bench/activation_checkpointing.sh compares peak RSS and step time with and without).
+//
 // ZeRO-Infinity: --nvme PATH swaps the optimizer states (and with --bf16 1 the fp32 masters)
 // to PATH in sub-groups of --sub-group elements; the optimizer's swap traffic, the time it
 // waited for the disk and its throughput are printed per step; --nvme-params 1 (stage 3 with
@@ -84,6 +87,7 @@ int main(int argc, char** argv) {
     mc.n_head = arg(argc, argv, "--heads", 12);
     mc.d_model = arg(argc, argv, "--width", 768);
     mc.seq_len = arg(argc, argv, "--context", 1024);
+    mc.checkpoint_blocks = arg(argc, argv, "--checkpoint-blocks", 0);
     auto comm = ds::comm::init_from_env();
     const int n = comm->size();
     at::set_num_threads(std::max(1, 2 / n));
@@ -99,7 +103,8 @@ int main(int argc, char** argv) {
         R"(, "stage3_max_reuse_distance": )", arg(argc, argv, "--reuse-distance", 1000000000),
         R"(, "stage3_prefetch_bucket_size": )", arg(argc, argv, "--prefetch", 50000000),
         R"(, "stage3_param_persistence_threshold": )", arg(argc, argv, "--persistence", 100000),
-        R"(, "sub_group_size": )", arg(argc, argv, "--sub-group", 1000000000), nvme, "}", bf16, "}"));
+        R"(, "sub_group_size": )", arg(argc, argv, "--sub-group", 1000000000), nvme, "}", bf16,
+        mc.checkpoint_blocks > 0 ? R"(, "activation_checkpointing": {})" : "", "}"));
     config.resolve(n);
     torch::manual_seed(0);
     ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
@@ -112,12 +117,16 @@ int main(int argc, char** argv) {
     at::Tensor x = at::randint(0, mc.vocab_size, {micro, tokens}, at::kLong);
     ds::Engine::MemoryBreakdown mem;
     std::vector<double> times;
+    int64_t forward_growth = 0;  // RSS added by the first forward: its activations (and gathers)
     for (int64_t s = 0; s < steps; ++s) {
       if (s == 1) {  // traffic of steady-state steps only
         comm->logger().reset();
         if (engine.swapper()) engine.swapper()->reset_stats();
       }
-      engine.backward(engine.forward([&] { return model->loss(x, x); }));
+      const int64_t before_forward = ds::current_rss_bytes();
+      at::Tensor loss = engine.forward([&] { return model->loss(x, x); });
+      if (s == 0) forward_growth = ds::current_rss_bytes() - before_forward;  // the cache is empty then
+      engine.backward(loss);
       mem = engine.memory_breakdown();  // gradients are held now (before step() zeroes them)
       auto st = engine.step();
       if (s > 0) times.push_back(st->seconds);
@@ -146,8 +155,13 @@ int main(int argc, char** argv) {
       if (nvme.empty() && bf16.empty())  // the formulas are for fp32 states in memory
         std::printf("; formula %s (%+.2f %%)", ds::format_bytes(f).c_str(), 100.0 * (mem.total() - f) / f);
       std::printf("\n");
-      std::printf("  peak RSS (max over ranks) %s; rank 0 after building the model %s\n",
-                  ds::format_bytes(rss.item<double>()).c_str(), ds::format_bytes(double(rss_built)).c_str());
+      std::printf("  peak RSS (max over ranks) %s; rank 0 after building the model %s; activations (estimate, %lld of "
+                  "%lld blocks recomputed) %s\n",
+                  ds::format_bytes(rss.item<double>()).c_str(), ds::format_bytes(double(rss_built)).c_str(),
+                  (long long)mc.checkpoint_blocks, (long long)mc.n_layer,
+                  ds::format_bytes(mc.activation_bytes(micro, tokens)).c_str());
+      std::printf("  rank 0's RSS grew by %s during the first forward (activations kept for the backward)\n",
+                  ds::format_bytes(double(forward_growth)).c_str());
       if (const ds::zero::ParamCoordinator* pc = engine.coordinator())
         std::printf("  stage 3: peak gathered %s of %s elements, %lld gathers (%lld prefetched), %.0f ms waiting for "
                     "gathers, %.0f ms for shard reads\n",

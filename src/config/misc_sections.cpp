@@ -182,7 +182,19 @@ void add_misc_sections(Schema<Config>& root) {
       .object("bf16", &Config::bf16, bf16_schema())
       .object("activation_checkpointing", &Config::activation_checkpointing,
               activation_checkpointing_schema())
+      .custom([](ObjectReader& in, Config& c) {
+        const Json* v = in.find("activation_checkpointing");
+        c.activation_checkpointing.present = v && !v->is_null();
+        const ActivationCheckpointingConfig& a = c.activation_checkpointing;
+        if (a.contiguous_memory_optimization && !a.number_checkpoints)
+          in.ctx().fail("activation_checkpointing.contiguous_memory_optimization",
+                        "needs number_checkpoints (the checkpointed calls of one forward: the buffer holds that many)");
+      })
       .object("flops_profiler", &Config::flops_profiler, flops_profiler_schema())
+      .custom([](ObjectReader& in, Config& c) {
+        if (c.flops_profiler.enabled)
+          in.ctx().warn("flops_profiler.enabled", "the flops profiler is not implemented yet; nothing is profiled");
+      })
       .object("comms_logger", &Config::comms_logger, comms_logger_schema())
       .object("csv_monitor", &Config::csv_monitor, file_monitor_schema())
       .object("tensorboard", &Config::tensorboard, file_monitor_schema())

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "ds/common/error.h"
+#include "ds/nn/checkpointing.h"
 #include "ds/nn/linear.h"
 
 namespace ds {
@@ -43,6 +44,9 @@ void GptConfig::validate() const {
   if (n_head < 1) bad(ds::str("n_head must be >= 1, got ", n_head));
   if (d_model < 1) bad(ds::str("d_model must be >= 1, got ", d_model));
   if (seq_len < 1) bad(ds::str("seq_len must be >= 1, got ", seq_len));
+  if (dropout < 0.0 || dropout >= 1.0) bad(ds::str("dropout must be in [0, 1), got ", dropout));
+  if (checkpoint_blocks < 0 || checkpoint_blocks > n_layer)
+    bad(ds::str("checkpoint_blocks ", checkpoint_blocks, " is not between 0 and the ", n_layer, " layers"));
   if (d_model % n_head != 0)
     bad(ds::str("d_model ", d_model, " is not divisible by n_head ", n_head, " (head width would be ",
                 double(d_model) / n_head, "); pick a d_model that is a multiple of n_head"));
@@ -59,7 +63,11 @@ double GptConfig::flops_per_token(int64_t context) const {
 double GptConfig::activation_bytes(int64_t batch, int64_t context) const {
   const double T = double(context), B = double(batch), d = double(d_model), H = double(n_head);
   const double per_layer = (34.0 * d + 5.0 * H * T) * T * B;
-  return 4.0 * (double(n_layer) * per_layer + 3.0 * T * B * double(vocab_size));
+  // A checkpointed block keeps only its input; one block's activations live again while it is
+  // recomputed in the backward.
+  const double k = double(checkpoint_blocks);
+  const double layers = (double(n_layer) - k) * per_layer + k * d * T * B + (k > 0 ? per_layer : 0.0);
+  return 4.0 * (layers + 3.0 * T * B * double(vocab_size));
 }
 
 std::string GptConfig::describe() const {
@@ -68,7 +76,8 @@ std::string GptConfig::describe() const {
 }
 
 
-GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer) : n_head_(c.n_head), local_heads_(c.n_head) {
+GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer)
+    : dropout_(c.dropout), n_head_(c.n_head), local_heads_(c.n_head) {
   const int64_t d = c.d_model;
   ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   qkv_ = register_module("qkv", torch::nn::Linear(d, 3 * d));
@@ -101,10 +110,15 @@ at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
   at::Tensor causal = at::ones({T, T}, at::kBool).triu(1);
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
+  att = dropout(att);
   at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, C});
-  at::Tensor h = x + tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias;
+  at::Tensor h = x + dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
   at::Tensor m = at::gelu(nn::linear(tp::copy_to(layer_norm(*ln2_, h), tensor_), fc_->weight, fc_->bias));
-  return h + tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias;
+  return h + dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
+}
+
+at::Tensor GptBlockImpl::dropout(const at::Tensor& x) const {
+  return dropout_ > 0.0 && is_training() ? at::dropout(x, dropout_, true) : x;
 }
 
 void GptBlockImpl::split_over(tp::Group group) {
@@ -164,7 +178,18 @@ at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
   const int64_t T = tokens.size(1);
   at::Tensor x = nn::run_unit(*wte_, [&] { return wte_->forward(tokens); });
   x = x + nn::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
-  for (const auto& block : *blocks_) x = nn::run_unit(*block, [&] { return block->as<GptBlock>()->forward(x); });
+  if (config_.dropout > 0.0 && is_training()) x = at::dropout(x, config_.dropout, true);
+  int64_t l = 0;
+  for (const auto& block : *blocks_) {
+    std::shared_ptr<torch::nn::Module> m = block;
+    auto run = [m](const at::Tensor& in) {
+      return nn::run_unit(*m, [&] { return std::dynamic_pointer_cast<GptBlockImpl>(m)->forward(in); });
+    };
+    if (l++ < config_.checkpoint_blocks)
+      x = checkpointing::checkpoint([run](const std::vector<at::Tensor>& in) { return run(in[0]); }, {x});
+    else
+      x = run(x);
+  }
   x = nn::run_unit(*ln_f_, [&] { return layer_norm(*ln_f_, x); });
   return nn::run_unit(*wte_, [&] { return nn::linear(tp::copy_to(x, tensor_), wte_->weight); });  // tied LM head
 }
@@ -222,8 +247,9 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tenso
                    },
                    c.vocab_size * d, "wte"});
   specs.push_back({"PositionEmbedding", embedding(seq, d),
-                   [](M& m, const at::Tensor& x) {
-                     return x + dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(at::arange(x.size(1), at::kLong));
+                   [p = c.dropout](M& m, const at::Tensor& x) {
+                     at::Tensor h = x + dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(at::arange(x.size(1), at::kLong));
+                     return p > 0.0 && m.is_training() ? at::dropout(h, p, true) : h;
                    },
                    seq * d, ""});
   const int64_t block_params = block_parameters(d);

@@ -82,6 +82,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
   if (coordinator_) ro.on_packed = [this](size_t u) { coordinator_->after_reduce(int(u)); };
   reducer_ = std::make_unique<zero::GradReducer>(raw, groups_.data, ro, shards);
   window_sync_ = plan_.sync;
+  configure_activation_checkpointing();
   if (config_.csv_monitor.enabled) {
     std::string dir = config_.csv_monitor.output_path.empty() ? "." : config_.csv_monitor.output_path;
     set_metrics_csv(dir + "/" + config_.csv_monitor.job_name + "_metrics.csv");
@@ -258,7 +259,8 @@ void Engine::set_metrics_csv(const std::string& path) {
   csv_.close();
   csv_.open(path);
   if (!csv_) throw Error(ds::str("cannot write the metrics file ", path, " (does its directory exist?)"));
-  csv_ << "step,loss,lr,grad_norm,loss_scale,skipped,ms_per_step,tokens_per_s,rss_bytes\n";
+  csv_ << "step,loss,lr,grad_norm,loss_scale,skipped,ms_per_step,tokens_per_s,rss_bytes,forward_ms,backward_ms,"
+          "backward_comm_wait_ms,gather_wait_ms,reduce_ms,optimizer_ms,disk_wait_ms\n";
 }
 
 Engine::~Engine() = default;
@@ -303,10 +305,12 @@ void Engine::run_backward(const std::function<void()>& autograd) {
   const bool boundary = (micro_step_ + 1) % gas == 0;
   for (auto& s : units_) s.unit->check_grad_views();
   reducer_->begin_backward(boundary, window_sync_);
+  const double waited = reducer_->wait_seconds();
   autograd();
   if (plan_.reduce.every_micro_batch) reducer_->finish();  // this micro-batch's gradients go to the shards now
   if (coordinator_) coordinator_->end_micro_batch();
   ++micro_step_;
+  backward_comm_s_ += reducer_->wait_seconds() - waited;
   backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 

@@ -192,6 +192,7 @@ std::optional<StepStats> Engine::step() {
   s.reduce_s = std::chrono::duration<double>(Clock::now() - reduce_start).count();
 
   auto opt_start = Clock::now();
+  const double disk_waited = swapper_ ? swapper_->stats().io_wait_s : 0.0;
   s.loss_scale = scaler_.scale();
   bool overflow = unscale_and_check_overflow();
   s.lr = current_lr();
@@ -227,10 +228,18 @@ std::optional<StepStats> Engine::step() {
   s.optimizer_s = std::chrono::duration<double>(now - opt_start).count();
   s.seconds = std::chrono::duration<double>(now - last_step_time_).count();
   last_step_time_ = now;
-  s.forward_s = forward_s_, s.backward_s = backward_s_;
-  forward_s_ = backward_s_ = 0.0;
+  s.forward_s = forward_s_, s.backward_s = backward_s_, s.backward_comm_s = backward_comm_s_;
+  forward_s_ = backward_s_ = backward_comm_s_ = 0.0;
+  if (swapper_) s.disk_wait_s = std::max(0.0, swapper_->stats().io_wait_s - disk_waited);
+  if (coordinator_) {  // totals since the start (a reset of the statistics restarts the count)
+    const auto& cs = coordinator_->stats();
+    s.gather_wait_s = std::max(0.0, cs.wait_s - gather_wait_seen_);
+    s.disk_wait_s += std::max(0.0, cs.read_wait_s - read_wait_seen_);
+    gather_wait_seen_ = cs.wait_s, read_wait_seen_ = cs.read_wait_s;
+  }
   s.rss_bytes = current_rss_bytes();
   log_step(s);
+  report_activation_checkpointing(s.step);
   return s;
 }
 
@@ -250,6 +259,14 @@ bool Engine::nonfinite_step(const StepStats& s) {
                       "skip such steps (ds-train --skip-nonfinite, EngineOptions::skip_nonfinite_steps)"));
 }
 
+namespace {
+std::string fixed1(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", v);
+  return b;
+}
+}  // namespace
+
 std::string Engine::progress_line(const StepStats& s) const {
   char buf[512];
   double tps = s.seconds > 0 ? tokens_per_step_ / s.seconds : 0.0;
@@ -261,9 +278,11 @@ std::string Engine::progress_line(const StepStats& s) const {
   const std::string phase = optimizer_->phase(optimizer_steps_);  // e.g. 1-bit Adam's
   if (!phase.empty()) line += " | " + phase;
   if (config_.wall_clock_breakdown) {
-    std::snprintf(buf, sizeof buf, " | fwd %.1f bwd %.1f reduce %.1f step %.1f ms", s.forward_s * 1e3,
-                  s.backward_s * 1e3, s.reduce_s * 1e3, s.optimizer_s * 1e3);
+    std::snprintf(buf, sizeof buf, " | fwd %.1f bwd %.1f (comm wait %.1f) reduce %.1f step %.1f ms", s.forward_s * 1e3,
+                  s.backward_s * 1e3, s.backward_comm_s * 1e3, s.reduce_s * 1e3, s.optimizer_s * 1e3);
     line += buf;
+    if (coordinator_) line += ds::str(" | gather wait ", fixed1(s.gather_wait_s * 1e3), " ms");
+    if (swapper_ || param_swapper_) line += ds::str(" | disk wait ", fixed1(s.disk_wait_s * 1e3), " ms");
   }
   return line;
 }
@@ -279,7 +298,10 @@ void Engine::log_step(const StepStats& s) {
     // The loss and the norm with every digit (17): runs compare exactly, e.g. resumed ones.
     csv_ << s.step << ',' << std::setprecision(17) << s.loss << ',' << std::setprecision(6) << s.lr << ','
          << std::setprecision(17) << s.grad_norm << ',' << std::setprecision(6) << s.loss_scale << ','
-         << (s.skipped ? 1 : 0) << ',' << s.seconds * 1e3 << ',' << tps << ',' << s.rss_bytes << '\n';
+         << (s.skipped ? 1 : 0) << ',' << s.seconds * 1e3 << ',' << tps << ',' << s.rss_bytes;
+    for (double t : {s.forward_s, s.backward_s, s.backward_comm_s, s.gather_wait_s, s.reduce_s, s.optimizer_s, s.disk_wait_s})
+      csv_ << ',' << t * 1e3;
+    csv_ << '\n';
     csv_.flush();
   }
 }

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <chrono>
 #include <mutex>
 
 #include "ds/common/error.h"
@@ -132,7 +133,9 @@ void GradReducer::launch(size_t u) {
 // Waits for one bucket and puts its result in place; its buffers are freed.
 void GradReducer::settle(Bucket& b) {
   const double post = options_.predivide_factor / comm_->size();
+  const auto start = std::chrono::steady_clock::now();
   b.work.wait();
+  wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
     shards_[b.unit].add_(b.wire_out, post);
     wire_elements_ -= b.wire.numel();

@@ -87,6 +87,8 @@ TEST(Faults, BadFilesAndImpossibleSizesAreNamedBeforeTraining) {
   const std::string huge = dir.write("huge.json", R"({"train_batch_size": 2000000000, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}})");
   const std::string empty_nvme = dir.write("nvme.json", R"({"train_batch_size": 8, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": ""}}})");
   const std::string bucket = dir.write("bucket.json", R"({"train_batch_size": 8, "zero_optimization": {"reduce_bucket_size": 0}})");
+  const std::string too_many = dir.write("ac.json", R"({"train_batch_size": 8, "activation_checkpointing": {"number_checkpoints": 3}})");
+  const std::string no_count = dir.write("ac2.json", R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true}})");
   struct Case {
     std::vector<std::string> args;
     std::string message;
@@ -99,6 +101,8 @@ TEST(Faults, BadFilesAndImpossibleSizesAreNamedBeforeTraining) {
       {{"--config", huge}, "of activations, more than this machine's"},
       {{"--config", empty_nvme}, "offload_optimizer.nvme_path: is empty"},
       {{"--config", bucket}, "reduce_bucket_size: expected an integer >= 1"},
+      {{"--config", too_many}, "activation_checkpointing.number_checkpoints is 3 but the model has 1 block to checkpoint"},
+      {{"--config", no_count}, "contiguous_memory_optimization: needs number_checkpoints"},
   };
   for (const auto& c : cases) {
     const auto start = std::chrono::steady_clock::now();

@@ -33,6 +33,7 @@ at::Tensor key_bias_mask(const std::vector<std::pair<std::string, int64_t>>& slo
 Gpt plain_model(const Dataset& data, const TinyShape& shape) {
   GptConfig mc;
   mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data.context();
+  mc.dropout = shape.dropout, mc.checkpoint_blocks = shape.checkpoint_blocks;
   torch::manual_seed(7);
   return Gpt(mc);
 }
@@ -62,6 +63,7 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   config.resolve(comm_->size());
   GptConfig mc;
   mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data_->context();
+  mc.dropout = shape.dropout, mc.checkpoint_blocks = shape.checkpoint_blocks;
   torch::manual_seed(7);
   EngineOptions options;
   options.compute_dtype = shape.compute_dtype;

@@ -30,6 +30,8 @@ struct TrainResult {
 struct TinyShape {
   TinyShape(int64_t layers = 2, int64_t width = 32) : n_layer(layers), d_model(width) {}
   int64_t n_layer, d_model;
+  double dropout = 0.0;            // GptConfig::dropout
+  int64_t checkpoint_blocks = 0;   // GptConfig::checkpoint_blocks
   bool zero_init = false;  // build the model under ds::zero::Init (shards at once at stage 3)
   std::optional<at::ScalarType> compute_dtype;  // EngineOptions::compute_dtype
   // EngineOptions::optimizer (null: the config's)

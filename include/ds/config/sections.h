@@ -37,6 +37,7 @@ struct Bf16Config {
 
 // `activation_checkpointing`.
 struct ActivationCheckpointingConfig {
+  bool present = false;  // the section is in the config (ds-train then checkpoints every block)
   bool partition_activations = false;
   bool cpu_checkpointing = false;
   bool contiguous_memory_optimization = false;

@@ -34,6 +34,12 @@ struct GptConfig {
   int64_t n_head = 4;
   int64_t d_model = 128;
   int64_t seq_len = 64;  // maximum context
+  // GPT-2's dropout (0.1 there) on the embeddings' sum, the attention probabilities and each
+  // residual branch, in training mode only; 0 = none.
+  double dropout = 0.0;
+  // Activation checkpointing: the first checkpoint_blocks blocks run through
+  // ds::checkpointing::checkpoint (their activations recomputed in the backward); 0 = none.
+  int64_t checkpoint_blocks = 0;
   // Throws ds::ConfigError naming the offending field (heads must divide the width, ...).
   void validate() const;
   // Parameters of this shape (tied head counted once).
@@ -43,9 +49,10 @@ struct GptConfig {
   double flops_per_token(int64_t context) const;
   // Bytes of activations one training micro-batch of `batch` sequences of `context` tokens
   // keeps for the backward, in fp32: Megatron-LM's per-layer estimate (34 d + 5 H T) T B
-  // elements, plus the logits and their gradient (3 T B V). An estimate, for start-up checks.
+  // elements, plus the logits and their gradient (3 T B V); a checkpointed block keeps its
+  // input (d T B) instead, plus one block's worth while recomputing. An estimate, for start-up checks.
   double activation_bytes(int64_t batch, int64_t context) const;
-  std::string describe() const;
+  std::string describe() const;  // the architecture (not dropout or checkpointing)
 };
 
 // Tensor parallelism (Megatron's split of a transformer layer): split_over(group) keeps this
@@ -62,6 +69,8 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   std::vector<tp::Split> sharded_parameters() const override;
 
  private:
+  at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
+  double dropout_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
   tp::Group tensor_;
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};

@@ -64,7 +64,12 @@ struct StepStats {
   double loss = NAN;  // mean over the whole global batch (all ranks, all micro-batches)
   double lr = 0, grad_norm = 0, loss_scale = 1;
   double seconds = 0;  // wall time of this step (since the previous one)
+  // wall_clock_breakdown: forward, backward (including backward_comm_s waiting for gradient
+  // reductions), the step's wait for the last reductions (reduce_s), the optimizer step
+  // (including disk_wait_s: optimizer states and, at stage 3, weight shards read from disk);
+  // gather_wait_s: stage 3's waits for all-gathers during forward and backward.
   double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;
+  double backward_comm_s = 0, gather_wait_s = 0, disk_wait_s = 0;
   int64_t rss_bytes = 0;
 };
 
@@ -283,6 +288,9 @@ class Engine {
   // Tensor parallelism: on every rank but the tensor group's first, the parts of each unit
   // the gradient norm counts (the split parameters; the replicated ones count on the first).
   void plan_tensor_parallel_norm();
+  // engine_activations.cpp: the activation_checkpointing section.
+  void configure_activation_checkpointing();
+  void report_activation_checkpointing(int64_t step);
   double grad_sq_norm(size_t u) const;
 
   std::shared_ptr<torch::nn::Module> model_;
@@ -318,7 +326,8 @@ class Engine {
   int64_t schedule_iteration_ = -1;  // DeepSpeed's last_batch_iteration
   double loss_sum_ = 0.0;
   int64_t tokens_per_step_ = 0;
-  double forward_s_ = 0, backward_s_ = 0;
+  double forward_s_ = 0, backward_s_ = 0, backward_comm_s_ = 0;
+  double gather_wait_seen_ = 0, read_wait_seen_ = 0;  // the coordinator's totals at the last step
   std::chrono::steady_clock::time_point last_step_time_;
   std::ofstream csv_;
 };

@@ -63,6 +63,8 @@ class GradReducer {
     return sync_ != GradSync::kNone && (boundary_ || (sync_ == GradSync::kReduceScatter && options_.every_micro_batch));
   }
   GradSync sync() const { return sync_; }
+  // Seconds this process has spent waiting for reductions to land (for wall_clock_breakdown).
+  double wait_seconds() const { return wait_s_; }
 
  private:
   struct Shared;
@@ -90,6 +92,7 @@ class GradReducer {
   int64_t wire_elements_ = 0;   // kReduceScatter: packed gradients still waiting on the wire
   bool boundary_ = true;
   GradSync sync_ = GradSync::kAllReduce;
+  double wait_s_ = 0;
 };
 
 }  // namespace ds::zero
