@@ -191,10 +191,6 @@ void add_misc_sections(Schema<Config>& root) {
                         "needs number_checkpoints (the checkpointed calls of one forward: the buffer holds that many)");
       })
       .object("flops_profiler", &Config::flops_profiler, flops_profiler_schema())
-      .custom([](ObjectReader& in, Config& c) {
-        if (c.flops_profiler.enabled)
-          in.ctx().warn("flops_profiler.enabled", "the flops profiler is not implemented yet; nothing is profiled");
-      })
       .object("comms_logger", &Config::comms_logger, comms_logger_schema())
       .object("csv_monitor", &Config::csv_monitor, file_monitor_schema())
       .object("tensorboard", &Config::tensorboard, file_monitor_schema())
