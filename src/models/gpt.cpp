@@ -181,9 +181,9 @@ at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
   if (config_.dropout > 0.0 && is_training()) x = at::dropout(x, config_.dropout, true);
   int64_t l = 0;
   for (const auto& block : *blocks_) {
-    std::shared_ptr<torch::nn::Module> m = block;
-    auto run = [m](const at::Tensor& in) {
-      return nn::run_unit(*m, [&] { return std::dynamic_pointer_cast<GptBlockImpl>(m)->forward(in); });
+    // By value: a checkpointed call keeps `run` until its backward.
+    auto run = [b = std::dynamic_pointer_cast<GptBlockImpl>(block)](const at::Tensor& in) {
+      return nn::run_unit(*b, [&] { return b->forward(in); });
     };
     if (l++ < config_.checkpoint_blocks)
       x = checkpointing::checkpoint([run](const std::vector<at::Tensor>& in) { return run(in[0]); }, {x});

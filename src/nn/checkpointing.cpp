@@ -48,6 +48,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 struct State {
   std::mutex mu;
   Options options;
+  int64_t generation = 0;  // configure() calls so far
   Stats stats;
   at::Tensor pool;             // number_checkpoints slots of slot_numel elements
   int64_t slot_numel = 0;
@@ -257,7 +258,7 @@ at::Tensor checkpoint(Function fn, const std::vector<at::Tensor>& inputs) {
   return out;
 }
 
-void configure(const Options& options) {
+int64_t configure(const Options& options) {
   if (options.contiguous && options.number_checkpoints < 1)
     throw ConfigError("activation_checkpointing.contiguous_memory_optimization needs number_checkpoints (the "
                       "checkpointed calls of one forward): the contiguous buffer holds that many saved inputs");
@@ -271,12 +272,16 @@ void configure(const Options& options) {
     st.slot_numel = 0;
     st.slot_used.clear();
   }
+  return ++st.generation;
 }
 
-Options options() {
-  State& st = state();
-  std::lock_guard<std::mutex> lock(st.mu);
-  return st.options;
+void unconfigure(int64_t token) {
+  {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mu);
+    if (st.generation != token) return;
+  }
+  configure({});
 }
 
 Stats stats() {

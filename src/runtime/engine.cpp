@@ -1,6 +1,7 @@
 // Engine: construction from the plan, forward/backward, GatheredParameters and the memory
 // count. The optimizer step is in engine_step.cpp, checkpoints in engine_checkpoint.cpp.
 #include "ds/runtime/engine.h"
+#include "ds/nn/checkpointing.h"
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -263,7 +264,9 @@ void Engine::set_metrics_csv(const std::string& path) {
           "backward_comm_wait_ms,gather_wait_ms,reduce_ms,optimizer_ms,disk_wait_ms\n";
 }
 
-Engine::~Engine() = default;
+// The checkpointing options (their partition group holds this engine's tensor group) go with
+// the engine, unless a newer engine set its own.
+Engine::~Engine() { checkpointing::unconfigure(checkpointing_token_); }
 
 bool Engine::is_gradient_accumulation_boundary() const {
   return micro_step_ % config_.gradient_accumulation_steps == 0 && micro_step_ > 0;

@@ -24,7 +24,7 @@ void Engine::configure_activation_checkpointing() {
     o.partition.size = tensor->size();
     o.partition.all_gather = [tensor](at::Tensor& out, const at::Tensor& piece) { tensor->all_gather(out, piece).wait(); };
   }
-  checkpointing::configure(o);  // throws for contiguous without number_checkpoints
+  checkpointing_token_ = checkpointing::configure(o);  // throws for contiguous without number_checkpoints
   checkpointing::reset_stats();
   if (!a.present || groups_.world->rank() != 0) return;
   std::string line = "[ds] activation checkpointing (the model checkpoints what it passes to ds::checkpointing::checkpoint):";

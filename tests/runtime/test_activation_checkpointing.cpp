@@ -152,6 +152,40 @@ TEST(ActivationCheckpointing, TheContiguousBufferGivesTheSameGradientsAndRefuses
   EXPECT_EQ(checkpointing::stats().saved_bytes, 0);
 }
 
+TEST(ActivationCheckpointing, SettingsAreUndoneOnlyByTheirOwner) {
+  // An engine undoes its settings when it goes (its partition group must not outlive it), but
+  // an older engine going does not undo a newer one's.
+  auto three_calls = [] {
+    Toy toy;
+    at::Tensor h = at::randn({2, 8}).requires_grad_(true);
+    for (int i = 0; i < 3; ++i)
+      h = checkpointing::checkpoint([&toy](const std::vector<at::Tensor>& in) { return toy.run(in[0]); }, {h});
+    h.sum().backward();
+  };
+  checkpointing::Options contiguous;
+  contiguous.contiguous = true, contiguous.number_checkpoints = 2;
+  const int64_t older = checkpointing::configure({});
+  const int64_t newer = checkpointing::configure(contiguous);
+  checkpointing::unconfigure(older);
+  EXPECT_ERROR_HAS(three_calls(), "more than number_checkpoints = 2");  // still the newer settings
+  checkpointing::unconfigure(newer);
+  EXPECT_NO_THROW(three_calls());  // the defaults again
+  test::run_ranks(1, [](comm::Communicator& c) {
+    {
+      test::TinyShape shape;
+      shape.checkpoint_blocks = 2;
+      const std::string json = config(0, 8, R"(, "activation_checkpointing": {"contiguous_memory_optimization": true, "number_checkpoints": 1})");
+      test::TinyRun run(c.shared_from_this(), json, shape);
+      EXPECT_ERROR_HAS(run.train_to(1), "more than number_checkpoints = 1");
+    }
+    Toy toy;  // the engine is gone: its one-slot buffer with it
+    at::Tensor h = at::randn({2, 8}).requires_grad_(true);
+    for (int i = 0; i < 2; ++i)
+      h = checkpointing::checkpoint([&toy](const std::vector<at::Tensor>& in) { return toy.run(in[0]); }, {h});
+    EXPECT_NO_THROW(h.sum().backward());
+  });
+}
+
 TEST(ActivationCheckpointing, BadInputIsOneLine) {
   EXPECT_ERROR_HAS(Config::parse(R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true}})", "t"),
                    "activation_checkpointing.contiguous_memory_optimization: needs number_checkpoints");

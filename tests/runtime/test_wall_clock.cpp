@@ -33,7 +33,7 @@ TEST(WallClockBreakdown, TheProgressLineAndTheCsvSplitEachPhase) {
       "optimizer": {"type": "AdamW", "params": {"lr": 0.01}}, "zero_optimization": {"stage": 3}})";
     test::TinyRun run(c.shared_from_this(), json);
     if (c.rank() == 0) run.engine().set_metrics_csv(dir.file("m.csv"));
-    run.train_to(3, [&](Engine&, int) {});
+    run.train_to(3);
     if (c.rank() != 0) return;
     std::ifstream in(dir.file("m.csv"));
     std::string header, line;

@@ -53,9 +53,12 @@ struct Options {
   bool profile = false;
 };
 // Applies to calls made from now on (the engine calls it; a graph already built keeps its own).
-// Throws ds::ConfigError for contiguous without number_checkpoints.
-void configure(const Options& options);
-Options options();
+// Throws ds::ConfigError for contiguous without number_checkpoints. Returns a token for
+// unconfigure.
+int64_t configure(const Options& options);
+// Back to the defaults, unless configure() was called again after the call that returned
+// `token` (an engine undoes its own settings when it goes, never a newer engine's).
+void unconfigure(int64_t token);
 
 // Since the last reset_stats(): calls (in grad mode) and recomputations, their times (when
 // profiling), and the most bytes of saved inputs alive at once on this rank.

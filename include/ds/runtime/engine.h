@@ -327,6 +327,7 @@ class Engine {
   double loss_sum_ = 0.0;
   int64_t tokens_per_step_ = 0;
   double forward_s_ = 0, backward_s_ = 0, backward_comm_s_ = 0;
+  int64_t checkpointing_token_ = 0;  // this engine's checkpointing::configure, undone by ~Engine
   double gather_wait_seen_ = 0, read_wait_seen_ = 0;  // the coordinator's totals at the last step
   std::chrono::steady_clock::time_point last_step_time_;
   std::ofstream csv_;
