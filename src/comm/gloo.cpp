@@ -59,7 +59,20 @@ std::string first_line(const std::exception& e) {
 
 bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
-// One send or receive with one peer (`peer`: its world rank, for messages).
+// A send's or receive's failure as a ds error. Gloo closes every connection of a rank whose
+// wait timed out (or that exited), so its peers see a closed connection before their own
+// timeout: name that rank (`peer`, its world rank), whose error names the cause.
+[[noreturn]] void rethrow_p2p(const std::exception& e, int peer, Millis timeout) {
+  std::string msg = first_line(e);
+  if (has(msg, "imed out") || has(msg, "imeout"))
+    throw TimeoutError(ds::str("timed out after ", timeout.count() / 1000.0, " s: ", msg));
+  if (has(msg, "losed by peer") || has(msg, "reset by peer") || has(msg, "roken pipe"))
+    throw CommError(ds::str(msg, " (rank ", peer,
+                            " closed the connection: it failed, exited or timed out first, and its own error names why)"));
+  throw CommError(msg);
+}
+
+// One send or receive with one peer.
 class C10dPending : public PendingOp {
  public:
   C10dPending(c10::intrusive_ptr<c10d::Work> work, int peer) : work_(std::move(work)), peer_(peer) {}
@@ -67,15 +80,7 @@ class C10dPending : public PendingOp {
     try {
       work_->wait(timeout);
     } catch (const std::exception& e) {
-      std::string msg = first_line(e);
-      if (has(msg, "imed out") || has(msg, "imeout"))
-        throw TimeoutError(ds::str("timed out after ", timeout.count() / 1000.0, " s: ", msg));
-      // Gloo closes every connection of a rank whose wait timed out, so its peers see a closed
-      // connection before their own timeout: name that rank, whose error names the cause.
-      if (has(msg, "losed by peer") || has(msg, "reset by peer") || has(msg, "roken pipe"))
-        throw CommError(ds::str(msg, " (rank ", peer_,
-                                " closed the connection: it failed or timed out first, and its own error names why)"));
-      throw CommError(msg);
+      rethrow_p2p(e, peer_, timeout);
     }
   }
 
@@ -90,13 +95,22 @@ class GlooTransport : public Transport {
       : pg_(std::move(pg)), global_ranks_(std::move(global_ranks)) {}
   int rank() const override { return pg_->getRank(); }
   int size() const override { return pg_->getSize(); }
+  // Gloo may fail at issue already (the peer's connection is closed): the same errors as a wait's.
   std::unique_ptr<PendingOp> isend(const at::Tensor& buffer, int peer, uint32_t tag) override {
     std::vector<at::Tensor> v{buffer};
-    return std::make_unique<C10dPending>(pg_->send(v, peer, static_cast<int>(tag)), global_ranks_[size_t(peer)]);
+    try {
+      return std::make_unique<C10dPending>(pg_->send(v, peer, static_cast<int>(tag)), global_ranks_[size_t(peer)]);
+    } catch (const std::exception& e) {
+      rethrow_p2p(e, global_ranks_[size_t(peer)], pg_->getOptions()->timeout);
+    }
   }
   std::unique_ptr<PendingOp> irecv(const at::Tensor& buffer, int peer, uint32_t tag) override {
     std::vector<at::Tensor> v{buffer};
-    return std::make_unique<C10dPending>(pg_->recv(v, peer, static_cast<int>(tag)), global_ranks_[size_t(peer)]);
+    try {
+      return std::make_unique<C10dPending>(pg_->recv(v, peer, static_cast<int>(tag)), global_ranks_[size_t(peer)]);
+    } catch (const std::exception& e) {
+      rethrow_p2p(e, global_ranks_[size_t(peer)], pg_->getOptions()->timeout);
+    }
   }
 
  private:

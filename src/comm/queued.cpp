@@ -212,10 +212,17 @@ Work QueuedCommunicator::barrier() {
   return enqueue("barrier", 0, [this] { return run_barrier(); });
 }
 
-Work QueuedCommunicator::start_p2p(const std::string& op, const at::Tensor& buffer, Waiter waiter) {
+Work QueuedCommunicator::start_p2p(const std::string& op, const at::Tensor& buffer, const std::function<Waiter()>& issue) {
   auto start = std::chrono::steady_clock::now();
   int64_t bytes = nbytes(buffer);
   std::string what = describe(op);
+  Waiter waiter;
+  try {
+    waiter = issue();
+  } catch (const std::exception& e) {  // e.g. the peer's connection is closed already
+    std::string why = e.what();
+    throw CommError(ds::str(what, " failed: ", why.substr(0, why.find('\n'))));
+  }
   auto wait_and_log = [waiter = std::move(waiter), logger = logger_, op, bytes, start, what](Millis timeout) {
     try {
       waiter(timeout);
@@ -235,14 +242,14 @@ Work QueuedCommunicator::send(const at::Tensor& buffer, int dst, int tag) {
   check_buffer(buffer, "send");
   if (dst < 0 || dst >= size_ || dst == rank_) throw CommError(ds::str("send: destination ", dst, " is not another rank of ", size_));
   if (tag < 0 || tag >= (1 << 24)) throw CommError(ds::str("send: tag ", tag, " must be in [0, 2^24)"));
-  return start_p2p("send", buffer, start_send(buffer, dst, tag));
+  return start_p2p("send", buffer, [&] { return start_send(buffer, dst, tag); });
 }
 
 Work QueuedCommunicator::recv(at::Tensor& buffer, int src, int tag) {
   check_buffer(buffer, "recv");
   if (src < 0 || src >= size_ || src == rank_) throw CommError(ds::str("recv: source ", src, " is not another rank of ", size_));
   if (tag < 0 || tag >= (1 << 24)) throw CommError(ds::str("recv: tag ", tag, " must be in [0, 2^24)"));
-  return start_p2p("recv", buffer, start_recv(buffer, src, tag));
+  return start_p2p("recv", buffer, [&] { return start_recv(buffer, src, tag); });
 }
 
 }  // namespace ds::comm

@@ -66,7 +66,8 @@ class QueuedCommunicator : public Communicator {
     std::shared_ptr<Work::State> state;
   };
   Work enqueue(std::string op, int64_t message_bytes, std::function<int64_t()> run);
-  Work start_p2p(const std::string& op, const at::Tensor& buffer, Waiter waiter);
+  // `start` issues the message; its errors, at issue or at the wait, name the operation.
+  Work start_p2p(const std::string& op, const at::Tensor& buffer, const std::function<Waiter()>& start);
   void worker_loop();
 
   int rank_;

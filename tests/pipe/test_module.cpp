@@ -72,11 +72,16 @@ TEST(PipelineModule, EachStageBuildsOnlyItsLayersAndTheTiedCopies) {
     }
     // The tied embedding: on the first stage (the token embedding) and the last (the head).
     ASSERT_EQ(pm->tied().size(), stage == 1 ? 0u : 1u) << stage;
-    if (stage != 1) EXPECT_EQ(pm->tied()[0].stages, (std::vector<int>{0, 2}));
+    if (stage != 1) {
+      EXPECT_EQ(pm->tied()[0].stages, (std::vector<int>{0, 2}));
+    }
   }
   EXPECT_EQ(holders["tied_modules.wte.weight"], 2);
-  for (const auto& [name, n] : holders)
-    if (name.rfind("tied_modules.", 0) != 0) EXPECT_EQ(n, 1) << name;
+  for (const auto& [name, n] : holders) {
+    if (name.rfind("tied_modules.", 0) != 0) {
+      EXPECT_EQ(n, 1) << name;
+    }
+  }
   EXPECT_EQ(holders.size(), all.size());
   // The stages' forwards chained are the whole model's forward.
   at::Tensor tokens = at::randint(c.vocab_size, {2, 8}, at::kLong);

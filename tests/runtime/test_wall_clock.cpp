@@ -1,6 +1,7 @@
 // wall_clock_breakdown: the step's parts on the progress line and in the metrics CSV, on 2
 // ranks at ZeRO stage 3 (gradient reductions during the backward, gathers in forward and
-// backward); the waits are parts of the phases that contain them.
+// backward, persistent units again after the update); the waits are parts of the phases
+// that contain them.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -54,7 +55,9 @@ TEST(WallClockBreakdown, TheProgressLineAndTheCsvSplitEachPhase) {
       EXPECT_GE(v["backward_comm_wait_ms"], 0.0) << line;
       EXPECT_LE(v["backward_comm_wait_ms"], v["backward_ms"]) << line;
       EXPECT_GE(v["gather_wait_ms"], 0.0) << line;
-      EXPECT_LE(v["gather_wait_ms"], v["forward_ms"] + v["backward_ms"]) << line;
+      // gathers are waited for in forward and backward, and in the step's refresh of the
+      // persistent units after the update
+      EXPECT_LE(v["gather_wait_ms"], v["forward_ms"] + v["backward_ms"] + v["optimizer_ms"]) << line;
       EXPECT_EQ(v["disk_wait_ms"], 0.0) << "no disk offload: " << line;
       EXPECT_LE(v["forward_ms"] + v["backward_ms"] + v["reduce_ms"] + v["optimizer_ms"], std::stod(cells[6]) * 1.01 + 1)
           << "the parts exceed the step: " << line;

@@ -16,11 +16,16 @@ std::string error_of(Fn fn) {
     fn();
   } catch (const ds::Error& e) {
     return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<not a ds::Error: ") + e.what() + ">";
   }
   return "<no error>";
 }
 
 }  // namespace ds::test
 
-#define EXPECT_ERROR_HAS(expr, text) \
-  EXPECT_NE(::ds::test::error_of([&] { expr; }).find(text), std::string::npos) << ::ds::test::error_of([&] { expr; })
+// expr runs once; more context may follow with <<.
+#define EXPECT_ERROR_HAS(expr, text)                                                \
+  if (const std::string ds_error_text_ = ::ds::test::error_of([&] { expr; }); false) { \
+  } else                                                                            \
+    EXPECT_NE(ds_error_text_.find(text), std::string::npos) << ds_error_text_
