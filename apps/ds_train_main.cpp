@@ -372,6 +372,11 @@ int run(const Args& a) {
   if (rank0 && first >= a.steps)
     std::printf("ds-train: the checkpoint is at step %lld, --steps is %lld: nothing to train\n",
                 (long long)first, (long long)a.steps);
+  const ds::FlopsProfilerConfig& fp = config.flops_profiler;
+  if (rank0 && fp.enabled && (fp.profile_step >= a.steps || fp.profile_step < first))
+    std::fprintf(stderr, "warning: flops_profiler.profile_step %lld is outside this run (steps %lld to %lld are "
+                         "trained; profile_step counts completed steps): no profile will be taken\n",
+                 (long long)fp.profile_step, (long long)first, (long long)a.steps - 1);
 
   Evaluation eval;
   eval.name = data->has_answers() ? "held-out accuracy" : "held-out loss";

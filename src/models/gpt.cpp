@@ -1,6 +1,7 @@
 #include "ds/models/gpt.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/init.h>
@@ -23,6 +24,11 @@ at::Tensor layer_norm(torch::nn::LayerNormImpl& ln, const at::Tensor& x) {
   const auto& o = ln.options;
   return at::layer_norm(x.to(at::kFloat), o.normalized_shape(), ln.weight.to(at::kFloat), ln.bias.to(at::kFloat), o.eps())
       .to(x.scalar_type());
+}
+
+at::Tensor scoped_layer_norm(const char* scope, torch::nn::LayerNormImpl& ln, const at::Tensor& x) {
+  RECORD_USER_SCOPE(scope);
+  return layer_norm(ln, x);
 }
 
 void check_tokens(const at::Tensor& tokens, int64_t seq_len) {
@@ -99,11 +105,19 @@ GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer)
   (void)layer;
 }
 
+// User scopes (RECORD_USER_SCOPE) name the parts for the flops profiler and LibTorch's
+// profiler: ln1, attn, ln2, mlp; inactive they cost a thread-local check.
 at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
-  // With tensor parallelism: this rank's heads and MLP columns; copy_to before each
-  // column-parallel layer, reduce_from after each row-parallel one.
+  at::Tensor h = x + attention(scoped_layer_norm("ln1", *ln1_, x));
+  return h + mlp(scoped_layer_norm("ln2", *ln2_, h));
+}
+
+// With tensor parallelism: this rank's heads; copy_to before the column-parallel qkv,
+// reduce_from after the row-parallel projection.
+at::Tensor GptBlockImpl::attention(const at::Tensor& x) {
+  RECORD_USER_SCOPE("attn");
   const int64_t B = x.size(0), T = x.size(1), H = local_heads_, hd = x.size(2) / n_head_, C = H * hd;
-  at::Tensor qkv = nn::linear(tp::copy_to(layer_norm(*ln1_, x), tensor_), qkv_->weight, qkv_->bias)
+  at::Tensor qkv = nn::linear(tp::copy_to(x, tensor_), qkv_->weight, qkv_->bias)
                        .view({B, T, 3, H, hd})
                        .permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
@@ -112,9 +126,14 @@ at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
   att = dropout(att);
   at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, C});
-  at::Tensor h = x + dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
-  at::Tensor m = at::gelu(nn::linear(tp::copy_to(layer_norm(*ln2_, h), tensor_), fc_->weight, fc_->bias));
-  return h + dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
+  return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
+}
+
+// This rank's MLP columns (column-parallel fc, row-parallel projection).
+at::Tensor GptBlockImpl::mlp(const at::Tensor& x) {
+  RECORD_USER_SCOPE("mlp");
+  at::Tensor m = at::gelu(nn::linear(tp::copy_to(x, tensor_), fc_->weight, fc_->bias));
+  return dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
 }
 
 at::Tensor GptBlockImpl::dropout(const at::Tensor& x) const {
@@ -176,13 +195,20 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) { return tp::gather_from(l
 at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
   check_tokens(tokens, config_.seq_len);
   const int64_t T = tokens.size(1);
-  at::Tensor x = nn::run_unit(*wte_, [&] { return wte_->forward(tokens); });
-  x = x + nn::run_unit(*wpe_, [&] { return wpe_(at::arange(T, at::kLong)); });
+  at::Tensor x = nn::run_unit(*wte_, [&] {
+    RECORD_USER_SCOPE("wte");
+    return wte_->forward(tokens);
+  });
+  x = x + nn::run_unit(*wpe_, [&] {
+    RECORD_USER_SCOPE("wpe");
+    return wpe_(at::arange(T, at::kLong));
+  });
   if (config_.dropout > 0.0 && is_training()) x = at::dropout(x, config_.dropout, true);
   int64_t l = 0;
   for (const auto& block : *blocks_) {
     // By value: a checkpointed call keeps `run` until its backward.
-    auto run = [b = std::dynamic_pointer_cast<GptBlockImpl>(block)](const at::Tensor& in) {
+    auto run = [b = std::dynamic_pointer_cast<GptBlockImpl>(block), l](const at::Tensor& in) {
+      RECORD_USER_SCOPE(ds::str("blocks.", l));
       return nn::run_unit(*b, [&] { return b->forward(in); });
     };
     if (l++ < config_.checkpoint_blocks)
@@ -190,8 +216,11 @@ at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
     else
       x = run(x);
   }
-  x = nn::run_unit(*ln_f_, [&] { return layer_norm(*ln_f_, x); });
-  return nn::run_unit(*wte_, [&] { return nn::linear(tp::copy_to(x, tensor_), wte_->weight); });  // tied LM head
+  x = nn::run_unit(*ln_f_, [&] { return scoped_layer_norm("ln_f", *ln_f_, x); });
+  return nn::run_unit(*wte_, [&] {  // the LM head, tied to the token embedding
+    RECORD_USER_SCOPE("lm_head");
+    return nn::linear(tp::copy_to(x, tensor_), wte_->weight);
+  });
 }
 
 at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
@@ -199,6 +228,7 @@ at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
 }
 
 at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor) {
+  RECORD_USER_SCOPE("loss");
   if (tensor && tensor->size() > 1) return tp::vocab_parallel_cross_entropy(logits, targets, tensor);
   // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
   const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);

@@ -1,6 +1,7 @@
 #include "ds/pipe/module.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/utils.h>
 
 #include <map>
@@ -121,6 +122,7 @@ std::vector<std::pair<int, std::shared_ptr<torch::nn::Module>>> PipelineModuleIm
 at::Tensor PipelineModuleImpl::run_layer(int i, const at::Tensor& x) {
   torch::nn::Module& m = *layers_[size_t(i)];
   const LayerSpec& s = specs_[size_t(i)];
+  RECORD_USER_SCOPE(ds::str(i, ":", s.type));  // the layer, for the flops profiler
   return nn::run_unit(m, [&] { return s.forward(m, x); });
 }
 

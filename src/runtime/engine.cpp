@@ -18,6 +18,7 @@
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
 #include "ds/offload/swap_dir.h"
+#include "ds/profiling/flops_profiler.h"
 #include "ds/runtime/allocator.h"
 
 namespace ds {
@@ -84,6 +85,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
   reducer_ = std::make_unique<zero::GradReducer>(raw, groups_.data, ro, shards);
   window_sync_ = plan_.sync;
   configure_activation_checkpointing();
+  configure_flops_profiler();
   if (config_.csv_monitor.enabled) {
     std::string dir = config_.csv_monitor.output_path.empty() ? "." : config_.csv_monitor.output_path;
     set_metrics_csv(dir + "/" + config_.csv_monitor.job_name + "_metrics.csv");
@@ -266,7 +268,10 @@ void Engine::set_metrics_csv(const std::string& path) {
 
 // The checkpointing options (their partition group holds this engine's tensor group) go with
 // the engine, unless a newer engine set its own.
-Engine::~Engine() { checkpointing::unconfigure(checkpointing_token_); }
+Engine::~Engine() {
+  checkpointing::unconfigure(checkpointing_token_);
+  warn_flops_profile_missed();
+}
 
 bool Engine::is_gradient_accumulation_boundary() const {
   return micro_step_ % config_.gradient_accumulation_steps == 0 && micro_step_ > 0;
@@ -309,7 +314,9 @@ void Engine::run_backward(const std::function<void()>& autograd) {
   for (auto& s : units_) s.unit->check_grad_views();
   reducer_->begin_backward(boundary, window_sync_);
   const double waited = reducer_->wait_seconds();
+  resume_flops_profile();
   autograd();
+  pause_flops_profile();
   if (plan_.reduce.every_micro_batch) reducer_->finish();  // this micro-batch's gradients go to the shards now
   if (coordinator_) coordinator_->end_micro_batch();
   ++micro_step_;
@@ -409,6 +416,7 @@ at::Tensor Engine::grad_of(size_t u) const {
 }
 
 void Engine::forward_begin() {
+  resume_flops_profile();
   if (!coordinator_) return;
   coordinator_->begin_micro_batch();
   if (!unit_aware_) coordinator_->gather_all();
@@ -416,6 +424,7 @@ void Engine::forward_begin() {
 
 void Engine::forward_end() {
   if (coordinator_ && !at::GradMode::is_enabled()) coordinator_->end_micro_batch();  // no backward follows
+  pause_flops_profile();
 }
 
 std::vector<size_t> Engine::units_holding(const std::vector<std::string>& names) const {

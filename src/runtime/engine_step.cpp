@@ -53,7 +53,9 @@ void Engine::for_each_segment(const std::function<void(optim::Segment&)>& fn) {
   auto visit = [&](size_t u, int64_t offset, const at::Tensor& master, std::vector<at::Tensor>& states) {
     const int64_t n = master.numel();
     std::optional<optim::WorkingCopy> copy = working_copy(u, offset, n);
-    optim::Segment seg{u, offset, master, part_grad_of(u, offset, n), &states, copy ? &*copy : nullptr};
+    optim::Segment seg;
+    seg.unit = u, seg.offset = offset, seg.master = master, seg.grad = part_grad_of(u, offset, n);
+    seg.states = &states, seg.copy = copy ? &*copy : nullptr;
     const UnitState& s = units_[u];
     seg.unit_offset = s.layout.own.offset + offset;
     seg.unit_numel = s.unit->numel();
@@ -240,6 +242,7 @@ std::optional<StepStats> Engine::step() {
   s.rss_bytes = current_rss_bytes();
   log_step(s);
   report_activation_checkpointing(s.step);
+  finish_flops_profile(s);
   return s;
 }
 

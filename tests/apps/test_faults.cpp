@@ -89,6 +89,8 @@ TEST(Faults, BadFilesAndImpossibleSizesAreNamedBeforeTraining) {
   const std::string bucket = dir.write("bucket.json", R"({"train_batch_size": 8, "zero_optimization": {"reduce_bucket_size": 0}})");
   const std::string too_many = dir.write("ac.json", R"({"train_batch_size": 8, "activation_checkpointing": {"number_checkpoints": 3}})");
   const std::string no_count = dir.write("ac2.json", R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true}})");
+  const std::string profile_to = dir.write("fp.json", R"({"train_batch_size": 8, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}, "flops_profiler": {"enabled": true, "output_file": ")" +
+                                                          dir.file("no/such/dir/profile.txt") + R"("}})");
   struct Case {
     std::vector<std::string> args;
     std::string message;
@@ -103,6 +105,7 @@ TEST(Faults, BadFilesAndImpossibleSizesAreNamedBeforeTraining) {
       {{"--config", bucket}, "reduce_bucket_size: expected an integer >= 1"},
       {{"--config", too_many}, "activation_checkpointing.number_checkpoints is 3 but the model has 1 block to checkpoint"},
       {{"--config", no_count}, "contiguous_memory_optimization: needs number_checkpoints"},
+      {{"--config", profile_to}, "flops_profiler.output_file: cannot write '" + dir.file("no/such/dir/profile.txt")},
   };
   for (const auto& c : cases) {
     const auto start = std::chrono::steady_clock::now();
@@ -121,6 +124,21 @@ TEST(Faults, BadFilesAndImpossibleSizesAreNamedBeforeTraining) {
   v = Spawned({bin("ds-config"), "validate", deep}).wait(30);
   EXPECT_EQ(v.exit_code(), 1) << diag(v);
   EXPECT_NE(error_line(v, "ds-config: error: ", "deep").find("nested deeper than 64 levels"), std::string::npos);
+}
+
+// A profile step the run never reaches is a warning at start-up (and at the end), not an error.
+TEST(Faults, AFlopsProfileStepOutsideTheRunIsAWarning) {
+  TempDir dir;
+  const std::string json = dir.write("fp.json", R"({"train_batch_size": 4, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}, "flops_profiler": {"enabled": true, "profile_step": 5}})");
+  RunOutput r = Spawned(train_args({"--config", json, "--steps", "2"})).wait(60);
+  EXPECT_EQ(r.exit_code(), 0) << diag(r);
+  EXPECT_NE(r.err.find("warning: flops_profiler.profile_step 5 is outside this run (steps 0 to 1 are trained"),
+            std::string::npos)
+      << diag(r);
+  EXPECT_NE(r.err.find("warning: flops_profiler: no profile: profile_step 5 was never reached (the run took 2 steps"),
+            std::string::npos)
+      << diag(r);
+  EXPECT_EQ(r.out.find("Flops Profiler"), std::string::npos) << r.out;
 }
 
 TEST(Faults, TheMpiBackendWithoutMpirunIsRefused) {

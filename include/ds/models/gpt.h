@@ -69,6 +69,8 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   std::vector<tp::Split> sharded_parameters() const override;
 
  private:
+  at::Tensor attention(const at::Tensor& x);  // x: the normalised input; without the residual
+  at::Tensor mlp(const at::Tensor& x);
   at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
   double dropout_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)

@@ -49,6 +49,10 @@ class OptimizerSwapper;
 class ParamSwapper;
 }  // namespace offload
 
+namespace profiling {
+class FlopsProfiler;
+}  // namespace profiling
+
 namespace ckpt {
 class CheckpointReader;
 struct Manifest;
@@ -67,7 +71,8 @@ struct StepStats {
   // wall_clock_breakdown: forward, backward (including backward_comm_s waiting for gradient
   // reductions), the step's wait for the last reductions (reduce_s), the optimizer step
   // (including disk_wait_s: optimizer states and, at stage 3, weight shards read from disk);
-  // gather_wait_s: stage 3's waits for all-gathers during forward and backward.
+  // gather_wait_s: stage 3's waits for all-gathers during forward and backward and for the
+  // persistent units regathered after the update (part of optimizer_s).
   double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;
   double backward_comm_s = 0, gather_wait_s = 0, disk_wait_s = 0;
   int64_t rss_bytes = 0;
@@ -291,6 +296,12 @@ class Engine {
   // engine_activations.cpp: the activation_checkpointing section.
   void configure_activation_checkpointing();
   void report_activation_checkpointing(int64_t step);
+  // flops_profiler (engine_profiler.cpp)
+  void configure_flops_profiler();
+  void resume_flops_profile();
+  void pause_flops_profile();
+  void finish_flops_profile(const StepStats& s);
+  void warn_flops_profile_missed() const;
   double grad_sq_norm(size_t u) const;
 
   std::shared_ptr<torch::nn::Module> model_;
@@ -328,6 +339,8 @@ class Engine {
   int64_t tokens_per_step_ = 0;
   double forward_s_ = 0, backward_s_ = 0, backward_comm_s_ = 0;
   int64_t checkpointing_token_ = 0;  // this engine's checkpointing::configure, undone by ~Engine
+  std::unique_ptr<profiling::FlopsProfiler> flops_profiler_;  // rank 0 with flops_profiler.enabled
+  bool flops_profiled_ = false;
   double gather_wait_seen_ = 0, read_wait_seen_ = 0;  // the coordinator's totals at the last step
   std::chrono::steady_clock::time_point last_step_time_;
   std::ofstream csv_;
