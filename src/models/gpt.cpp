@@ -66,14 +66,20 @@ double GptConfig::flops_per_token(int64_t context) const {
   return 6.0 * double(parameter_count()) + 12.0 * double(n_layer) * double(context) * double(d_model);
 }
 
-double GptConfig::activation_bytes(int64_t batch, int64_t context) const {
-  const double T = double(context), B = double(batch), d = double(d_model), H = double(n_head);
-  const double per_layer = (34.0 * d + 5.0 * H * T) * T * B;
-  // A checkpointed block keeps only its input; one block's activations live again while it is
-  // recomputed in the backward.
-  const double k = double(checkpoint_blocks);
-  const double layers = (double(n_layer) - k) * per_layer + k * d * T * B + (k > 0 ? per_layer : 0.0);
-  return 4.0 * (layers + 3.0 * T * B * double(vocab_size));
+double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t element_bytes) const {
+  const double T = double(context), d = double(d_model), H = double(n_head), w = double(element_bytes);
+  // Per token: what a block saves (LayerNorm and linear inputs 2 d + 7 d, q/k/v 3 d, GELU input
+  // 4 d, softmax output H T), a block's backward (~2 H T + 8 d), the head's fp32
+  // log-probabilities and their gradient and the logits' gradient (V (8 + w) bytes).
+  const double block = 16.0 * d + H * T, backward = 2.0 * H * T + 8.0 * d;
+  const double head = double(vocab_size) * (8.0 + w);
+  // A checkpointed block keeps its input; one block lives again during its recompute. The
+  // head's buffers and the block's add up in RSS: the caching allocator keeps the head's freed
+  // blocks, which do not fit the block's sizes (measured on GPT-2 124M, docs/BENCHMARKS.md).
+  const double k = double(std::min(checkpoint_blocks, n_layer));
+  const double per_token =
+      (double(n_layer) - k) * block * w + k * d * w + head + (k > 0 ? block + backward : backward) * w;
+  return per_token * T * double(batch);
 }
 
 std::string GptConfig::describe() const {

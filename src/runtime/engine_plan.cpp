@@ -32,19 +32,7 @@ void check_supported(const Config& c, const comm::ParallelGroups& g) {
   if (c.parallel.data_parallel_size != g.data->size())
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the data-parallel group has ", g.data->size()));
-  const auto& z = c.zero_optimization;
-  if (z.offload_optimizer.device != OffloadDevice::kNone && z.stage == 0)
-    throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
-  // On a CPU build the states already live in host memory; what cpu offload changes is that the
-  // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
-  if (z.offload_optimizer.device == OffloadDevice::kCpu && c.optimizer.torch_adam)
-    throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
-                      "kernels; remove torch_adam");
-  if (z.offload_param.device == OffloadDevice::kNvme && z.stage != 3)
-    throw ConfigError(ds::str("zero_optimization.offload_param.device \"nvme\" needs ZeRO stage 3, stage is ", z.stage));
-  if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
-    throw ConfigError("zero_optimization.offload_param.device \"nvme\" needs bf16 or fp16: under fp32 the weight shard "
-                      "is the optimizer's master and stays in memory; enable bf16");
+  check_offload(c);
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.checkpoint.use_node_local_storage)
     throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
@@ -64,6 +52,22 @@ aio::AioOptions aio_options(const AioConfig& a) {
 }
 
 }  // namespace
+
+void check_offload(const Config& c) {
+  const auto& z = c.zero_optimization;
+  if (z.offload_optimizer.device != OffloadDevice::kNone && z.stage == 0)
+    throw ConfigError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3 (as in DeepSpeed)");
+  // On a CPU build the states already live in host memory; what cpu offload changes is that the
+  // step runs on the CPU kernels, which the engine uses anyway unless torch_adam is set.
+  if (z.offload_optimizer.device == OffloadDevice::kCpu && c.optimizer.torch_adam)
+    throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
+                      "kernels; remove torch_adam");
+  if (z.offload_param.device == OffloadDevice::kNvme && z.stage != 3)
+    throw ConfigError(ds::str("zero_optimization.offload_param.device \"nvme\" needs ZeRO stage 3, stage is ", z.stage));
+  if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
+    throw ConfigError("zero_optimization.offload_param.device \"nvme\" needs bf16 or fp16: under fp32 the weight shard "
+                      "is the optimizer's master and stays in memory; enable bf16");
+}
 
 EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std::optional<at::ScalarType> compute) {
   check_supported(c, groups);

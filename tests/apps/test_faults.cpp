@@ -276,3 +276,23 @@ TEST(Faults, AioBenchRefusesBlocksLargerThanTheFile) {
   EXPECT_EQ(r.exit_code(), 2) << diag(r);  // a bad argument: usage
   EXPECT_NE(error_line(r, "ds-aio-bench: error: ", "block").find("4M is larger than the file"), std::string::npos);
 }
+
+// ds-estimate: the per-rank parts and the table; bad flags exit 2; a run that fits nowhere at
+// its layout exits 1 with one line naming what would fit.
+TEST(Faults, DsEstimatePrintsThePartsAndSaysWhatWouldFit) {
+  RunOutput ok = Spawned({bin("ds-estimate"), "--n-layer", "2", "--n-head", "2", "--d-model", "64", "--seq-len", "64",
+                          "--vocab", "256", "--ranks-per-node", "2", "--scale", "1,8,1000"})
+                     .wait(30);
+  EXPECT_EQ(ok.exit_code(), 0) << diag(ok);
+  for (const char* part : {"= model states", "activations", "= peak RSS", "step: ", "every choice", "scaling"})
+    EXPECT_NE(ok.out.find(part), std::string::npos) << part << "\n" << ok.out;
+  RunOutput bad = Spawned({bin("ds-estimate"), "--stage", "5"}).wait(30);
+  EXPECT_EQ(bad.exit_code(), 2) << diag(bad);
+  error_line(bad, "ds-estimate: error: ", "--stage");
+  RunOutput big = Spawned({bin("ds-estimate"), "--params", "2e10", "--n-layer", "44", "--n-head", "48", "--d-model",
+                           "6144", "--seq-len", "2048", "--ranks-per-node", "2"})
+                      .wait(30);
+  EXPECT_EQ(big.exit_code(), 1) << diag(big);
+  const std::string line = error_line(big, "ds-estimate: error: ", "does not fit");
+  EXPECT_NE(line.find("ZeRO stage 3"), std::string::npos) << line;
+}

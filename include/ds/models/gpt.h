@@ -47,11 +47,12 @@ struct GptConfig {
   // Training FLOPs per token (forward + backward), as in the PaLM / nanoGPT estimate:
   // 6 N + 12 L T d.
   double flops_per_token(int64_t context) const;
-  // Bytes of activations one training micro-batch of `batch` sequences of `context` tokens
-  // keeps for the backward, in fp32: Megatron-LM's per-layer estimate (34 d + 5 H T) T B
-  // elements, plus the logits and their gradient (3 T B V); a checkpointed block keeps its
-  // input (d T B) instead, plus one block's worth while recomputing. An estimate, for start-up checks.
-  double activation_bytes(int64_t batch, int64_t context) const;
+  // The peak bytes of activations one training micro-batch of `batch` sequences of `context`
+  // tokens adds to a rank's RSS, computing in `element_bytes` floats: every block's saved
+  // tensors (16 d + H T per token; a checkpointed block its input, and one block while it is
+  // recomputed), a block's backward and the head's log-probabilities (see gpt.cpp). Checked
+  // against measured peaks within 10% (bench/estimate_validation.sh); ds-estimate uses it.
+  double activation_bytes(int64_t batch, int64_t context, int64_t element_bytes = 4) const;
   std::string describe() const;  // the architecture (not dropout or checkpointing)
 };
 

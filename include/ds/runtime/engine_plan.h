@@ -38,6 +38,10 @@ struct EnginePlan {
 
 // `config` must be resolved for groups.world's size. `compute` overrides the working dtype
 // (see zero::PrecisionPolicy).
+// The offload settings this engine can honour (stage, precision, optimizer); ds::ConfigError
+// otherwise. plan_engine checks them; ds-estimate too.
+void check_offload(const Config& config);
+
 EnginePlan plan_engine(const Config& config, const comm::ParallelGroups& groups,
                        std::optional<at::ScalarType> compute = std::nullopt);
 

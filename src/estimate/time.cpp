@@ -1,0 +1,216 @@
+// The step-time model, the table of every ZeRO/offload choice, the advice when nothing fits
+// and the scaling table (see estimate.h).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "ds/common/error.h"
+#include "ds/common/strings.h"
+#include "ds/estimate/estimate.h"
+#include "internal.h"
+#include "ds/optim/optimizer.h"
+#include "ds/runtime/engine_plan.h"
+#include "ds/zero/layout.h"
+
+namespace ds::estimate {
+
+Rates Rates::defaults() { return Rates{}; }
+
+std::string Rates::describe() const {
+  return ds::str(source, ": GEMM ", std::lround(gemm_flops / 1e9), " GFLOP/s on ", cores, " cores, model at ",
+                 std::lround(model_efficiency * 100), "% of it, memory ", ds::format_bytes(memory_bytes_per_s),
+                 "/s, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s, link ",
+                 ds::format_bytes(link_bytes_per_s), "/s, disk read ", ds::format_bytes(disk_read_bytes_per_s),
+                 "/s write ", ds::format_bytes(disk_write_bytes_per_s), "/s, runtime ",
+                 ds::format_bytes(double(runtime_bytes)), " per rank, RAM ", ds::format_bytes(double(node_memory_bytes)),
+                 " per node");
+}
+
+StepTime estimate_time(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
+                       const zero::PrecisionPolicy& precision, const Memory& memory) {
+  const ZeroConfig& z = config.zero_optimization;
+  const int stage = int(z.stage), n = layout.world(), per_node = layout.ranks_per_node;
+  const double gas = double(config.gradient_accumulation_steps);
+  const double tokens = double(config.train_micro_batch_size_per_gpu) * gas * double(layout.context);
+  StepTime t;
+  // Compute: the ranks of a node share its cores.
+  double flops = shape.flops_per_token(layout.context) * tokens;
+  if (layout.checkpoint_blocks) flops += shape.block_forward_flops_per_token(layout.context) * tokens;
+  t.compute_s = flops / (rates.gemm_flops * rates.model_efficiency / per_node);
+
+  // The optimizer reads and writes the master and each state and reads the gradient.
+  zero::ShardPlan plan;
+  plan.stage = stage, plan.dp_size = n, plan.precision = precision;
+  double own = 0, padded = 0;
+  for (int64_t numel : shape.unit_sizes()) {
+    const zero::UnitLayout l = zero::plan_unit(numel, plan);
+    own += double(l.own.length), padded += double(l.padded_numel);
+  }
+  size_t states = 0;
+  for (const optim::StateSpec& s : optim::make_optimizer(config.optimizer)->state_specs())
+    states += s.kind == optim::StateSpec::Kind::kElementwise ? 1 : 0;
+  t.optimizer_s = own * 4.0 * (3.0 + 2.0 * double(states)) / (rates.memory_bytes_per_s / per_node);
+
+  // Communication: ring collectives move (n-1)/n of the buffer per rank and direction.
+  if (n > 1) {
+    const double share = double(n - 1) / double(n);
+    const double g = padded * double(c10::elementSize(precision.reduce));
+    const double p = padded * double(c10::elementSize(precision.param));
+    double bytes = 0, collectives = 0;
+    const double units = double(shape.unit_sizes().size());
+    switch (stage) {
+      case 0: bytes = 2 * share * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
+      case 1: bytes = share * (g + p), collectives = 2 * units; break;
+      case 2: bytes = share * (gas * g + p), collectives = units * (gas + 1); break;
+      default: bytes = gas * share * (g + 2 * p), collectives = 3 * units * gas; break;
+    }
+    // A ring runs at its slowest edge; ranks of one node share its cores for the copies.
+    double bandwidth = rates.loopback_bytes_per_s * std::min(1.0, 2.0 / double(per_node));
+    if (layout.nodes > 1) bandwidth = std::min(bandwidth, rates.link_bytes_per_s);
+    t.comm_s = bytes / bandwidth + collectives * 2 * double(n - 1) * rates.latency_s;
+    t.exposed_comm_s = t.comm_s;  // on a CPU the collectives' copies compete with the backward for the cores
+  }
+  // Disk: the swapped optimizer states and masters are read and written once per step; swapped
+  // weight shards are read for each gather (forward and backward of every micro-batch).
+  if (memory.on_disk > 0) {
+    const double optimizer_bytes = z.offload_optimizer.device == OffloadDevice::kNvme
+                                       ? double(memory.on_disk) - (stage == 3 && z.offload_param.device == OffloadDevice::kNvme
+                                                                       ? own * double(c10::elementSize(precision.param))
+                                                                       : 0.0)
+                                       : 0.0;
+    t.io_s = optimizer_bytes / rates.disk_read_bytes_per_s + optimizer_bytes / rates.disk_write_bytes_per_s;
+    if (stage == 3 && z.offload_param.device == OffloadDevice::kNvme)
+      t.io_s += 2 * gas * own * double(c10::elementSize(precision.param)) / rates.disk_read_bytes_per_s;
+    t.io_s *= per_node;  // one disk per node
+  }
+  t.total_s = t.compute_s + t.optimizer_s + t.exposed_comm_s + t.io_s;
+  return t;
+}
+
+namespace {
+
+std::string describe(const Config& config, const zero::PrecisionPolicy& p) {
+  const ZeroConfig& z = config.zero_optimization;
+  std::string s = ds::str("ZeRO-", z.stage, ", ", p.name, " (compute ", zero::dtype_name(p.working), ")");
+  if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
+  if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
+  return s;
+}
+
+}  // namespace
+
+Estimate estimate(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates) {
+  shape.validate();
+  if (config.pipeline.stages > 1 || config.tensor_parallel.autotp_size > 1)
+    throw ConfigError("ds-estimate models data parallelism with ZeRO 0-3 and offload; pipeline and tensor "
+                      "parallel layouts are not modelled yet (estimate one stage or one tensor slice as a smaller model)");
+  if (layout.ranks_per_node < 1 || layout.nodes < 1)
+    throw ConfigError(ds::str("ranks per node and nodes must be at least 1, got ", layout.ranks_per_node, " and ",
+                              layout.nodes));
+  if (layout.context < 1 || layout.context > shape.seq_len)
+    throw ConfigError(ds::str("the context ", layout.context, " must be from 1 to the model's ", shape.seq_len));
+  check_offload(config);  // what the engine refuses is not estimated
+  const zero::PrecisionPolicy precision = zero::PrecisionPolicy::from_config(config);
+  Estimate e;
+  e.memory = estimate_memory(config, shape, layout, rates, precision);
+  e.time = estimate_time(config, shape, layout, rates, precision, e.memory);
+  e.tokens_per_step = config.train_batch_size * layout.context;
+  e.describe = describe(config, precision);
+  return e;
+}
+
+namespace {
+
+// `config` with another stage and offload (nvme paths as given, or a placeholder: nothing is
+// opened here).
+Config with_choice(const Config& config, int stage, bool optimizer_nvme, bool param_nvme) {
+  Config c = config;
+  ZeroConfig& z = c.zero_optimization;
+  if (stage != z.stage) z.overlap_comm = stage == 3;  // DeepSpeed's default follows the stage
+  z.stage = stage;
+  z.offload_optimizer.device = optimizer_nvme ? OffloadDevice::kNvme : OffloadDevice::kNone;
+  z.offload_param.device = param_nvme ? OffloadDevice::kNvme : OffloadDevice::kNone;
+  if (optimizer_nvme && !z.offload_optimizer.nvme_path) z.offload_optimizer.nvme_path = "/nvme";
+  if (param_nvme && !z.offload_param.nvme_path) z.offload_param.nvme_path = "/nvme";
+  return c;
+}
+
+bool fits(const Estimate& e, const Layout& layout, const Rates& rates) {
+  return e.memory.peak() * layout.ranks_per_node <= rates.node_memory_bytes;
+}
+
+}  // namespace
+
+std::vector<Choice> every_choice(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates) {
+  std::vector<Choice> out;
+  const bool narrow = zero::PrecisionPolicy::from_config(config).param != at::kFloat;
+  for (int stage = 0; stage <= 3; ++stage) {
+    std::vector<std::pair<bool, bool>> offloads = {{false, false}};
+    if (stage >= 1) offloads.push_back({true, false});
+    if (stage == 3 && narrow) offloads.push_back({true, true});  // weight shards on disk need bf16/fp16
+    for (auto [opt, par] : offloads) {
+      Choice c;
+      c.stage = stage;
+      c.offload = par ? "optimizer+param nvme" : opt ? "optimizer nvme" : "none";
+      c.estimate = estimate(with_choice(config, stage, opt, par), shape, layout, rates);
+      c.fits = fits(c.estimate, layout, rates);
+      out.push_back(std::move(c));
+    }
+  }
+  return out;
+}
+
+std::string what_would_fit(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates) {
+  if (fits(estimate(config, shape, layout, rates), layout, rates)) return "";
+  // Cheapest first: a higher stage, then offload, then checkpointing, then more nodes.
+  for (bool checkpoint : {layout.checkpoint_blocks, true}) {
+    for (int nodes = layout.nodes; nodes <= layout.nodes * 1024; nodes *= 2) {
+      Layout l = layout;
+      l.nodes = nodes, l.checkpoint_blocks = checkpoint;
+      Config resolved = config;
+      if (nodes != layout.nodes) {  // the same micro-batch per rank and accumulation
+        resolved.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world();
+      }
+      for (const Choice& c : every_choice(resolved, shape, l, rates)) {
+        if (!c.fits) continue;
+        std::string change = ds::str("ZeRO stage ", c.stage);
+        if (c.offload != "none") change += ds::str(" with ", c.offload, " offload");
+        if (checkpoint && !layout.checkpoint_blocks) change += " and activation checkpointing";
+        if (nodes != layout.nodes) change += ds::str(" on ", nodes, " nodes of ", layout.ranks_per_node, " ranks");
+        return ds::str(change, " fits: ", ds::format_bytes(double(c.estimate.memory.peak())), " per rank");
+      }
+    }
+  }
+  return ds::str("nothing up to ", layout.nodes * 1024, " nodes fits: the activations of one micro-batch (",
+                 ds::format_bytes(double(activation_bytes(shape, layout, config, zero::PrecisionPolicy::from_config(config), true))),
+                 " checkpointed) or the runtime exceed a rank's share of RAM; use a smaller micro-batch or context");
+}
+
+std::string scaling_table(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
+                          const std::vector<int>& world_sizes) {
+  std::ostringstream out;
+  out << "ranks  | per-rank peak (model states) at ZeRO-0 / 1 / 2 / 3                     | comm share of the step 0 / 1 / 2 / 3\n";
+  for (int n : world_sizes) {
+    Layout l = layout;
+    l.ranks_per_node = std::min(layout.ranks_per_node, n);
+    l.nodes = std::max(1, n / l.ranks_per_node);
+    Config c = config;
+    c.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world();
+    std::string mem, share;
+    for (int stage = 0; stage <= 3; ++stage) {
+      const Estimate e = estimate(with_choice(c, stage, false, false), shape, l, rates);
+      mem += ds::str(stage ? " / " : "", ds::format_bytes(double(e.memory.peak())), " (",
+                     ds::format_bytes(double(e.memory.model_states())), ")");
+      char buf[16];
+      std::snprintf(buf, sizeof buf, "%.0f%%", 100 * e.time.comm_share());
+      share += ds::str(stage ? " / " : "", buf);
+    }
+    char head[16];
+    std::snprintf(head, sizeof head, "%-6d | ", l.world());
+    out << head << mem << " | " << share << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace ds::estimate

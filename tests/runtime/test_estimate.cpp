@@ -1,0 +1,134 @@
+// The estimator: its model states equal what the engine allocates (Engine::memory_breakdown)
+// at every ZeRO stage, 1, 2 and 4 ranks, fp32 and bf16; its step time adds up; bad input and
+// runs that fit nowhere are one line that says what would fit.
+#include "ds/estimate/estimate.h"
+
+#include <gtest/gtest.h>
+
+#include "support/errors.h"
+#include "support/ranks.h"
+#include "train_util.h"
+
+using namespace ds;
+
+namespace {
+
+Config resolved(const std::string& json, int world) {
+  Config c = Config::parse(json, "test config");
+  c.resolve(world);
+  return c;
+}
+
+}  // namespace
+
+class EstimateModelStates : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
+
+TEST_P(EstimateModelStates, EqualTheEnginesAllocation) {
+  const auto [world, stage, bf16] = GetParam();
+  const std::string json = ds::str(R"({"train_batch_size": )", 2 * world, R"(, "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 0.01}}, "bf16": {"enabled": )", bf16 ? "true" : "false",
+                                   R"(}, "zero_optimization": {"stage": )", stage, "}}");
+  test::run_ranks(world, [&](comm::Communicator& c) {
+    test::TinyRun run(c.shared_from_this(), json);
+    run.train_to(1);  // after a step: stage 3's persistent units are gathered again
+    const Engine::MemoryBreakdown m = run.engine().memory_breakdown();
+    const GptConfig& g = run.model()->config();
+    estimate::ModelShape shape;
+    shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
+    shape.vocab_size = g.vocab_size;
+    ASSERT_EQ(shape.parameters(), g.parameter_count());
+    estimate::Layout layout;
+    layout.ranks_per_node = world, layout.context = g.seq_len;
+    const estimate::Estimate e = estimate::estimate(run.engine().config(), shape, layout, estimate::Rates::defaults());
+    if (c.rank() != 0) return;  // equal chunks: every rank the same
+    EXPECT_EQ(m.params, e.memory.params + e.memory.persistent) << "weights";
+    EXPECT_EQ(m.grads, e.memory.grads) << "gradients";
+    EXPECT_EQ(m.masters, e.memory.masters) << "masters";
+    EXPECT_EQ(m.optimizer_state, e.memory.optimizer_states) << "optimizer states";
+    EXPECT_EQ(m.on_disk, e.memory.on_disk);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, EstimateModelStates,
+                         ::testing::Combine(::testing::Values(1, 2, 4), ::testing::Values(0, 1, 2, 3), ::testing::Bool()),
+                         [](const auto& info) {
+                           return ds::str("world", std::get<0>(info.param), "_stage", std::get<1>(info.param),
+                                          std::get<2>(info.param) ? "_bf16" : "_fp32");
+                         });
+
+TEST(Estimate, ZeroShrinksModelStatesAsDeepSpeedsFormulasSay) {
+  // GPT-2 124M, fp32 Adam: 16 bytes per parameter at stage 0; stages 1-3 divide the
+  // optimizer states, then the gradients, then the weights by the ranks (padding aside).
+  estimate::ModelShape s;
+  s.n_layer = 12, s.d_model = 768, s.n_head = 12, s.seq_len = 1024, s.vocab_size = 50257;
+  const double psi = double(s.parameters());
+  estimate::Layout l;
+  l.ranks_per_node = 8, l.context = 1024;
+  const std::string base = R"({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "zero_optimization": {"stage": )";
+  auto states = [&](int stage) {
+    return double(estimate::estimate(resolved(base + std::to_string(stage) + "}}", 8), s, l, estimate::Rates::defaults())
+                      .memory.model_states());
+  };
+  EXPECT_NEAR(states(0) / psi, 16.0, 0.01);
+  EXPECT_NEAR(states(1) / psi, 4 + 4 + (4.0 + 8.0) / 8, 0.01);  // weights, full gradients + own shard, states / 8
+  EXPECT_NEAR(states(2) / psi, 4 + (4.0 + 8.0) / 8, 0.01);      // the gradient shard replaces the full gradients
+  EXPECT_NEAR(states(3) / psi, (4.0 + 4.0 + 8.0) / 8, 0.01);
+}
+
+TEST(Estimate, TheStepTimeIsItsParts) {
+  estimate::ModelShape s;
+  s.n_layer = 4, s.d_model = 256, s.n_head = 4, s.seq_len = 256, s.vocab_size = 256;
+  estimate::Layout l;
+  l.ranks_per_node = 2, l.context = 256;
+  const auto e = estimate::estimate(resolved(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "zero_optimization": {"stage": 3}})", 2), s, l,
+                                    estimate::Rates::defaults());
+  EXPECT_GT(e.time.compute_s, 0);
+  EXPECT_GT(e.time.comm_s, 0);
+  EXPECT_DOUBLE_EQ(e.time.total_s, e.time.compute_s + e.time.optimizer_s + e.time.exposed_comm_s + e.time.io_s);
+  // compute: 6N + 12LTd per token over 2 x 2 x 256 tokens, the node's model rate shared by 2 ranks
+  const auto r = estimate::Rates::defaults();
+  EXPECT_NEAR(e.time.compute_s, s.flops_per_token(256) * 1024 / (r.gemm_flops * r.model_efficiency / 2), 1e-9);
+}
+
+TEST(Estimate, BadInputAndRunsThatFitNowhereAreOneLineSayingWhatWouldFit) {
+  EXPECT_ERROR_HAS(estimate::ModelShape::from_parameters(1000, 12, 768, 12, 1024),
+                   "12 blocks of width 768 and context 1024 already hold");
+  estimate::ModelShape s;
+  s.n_layer = 2, s.d_model = 100, s.n_head = 3, s.seq_len = 64, s.vocab_size = 256;
+  EXPECT_ERROR_HAS(s.validate(), "the heads (3) must divide the width (100)");
+  s.n_head = 4;
+  const std::string json = R"({"train_batch_size": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}})";
+  estimate::Layout l;
+  l.context = 65;
+  EXPECT_ERROR_HAS(estimate::estimate(resolved(json, 1), s, l, estimate::Rates::defaults()),
+                   "the context 65 must be from 1 to the model's 64");
+  l.context = 64;
+  Config piped = resolved(R"({"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "pipeline": {"stages": 2}})", 2);
+  l.ranks_per_node = 2;
+  EXPECT_ERROR_HAS(estimate::estimate(piped, s, l, estimate::Rates::defaults()), "pipeline and tensor parallel layouts");
+  estimate::Layout single;
+  single.context = 64;
+  const Config offload = resolved(R"({"train_batch_size": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "nvme", "nvme_path": "/nvme"}}})", 1);
+  EXPECT_ERROR_HAS(estimate::estimate(offload, s, single, estimate::Rates::defaults()),
+                   "offload_optimizer needs ZeRO stage 1, 2 or 3");
+  // 20B parameters at fp32 Adam (320 GB of model states) on one 24 GiB node of 2 ranks: ZeRO-3
+  // over enough nodes, or offload, is what fits.
+  estimate::ModelShape big = estimate::ModelShape::from_parameters(int64_t(2e10), 44, 6144, 48, 2048);
+  estimate::Layout one;
+  one.ranks_per_node = 2, one.context = 2048;
+  const Config c = resolved(R"({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}})", 2);
+  const std::string advice = estimate::what_would_fit(c, big, one, estimate::Rates::defaults());
+  EXPECT_NE(advice.find("ZeRO stage 3"), std::string::npos) << advice;
+  EXPECT_NE(advice.find(" fits: "), std::string::npos) << advice;
+  // A micro-batch whose activations alone exceed a node fits nowhere.
+  estimate::Layout wide = one;
+  const Config huge = resolved(R"({"train_micro_batch_size_per_gpu": 4096, "gradient_accumulation_steps": 1,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}})", 2);
+  EXPECT_NE(estimate::what_would_fit(huge, big, wide, estimate::Rates::defaults()).find("nothing up to"),
+            std::string::npos);
+}
