@@ -30,6 +30,7 @@
 #include "ds/common/strings.h"
 #include "ds/config/config.h"
 #include "ds/data/dataset.h"
+#include "ds/data/tokens.h"
 #include "ds/models/gpt.h"
 #include "ds/pipe/module.h"
 #include "ds/deepspeed.h"
@@ -51,7 +52,9 @@ const char* kDefaultConfig = R"({
 })";
 
 struct Args {
-  std::string config, data, task = "reverse", metrics, plot = "ds-train-loss.svg", save, load;
+  std::string config, data, val_data, data_format = "auto", task = "reverse", metrics, plot = "ds-train-loss.svg", save,
+      load;
+  int64_t vocab_size = 0;
   int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0, save_interval = 0;
   int64_t n_layer = 2, n_head = 4, d_model = 128, seq_len = 0;
   double dropout = 0.0;
@@ -64,7 +67,15 @@ Args parse(int argc, char** argv) {
   Args a;
   CLI::App app{"ds-train: train the reference GPT with deepspeed.cpp (run under ds-launch for several ranks)"};
   app.add_option("--config", a.config, "ds_config.json (default: an embedded AdamW + WarmupDecayLR config)");
-  app.add_option("--data", a.data, "train on this text file (bytes) instead of a synthetic task");
+  app.add_option("--data", a.data,
+                 "train on this file instead of a synthetic task: text (bytes), or tokens (.bin: llm.c's format, "
+                 "nanoGPT's train.bin)");
+  app.add_option("--val-data", a.val_data, "held-out tokens for a .bin --data (default: its last 10 %)");
+  app.add_option("--data-format", a.data_format, "auto | text | llmc | nanogpt (auto: tokens for .bin files)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "text", "llmc", "nanogpt"}));
+  app.add_option("--vocab-size", a.vocab_size, "vocabulary of a token file (default: its largest token + 1)")
+      ->check(int_range(1, 100'000'000));
   app.add_option("--task", a.task, "embedded synthetic task: reverse | add")->capture_default_str();
   app.add_option("--steps", a.steps, "optimizer steps")->capture_default_str()->check(int_range(1, kBig));
   app.add_option("--n-layer", a.n_layer, "transformer blocks")->capture_default_str()->check(int_range(1, 10000));
@@ -322,6 +333,23 @@ void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
                                   "(raise gradient_accumulation_steps to keep the global batch)"));
 }
 
+// A text file (bytes), a token file (.bin, or a token --data-format) or an embedded task.
+std::unique_ptr<ds::Dataset> open_data(const Args& a, uint64_t seed) {
+  const bool tokens = a.data_format == "llmc" || a.data_format == "nanogpt" ||
+                      (a.data_format == "auto" && a.data.size() > 4 && a.data.compare(a.data.size() - 4, 4, ".bin") == 0);
+  if ((!a.val_data.empty() || a.vocab_size > 0) && !tokens)
+    throw ds::ConfigError("--val-data and --vocab-size are for token files (.bin, or --data-format llmc / nanogpt)");
+  if (a.data.empty()) return ds::make_task(a.task, seed);
+  const int64_t context = a.seq_len > 0 ? a.seq_len : 64;
+  if (!tokens) return ds::TextDataset::open(a.data, context, seed);
+  ds::TokenDataset::Options o;
+  o.path = a.data, o.val_path = a.val_data, o.context = context, o.seed = seed, o.vocab_size = a.vocab_size;
+  o.format = a.data_format == "llmc" ? ds::TokenDataset::Format::kLlmc
+             : a.data_format == "nanogpt" ? ds::TokenDataset::Format::kNanoGpt
+                                          : ds::TokenDataset::Format::kAuto;
+  return ds::TokenDataset::open(o);
+}
+
 int run(const Args& a) {
   int local = std::max(1, env_int("LOCAL_WORLD_SIZE", 1));
   at::set_num_threads(a.threads > 0 ? int(a.threads) : std::max(1, int(::sysconf(_SC_NPROCESSORS_ONLN)) / local));
@@ -338,11 +366,9 @@ int run(const Args& a) {
   const uint64_t seed = a.seed >= 0 ? uint64_t(a.seed) : uint64_t(config.seed);
   check_outputs(a, rank0);
 
-  std::unique_ptr<ds::Dataset> data;
-  if (!a.data.empty()) data = ds::TextDataset::open(a.data, a.seq_len > 0 ? a.seq_len : 64, seed);
-  else data = ds::make_task(a.task, seed);
+  std::unique_ptr<ds::Dataset> data = open_data(a, seed);
   ds::GptConfig mc;
-  mc.n_layer = a.n_layer, mc.n_head = a.n_head, mc.d_model = a.d_model;
+  mc.n_layer = a.n_layer, mc.n_head = a.n_head, mc.d_model = a.d_model, mc.vocab_size = data->vocab_size();
   mc.seq_len = a.seq_len > 0 ? a.seq_len : data->context();
   if (mc.seq_len < data->context())
     throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),

@@ -1,7 +1,9 @@
 // Choosing and creating the world communicator from the launcher's environment.
+#include <cstdio>
 #include <cstdlib>
 
 #include "ds/comm/communicator.h"
+#include "ds/comm/job_env.h"
 #include "ds/common/error.h"
 
 namespace ds::comm {
@@ -40,32 +42,36 @@ std::string default_backend() {
 
 std::shared_ptr<Communicator> init_from_env(CommOptions options) {
   if (env("DS_COMM_TIMEOUT")) options.timeout = std::chrono::seconds(env_int("DS_COMM_TIMEOUT", 300));
+  const JobEnv job = read_job_env(process_env);
+  const bool launched = job.source != JobEnv{}.source;
   if (default_backend() == "mpi") {
     auto comm = make_mpi(options);
-    // A launcher's WORLD_SIZE/RANK (ds-launch, torchrun) must describe the same job as MPI's:
+    // A launcher's ranks (ds-launch, torchrun, srun) must describe the same job as MPI's:
     // started without mpirun, every process is an MPI world of its own and would train alone.
-    const char* world = env("WORLD_SIZE");
-    if (world && env_int("WORLD_SIZE", 1) != comm->size())
-      throw CommError(ds::str("DS_COMM_BACKEND=mpi, but MPI sees a world of ", comm->size(), " while WORLD_SIZE=", world,
-                              ": start the ranks with mpirun (ds-launch --launcher mpirun) or use the gloo backend"));
-    if (env("RANK") && env_int("RANK", 0) != comm->rank())
-      throw CommError(ds::str("DS_COMM_BACKEND=mpi, but MPI ranks this process ", comm->rank(), " while RANK=",
-                              env("RANK"), ": the launcher and MPI disagree on the rank order"));
+    if (launched && job.world_size != comm->size())
+      throw CommError(ds::str("DS_COMM_BACKEND=mpi, but MPI sees a world of ", comm->size(), " while ", job.source,
+                              " says ", job.world_size, ": start the ranks with mpirun (ds-launch --launcher mpirun) "
+                              "or use the gloo backend"));
+    if (launched && job.rank != comm->rank())
+      throw CommError(ds::str("DS_COMM_BACKEND=mpi, but MPI ranks this process ", comm->rank(), " while ", job.source,
+                              " says ", job.rank, ": the launcher and MPI disagree on the rank order"));
     return comm;
   }
   GlooOptions o;
   static_cast<CommOptions&>(o) = options;
-  bool has_rank = env("RANK") != nullptr, has_world = env("WORLD_SIZE") != nullptr;
-  if (has_rank != has_world)
-    throw CommError(ds::str(has_rank ? "RANK" : "WORLD_SIZE", " is set but ", has_rank ? "WORLD_SIZE" : "RANK",
-                        " is not; start the ranks with ds-launch (or torchrun, or mpirun)"));
-  o.rank = env_int("RANK", 0);
-  o.world_size = env_int("WORLD_SIZE", 1);
-  if (o.world_size > 1 && (!env("MASTER_ADDR") || !env("MASTER_PORT")))
-    throw CommError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT; start the ranks with ds-launch");
-  if (const char* a = env("MASTER_ADDR")) o.master_addr = a;
-  o.master_port = env_int("MASTER_PORT", 29500);
+  o.rank = job.rank;
+  o.world_size = job.world_size;
+  if (o.world_size > 1 && (job.master_addr.empty() || job.master_port == 0))
+    throw CommError(ds::str(job.source, " gives ", o.world_size, " ranks but not where rank 0 listens: set MASTER_ADDR "
+                            "and MASTER_PORT (with mpirun across nodes: -x MASTER_ADDR=<rank 0's host> -x "
+                            "MASTER_PORT=29500), or start the ranks with ds-launch"));
+  if (!job.master_addr.empty()) o.master_addr = job.master_addr;
+  if (job.master_port != 0) o.master_port = job.master_port;
   if (const char* ifname = env("GLOO_SOCKET_IFNAME")) o.interface = ifname;
+  if (launched && o.rank == 0 && job.source != "RANK/WORLD_SIZE") {
+    std::printf("[ds] %s\n", job.describe().c_str());
+    std::fflush(stdout);
+  }
   return make_gloo(o);
 }
 

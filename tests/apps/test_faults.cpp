@@ -147,7 +147,7 @@ TEST(Faults, TheMpiBackendWithoutMpirunIsRefused) {
                             "--plot", "", "--save", dir.file("ck")},
                            120);
   EXPECT_NE(r.exit_code(), 0) << diag(r);
-  EXPECT_NE(r.err.find("DS_COMM_BACKEND=mpi, but MPI sees a world of 1 while WORLD_SIZE=2"), std::string::npos)
+  EXPECT_NE(r.err.find("DS_COMM_BACKEND=mpi, but MPI sees a world of 1 while RANK/WORLD_SIZE says 2"), std::string::npos)
       << diag(r);
   EXPECT_FALSE(std::filesystem::exists(dir.file("ck/global_step2"))) << "each rank trained alone";
 }
@@ -295,4 +295,50 @@ TEST(Faults, DsEstimatePrintsThePartsAndSaysWhatWouldFit) {
   EXPECT_EQ(big.exit_code(), 1) << diag(big);
   const std::string line = error_line(big, "ds-estimate: error: ", "does not fit");
   EXPECT_NE(line.find("ZeRO stage 3"), std::string::npos) << line;
+}
+
+// mpirun with the Gloo backend: the ranks come from OpenMPI's variables, the rendezvous on
+// loopback at a port derived from the job id (one node), and the start-up line says so.
+TEST(Faults, MpirunWithGlooTakesItsRanksFromOpenMpi) {
+  if (!std::filesystem::exists("/usr/bin/mpirun")) GTEST_SKIP() << "no /usr/bin/mpirun (openmpi-bin)";
+  std::vector<std::string> argv = {"/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                                   "--mca", "plm_rsh_agent", "false", "-np", "2", "-x", "DS_COMM_BACKEND=gloo"};
+  const auto train = train_args({"--steps", "3", "--task", "reverse"});
+  argv.insert(argv.end(), train.begin(), train.end());
+  RunOutput r = Spawned(argv).wait(120);
+  EXPECT_EQ(r.exit_code(), 0) << diag(r);
+  EXPECT_NE(r.out.find("[ds] rank 0 of 2 (local 0) from OpenMPI, master 127.0.0.1:"), std::string::npos) << diag(r);
+  EXPECT_NE(r.out.find("2 ranks x micro-batch"), std::string::npos) << diag(r);
+}
+
+// A token file of a text's bytes (written by python3 in llm.c's format) trains exactly as the
+// text does; a token beyond --vocab-size is one line before training.
+TEST(Faults, ATokenFileOfATextsBytesTrainsLikeTheTextAndBadTokensAreNamed) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 400; ++i) text += "To be, or not to be, that is the question " + std::to_string(i * 7 % 13) + "\n";
+  const std::string txt = dir.write("t.txt", text);
+  const std::string bin_file = dir.file("t.bin");
+  const std::string py = dir.write("w.py",
+                                   "import struct,sys\n"
+                                   "b = open(sys.argv[1], 'rb').read()\n"
+                                   "with open(sys.argv[2], 'wb') as f:\n"
+                                   "    f.write(struct.pack('<256i', 20240520, 1, len(b), *([0] * 253)))\n"
+                                   "    f.write(struct.pack('<%dH' % len(b), *b))\n");
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + py + " " + txt + " " + bin_file).c_str()), 0);
+  auto done_line = [](const RunOutput& r) {
+    for (const auto& l : lines_of(r.out))
+      if (l.find("ds-train: done:") != std::string::npos) return l.substr(0, l.rfind(", ", l.find(" tokens/s")));
+    return std::string("<no done line>");
+  };
+  RunOutput as_text = Spawned(train_args({"--data", txt, "--steps", "4", "--seq-len", "32"})).wait(60);
+  RunOutput as_tokens = Spawned(train_args({"--data", bin_file, "--vocab-size", "256", "--steps", "4", "--seq-len", "32"})).wait(60);
+  EXPECT_EQ(as_text.exit_code(), 0) << diag(as_text);
+  EXPECT_EQ(as_tokens.exit_code(), 0) << diag(as_tokens);
+  EXPECT_NE(done_line(as_text).find("final loss"), std::string::npos) << diag(as_text);
+  EXPECT_EQ(done_line(as_tokens), done_line(as_text));  // the same windows, losses bit for bit
+  RunOutput small = Spawned(train_args({"--data", bin_file, "--vocab-size", "100", "--steps", "2", "--seq-len", "32"})).wait(60);
+  EXPECT_EQ(small.exit_code(), 1) << diag(small);
+  EXPECT_NE(error_line(small, "ds-train: error: ", "vocab").find("outside --vocab-size 100 (raise it to at least 118)"),
+            std::string::npos);
 }

@@ -35,6 +35,8 @@ class Dataset {
   virtual Batch held_out(int64_t count) const = 0;
   // Whether exact-match accuracy of the answer is meaningful (synthetic tasks).
   virtual bool has_answers() const { return false; }
+  // Tokens are 0 .. vocab_size() - 1 (bytes: 256).
+  virtual int64_t vocab_size() const { return 256; }
 };
 
 // Embedded synthetic tasks that need no files:
