@@ -135,6 +135,10 @@ nlohmann::json data_position(int64_t next_step, const RunIdentity& run) {
 }
 
 void save_checkpoint(ds::Engine& engine, const std::string& dir, const RunIdentity& run) {
+  if (engine.comm().rank() == 0) {  // a large model's save takes a while: say what is happening
+    std::printf("ds-train: saving a checkpoint of step %lld under %s ...\n", (long long)engine.global_step(), dir.c_str());
+    std::fflush(stdout);
+  }
   auto start = std::chrono::steady_clock::now();
   std::string path = engine.save_checkpoint(dir, "", data_position(engine.global_step(), run));
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -146,6 +150,10 @@ void save_checkpoint(ds::Engine& engine, const std::string& dir, const RunIdenti
 
 // Loads the latest checkpoint in `dir`; returns the step to continue from.
 int64_t resume(ds::Engine& engine, const std::string& dir, const RunIdentity& run) {
+  if (engine.comm().rank() == 0) {
+    std::printf("ds-train: loading the latest checkpoint under %s ...\n", dir.c_str());
+    std::fflush(stdout);
+  }
   ds::LoadedCheckpoint ck = engine.load_checkpoint(dir);
   const nlohmann::json& c = ck.client_state;
   if (c.contains("model") && c["model"] != run.model)
@@ -276,7 +284,8 @@ void report(const Args& a, const ds::Config& config, ds::comm::Communicator& com
       "step",
       "training loss (global batch mean)",
       data.has_answers() ? eval.name : "",
-      {}};
+      {},
+      /*log_y=*/true};
   chart.series.push_back({"training loss", "#1f77b4", curve.steps, curve.losses, false});
   chart.series.push_back({eval.name, "#d62728", eval.steps, eval.values, data.has_answers()});
   if (!a.plot.empty()) {
@@ -391,6 +400,7 @@ int run(const Args& a) {
   options.skip_nonfinite_steps = a.skip_nonfinite;
   ds::Engine engine(model.module(), config, groups, std::move(options));
   engine.set_tokens_per_step(config.train_batch_size * data->context());
+  engine.set_total_steps(a.steps);
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
   if (rank0) print_start(mc, *data, engine, model);
   const RunIdentity run{seed, data.get(), mc.describe()};

@@ -229,6 +229,7 @@ std::optional<StepStats> Engine::step() {
   auto now = Clock::now();
   s.optimizer_s = std::chrono::duration<double>(now - opt_start).count();
   s.seconds = std::chrono::duration<double>(now - last_step_time_).count();
+  if (++steps_timed_ > 1) recent_step_s_ = recent_step_s_ > 0 ? 0.8 * recent_step_s_ + 0.2 * s.seconds : s.seconds;
   last_step_time_ = now;
   s.forward_s = forward_s_, s.backward_s = backward_s_, s.backward_comm_s = backward_comm_s_;
   forward_s_ = backward_s_ = backward_comm_s_ = 0.0;
@@ -263,6 +264,16 @@ bool Engine::nonfinite_step(const StepStats& s) {
 }
 
 namespace {
+// "45s", "3m05s", "2h07m".
+std::string duration_text(double seconds) {
+  const int64_t t = int64_t(seconds + 0.5);
+  char buf[32];
+  if (t < 60) std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(t));
+  else if (t < 3600) std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
+  else std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(t / 3600), static_cast<long long>(t / 60 % 60));
+  return buf;
+}
+
 std::string fixed1(double v) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f", v);
@@ -273,11 +284,13 @@ std::string fixed1(double v) {
 std::string Engine::progress_line(const StepStats& s) const {
   char buf[512];
   double tps = s.seconds > 0 ? tokens_per_step_ / s.seconds : 0.0;
-  int n = std::snprintf(buf, sizeof buf, "step %lld | loss %.4f | lr %.3e | grad_norm %.4f | scale %g | %.0f tok/s | %.1f ms/step | rss %s%s",
-                        static_cast<long long>(s.step), s.loss, s.lr, s.grad_norm, s.loss_scale, tps, s.seconds * 1e3,
+  const std::string step = total_steps_ > 0 ? ds::str(s.step, "/", total_steps_) : std::to_string(s.step);
+  int n = std::snprintf(buf, sizeof buf, "step %s | loss %.4f | lr %.3e | grad_norm %.4f | scale %g | %.0f tok/s | %.1f ms/step | rss %s%s",
+                        step.c_str(), s.loss, s.lr, s.grad_norm, s.loss_scale, tps, s.seconds * 1e3,
                         format_bytes(double(s.rss_bytes)).c_str(),
                         s.skipped ? ds::str(" | SKIPPED (", s.skip_reason, ")").c_str() : "");
   std::string line(buf, std::min<size_t>(n, sizeof buf - 1));
+  if (total_steps_ > s.step && recent_step_s_ > 0) line += " | ETA " + duration_text(double(total_steps_ - s.step) * recent_step_s_);
   const std::string phase = optimizer_->phase(optimizer_steps_);  // e.g. 1-bit Adam's
   if (!phase.empty()) line += " | " + phase;
   if (config_.wall_clock_breakdown) {

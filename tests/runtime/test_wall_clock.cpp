@@ -68,5 +68,11 @@ TEST(WallClockBreakdown, TheProgressLineAndTheCsvSplitEachPhase) {
     s.step = 4, s.forward_s = 0.002, s.backward_s = 0.003, s.backward_comm_s = 0.001, s.gather_wait_s = 0.0005;
     const std::string p = run.engine().progress_line(s);
     EXPECT_NE(p.find("fwd 2.0 bwd 3.0 (comm wait 1.0) reduce 0.0 step 0.0 ms | gather wait 0.5 ms"), std::string::npos) << p;
+    // With the run's length: "step N/M" and an ETA from the recent steps (the first left out).
+    EXPECT_EQ(p.find("ETA"), std::string::npos) << p;
+    run.engine().set_total_steps(10);
+    const std::string q = run.engine().progress_line(s);
+    EXPECT_NE(q.find("step 4/10 | "), std::string::npos) << q;
+    EXPECT_NE(q.find(" | ETA "), std::string::npos) << q;
   });
 }

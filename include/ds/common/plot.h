@@ -21,9 +21,15 @@ struct Series {
 struct LineChart {
   std::string title, x_label, y_label, right_label;
   std::vector<Series> series;
+  bool log_y = false;  // the left axis in log scale (losses); needs positive values
 };
 
 std::string to_svg(const LineChart& chart);
+
+// Round tick values covering [lo, hi]: steps of 1, 2 or 5 x 10^k, about `target` of them
+// (linear), or 1, 2, 5 x 10^k inside the range (log; every decade when it spans several).
+std::vector<double> nice_ticks(double lo, double hi, int target = 6);
+std::vector<double> log_ticks(double lo, double hi);
 // Throws ds::Error when the file cannot be written.
 void write_svg(const LineChart& chart, const std::string& path);
 

@@ -222,6 +222,9 @@ class Engine {
   int64_t parameter_count() const;
   // Tokens per optimizer step over all ranks, for the tokens/s figure.
   void set_tokens_per_step(int64_t tokens) { tokens_per_step_ = tokens; }
+  // The run's last step: the progress line then shows "step N/M" and an ETA from the recent
+  // step times.
+  void set_total_steps(int64_t steps) { total_steps_ = steps; }
   // The progress line for a step, as printed every steps_per_print steps.
   std::string progress_line(const StepStats& s) const;
 
@@ -337,6 +340,9 @@ class Engine {
   int64_t schedule_iteration_ = -1;  // DeepSpeed's last_batch_iteration
   double loss_sum_ = 0.0;
   int64_t tokens_per_step_ = 0;
+  int64_t total_steps_ = 0;      // 0: unknown
+  double recent_step_s_ = 0;     // moving average of step times (the first step, warm-up, left out)
+  int64_t steps_timed_ = 0;      // steps since the engine started or loaded a checkpoint
   double forward_s_ = 0, backward_s_ = 0, backward_comm_s_ = 0;
   int64_t checkpointing_token_ = 0;  // this engine's checkpointing::configure, undone by ~Engine
   std::unique_ptr<profiling::FlopsProfiler> flops_profiler_;  // rank 0 with flops_profiler.enabled
