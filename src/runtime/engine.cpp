@@ -314,11 +314,13 @@ void Engine::run_backward(const std::function<void()>& autograd) {
   for (auto& s : units_) s.unit->check_grad_views();
   reducer_->begin_backward(boundary, window_sync_);
   const double waited = reducer_->wait_seconds();
+  mark_gather_waits();
   resume_flops_profile();
   autograd();
   pause_flops_profile();
   if (plan_.reduce.every_micro_batch) reducer_->finish();  // this micro-batch's gradients go to the shards now
   if (coordinator_) coordinator_->end_micro_batch();
+  add_gather_waits();
   ++micro_step_;
   backward_comm_s_ += reducer_->wait_seconds() - waited;
   backward_s_ += std::chrono::duration<double>(Clock::now() - start).count();
@@ -387,7 +389,8 @@ at::Tensor broadcast_any(comm::Communicator& comm, const at::Tensor& t, int root
 
 at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Tensor& inputs) {
   torch::NoGradGuard no_grad;
-  const double training_forward_s = forward_s_;  // this forward is not the training step's
+  // This forward is not the training step's: its time and gather waits are not the step's.
+  const double training_forward_s = forward_s_, training_gather_s = gather_wait_s_, training_read_s = read_wait_s_;
   auto to_fp32 = [](const at::Tensor& o) { return at::isFloatingType(o.scalar_type()) ? o.to(at::kFloat) : o; };
   const int stages = groups_.pipe->size();
   at::Tensor out;
@@ -403,7 +406,7 @@ at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Ten
     executor.run(as_engine_forward(capture), [&](int) { return pipe::MicroBatch{inputs, inputs}; });
     out = broadcast_any(*groups_.pipe, out, stages - 1);
   }
-  forward_s_ = training_forward_s;
+  forward_s_ = training_forward_s, gather_wait_s_ = training_gather_s, read_wait_s_ = training_read_s;
   return out;
 }
 
@@ -418,12 +421,14 @@ at::Tensor Engine::grad_of(size_t u) const {
 void Engine::forward_begin() {
   resume_flops_profile();
   if (!coordinator_) return;
+  mark_gather_waits();
   coordinator_->begin_micro_batch();
   if (!unit_aware_) coordinator_->gather_all();
 }
 
 void Engine::forward_end() {
   if (coordinator_ && !at::GradMode::is_enabled()) coordinator_->end_micro_batch();  // no backward follows
+  add_gather_waits();
   pause_flops_profile();
 }
 

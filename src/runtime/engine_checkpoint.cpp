@@ -464,7 +464,7 @@ void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
     const auto& s = e.loss_scaler;
     scaler_.load({s.scale, s.hysteresis_left, s.iteration, s.last_overflow_iteration});
   }  // else: a fresh scaler, as configured (the checkpoint was not an fp16 run)
-  forward_s_ = backward_s_ = backward_comm_s_ = 0.0;
+  forward_s_ = backward_s_ = backward_comm_s_ = gather_wait_s_ = read_wait_s_ = 0.0;
   last_step_time_ = std::chrono::steady_clock::now();
   steps_timed_ = 0, recent_step_s_ = 0;  // the next step warms up again
 }

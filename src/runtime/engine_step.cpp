@@ -195,6 +195,7 @@ std::optional<StepStats> Engine::step() {
 
   auto opt_start = Clock::now();
   const double disk_waited = swapper_ ? swapper_->stats().io_wait_s : 0.0;
+  mark_gather_waits();  // the update's regathering of persistent units
   s.loss_scale = scaler_.scale();
   bool overflow = unscale_and_check_overflow();
   s.lr = current_lr();
@@ -226,6 +227,7 @@ std::optional<StepStats> Engine::step() {
   global_samples_ += config_.train_batch_size;
   loss_sum_ = 0.0;
   s.step = global_step_;
+  add_gather_waits();
   auto now = Clock::now();
   s.optimizer_s = std::chrono::duration<double>(now - opt_start).count();
   s.seconds = std::chrono::duration<double>(now - last_step_time_).count();
@@ -234,12 +236,8 @@ std::optional<StepStats> Engine::step() {
   s.forward_s = forward_s_, s.backward_s = backward_s_, s.backward_comm_s = backward_comm_s_;
   forward_s_ = backward_s_ = backward_comm_s_ = 0.0;
   if (swapper_) s.disk_wait_s = std::max(0.0, swapper_->stats().io_wait_s - disk_waited);
-  if (coordinator_) {  // totals since the start (a reset of the statistics restarts the count)
-    const auto& cs = coordinator_->stats();
-    s.gather_wait_s = std::max(0.0, cs.wait_s - gather_wait_seen_);
-    s.disk_wait_s += std::max(0.0, cs.read_wait_s - read_wait_seen_);
-    gather_wait_seen_ = cs.wait_s, read_wait_seen_ = cs.read_wait_s;
-  }
+  s.gather_wait_s = gather_wait_s_, s.disk_wait_s += read_wait_s_;
+  gather_wait_s_ = read_wait_s_ = 0;
   s.rss_bytes = current_rss_bytes();
   log_step(s);
   report_activation_checkpointing(s.step);
@@ -263,7 +261,19 @@ bool Engine::nonfinite_step(const StepStats& s) {
                       "skip such steps (ds-train --skip-nonfinite, EngineOptions::skip_nonfinite_steps)"));
 }
 
+void Engine::mark_gather_waits() {
+  if (!coordinator_) return;
+  gather_wait_mark_ = coordinator_->stats().wait_s, read_wait_mark_ = coordinator_->stats().read_wait_s;
+}
+
+void Engine::add_gather_waits() {
+  if (!coordinator_) return;
+  gather_wait_s_ += std::max(0.0, coordinator_->stats().wait_s - gather_wait_mark_);
+  read_wait_s_ += std::max(0.0, coordinator_->stats().read_wait_s - read_wait_mark_);
+}
+
 namespace {
+
 // "45s", "3m05s", "2h07m".
 std::string duration_text(double seconds) {
   const int64_t t = int64_t(seconds + 0.5);

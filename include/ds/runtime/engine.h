@@ -347,7 +347,12 @@ class Engine {
   int64_t checkpointing_token_ = 0;  // this engine's checkpointing::configure, undone by ~Engine
   std::unique_ptr<profiling::FlopsProfiler> flops_profiler_;  // rank 0 with flops_profiler.enabled
   bool flops_profiled_ = false;
-  double gather_wait_seen_ = 0, read_wait_seen_ = 0;  // the coordinator's totals at the last step
+  // Stage 3's waits inside this step's forward, backward and optimizer phases only (not a
+  // checkpoint's or gathered_parameters' between steps): the coordinator's totals at a phase's
+  // start, and what the phases added.
+  double gather_wait_mark_ = 0, read_wait_mark_ = 0, gather_wait_s_ = 0, read_wait_s_ = 0;
+  void mark_gather_waits();
+  void add_gather_waits();
   std::chrono::steady_clock::time_point last_step_time_;
   std::ofstream csv_;
 };
