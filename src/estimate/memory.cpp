@@ -83,11 +83,12 @@ Memory estimate_memory(const Config& config, const ModelShape& shape, const Layo
 
   Memory m;
   std::vector<int64_t> own_lengths;
-  int64_t largest_unit = 0, persistent = 0;
+  int64_t largest_unit = 0, persistent = 0, total = 0, own_total = 0;
   for (int64_t numel : shape.unit_sizes()) {
     const zero::UnitLayout l = zero::plan_unit(numel, plan);
     own_lengths.push_back(l.own.length);
     largest_unit = std::max(largest_unit, l.padded_numel);
+    total += l.padded_numel, own_total += l.own.length;
     if (l.shard_params) {
       const int64_t shard = l.own.length * bytes_of(precision.param);
       (swap_params ? m.on_disk : m.params) += shard;
@@ -104,9 +105,7 @@ Memory estimate_memory(const Config& config, const ModelShape& shape, const Layo
   if (swap_optimizer) {  // states (and a separate master) on disk; buffers of the largest sub-group in RAM
     const size_t tensors = states + (precision.master_is_working() ? 0 : 1);
     m.on_disk += int64_t(offload::OptimizerSwapper::bytes_needed(own_lengths, tensors, z.sub_group_size));
-    int64_t own = 0;
-    for (int64_t n : own_lengths) own += n;
-    const int64_t group = std::min(own, std::max<int64_t>(1, z.sub_group_size));
+    const int64_t group = std::min(own_total, std::max<int64_t>(1, z.sub_group_size));
     const int64_t aligned = (group * 4 + 4095) / 4096 * 4096;
     m.optimizer_states += std::max<int64_t>(3, z.offload_optimizer.buffer_count) * aligned * int64_t(tensors);
   }
@@ -118,11 +117,6 @@ Memory estimate_memory(const Config& config, const ModelShape& shape, const Layo
   // reduce-scatter until reduce_bucket_size elements are on the wire (with overlap_comm off,
   // until the backward ends), beside the received chunks. Stage 0 converts gradients for the
   // wire in buckets when the communication dtype differs.
-  int64_t total = 0, own_total = 0;
-  for (int64_t numel : shape.unit_sizes()) {
-    const zero::UnitLayout l = zero::plan_unit(numel, plan);
-    total += l.padded_numel, own_total += l.own.length;
-  }
   const int64_t c = bytes_of(precision.reduce);
   if (stage == 3) {
     m.persistent = persistent;

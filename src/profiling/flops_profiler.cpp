@@ -183,16 +183,6 @@ void FlopsProfiler::stop() {
   state_->priced_depth = state_->backward_depth = 0;
 }
 
-void FlopsProfiler::reset() {
-  const bool was = running();
-  stop();
-  auto fresh = std::make_unique<State>(state_->nodes[0].name);
-  fresh->param_numel = std::move(state_->param_numel);
-  fresh->total_params = state_->total_params;
-  state_ = std::move(fresh);
-  if (was) start();
-}
-
 void FlopsProfiler::set_forward_seconds(double s) { state_->forward_s = s; }
 
 void FlopsProfiler::set_parameter_count(int64_t n) { state_->total_params = n; }

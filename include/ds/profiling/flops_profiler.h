@@ -78,7 +78,6 @@ class FlopsProfiler {
   void start();
   void stop();
   bool running() const { return handle_ != 0; }
-  void reset();
   // The root's forward latency, when the caller times the forward itself (an engine does).
   void set_forward_seconds(double s);
   // The root's parameters, when the model's tensors do not show them (ZeRO-3 keeps released
