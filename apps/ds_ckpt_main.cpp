@@ -5,10 +5,14 @@
 //       and a checksum verification of every file (exit 1 if any is bad)
 //   ds-ckpt to-fp32 /ckpt out [--tag T]
 //       consolidated fp32 weights as out.pt (Python: torch.load("out.pt")) and out.safetensors
+//   ds-ckpt to-fp32 /ckpt out_dir --hf
+//       a ds-train GPT as Hugging Face GPT-2: out_dir/model.safetensors (HF's names, Conv1D
+//       layout) and out_dir/config.json (GPT2LMHeadModel.from_pretrained("out_dir") loads it)
 //
 // Errors: one line "ds-ckpt: error: ..." on stderr, exit 1; usage errors exit 2.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <string>
 
@@ -17,6 +21,8 @@
 #include "ds/ckpt/consolidate.h"
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/ckpt/safetensors.h"
+#include "ds/models/gpt2_hf.h"
 
 namespace {
 
@@ -25,7 +31,7 @@ constexpr int kExitUsage = 2;
 
 struct Args {
   std::string dir, tag, out;
-  bool params = false;
+  bool params = false, hf = false;
 };
 
 std::string join(const std::vector<std::string>& items) {
@@ -93,8 +99,32 @@ int inspect(const Args& args) {
   return 0;
 }
 
+int to_hf(const ds::ckpt::CheckpointReader& ck, const Args& args) {
+  const nlohmann::json& client = ck.manifest().engine.client;
+  if (!client.contains("gpt"))
+    throw ds::Error(ds::str(ck.tag_path(), " has no GPT description in its client state (ds-train writes one): "
+                            "--hf converts checkpoints of ds-train's reference GPT only"));
+  const ds::GptConfig c = ds::GptConfig::from_json(client["gpt"]);
+  const auto hf = ds::to_gpt2_hf(ds::ckpt::consolidate_fp32(ck), c);
+  std::error_code ec;
+  std::filesystem::create_directories(args.out, ec);
+  if (!std::filesystem::is_directory(args.out))
+    throw ds::Error(ds::str("cannot create the directory ", args.out, ec ? ": " + ec.message() : ""));
+  const std::string weights = args.out + "/model.safetensors", config = args.out + "/config.json";
+  const ds::ckpt::FileDigest w = ds::ckpt::write_safetensors(weights, hf, {{"format", "pt"}});
+  const std::string text = ds::gpt2_hf_config(c).dump(2) + "\n";
+  ds::ckpt::AtomicFile f(config);
+  f.write(text.data(), text.size());
+  f.commit();
+  std::cout << "tag " << ck.tag() << ": " << c.describe() << "\n"
+            << "wrote " << weights << " (" << hf.size() << " tensors, " << ds::format_bytes(double(w.bytes)) << ")\n"
+            << "wrote " << config << "\n";
+  return 0;
+}
+
 int to_fp32(const Args& args) {
   ds::ckpt::CheckpointReader ck(args.dir, args.tag);
+  if (args.hf) return to_hf(ck, args);
   ds::ckpt::ConsolidatedFiles out = ds::ckpt::write_consolidated(ck, args.out);
   std::cout << "tag " << ck.tag() << ": " << out.tensors << " tensors, "
             << ds::ckpt::parameter_count(ck.manifest().units) << " parameters\n"
@@ -120,6 +150,8 @@ int main(int argc, char** argv) {
   fp32->add_option("dir", args.dir, "the checkpoint directory (holding 'latest')")->required();
   fp32->add_option("out", args.out, "output path without extension")->required();
   fp32->add_option("--tag", args.tag, "the tag to convert (default: the one in DIR/latest)");
+  fp32->add_flag("--hf", args.hf,
+                 "write Hugging Face GPT-2 (OUT/model.safetensors + OUT/config.json) from a ds-train checkpoint");
 
   if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "inspect" &&
       std::string(argv[1]) != "to-fp32") {

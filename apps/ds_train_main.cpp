@@ -5,6 +5,7 @@
 //   ds-train --config ds_config.json --data input.txt --n-layer 4 --n-head 4 --d-model 256 --seq-len 128
 //   ds-train --steps 400 --save ckpt --save-interval 100      # checkpoints every 100 steps and at the end
 //   ds-train --steps 800 --load ckpt --save ckpt              # resumes at step 400, same data order
+//   ds-train --init gpt2/model.safetensors --data train.bin --seq-len 256   # fine-tunes GPT-2
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
@@ -20,6 +21,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 
 #include "ds/comm/communicator.h"
 #include "ds/common/cleanup.h"
@@ -32,6 +34,7 @@
 #include "ds/data/dataset.h"
 #include "ds/data/tokens.h"
 #include "ds/models/gpt.h"
+#include "ds/models/gpt2_hf.h"
 #include "ds/pipe/module.h"
 #include "ds/deepspeed.h"
 #include "ds/zero/init.h"
@@ -53,12 +56,13 @@ const char* kDefaultConfig = R"({
 
 struct Args {
   std::string config, data, val_data, data_format = "auto", task = "reverse", metrics, plot = "ds-train-loss.svg", save,
-      load;
+      load, init, activation = "gelu";
   int64_t vocab_size = 0;
   int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0, save_interval = 0;
   int64_t n_layer = 2, n_head = 4, d_model = 128, seq_len = 0;
   double dropout = 0.0;
   bool skip_nonfinite = false;
+  std::set<std::string> given;  // options set on the command line (--init fills in the others)
 };
 
 Args parse(int argc, char** argv) {
@@ -86,6 +90,12 @@ Args parse(int argc, char** argv) {
   app.add_option("--dropout", a.dropout, "dropout probability (GPT-2: 0.1) on embeddings, attention and residuals")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 0.99));
+  app.add_option("--activation", a.activation, "the MLP's GELU: gelu (erf) | gelu_tanh (GPT-2's)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"gelu", "gelu_tanh"}));
+  app.add_option("--init", a.init,
+                 "start from Hugging Face GPT-2 weights (model.safetensors; shapes, and heads from a config.json "
+                 "beside it, unless given)");
   app.add_option("--seed", a.seed, "seed for weights and data order (default: the config's seed)")
       ->check(int_range(0, INT64_MAX));
   app.add_option("--metrics", a.metrics, "write per-step metrics to this CSV (rank 0)");
@@ -107,6 +117,8 @@ Args parse(int argc, char** argv) {
       ->needs(save);
   app.add_option("--load", a.load, "resume from the latest checkpoint in this directory (up to --steps)");
   ds::cli::parse_or_exit(app, argc, argv, "ds-train");
+  for (const char* o : {"--n-layer", "--n-head", "--d-model", "--seq-len", "--vocab-size", "--activation"})
+    if (app.count(o) > 0) a.given.insert(o);
   return a;
 }
 
@@ -127,11 +139,16 @@ struct Evaluation {
 struct RunIdentity {
   uint64_t seed = 0;
   const ds::Dataset* data = nullptr;
-  std::string model;
+  ds::GptConfig model;
 };
 
+// "gpt" is the architecture as fields, for `ds-ckpt to-fp32 --hf`.
 nlohmann::json data_position(int64_t next_step, const RunIdentity& run) {
-  return {{"data_step", next_step}, {"seed", run.seed}, {"data", run.data->describe()}, {"model", run.model}};
+  return {{"data_step", next_step},
+          {"seed", run.seed},
+          {"data", run.data->describe()},
+          {"model", run.model.describe()},
+          {"gpt", run.model.to_json()}};
 }
 
 void save_checkpoint(ds::Engine& engine, const std::string& dir, const RunIdentity& run) {
@@ -156,9 +173,10 @@ int64_t resume(ds::Engine& engine, const std::string& dir, const RunIdentity& ru
   }
   ds::LoadedCheckpoint ck = engine.load_checkpoint(dir);
   const nlohmann::json& c = ck.client_state;
-  if (c.contains("model") && c["model"] != run.model)
+  if (c.contains("model") && c["model"] != run.model.describe())
     throw ds::Error(ds::str("checkpoint ", ck.path, " was trained with ", c["model"].get<std::string>(),
-                            "; this run builds ", run.model, ": give the same --n-layer, --n-head, --d-model and --seq-len"));
+                            "; this run builds ", run.model.describe(),
+                            ": give the same --n-layer, --n-head, --d-model, --seq-len and --activation"));
   const uint64_t seed = run.seed;
   const ds::Dataset& data = *run.data;
   int64_t next = c.contains("data_step") && c["data_step"].is_number_integer() ? c["data_step"].get<int64_t>()
@@ -270,6 +288,16 @@ void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Eng
   std::fflush(stdout);
 }
 
+void init_weights(const std::string& path, ds::Engine& engine, Model& model, const ds::GptConfig& mc) {
+  const bool rank0 = engine.comm().rank() == 0;
+  if (rank0) std::printf("ds-train: loading GPT-2 weights from %s ...\n", path.c_str()), std::fflush(stdout);
+  const auto start = std::chrono::steady_clock::now();
+  if (!model.gpt) throw ds::ConfigError("--init loads into the whole GPT: run it without pipeline stages");
+  ds::load_gpt2_safetensors(engine, *model.gpt, path, mc);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (rank0) std::printf("ds-train: loaded %s (%.2f s)\n", path.c_str(), s), std::fflush(stdout);
+}
+
 void report(const Args& a, const ds::Config& config, ds::comm::Communicator& comm, const ds::Dataset& data,
             const Curve& curve, const Evaluation& eval) {
   char loss[64] = "no steps trained";
@@ -342,10 +370,40 @@ void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
                                   "(raise gradient_accumulation_steps to keep the global batch)"));
 }
 
+bool is_token_data(const Args& a) {
+  return a.data_format == "llmc" || a.data_format == "nanogpt" ||
+         (a.data_format == "auto" && a.data.size() > 4 && a.data.compare(a.data.size() - 4, 4, ".bin") == 0);
+}
+
+// --init: what the command line leaves open comes from the weights (and the config.json beside
+// them); the head count cannot come from weights, so without either it is an error.
+void shapes_from_init(Args& a) {
+  const ds::Gpt2FileShapes f = ds::gpt2_file_shapes(a.init);
+  auto take = [&](const char* option, int64_t& field, int64_t value) {
+    if (!a.given.count(option)) field = value;
+  };
+  take("--n-layer", a.n_layer, f.n_layer), take("--d-model", a.d_model, f.d_model);
+  take("--seq-len", a.seq_len, f.seq_len);
+  if (!a.given.count("--activation")) a.activation = f.activation;
+  if (!a.given.count("--n-head")) {
+    if (f.n_head <= 0)
+      throw ds::ConfigError(ds::str("--init ", a.init, ": the weights do not say how many attention heads the model has ",
+                                    "and there is no config.json beside them: give --n-head (GPT-2: 12 for 124M)"));
+    a.n_head = f.n_head;
+  }
+  if (!is_token_data(a)) {
+    if (f.vocab_size != 256)
+      throw ds::ConfigError(ds::str("--init ", a.init, " has a vocabulary of ", f.vocab_size, " tokens but --data ",
+                                    a.data.empty() ? "(a synthetic task)" : a.data, " is bytes (256): train it on a ",
+                                    "token file made with its tokenizer (--data X.bin)"));
+  } else if (!a.given.count("--vocab-size")) {
+    a.vocab_size = f.vocab_size;
+  }
+}
+
 // A text file (bytes), a token file (.bin, or a token --data-format) or an embedded task.
 std::unique_ptr<ds::Dataset> open_data(const Args& a, uint64_t seed) {
-  const bool tokens = a.data_format == "llmc" || a.data_format == "nanogpt" ||
-                      (a.data_format == "auto" && a.data.size() > 4 && a.data.compare(a.data.size() - 4, 4, ".bin") == 0);
+  const bool tokens = is_token_data(a);
   if ((!a.val_data.empty() || a.vocab_size > 0) && !tokens)
     throw ds::ConfigError("--val-data and --vocab-size are for token files (.bin, or --data-format llmc / nanogpt)");
   if (a.data.empty()) return ds::make_task(a.task, seed);
@@ -359,7 +417,7 @@ std::unique_ptr<ds::Dataset> open_data(const Args& a, uint64_t seed) {
   return ds::TokenDataset::open(o);
 }
 
-int run(const Args& a) {
+int run(Args a) {
   int local = std::max(1, env_int("LOCAL_WORLD_SIZE", 1));
   at::set_num_threads(a.threads > 0 ? int(a.threads) : std::max(1, int(::sysconf(_SC_NPROCESSORS_ONLN)) / local));
   auto comm = ds::comm::init_from_env();
@@ -374,6 +432,7 @@ int run(const Args& a) {
     for (const auto& w : config.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
   const uint64_t seed = a.seed >= 0 ? uint64_t(a.seed) : uint64_t(config.seed);
   check_outputs(a, rank0);
+  if (!a.init.empty()) shapes_from_init(a);
 
   std::unique_ptr<ds::Dataset> data = open_data(a, seed);
   ds::GptConfig mc;
@@ -383,11 +442,16 @@ int run(const Args& a) {
     throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),
                                   " tokens); use --seq-len ", data->context(), " or more"));
   mc.dropout = a.dropout;
+  mc.activation = a.activation;
   mc.checkpoint_blocks = checkpoint_blocks(config, mc);
   mc.validate();
   check_memory(mc, config);
+  if (!a.init.empty()) ds::check_gpt2_safetensors(a.init, mc);  // before minutes of set-up
   torch::manual_seed(seed);
   ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
+  if (!a.init.empty() && (groups.pipe->size() > 1 || groups.tensor->size() > 1))
+    throw ds::ConfigError("--init loads GPT-2 weights with data parallelism only (any ZeRO stage): drop the pipeline and "
+                          "tensor_parallel sections, save a checkpoint, and resume it with them");
   ds::zero::Init init(groups.data, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
   Model model;
   if (groups.tensor->size() > 1) model.tensor = groups.tensor;
@@ -403,7 +467,8 @@ int run(const Args& a) {
   engine.set_total_steps(a.steps);
   if (!a.metrics.empty()) engine.set_metrics_csv(a.metrics);
   if (rank0) print_start(mc, *data, engine, model);
-  const RunIdentity run{seed, data.get(), mc.describe()};
+  if (!a.init.empty() && a.load.empty()) init_weights(a.init, engine, model, mc);
+  const RunIdentity run{seed, data.get(), mc};
   const int64_t first = a.load.empty() ? 0 : resume(engine, a.load, run);
   if (rank0 && first >= a.steps)
     std::printf("ds-train: the checkpoint is at step %lld, --steps is %lld: nothing to train\n",

@@ -53,6 +53,8 @@ void GptConfig::validate() const {
   if (dropout < 0.0 || dropout >= 1.0) bad(ds::str("dropout must be in [0, 1), got ", dropout));
   if (checkpoint_blocks < 0 || checkpoint_blocks > n_layer)
     bad(ds::str("checkpoint_blocks ", checkpoint_blocks, " is not between 0 and the ", n_layer, " layers"));
+  if (activation != "gelu" && activation != "gelu_tanh")
+    bad(ds::str("activation must be gelu or gelu_tanh, got '", activation, "'"));
   if (d_model % n_head != 0)
     bad(ds::str("d_model ", d_model, " is not divisible by n_head ", n_head, " (head width would be ",
                 double(d_model) / n_head, "); pick a d_model that is a multiple of n_head"));
@@ -84,12 +86,31 @@ double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t eleme
 
 std::string GptConfig::describe() const {
   return ds::str("GPT ", n_layer, " layers x ", n_head, " heads x ", d_model, " wide, context ", seq_len, ", vocab ",
-                 vocab_size, " (", parameter_count(), " parameters)");
+                 vocab_size, activation == "gelu" ? "" : ", GELU tanh", " (", parameter_count(), " parameters)");
+}
+
+nlohmann::json GptConfig::to_json() const {
+  return {{"n_layer", n_layer}, {"n_head", n_head},         {"d_model", d_model},
+          {"seq_len", seq_len}, {"vocab_size", vocab_size}, {"activation", activation}};
+}
+
+GptConfig GptConfig::from_json(const nlohmann::json& j) {
+  GptConfig c;
+  auto field = [&](const char* key, int64_t& out) {
+    if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer())
+      throw Error(ds::str("the GPT description ", j.dump(), " has no integer '", key, "'"));
+    out = j[key].get<int64_t>();
+  };
+  field("n_layer", c.n_layer), field("n_head", c.n_head), field("d_model", c.d_model);
+  field("seq_len", c.seq_len), field("vocab_size", c.vocab_size);
+  if (j.contains("activation") && j["activation"].is_string()) c.activation = j["activation"].get<std::string>();
+  c.validate();
+  return c;
 }
 
 
 GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer)
-    : dropout_(c.dropout), n_head_(c.n_head), local_heads_(c.n_head) {
+    : dropout_(c.dropout), gelu_tanh_(c.activation == "gelu_tanh"), n_head_(c.n_head), local_heads_(c.n_head) {
   const int64_t d = c.d_model;
   ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   qkv_ = register_module("qkv", torch::nn::Linear(d, 3 * d));
@@ -138,7 +159,7 @@ at::Tensor GptBlockImpl::attention(const at::Tensor& x) {
 // This rank's MLP columns (column-parallel fc, row-parallel projection).
 at::Tensor GptBlockImpl::mlp(const at::Tensor& x) {
   RECORD_USER_SCOPE("mlp");
-  at::Tensor m = at::gelu(nn::linear(tp::copy_to(x, tensor_), fc_->weight, fc_->bias));
+  at::Tensor m = at::gelu(nn::linear(tp::copy_to(x, tensor_), fc_->weight, fc_->bias), gelu_tanh_ ? "tanh" : "none");
   return dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
 }
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <sstream>
+#include <fstream>
 #include <thread>
 
 #include "../launch/launch_test_util.h"
@@ -341,4 +342,56 @@ TEST(Faults, ATokenFileOfATextsBytesTrainsLikeTheTextAndBadTokensAreNamed) {
   EXPECT_EQ(small.exit_code(), 1) << diag(small);
   EXPECT_NE(error_line(small, "ds-train: error: ", "vocab").find("outside --vocab-size 100 (raise it to at least 118)"),
             std::string::npos);
+}
+
+// Hugging Face GPT-2 weights through the tools: a small GPT-2 written by Python
+// (tests/models/gpt2_reference.py) starts ds-train on 2 ranks at ZeRO stage 3 with a learning
+// rate of 0, is saved, and `ds-ckpt to-fp32 --hf` writes HF files whose logits in the Python
+// reference equal those of the original file. Shapes come from the file, heads from its
+// config.json; without one, or with byte data for a 97-token vocabulary, one line.
+TEST(Faults, Gpt2WeightsGoInThroughDsTrainAndOutThroughDsCkptUnchanged) {
+  TempDir dir;
+  const std::string py = std::string(std::getenv("DS_SOURCE_DIR") ? std::getenv("DS_SOURCE_DIR") : DS_SOURCE_DIR_FALLBACK) +
+                         "/tests/models/gpt2_reference.py";
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + py + " make " + dir.path() + " 2 4 32 97 48 3").c_str()), 0);
+  const std::string tokens = dir.write("w.py",
+                                       "import struct,sys\n"
+                                       "t = [(i * 31 + 7) % 97 for i in range(4000)]\n"
+                                       "with open(sys.argv[1], 'wb') as f:\n"
+                                       "    f.write(struct.pack('<256i', 20240520, 1, len(t), *([0] * 253)))\n"
+                                       "    f.write(struct.pack('<%dH' % len(t), *t))\n");
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + tokens + " " + dir.file("t.bin")).c_str()), 0);
+  const std::string config = dir.write("ds.json", R"({"train_batch_size": 4, "steps_per_print": 1,
+      "optimizer": {"type": "AdamW", "params": {"lr": 0.0, "weight_decay": 0.0}},
+      "zero_optimization": {"stage": 3}})");
+  const std::string weights = dir.file("model.safetensors");
+  RunOutput r = Spawned({bin("ds-launch"), "--num_procs", "2", bin("ds-train"), "--init", weights, "--data",
+                         dir.file("t.bin"), "--seq-len", "32", "--steps", "2", "--config", config, "--save",
+                         dir.file("ck"), "--plot", "", "--eval-examples", "8"})
+                    .wait(120);
+  ASSERT_EQ(r.exit_code(), 0) << diag(r);
+  EXPECT_NE(r.out.find("GPT 2 layers x 4 heads x 32 wide, context 32, vocab 97, GELU tanh"), std::string::npos) << diag(r);
+  EXPECT_NE(r.out.find("ds-train: loaded " + weights), std::string::npos) << diag(r);
+  const std::string out = dir.file("hf");
+  RunOutput c = Spawned({bin("ds-ckpt"), "to-fp32", dir.file("ck"), out, "--hf"}).wait(60);
+  ASSERT_EQ(c.exit_code(), 0) << diag(c);
+  EXPECT_NE(c.out.find("wrote " + out + "/config.json"), std::string::npos) << diag(c);
+  std::filesystem::copy_file(dir.file("tokens.bin"), out + "/tokens.bin");
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + py + " forward " + out + " 32").c_str()), 0);
+  std::ifstream a(dir.file("logits.bin"), std::ios::binary), b(out + "/logits_check.bin", std::ios::binary);
+  std::vector<float> x(2 * 32 * 97), y(x.size());
+  a.read(reinterpret_cast<char*>(x.data()), std::streamsize(x.size() * 4));
+  b.read(reinterpret_cast<char*>(y.data()), std::streamsize(y.size() * 4));
+  ASSERT_TRUE(a.good() && b.good());
+  float worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+  EXPECT_LT(worst, 1e-5) << "the exported weights are not the loaded ones";
+
+  std::filesystem::remove(dir.file("config.json"));
+  RunOutput heads = Spawned({bin("ds-train"), "--init", weights, "--data", dir.file("t.bin"), "--steps", "1"}).wait(60);
+  EXPECT_EQ(heads.exit_code(), 1) << diag(heads);
+  EXPECT_NE(error_line(heads, "ds-train: error: ", "no heads").find("give --n-head"), std::string::npos);
+  RunOutput bytes = Spawned({bin("ds-train"), "--init", weights, "--n-head", "4", "--steps", "1"}).wait(60);
+  EXPECT_EQ(bytes.exit_code(), 1) << diag(bytes);
+  EXPECT_NE(error_line(bytes, "ds-train: error: ", "bytes").find("has a vocabulary of 97 tokens"), std::string::npos);
 }

@@ -20,6 +20,7 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "ds/nn/unit.h"
@@ -37,6 +38,9 @@ struct GptConfig {
   // GPT-2's dropout (0.1 there) on the embeddings' sum, the attention probabilities and each
   // residual branch, in training mode only; 0 = none.
   double dropout = 0.0;
+  // The MLP's GELU: "gelu" (exact, erf) or "gelu_tanh" (GPT-2's tanh approximation, Hugging
+  // Face's "gelu_new"; what pretrained GPT-2 weights need).
+  std::string activation = "gelu";
   // Activation checkpointing: the first checkpoint_blocks blocks run through
   // ds::checkpointing::checkpoint (their activations recomputed in the backward); 0 = none.
   int64_t checkpoint_blocks = 0;
@@ -54,6 +58,12 @@ struct GptConfig {
   // against measured peaks within 10% (bench/estimate_validation.sh); ds-estimate uses it.
   double activation_bytes(int64_t batch, int64_t context, int64_t element_bytes = 4) const;
   std::string describe() const;  // the architecture (not dropout or checkpointing)
+  // The architecture as JSON ({"n_layer", "n_head", "d_model", "seq_len", "vocab_size",
+  // "activation"}) and back: ds-train keeps it in its checkpoints' client state, from which
+  // `ds-ckpt to-fp32 --hf` writes Hugging Face's config.json. from_json throws ds::Error
+  // naming a missing or wrong field.
+  nlohmann::json to_json() const;
+  static GptConfig from_json(const nlohmann::json& j);
 };
 
 // Tensor parallelism (Megatron's split of a transformer layer): split_over(group) keeps this
@@ -74,6 +84,7 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   at::Tensor mlp(const at::Tensor& x);
   at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
   double dropout_;
+  bool gelu_tanh_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
   tp::Group tensor_;
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
