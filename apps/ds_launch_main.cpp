@@ -3,6 +3,7 @@
 //   ds-launch --num_procs 4 ./train --steps 100
 //   ds-launch --hostfile hosts --include "w0:0,1@w1" ./train
 //   ds-launch --hostfile hosts --launcher mpirun --dry_run ./train
+//   ds-launch --launcher slurm --num_nodes 2 --num_procs 4 ./train     # srun, in or for a Slurm job
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -44,8 +45,9 @@ void add_options(CLI::App& app, Cli& cli) {
   app.add_option("--master_port", o.master_port, "port of rank 0 (default: a free one)");
   app.add_option("--node_rank", o.node_rank, "start only this node's ranks (one node of a multi-node job)");
   app.add_option("--world_info", o.world_info, "the world as HOST:SLOTS@... (set by the multi-node driver)");
-  app.add_option("--launcher", cli.launcher, "how to reach other hosts: ssh (remote shell) or mpirun")
-      ->check(CLI::IsMember({"ssh", "pdsh", "mpirun", "openmpi"}, CLI::ignore_case));
+  app.add_option("--launcher", cli.launcher,
+                 "how to start the ranks: ssh (remote shell), mpirun, or slurm (srun inside/for a Slurm job)")
+      ->check(CLI::IsMember({"ssh", "pdsh", "mpirun", "openmpi", "slurm"}, CLI::ignore_case));
   app.add_option("--launcher_cmd", o.launcher_cmd,
                  "remote-shell template with {host}, {node_rank}, {cmd} (default $DS_LAUNCHER_CMD or '" +
                      std::string(ds::launch::kDefaultRemoteTemplate) + "')");
@@ -97,9 +99,10 @@ int main(int argc, char** argv) {
   }
   try {
     cli.opts.program = program_args(app);
-    cli.opts.launcher = (cli.launcher == "mpirun" || cli.launcher == "openmpi")
-                            ? ds::launch::LauncherKind::kMpirun
-                            : ds::launch::LauncherKind::kSsh;
+    const std::string& kind = cli.launcher;  // IsMember(ignore_case) gives the listed spelling
+    cli.opts.launcher = (kind == "mpirun" || kind == "openmpi") ? ds::launch::LauncherKind::kMpirun
+                        : kind == "slurm"                      ? ds::launch::LauncherKind::kSlurm
+                                                               : ds::launch::LauncherKind::kSsh;
     for (const std::string& e : cli.env) cli.opts.env.push_back(ds::launch::parse_env_assignment(e));
     ds::launch::LaunchResult r = ds::launch::run_launch(cli.opts);
     if (!r.error.empty()) fail(r.error);

@@ -179,6 +179,24 @@ std::vector<std::string> mpirun_command(const MpirunSpec& spec) {
   return argv;
 }
 
+std::vector<std::string> srun_command(const SrunSpec& spec) {
+  auto join = [](const std::vector<std::string>& items) {
+    std::string out;
+    for (const std::string& i : items) out += (out.empty() ? "" : ",") + i;
+    return out;
+  };
+  std::vector<std::string> argv = {spec.srun};
+  if (spec.nodes > 0) argv.push_back("--nodes=" + std::to_string(spec.nodes));
+  argv.push_back("--ntasks-per-node=" + std::to_string(spec.tasks_per_node));
+  if (!spec.nodelist.empty()) argv.push_back("--nodelist=" + join(spec.nodelist));
+  if (!spec.exclude.empty()) argv.push_back("--exclude=" + join(spec.exclude));
+  // One failed rank ends the step (the others would wait for it in a collective).
+  argv.insert(argv.end(), {"--kill-on-bad-exit=1", "--export=ALL"});
+  argv.insert(argv.end(), spec.extra_args.begin(), spec.extra_args.end());
+  argv.insert(argv.end(), spec.program.begin(), spec.program.end());
+  return argv;
+}
+
 EnvVar parse_env_assignment(std::string_view text) {
   size_t eq = text.find('=');
   std::string key(text.substr(0, eq));

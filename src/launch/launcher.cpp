@@ -39,6 +39,12 @@ void check_options(const LaunchOptions& o, bool have_hostfile) {
   bool filtered = !o.include.empty() || !o.exclude.empty();
   if (!o.include.empty() && !o.exclude.empty())
     throw ConfigError("--include and --exclude are mutually exclusive");
+  if (o.launcher == LauncherKind::kSlurm) {
+    if (have_hostfile || !o.world_info.empty() || o.node_rank >= 0)
+      throw ConfigError("--launcher slurm takes its nodes from Slurm: use --num_nodes, --include or --exclude "
+                        "instead of --hostfile, --world_info or --node_rank");
+    return;
+  }
   if (filtered && (o.num_nodes != -1 || o.num_procs != -1))
     throw ConfigError("--num_nodes/--num_procs cannot be combined with --include/--exclude");
   if (filtered && !have_hostfile) throw ConfigError("--include/--exclude need a --hostfile to pick from");
@@ -315,11 +321,69 @@ LaunchResult run_mpirun(const LaunchOptions& o, const LaunchPlan& plan) {
   return out;
 }
 
+// --include/--exclude under Slurm: whole hosts (Slurm places the tasks, so no slots).
+std::vector<std::string> slurm_hosts(const std::string& spec, const char* option) {
+  std::vector<std::string> hosts;
+  if (spec.empty()) return hosts;
+  for (const std::string& entry : split(spec, '@')) {
+    const std::string host = trim(entry);
+    if (host.empty() || host.find(':') != std::string::npos)
+      throw ConfigError(str(option, " '", spec, "': under --launcher slurm name whole nodes, HOST[@HOST...] (Slurm ",
+                            "places the tasks; slots ':0,1' do not apply)"));
+    hosts.push_back(host);
+  }
+  return hosts;
+}
+
+LaunchResult run_srun(const LaunchOptions& o) {
+  const char* path_env = std::getenv("PATH");
+  SrunSpec spec;
+  spec.srun = o.dry_run ? "srun" : find_program("srun", path_env ? path_env : "");
+  spec.nodes = o.num_nodes;
+  spec.tasks_per_node = o.num_procs == -1 ? 1 : o.num_procs;
+  spec.nodelist = slurm_hosts(o.include, "--include");
+  spec.exclude = slurm_hosts(o.exclude, "--exclude");
+  if (spec.nodes == -1 && !spec.nodelist.empty()) spec.nodes = int(spec.nodelist.size());
+  spec.extra_args = split_shell_words(o.launcher_args);
+  spec.program = o.program;
+  // srun exports its own environment (--export=ALL): what the ranks need is set on it.
+  std::vector<EnvVar> env = read_env_files();
+  for (const EnvVar& e : o.env) set_env_var(env, e);
+  if (!o.master_addr.empty()) set_env_var(env, {"MASTER_ADDR", o.master_addr});
+  if (o.master_port != -1) set_env_var(env, {"MASTER_PORT", std::to_string(o.master_port)});
+  if (!env_has(o, "LOCAL_WORLD_SIZE")) set_env_var(env, {"LOCAL_WORLD_SIZE", std::to_string(spec.tasks_per_node)});
+  if (!env_has(o, "OMP_WAIT_POLICY")) set_env_var(env, {"OMP_WAIT_POLICY", "PASSIVE"});
+  ChildSpec c;
+  c.label = "srun";
+  c.path = spec.srun;
+  c.argv = srun_command(spec);
+  c.env = env;
+  c.capture_output = false;  // srun forwards the ranks' output (srun --label tags it)
+  if (o.dry_run) {
+    std::vector<std::string> words = {"env"};
+    for (const EnvVar& e : env) words.push_back(e.first + "=" + e.second);
+    words.insert(words.end(), c.argv.begin(), c.argv.end());
+    print_line(shell_join(words));
+    return {};
+  }
+  SuperviseOptions so;
+  so.kill_timeout_s = o.kill_timeout_s + kDriverExtraGrace;
+  SuperviseResult r = supervise({c}, so);
+  LaunchResult out{r.exit_code, ""};
+  if (r.failure) out.error = str("srun (pid ", r.failure->pid, ") ", describe_wait_status(r.failure->wait_status));
+  if (r.stop_signal) out.error = str("received ", signal_name(r.stop_signal), "; stopped srun");
+  return out;
+}
+
 }  // namespace
 
 LaunchPlan make_plan(const LaunchOptions& o, const std::vector<HostEntry>& hostfile) {
   check_options(o, !hostfile.empty());
   LaunchPlan plan;
+  if (o.launcher == LauncherKind::kSlurm) {  // Slurm places the ranks and names the master
+    plan.mode = LaunchMode::kSlurm;
+    return plan;
+  }
   if (!o.world_info.empty()) {
     plan.world = decode_world(o.world_info);
   } else if (!hostfile.empty()) {
@@ -359,7 +423,44 @@ std::string describe_rank_failure(int rank, long pid, int wait_status, const std
              stopped_suffix(others_stopped, "rank"));
 }
 
-LaunchResult run_launch(const LaunchOptions& options) {
+std::vector<EnvVar> check_slurm_job(const LaunchOptions& o, const std::function<const char*(const char*)>& env) {
+  auto text = [&](const char* k) -> std::string {
+    const char* v = env(k);
+    return v ? v : "";
+  };
+  auto number = [&](const char* k) { return text(k).empty() ? -1 : std::atoi(text(k).c_str()); };  // "2(x3)" -> 2
+  const std::string step = !text("SLURM_STEP_ID").empty() ? text("SLURM_STEP_ID") : text("SLURM_STEPID");
+  const std::string job = text("SLURM_JOB_ID").empty() ? text("SLURM_JOBID") : text("SLURM_JOB_ID");
+  if (o.launcher == LauncherKind::kSlurm) {
+    if (!step.empty())
+      throw ConfigError(str("--launcher slurm runs srun, but this is already inside Slurm step ", job, ".", step,
+                            ": start ds-launch from the batch script (or a login node), not through srun"));
+    const int nodes = number("SLURM_JOB_NUM_NODES"), per_node = number("SLURM_NTASKS_PER_NODE");
+    if (nodes > 0 && o.num_nodes > nodes)
+      throw ConfigError(str("--num_nodes ", o.num_nodes, " but Slurm job ", job, " has ", nodes,
+                            " nodes (SLURM_JOB_NUM_NODES): lower --num_nodes or ask sbatch for more nodes"));
+    if (per_node > 0 && o.num_procs > per_node)
+      throw ConfigError(str("--num_procs ", o.num_procs, " ranks per node but Slurm job ", job, " allows ", per_node,
+                            " tasks per node (SLURM_NTASKS_PER_NODE): lower --num_procs or raise sbatch's "
+                            "--ntasks-per-node"));
+    return {};
+  }
+  if (step.empty() || o.launcher != LauncherKind::kSsh) return {};
+  const int tasks = number("SLURM_STEP_NUM_TASKS") > 0 ? number("SLURM_STEP_NUM_TASKS") : number("SLURM_NTASKS");
+  if (tasks > 1 && o.node_rank < 0)
+    throw ConfigError(str("ds-launch is one of ", tasks, " tasks of Slurm step ", job, ".", step,
+                          " (SLURM_NTASKS=", tasks, ") and each would start --num_procs ",
+                          o.num_procs == -1 ? 1 : o.num_procs, " ranks as a world of its own: let Slurm start the "
+                          "ranks (ds-launch --launcher slurm, or srun PROGRAM) or run one ds-launch per node with "
+                          "--node_rank"));
+  // The ranks are ds-launch's, not the step's tasks: they must not read the step's ids.
+  return {{"SLURM_STEP_ID", ""}, {"SLURM_STEPID", ""}};
+}
+
+LaunchResult run_launch(const LaunchOptions& given) {
+  LaunchOptions options = given;
+  for (const EnvVar& e : check_slurm_job(options, [](const char* k) { return std::getenv(k); }))
+    set_env_var(options.env, e);
   if (!options.workdir.empty())
     DS_CHECK_SYS(::chdir(options.workdir.c_str()), "cannot change to --workdir '", options.workdir, "'");
   std::vector<HostEntry> hostfile;
@@ -373,6 +474,8 @@ LaunchResult run_launch(const LaunchOptions& options) {
       return run_multi_node(options, plan);
     case LaunchMode::kMpirun:
       return run_mpirun(options, plan);
+    case LaunchMode::kSlurm:
+      return run_srun(options);
   }
   throw Error("unknown launch mode");
 }

@@ -302,3 +302,59 @@ TEST(Port, PicksAFreePortAndSeesItInUseWhileBound) {
   EXPECT_EQ(probe_port("192.0.2.1", 29500), PortState::kNotLocal);  // TEST-NET-1, never ours
   EXPECT_THROW(pick_free_port("192.0.2.1"), ds::SystemError);
 }
+
+TEST(Slurm, SrunCommandPlacesTasksPerNodeAndNodeLists) {
+  SrunSpec spec;
+  spec.nodes = 2;
+  spec.tasks_per_node = 4;
+  spec.nodelist = {"n1", "n2"};
+  spec.extra_args = {"--label"};
+  spec.program = {"./train", "x"};
+  EXPECT_EQ(srun_command(spec), (std::vector<std::string>{"srun", "--nodes=2", "--ntasks-per-node=4", "--nodelist=n1,n2",
+                                                          "--kill-on-bad-exit=1", "--export=ALL", "--label", "./train",
+                                                          "x"}));
+  SrunSpec plain;
+  plain.exclude = {"bad1", "bad2"};
+  plain.program = {"./train"};
+  EXPECT_EQ(srun_command(plain), (std::vector<std::string>{"srun", "--ntasks-per-node=1", "--exclude=bad1,bad2",
+                                                           "--kill-on-bad-exit=1", "--export=ALL", "./train"}));
+}
+
+TEST(Slurm, OptionsThatSlurmDecidesAreRefused) {
+  LaunchOptions o;
+  o.program = {"./train"};
+  o.launcher = LauncherKind::kSlurm;
+  o.num_nodes = 2;  // no hostfile needed: Slurm has the nodes
+  EXPECT_EQ(make_plan(o, {}).mode, LaunchMode::kSlurm);
+  o.node_rank = 0;
+  EXPECT_ERROR_HAS(make_plan(o, {}), "--launcher slurm takes its nodes from Slurm");
+}
+
+// The Slurm job around the launcher against its options (an environment given as a map).
+TEST(Slurm, JobVariablesThatContradictTheOptionsAreOneLine) {
+  auto env_of = [](std::map<std::string, std::string> m) {
+    return [m](const char* k) -> const char* {
+      auto it = m.find(k);
+      return it == m.end() ? nullptr : it->second.c_str();
+    };
+  };
+  LaunchOptions o;
+  o.program = {"./train"};
+  o.num_procs = 2;
+  // ds-launch run by srun as one of 2 tasks: each would start a world of its own.
+  const auto step = env_of({{"SLURM_JOB_ID", "42"}, {"SLURM_STEP_ID", "0"}, {"SLURM_NTASKS", "2"}});
+  EXPECT_ERROR_HAS(check_slurm_job(o, step), "ds-launch is one of 2 tasks of Slurm step 42.0 (SLURM_NTASKS=2) and each "
+                                             "would start --num_procs 2 ranks as a world of its own");
+  // One task: the ranks are ds-launch's; the step's ids are hidden from them.
+  const auto one = env_of({{"SLURM_JOB_ID", "42"}, {"SLURM_STEP_ID", "0"}, {"SLURM_NTASKS", "1"}});
+  EXPECT_EQ(check_slurm_job(o, one), (std::vector<EnvVar>{{"SLURM_STEP_ID", ""}, {"SLURM_STEPID", ""}}));
+  EXPECT_TRUE(check_slurm_job(o, env_of({})).empty());
+  o.launcher = LauncherKind::kSlurm;
+  EXPECT_ERROR_HAS(check_slurm_job(o, one), "already inside Slurm step 42.0");
+  const auto batch = env_of({{"SLURM_JOB_ID", "7"}, {"SLURM_JOB_NUM_NODES", "2"}, {"SLURM_NTASKS_PER_NODE", "2(x2)"}});
+  EXPECT_TRUE(check_slurm_job(o, batch).empty());
+  o.num_procs = 4;
+  EXPECT_ERROR_HAS(check_slurm_job(o, batch), "--num_procs 4 ranks per node but Slurm job 7 allows 2 tasks per node");
+  o.num_procs = 2, o.num_nodes = 3;
+  EXPECT_ERROR_HAS(check_slurm_job(o, batch), "--num_nodes 3 but Slurm job 7 has 2 nodes (SLURM_JOB_NUM_NODES)");
+}

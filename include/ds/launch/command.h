@@ -67,6 +67,21 @@ struct MpirunSpec {
 // `mpirun -np N --host h1:n1,h2:n2 -x ... PROGRAM ARGS...`
 std::vector<std::string> mpirun_command(const MpirunSpec& spec);
 
+// What `srun` needs to start the whole job inside (or as) a Slurm allocation. The ranks take
+// their rank, world and master from the job step's variables (ds::comm::read_job_env).
+struct SrunSpec {
+  std::string srun = "srun";
+  int nodes = -1;                       // --nodes; -1: the allocation's
+  int tasks_per_node = 1;               // --ntasks-per-node
+  std::vector<std::string> nodelist;    // --nodelist (from --include)
+  std::vector<std::string> exclude;     // --exclude
+  std::vector<std::string> extra_args;  // --launcher_args, split into words
+  std::vector<std::string> program;
+};
+// `srun --nodes=N --ntasks-per-node=P [--nodelist=a,b] [--exclude=c] --kill-on-bad-exit=1
+// --export=ALL PROGRAM ARGS...` (the environment to add is set on srun's own environment).
+std::vector<std::string> srun_command(const SrunSpec& spec);
+
 // Parses a `.deepspeed_env`-style file: one KEY=VALUE a line, '#' comments and blank lines
 // ignored, an optional leading `export `. Bad lines throw ds::ConfigError with the line number.
 std::vector<EnvVar> parse_env_file(std::string_view text, std::string_view source);

@@ -13,9 +13,12 @@
 //               every host, or by hand on each host like torchrun
 //   kMultiNode  the driver: one remote-shell command per node, each running ds-launch in kNode
 //   kMpirun     hand the whole job to OpenMPI's mpirun
+//   kSlurm      hand the whole job to Slurm's srun (DeepSpeed's SlurmRunner): --num_nodes,
+//               --num_procs (tasks per node), --include/--exclude as --nodelist/--exclude
 // Bad input (options, hostfile, program, port) throws ds::Error before anything is started.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,7 +27,7 @@
 
 namespace ds::launch {
 
-enum class LauncherKind { kSsh, kMpirun };
+enum class LauncherKind { kSsh, kMpirun, kSlurm };
 
 struct LaunchOptions {
   int num_procs = -1;    // ranks per node (--num_procs / --num_gpus); -1: not given
@@ -50,7 +53,7 @@ struct LaunchOptions {
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 
-enum class LaunchMode { kLocal, kNode, kMultiNode, kMpirun };
+enum class LaunchMode { kLocal, kNode, kMultiNode, kMpirun, kSlurm };
 
 struct LaunchPlan {
   LaunchMode mode = LaunchMode::kLocal;
@@ -64,6 +67,13 @@ struct LaunchPlan {
 // Decides what to run from the options and the hostfile's entries (empty when there is no
 // hostfile). Pure; throws ds::ConfigError for contradictory or out-of-range options.
 LaunchPlan make_plan(const LaunchOptions& options, const std::vector<HostEntry>& hostfile);
+
+// What the Slurm job this launcher runs in (its SLURM_* variables, looked up with `env`) says
+// against the options: a launcher inside a job step of several tasks would start its ranks
+// once per task; --num_nodes or --num_procs beyond the allocation cannot be placed. Throws
+// ds::ConfigError naming both values. Also returns the variables the local ranks get so that
+// they take their ranks from ds-launch, not from the step (the step's ids emptied).
+std::vector<EnvVar> check_slurm_job(const LaunchOptions& options, const std::function<const char*(const char*)>& env);
 
 struct LaunchResult {
   int exit_code = 0;
