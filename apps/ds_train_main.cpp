@@ -42,12 +42,16 @@
 namespace {
 
 // Used when no --config is given: AdamW with warm-up and linear decay, clipping, ZeRO stage 2.
+// beta1 0.8 and a peak of 2e-3: with [0.9, 0.98] and 3e-3 the reverse task's loss jumped from
+// 3.3 to 10.8 at step ~30 (the plateau before it learns to copy) for 6 of 10 seeds, and lower
+// peaks, longer warm-up, beta2 0.95, weight decay 0.1 or eps 1e-6 alone did not remove it;
+// this spiked for none of 7 seeds and reaches 100 % held-out accuracy by step 50.
 const char* kDefaultConfig = R"({
   "train_batch_size": 64,
   "gradient_accumulation_steps": 1,
-  "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "betas": [0.9, 0.98], "weight_decay": 0.01}},
+  "optimizer": {"type": "AdamW", "params": {"lr": 0.002, "betas": [0.8, 0.98], "weight_decay": 0.01}},
   "scheduler": {"type": "WarmupDecayLR",
-                "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 0.003, "warmup_num_steps": 50,
+                "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 0.002, "warmup_num_steps": 50,
                            "warmup_type": "linear", "total_num_steps": "auto"}},
   "gradient_clipping": 1.0,
   "steps_per_print": 50,

@@ -14,6 +14,7 @@
 
 #include "ds/comm/agreement.h"
 #include "ds/common/error.h"
+#include "ds/common/progress.h"
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
@@ -214,9 +215,18 @@ void Engine::start_offload(std::vector<at::Tensor>& initial_masters) {
   std::vector<int64_t> lengths;
   for (const auto& s : units_) lengths.push_back(s.layout.own.length);
   const bool swap_master = !plan_.precision.master_is_working();
+  int64_t elements = 0;
+  for (int64_t n : lengths) elements += n;
+  const double element_bytes = double(sizeof(float) * (optimizer_->state_specs().size() + (swap_master ? 1 : 0)));
+  Progress progress(groups_.world->rank() == 0, "offload_optimizer nvme: writing the initial states to the swap file",
+                    double(elements) * element_bytes, Progress::Unit::kBytes);
   swapper_ = std::make_unique<offload::OptimizerSwapper>(*plan_.swap_optimizer, lengths,
                                                           optimizer_->state_specs().size(), swap_master,
-                                                          [&](int64_t n) { return optimizer_->init_state(n); });
+                                                          [&](int64_t n) {
+                                                            progress.advance(double(n) * element_bytes);
+                                                            return optimizer_->init_state(n);
+                                                          });
+  progress.finish();
   if (swap_master)
     swapper_->for_each([&](const offload::SwapSegment& s, at::Tensor master, std::vector<at::Tensor>&) {
       master.copy_(initial_masters[s.unit].slice(0, s.offset, s.offset + s.length));
@@ -235,14 +245,21 @@ void Engine::start_stage3() {
     for (const auto& s : units_) lengths.push_back(s.layout.own.length);
     comm::all_or_nothing(*groups_.world, [&] {
       param_swapper_ = std::make_unique<offload::ParamSwapper>(*plan_.swap_params, lengths, plan_.precision.param);
-      for (size_t u = 0; u < units_.size(); ++u) param_swapper_->write(u, units_[u].unit->shard_data());
+      Progress progress(groups_.world->rank() == 0, "offload_param nvme: writing the weight shards to the swap file",
+                        double(units_.size()), Progress::Unit::kCount, "units");
+      for (size_t u = 0; u < units_.size(); ++u) {
+        param_swapper_->write(u, units_[u].unit->shard_data());
+        progress.advance();
+      }
       param_swapper_->flush();
+      progress.finish();
     });
     for (auto& s : units_) s.unit->drop_shard_data();
     co.store = param_swapper_.get();
   }
   std::vector<zero::FlatUnit*> raw;
   for (auto& s : units_) raw.push_back(s.unit.get());
+  co.report_progress = groups_.world->rank() == 0;
   coordinator_ = std::make_unique<zero::ParamCoordinator>(raw, groups_.data, co);
   unit_aware_ = dynamic_cast<nn::UnitAware*>(model_.get()) != nullptr;
   if (groups_.world->rank() != 0) return;

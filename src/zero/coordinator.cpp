@@ -24,6 +24,9 @@ ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::shared_ptr
     for (const at::Tensor& p : unit.tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
   }
   pool_limit_bytes_ = 2 * largest * int64_t(sizeof(float));
+  gathered_once_.assign(units_.size(), false);
+  first_forward_ = std::make_unique<Progress>(options_.report_progress, "ZeRO-3: gathering the units of the first forward",
+                                              double(units_.size()), Progress::Unit::kCount, "units");
   // Persistent units are gathered once, here (collective: every rank builds the same units).
   for (size_t u = 0; u < units_.size(); ++u)
     if (persistent(int(u))) fetch(int(u));
@@ -238,6 +241,11 @@ void ParamCoordinator::pre_forward(const std::vector<int>& units) {
   for (int u : units) {
     wait(u);
     ++slots_[size_t(u)].users;
+    if (gathered_once_count_ < units_.size() && !gathered_once_[size_t(u)]) {
+      gathered_once_[size_t(u)] = true;
+      first_forward_->advance();
+      if (++gathered_once_count_ == units_.size()) first_forward_->finish();
+    }
   }
 }
 

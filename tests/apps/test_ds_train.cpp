@@ -41,7 +41,12 @@ TEST(DsTrain, ReadmeDemoReachesNinetyFivePercentHeldOutAccuracy) {
   ASSERT_NE(at, std::string::npos) << r.out;
   double acc = std::stod(r.out.substr(at + 18));
   EXPECT_GE(acc, 0.95) << r.out;
-  EXPECT_EQ(losses_of(dir.file("m.csv")).size(), 80u);
+  const std::vector<double> losses = losses_of(dir.file("m.csv"));
+  EXPECT_EQ(losses.size(), 80u);
+  // The curve the README shows falls without a jump (the old default config's loss went from
+  // 3.3 to 10.8 at step 32 with this seed).
+  for (size_t i = 1; i < losses.size(); ++i)
+    EXPECT_LT(losses[i], losses[i - 1] * 1.3) << "loss jumps at step " << i + 1;
   EXPECT_EQ(read_file(dir.file("loss.svg")).rfind("<svg", 0), 0u);
 }
 

@@ -395,3 +395,27 @@ TEST(Faults, Gpt2WeightsGoInThroughDsTrainAndOutThroughDsCkptUnchanged) {
   EXPECT_EQ(bytes.exit_code(), 1) << diag(bytes);
   EXPECT_NE(error_line(bytes, "ds-train: error: ", "bytes").find("has a vocabulary of 97 tokens"), std::string::npos);
 }
+
+// Long start-up phases say what they do and how far they are (thresholds set to 0 here, so
+// even this small run reports): the optimizer's and the weights' swap files, ZeRO-3's first
+// gathers.
+TEST(Faults, LongStartUpPhasesSayWhatTheyDoAndHowFar) {
+  TempDir dir;
+  const std::string config = dir.write("nvme.json", R"({"train_batch_size": 8, "bf16": {"enabled": true},
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+      "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme", "nvme_path": ")" + dir.path() + R"("},
+                            "offload_param": {"device": "nvme", "nvme_path": ")" + dir.path() + R"("}}})");
+  std::vector<std::string> argv = {"/usr/bin/env", "DS_PROGRESS_QUIET=0", "DS_PROGRESS_EVERY=0"};
+  const auto train = train_args({"--config", config, "--steps", "1", "--n-layer", "2"});
+  argv.insert(argv.end(), train.begin(), train.end());
+  RunOutput r = Spawned(argv).wait(120);
+  ASSERT_EQ(r.exit_code(), 0) << diag(r);
+  for (const char* line : {"[ds] offload_optimizer nvme: writing the initial states to the swap file: done (",
+                           "[ds] offload_param nvme: writing the weight shards to the swap file: 60% (3 of 5 units) after ",
+                           "[ds] ZeRO-3: gathering the units of the first forward: done (5 units) in "})
+    EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << diag(r);
+  // With the defaults a run this small says nothing of the kind.
+  RunOutput quiet = Spawned(train).wait(120);
+  ASSERT_EQ(quiet.exit_code(), 0) << diag(quiet);
+  EXPECT_EQ(quiet.out.find("gathering the units"), std::string::npos) << diag(quiet);
+}

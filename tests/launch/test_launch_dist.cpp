@@ -242,7 +242,9 @@ TEST(LaunchErrors, BadInputGivesOneLineAndNonZeroExit) {
       {{"--hostfile", good_hostfile, "--include", "a", "--exclude", "b", "true"}, "mutually exclusive"},
       {{"--num_prcs", "2", "true"}, "did you mean '--num_procs'"},
       {{"--num_procs", "2"}, "no program to launch"},
-      {{"--launcher", "slurm", "true"}, "--launcher"},
+      {{"--launcher", "slurm", "--hostfile", good_hostfile, "true"}, "--launcher slurm takes its nodes from Slurm"},
+      {{"--launcher", "slurm", "--include", "a:0", "true"}, "under --launcher slurm name whole nodes"},
+      {{"--launcher", "pbs", "true"}, "--launcher"},
   };
   for (const auto& c : cases) {
     RunOutput r = run_launch(c.args);

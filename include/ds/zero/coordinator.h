@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "ds/comm/communicator.h"
+#include "ds/common/progress.h"
 #include "ds/nn/unit.h"
 #include "ds/zero/flat_unit.h"
 
@@ -56,6 +57,7 @@ struct CoordinatorOptions {
   int64_t persistence_threshold = 100'000;    // stage3_param_persistence_threshold (per unit)
   ShardStore* store = nullptr;                // null: shards in memory (FlatUnit::shard_data)
   int max_reads_ahead = 4;                    // with a store: reads started ahead of their gather, at most
+  bool report_progress = false;               // say how far the first forward's gathers are when slow (ds::Progress)
 };
 
 class ParamCoordinator final : public nn::UnitHooks {
@@ -129,6 +131,10 @@ class ParamCoordinator final : public nn::UnitHooks {
   std::shared_ptr<comm::Communicator> comm_;
   CoordinatorOptions options_;
   std::vector<Slot> slots_;
+  // The first forward's gathers (from disk at ZeRO-Infinity: minutes for a large model).
+  std::unique_ptr<Progress> first_forward_;
+  std::vector<bool> gathered_once_;
+  size_t gathered_once_count_ = 0;
   std::set<int> reads_ahead_;  // units whose shard read was started before their gather (a store only)
   std::unordered_map<const void*, int> unit_of_param_;
   std::unordered_map<const void*, std::vector<int>> units_of_module_;
