@@ -23,6 +23,7 @@
 #include "ds/ckpt/checksum.h"
 #include "ds/comm/agreement.h"
 #include "ds/common/error.h"
+#include "ds/common/progress.h"
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
@@ -247,7 +248,10 @@ ckpt::ModelStates Engine::model_states() {
 std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
   const std::vector<optim::StateSpec> specs = optimizer_->state_specs();
   std::vector<ckpt::UnitShard> part;
+  Progress progress(swapper_ && groups_.world->rank() == 0, "checkpoint: reading the optimizer states from the swap file",
+                    double(units_.size()), Progress::Unit::kCount, "units");
   for (size_t u = 0; u < units_.size(); ++u) {
+    progress.advance();
     if (!is_primary_copy(u)) continue;  // a tied layer's copy: the first stage holding it saves it
     const UnitState& s = units_[u];
     // Under bf16 compute the stage 0-2 master is fp32 already; the file stores fp32.
@@ -260,6 +264,7 @@ std::vector<ckpt::UnitShard> Engine::optimizer_part() const {
     }
     part.push_back(std::move(shard));
   }
+  progress.finish();
   return part;
 }
 
@@ -404,7 +409,10 @@ void Engine::restore_model_states(const ckpt::ModelStates& states) {
 
 void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
   const std::vector<optim::StateSpec> specs = optimizer_->state_specs();
+  Progress progress(swapper_ && groups_.world->rank() == 0, "checkpoint: writing the optimizer states to the swap file",
+                    double(units_.size()), Progress::Unit::kCount, "units");
   for (size_t u = 0; u < units_.size(); ++u) {
+    progress.advance();
     UnitState& s = units_[u];
     if (s.master.defined()) s.master.copy_(part[u].fp32);  // under fp32 a view: this writes the weights
     if (swapper_) swapper_->write_unit(u, part[u].fp32, part[u].states);
@@ -422,6 +430,7 @@ void Engine::restore_optimizer_part(const std::vector<ckpt::UnitShard>& part) {
     s.unit->zero_grad();
     if (s.grad_shard.defined()) s.grad_shard.zero_();
   }
+  progress.finish();
   loss_sum_ = 0.0;
   if (param_swapper_) param_swapper_->flush();
   if (coordinator_) coordinator_->refresh();

@@ -398,7 +398,7 @@ TEST(Faults, Gpt2WeightsGoInThroughDsTrainAndOutThroughDsCkptUnchanged) {
 
 // Long start-up phases say what they do and how far they are (thresholds set to 0 here, so
 // even this small run reports): the optimizer's and the weights' swap files, ZeRO-3's first
-// gathers.
+// gathers, a checkpoint's read of the swapped optimizer states.
 TEST(Faults, LongStartUpPhasesSayWhatTheyDoAndHowFar) {
   TempDir dir;
   const std::string config = dir.write("nvme.json", R"({"train_batch_size": 8, "bf16": {"enabled": true},
@@ -408,11 +408,13 @@ TEST(Faults, LongStartUpPhasesSayWhatTheyDoAndHowFar) {
   std::vector<std::string> argv = {"/usr/bin/env", "DS_PROGRESS_QUIET=0", "DS_PROGRESS_EVERY=0"};
   const auto train = train_args({"--config", config, "--steps", "1", "--n-layer", "2"});
   argv.insert(argv.end(), train.begin(), train.end());
+  argv.insert(argv.end(), {std::string("--save"), dir.file("ck")});
   RunOutput r = Spawned(argv).wait(120);
   ASSERT_EQ(r.exit_code(), 0) << diag(r);
   for (const char* line : {"[ds] offload_optimizer nvme: writing the initial states to the swap file: done (",
                            "[ds] offload_param nvme: writing the weight shards to the swap file: 60% (3 of 5 units) after ",
-                           "[ds] ZeRO-3: gathering the units of the first forward: done (5 units) in "})
+                           "[ds] ZeRO-3: gathering the units of the first forward: done (5 units) in ",
+                           "[ds] checkpoint: reading the optimizer states from the swap file: done (5 units) in "})
     EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << diag(r);
   // With the defaults a run this small says nothing of the kind.
   RunOutput quiet = Spawned(train).wait(120);
