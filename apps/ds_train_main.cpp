@@ -447,6 +447,8 @@ int run(Args a) {
                                   " tokens); use --seq-len ", data->context(), " or more"));
   mc.dropout = a.dropout;
   mc.activation = a.activation;
+  mc.sparse = config.sparse_attention;  // block-sparse attention in every block
+  mc.sparse_seed = seed;
   mc.checkpoint_blocks = checkpoint_blocks(config, mc);
   mc.validate();
   check_memory(mc, config);

@@ -11,6 +11,8 @@
 #include "ds/common/error.h"
 #include "ds/nn/checkpointing.h"
 #include "ds/nn/linear.h"
+#include "ds/sparse/attention.h"
+#include "ds/sparse/layout.h"
 
 namespace ds {
 
@@ -53,6 +55,12 @@ void GptConfig::validate() const {
   if (dropout < 0.0 || dropout >= 1.0) bad(ds::str("dropout must be in [0, 1), got ", dropout));
   if (checkpoint_blocks < 0 || checkpoint_blocks > n_layer)
     bad(ds::str("checkpoint_blocks ", checkpoint_blocks, " is not between 0 and the ", n_layer, " layers"));
+  if (sparse.enabled) {
+    if (dropout > 0.0)
+      bad(ds::str("dropout ", dropout, " with sparse_attention: the block-sparse path has no attention-probability "
+                  "dropout; use dropout 0"));
+    sparse::make_layout(sparse, n_head, seq_len, sparse_seed);  // what the sequence cannot hold, now
+  }
   if (activation != "gelu" && activation != "gelu_tanh")
     bad(ds::str("activation must be gelu or gelu_tanh, got '", activation, "'"));
   if (d_model % n_head != 0)
@@ -86,7 +94,10 @@ double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t eleme
 
 std::string GptConfig::describe() const {
   return ds::str("GPT ", n_layer, " layers x ", n_head, " heads x ", d_model, " wide, context ", seq_len, ", vocab ",
-                 vocab_size, activation == "gelu" ? "" : ", GELU tanh", " (", parameter_count(), " parameters)");
+                 vocab_size, activation == "gelu" ? "" : ", GELU tanh",
+                 sparse.enabled ? ds::str(", ", sparse_mode_name(sparse.mode), " sparse attention in blocks of ", sparse.block)
+                                : std::string(),
+                 " (", parameter_count(), " parameters)");
 }
 
 nlohmann::json GptConfig::to_json() const {
@@ -110,7 +121,7 @@ GptConfig GptConfig::from_json(const nlohmann::json& j) {
 
 
 GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer)
-    : dropout_(c.dropout), gelu_tanh_(c.activation == "gelu_tanh"), n_head_(c.n_head), local_heads_(c.n_head) {
+    : dropout_(c.dropout), sparse_(c.sparse), sparse_seed_(c.sparse_seed), gelu_tanh_(c.activation == "gelu_tanh"), n_head_(c.n_head), local_heads_(c.n_head) {
   const int64_t d = c.d_model;
   ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   qkv_ = register_module("qkv", torch::nn::Linear(d, 3 * d));
@@ -148,6 +159,12 @@ at::Tensor GptBlockImpl::attention(const at::Tensor& x) {
                        .view({B, T, 3, H, hd})
                        .permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  if (sparse_.enabled) {
+    sparse::AttentionOptions o;
+    o.causal = true;
+    at::Tensor y = sparse::block_sparse_attention(q, k, v, sparse_layout(T), sparse_.block, o).transpose(1, 2).reshape({B, T, C});
+    return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
+  }
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
   at::Tensor causal = at::ones({T, T}, at::kBool).triu(1);
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
@@ -161,6 +178,13 @@ at::Tensor GptBlockImpl::mlp(const at::Tensor& x) {
   RECORD_USER_SCOPE("mlp");
   at::Tensor m = at::gelu(nn::linear(tp::copy_to(x, tensor_), fc_->weight, fc_->bias), gelu_tanh_ ? "tanh" : "none");
   return dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
+}
+
+const at::Tensor& GptBlockImpl::sparse_layout(int64_t T) {
+  auto it = layouts_.find(T);
+  if (it != layouts_.end()) return it->second;
+  const at::Tensor all = sparse::make_layout(sparse_, n_head_, T, sparse_seed_);  // the same on every rank
+  return layouts_[T] = all.narrow(0, first_head_, local_heads_).contiguous();
 }
 
 at::Tensor GptBlockImpl::dropout(const at::Tensor& x) const {
@@ -185,6 +209,8 @@ void GptBlockImpl::split_over(tp::Group group) {
   fc_->bias.set_data(fc_->bias.narrow(0, cols.begin, cols.length).clone());
   mlp_proj_->weight.set_data(mlp_proj_->weight.narrow(1, cols.begin, cols.length).clone());
   local_heads_ = heads.length;
+  first_head_ = heads.begin;
+  layouts_.clear();
   tensor_ = std::move(group);
 }
 

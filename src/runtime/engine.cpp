@@ -15,6 +15,7 @@
 #include "ds/comm/agreement.h"
 #include "ds/common/error.h"
 #include "ds/common/progress.h"
+#include "ds/nn/sparse_attention_user.h"
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/offload/param_swapper.h"
@@ -63,6 +64,13 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
       schedule_(optim::LrSchedule::from_config(config_.scheduler, config_.optimizer.lr)),
       scaler_(plan_.precision.loss_scaling ? LossScaler::from_config(config_.fp16) : LossScaler::none()) {
   groups_.world->logger().set_enabled(config_.comms_logger.enabled);
+  if (config_.sparse_attention.enabled) {
+    const auto* user = dynamic_cast<const nn::SparseAttentionUser*>(model_.get());
+    if (!user || !user->uses_sparse_attention())
+      throw ConfigError("sparse_attention: this model does not use block-sparse attention (ds::Gpt does when its "
+                        "GptConfig::sparse carries the section; a model of your own: ds::sparse::block_sparse_attention "
+                        "and ds::nn::SparseAttentionUser); remove the section or use it in the model");
+  }
   skip_nonfinite_steps_ = options.skip_nonfinite_steps;
   const std::string allocator = install_caching_allocator();
   if (plan_.swap_optimizer)

@@ -37,8 +37,6 @@ void check_supported(const Config& c, const comm::ParallelGroups& g) {
   if (c.checkpoint.use_node_local_storage)
     throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
                       "directory (rank 0 checks each file before committing); remove the key");
-  if (c.sparse_attention.enabled)
-    throw ConfigError("sparse_attention: the engine has no sparse attention kernels yet; remove the section");
 }
 
 aio::AioOptions aio_options(const AioConfig& a) {

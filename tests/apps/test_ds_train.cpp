@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "../launch/launch_test_util.h"
+#include "ds/common/error.h"
 
 using namespace ds_test;
 
@@ -143,4 +144,42 @@ TEST(DsTrain, LayoutsThatCannotSplitTheModelStopAtStartUpOnEveryRank) {
       EXPECT_NE(r.err.find(rank), std::string::npos) << diag(r);
     EXPECT_NE(r.err.find(c.message), std::string::npos) << diag(r);
   }
+}
+
+// sparse_attention in the config: every GPT block attends over the layout's kept blocks;
+// 2 ranks at ZeRO-3 train to the 1-process stage-0 run's losses; a model that does not use
+// it (the pipeline's) refuses the section.
+TEST(DsTrain, SparseAttentionTrainsAlikeAtStageThreeOnTwoRanksAndInOneProcess) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "Now is the winter of our discontent made glorious summer " + std::to_string(i % 17) + "\n";
+  const std::string data = dir.write("t.txt", text);
+  auto config = [&](int stage, const std::string& extra) {
+    return dir.write(ds::str("s", stage, extra.size(), ".json"),
+                     ds::str(R"({"train_batch_size": 8, "steps_per_print": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+                                 "zero_optimization": {"stage": )", stage, R"(}, )", extra,
+                             R"("sparse_attention": {"mode": "fixed", "block": 16, "num_local_blocks": 2, "attention": "unidirectional"}})"));
+  };
+  auto done = [](const RunOutput& r) {
+    for (const auto& l : lines_of(r.out))
+      if (l.find("ds-train: done:") != std::string::npos) return l.substr(l.find("done:"), l.find(", ", l.find("held-out")) - l.find("done:"));
+    return std::string("<no done line>");
+  };
+  const std::vector<std::string> train = {"--data", data, "--seq-len", "64", "--steps", "6", "--n-layer", "2", "--n-head", "2",
+                                          "--d-model", "32", "--plot", "", "--eval-examples", "16", "--eval-interval", "0"};
+  std::vector<std::string> two = {"--num_procs", "2", bin("ds-train"), "--config", config(3, "")};
+  two.insert(two.end(), train.begin(), train.end());
+  std::vector<std::string> one = {"--num_procs", "1", bin("ds-train"), "--config", config(0, "")};
+  one.insert(one.end(), train.begin(), train.end());
+  RunOutput a = run_launch(two, 120), b = run_launch(one, 120);
+  ASSERT_EQ(a.exit_code(), 0) << diag(a);
+  ASSERT_EQ(b.exit_code(), 0) << diag(b);
+  EXPECT_NE(a.out.find("fixed sparse attention in blocks of 16"), std::string::npos) << diag(a);
+  EXPECT_NE(done(a).find("final loss"), std::string::npos) << diag(a);
+  EXPECT_EQ(done(a), done(b));
+  std::vector<std::string> piped = {"--num_procs", "2", bin("ds-train"), "--config", config(1, R"("pipeline": {"stages": 2}, )")};
+  piped.insert(piped.end(), train.begin(), train.end());
+  RunOutput p = run_launch(piped, 120);
+  EXPECT_NE(p.exit_code(), 0);
+  EXPECT_NE(p.err.find("sparse_attention: this model does not use block-sparse attention"), std::string::npos) << diag(p);
 }

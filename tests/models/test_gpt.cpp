@@ -61,3 +61,49 @@ TEST(Gpt, ImpossibleShapesAreConfigErrors) {
   ds::Gpt m(c);
   EXPECT_ERROR_HAS(m->forward(at::zeros({1, c.seq_len + 1}, at::kLong)), "exceeds the model's context");
 }
+
+namespace {
+
+ds::GptConfig small_gpt() {
+  ds::GptConfig c;
+  c.n_layer = 2, c.n_head = 4, c.d_model = 32, c.seq_len = 64, c.vocab_size = 50;
+  return c;
+}
+
+// Loss and every parameter's gradient of a GPT built with seed 5.
+std::pair<double, std::vector<at::Tensor>> loss_and_grads(const ds::GptConfig& c, const at::Tensor& x, const at::Tensor& y) {
+  torch::manual_seed(5);
+  ds::Gpt gpt(c);
+  at::Tensor loss = gpt->loss(x, y);
+  loss.backward();
+  std::vector<at::Tensor> grads;
+  for (const auto& p : gpt->parameters()) grads.push_back(p.grad().clone());
+  return {loss.item<double>(), grads};
+}
+
+}  // namespace
+
+// The block-sparse path with the dense layout is exact causal attention: the same loss and
+// gradients as the dense path; a sparse layout gives another loss (the blocks are dropped).
+TEST(Gpt, SparseAttentionWithTheDenseLayoutEqualsDenseAttention) {
+  torch::manual_seed(1);
+  const at::Tensor x = at::randint(50, {3, 64}), y = at::randint(50, {3, 64});
+  const auto dense = loss_and_grads(small_gpt(), x, y);
+  ds::GptConfig c = small_gpt();
+  c.sparse.enabled = true, c.sparse.mode = ds::SparseMode::kDense, c.sparse.block = 16;
+  const auto blocks = loss_and_grads(c, x, y);
+  EXPECT_NEAR(blocks.first, dense.first, 1e-5);
+  for (size_t i = 0; i < dense.second.size(); ++i)
+    EXPECT_LT((blocks.second[i] - dense.second[i]).abs().max().item<double>(), 1e-5) << "parameter " << i;
+  c.sparse.mode = ds::SparseMode::kBSLongformer, c.sparse.num_sliding_window_blocks = 1;
+  EXPECT_GT(std::abs(loss_and_grads(c, x, y).first - dense.first), 1e-4);
+  EXPECT_NE(c.describe().find("bslongformer sparse attention in blocks of 16"), std::string::npos) << c.describe();
+}
+
+TEST(Gpt, SparseAttentionSettingsTheModelCannotHoldAreConfigErrors) {
+  ds::GptConfig c = small_gpt();
+  c.sparse.enabled = true, c.sparse.block = 24;
+  EXPECT_ERROR_HAS(c.validate(), "the sequence length 64 is not a multiple of block 24");
+  c.sparse.block = 16, c.dropout = 0.1;
+  EXPECT_ERROR_HAS(c.validate(), "the block-sparse path has no attention-probability dropout");
+}

@@ -21,8 +21,11 @@
 #include <torch/nn/pimpl.h>
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 
+#include "ds/config/sections.h"
+#include "ds/nn/sparse_attention_user.h"
 #include "ds/nn/unit.h"
 #include "ds/pipe/module.h"
 #include "ds/tp/layers.h"
@@ -41,6 +44,12 @@ struct GptConfig {
   // The MLP's GELU: "gelu" (exact, erf) or "gelu_tanh" (GPT-2's tanh approximation, Hugging
   // Face's "gelu_new"; what pretrained GPT-2 weights need).
   std::string activation = "gelu";
+  // Block-sparse attention (the config's sparse_attention section, ds/sparse/layout.h) when
+  // sparse.enabled: every block computes causal attention over the layout's kept blocks only
+  // (ds::sparse::block_sparse_attention); random blocks come from sparse_seed. Needs dropout 0
+  // (no attention-probability dropout on that path) and seq_len a multiple of sparse.block.
+  SparseAttentionConfig sparse;
+  uint64_t sparse_seed = 0;
   // Activation checkpointing: the first checkpoint_blocks blocks run through
   // ds::checkpointing::checkpoint (their activations recomputed in the backward); 0 = none.
   int64_t checkpoint_blocks = 0;
@@ -83,7 +92,12 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   at::Tensor attention(const at::Tensor& x);  // x: the normalised input; without the residual
   at::Tensor mlp(const at::Tensor& x);
   at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
+  const at::Tensor& sparse_layout(int64_t T);     // this rank's heads' layout for T tokens, cached
   double dropout_;
+  SparseAttentionConfig sparse_;
+  uint64_t sparse_seed_ = 0;
+  int64_t first_head_ = 0;  // this rank's first head (tensor parallelism)
+  std::map<int64_t, at::Tensor> layouts_;
   bool gelu_tanh_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
   tp::Group tensor_;
@@ -108,7 +122,7 @@ std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer
 // a tensor group, `logits` is this rank's vocabulary slice (vocab-parallel cross-entropy).
 at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor = nullptr);
 
-class GptImpl : public torch::nn::Module, public nn::UnitAware {
+class GptImpl : public torch::nn::Module, public nn::UnitAware, public nn::SparseAttentionUser {
  public:
   // With a tensor group of t > 1 ranks, each rank holds 1/t of the heads, the MLP width and
   // the vocabulary (the embedding and the tied head are vocab-parallel); the weights are
@@ -120,6 +134,7 @@ class GptImpl : public torch::nn::Module, public nn::UnitAware {
   // Mean cross-entropy over positions whose target is not -1.
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
   const GptConfig& config() const { return config_; }
+  bool uses_sparse_attention() const override { return config_.sparse.enabled; }
 
  private:
   at::Tensor logits_part(const at::Tensor& tokens);  // this rank's vocabulary slice
