@@ -452,7 +452,6 @@ int run(Args a) {
   mc.checkpoint_blocks = checkpoint_blocks(config, mc);
   mc.validate();
   check_memory(mc, config);
-  if (!a.init.empty()) ds::check_gpt2_safetensors(a.init, mc);  // before minutes of set-up
   torch::manual_seed(seed);
   ds::comm::ParallelGroups groups = ds::parallel_groups(comm, config);
   if (!a.init.empty() && (groups.pipe->size() > 1 || groups.tensor->size() > 1))

@@ -162,7 +162,7 @@ at::Tensor GptBlockImpl::attention(const at::Tensor& x) {
   if (sparse_.enabled) {
     sparse::AttentionOptions o;
     o.causal = true;
-    at::Tensor y = sparse::block_sparse_attention(q, k, v, sparse_layout(T), sparse_.block, o).transpose(1, 2).reshape({B, T, C});
+    at::Tensor y = sparse::block_sparse_attention(q, k, v, sparse_plan(T), o).transpose(1, 2).reshape({B, T, C});
     return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
   }
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
@@ -180,11 +180,11 @@ at::Tensor GptBlockImpl::mlp(const at::Tensor& x) {
   return dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
 }
 
-const at::Tensor& GptBlockImpl::sparse_layout(int64_t T) {
-  auto it = layouts_.find(T);
-  if (it != layouts_.end()) return it->second;
+const sparse::SparsePlan& GptBlockImpl::sparse_plan(int64_t T) {
+  auto it = plans_.find(T);
+  if (it != plans_.end()) return it->second;
   const at::Tensor all = sparse::make_layout(sparse_, n_head_, T, sparse_seed_);  // the same on every rank
-  return layouts_[T] = all.narrow(0, first_head_, local_heads_).contiguous();
+  return plans_[T] = sparse::plan_block_sparse(all.narrow(0, first_head_, local_heads_), sparse_.block);
 }
 
 at::Tensor GptBlockImpl::dropout(const at::Tensor& x) const {
@@ -210,7 +210,7 @@ void GptBlockImpl::split_over(tp::Group group) {
   mlp_proj_->weight.set_data(mlp_proj_->weight.narrow(1, cols.begin, cols.length).clone());
   local_heads_ = heads.length;
   first_head_ = heads.begin;
-  layouts_.clear();
+  plans_.clear();
   tensor_ = std::move(group);
 }
 

@@ -167,10 +167,9 @@ void load_gpt2_safetensors(Engine& engine, torch::nn::Module& model, const std::
   std::map<std::string, const Gpt2Name*> by_ours;
   const std::vector<Gpt2Name> names = gpt2_names(c);
   for (const auto& n : names) by_ours[n.ours] = &n;
-  std::vector<std::pair<std::string, at::Tensor>> params;
-  for (const auto& item : model.named_parameters(/*recurse=*/true)) params.emplace_back(item.key(), item.value());
-  for (const auto& [name, p] : params)
-    if (!by_ours.count(name)) throw Error(ds::str("the model has a parameter '", name, "' that GPT-2 does not"));
+  const auto params = model.named_parameters(/*recurse=*/true);  // in registration order
+  for (const auto& item : params)
+    if (!by_ours.count(item.key())) throw Error(ds::str("the model has a parameter '", item.key(), "' that GPT-2 does not"));
   std::vector<std::string> group;
   auto flush = [&] {
     if (group.empty()) return;
@@ -181,14 +180,14 @@ void load_gpt2_safetensors(Engine& engine, torch::nn::Module& model, const std::
         at::Tensor t = file->read(prefix + n.hf).to(at::kFloat);
         if (n.transposed) t = t.t();
         if (n.ours == "wpe.weight") t = t.narrow(0, 0, n.shape[0]);
-        for (const auto& [pn, p] : params)
-          if (pn == name) p.copy_(t);
+        params[name].copy_(t);
       }
     }, /*modifier_rank=*/0);
     group.clear();
   };
   std::string unit;
-  for (const auto& [name, p] : params) {  // wte, wpe, blocks.N, ln_f: the GPT's units
+  for (const auto& item : params) {  // wte, wpe, blocks.N, ln_f: the GPT's units
+    const std::string& name = item.key();
     const size_t dot = name.find('.'), second = name.find('.', dot + 1);
     const std::string u = name.rfind("blocks.", 0) == 0 ? name.substr(0, second) : name.substr(0, dot);
     if (u != unit) flush();

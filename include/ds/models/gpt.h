@@ -26,6 +26,7 @@
 
 #include "ds/config/sections.h"
 #include "ds/nn/sparse_attention_user.h"
+#include "ds/sparse/attention.h"
 #include "ds/nn/unit.h"
 #include "ds/pipe/module.h"
 #include "ds/tp/layers.h"
@@ -92,12 +93,12 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   at::Tensor attention(const at::Tensor& x);  // x: the normalised input; without the residual
   at::Tensor mlp(const at::Tensor& x);
   at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
-  const at::Tensor& sparse_layout(int64_t T);     // this rank's heads' layout for T tokens, cached
+  const sparse::SparsePlan& sparse_plan(int64_t T);  // this rank's heads' layout for T tokens, cached
   double dropout_;
   SparseAttentionConfig sparse_;
   uint64_t sparse_seed_ = 0;
   int64_t first_head_ = 0;  // this rank's first head (tensor parallelism)
-  std::map<int64_t, at::Tensor> layouts_;
+  std::map<int64_t, sparse::SparsePlan> plans_;
   bool gelu_tanh_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
   tp::Group tensor_;

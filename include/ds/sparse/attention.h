@@ -18,6 +18,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace ds::sparse {
 
 struct AttentionOptions {
@@ -27,10 +29,29 @@ struct AttentionOptions {
   at::Tensor attn_mask;          // optional [T, T] float, added to the scores
 };
 
+// What a layout needs at every call, worked out once: the block rows grouped by kept-block
+// count, with their gathered key blocks, padding flags and token positions as index tensors.
+// A model keeps one per sequence length (the reference GPT does).
+struct SparsePlan {
+  struct Group {
+    at::Tensor rows, cols;     // flat h * nb + r block rows; [rows * width] kept key blocks
+    at::Tensor padding;        // [rows, 1, width * block] true for a padding column
+    at::Tensor q_pos, k_pos;   // token positions: [rows, block], [rows, width * block]
+    int64_t width = 1;
+  };
+  std::vector<Group> groups;
+  at::Tensor order;  // where each block row lands in the groups' concatenation
+  int64_t heads = 0, blocks = 0, block = 0;
+};
+SparsePlan plan_block_sparse(const at::Tensor& layout, int64_t block);
+
 // q, k, v: [B, H, T, D] with T a multiple of `block`; layout: [H, T/block, T/block] bool.
 // Throws ds::Error naming the first argument whose shape does not fit.
 at::Tensor block_sparse_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const at::Tensor& layout, int64_t block, const AttentionOptions& options = {});
+// The same with a plan made from the layout beforehand.
+at::Tensor block_sparse_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const SparsePlan& plan, const AttentionOptions& options = {});
 
 // The same attention through a dense [T, T] mask (the layout's token mask, causal, padding,
 // additive mask): the reference the tests compare against, and what dense attention computes.
