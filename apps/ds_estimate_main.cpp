@@ -109,9 +109,6 @@ int run(const Args& a, const char* argv0) {
   ro.gradient_accumulation_steps = a.accumulation;
   config.resolve(ro);
   for (const auto& w : config.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
-  if (config.sparse_attention.enabled)
-    std::fprintf(stderr, "warning: sparse_attention: activations are estimated for dense attention (an upper bound: "
-                         "the block-sparse path keeps scores for the kept blocks only)\n");
 
   ds::estimate::Rates rates = ds::estimate::Rates::defaults();
   if (a.calibrate) {

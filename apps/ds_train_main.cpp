@@ -65,7 +65,7 @@ struct Args {
   int64_t steps = 600, eval_interval = 100, eval_examples = 512, seed = -1, threads = 0, save_interval = 0;
   int64_t n_layer = 2, n_head = 4, d_model = 128, seq_len = 0;
   double dropout = 0.0;
-  bool skip_nonfinite = false;
+  bool skip_nonfinite = false, dense_attention = false;
   std::set<std::string> given;  // options set on the command line (--init fills in the others)
 };
 
@@ -94,6 +94,9 @@ Args parse(int argc, char** argv) {
   app.add_option("--dropout", a.dropout, "dropout probability (GPT-2: 0.1) on embeddings, attention and residuals")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 0.99));
+  app.add_flag("--dense-attention", a.dense_attention,
+               "attention through LibTorch's dense T x T scores instead of the fused block kernels (same "
+               "results; slower and T² memory; for comparisons)");
   app.add_option("--activation", a.activation, "the MLP's GELU: gelu (erf) | gelu_tanh (GPT-2's)")
       ->capture_default_str()
       ->check(CLI::IsMember({"gelu", "gelu_tanh"}));
@@ -272,9 +275,9 @@ Curve train(const Args& a, ds::Engine& engine, Model& model, const RunIdentity& 
 void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Engine& engine, Model& model) {
   const ds::Config& config = engine.config();
   std::printf(
-      "ds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
+      "ds-train: %s\nds-train: %s\nds-train: %s\nds-train: %d ranks x micro-batch %lld x accumulation %lld = global "
       "batch %lld; ZeRO stage %d, %s, %s, %s\n",
-      mc.describe().c_str(), data.describe().c_str(), engine.groups().world->size(),
+      mc.describe().c_str(), mc.describe_attention().c_str(), data.describe().c_str(), engine.groups().world->size(),
       (long long)config.train_micro_batch_size_per_gpu, (long long)config.gradient_accumulation_steps,
       (long long)config.train_batch_size, engine.zero_stage(), engine.precision().name.c_str(),
       config.optimizer.type == ds::OptimizerType::kNone ? "?" : ds::optimizer_type_name(config.optimizer.type),
@@ -446,6 +449,7 @@ int run(Args a) {
     throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),
                                   " tokens); use --seq-len ", data->context(), " or more"));
   mc.dropout = a.dropout;
+  mc.dense_attention = a.dense_attention;
   mc.activation = a.activation;
   mc.sparse = config.sparse_attention;  // block-sparse attention in every block
   mc.sparse_seed = seed;

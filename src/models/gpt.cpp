@@ -79,9 +79,13 @@ double GptConfig::flops_per_token(int64_t context) const {
 double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t element_bytes) const {
   const double T = double(context), d = double(d_model), H = double(n_head), w = double(element_bytes);
   // Per token: what a block saves (LayerNorm and linear inputs 2 d + 7 d, q/k/v 3 d, GELU input
-  // 4 d, softmax output H T), a block's backward (~2 H T + 8 d), the head's fp32
+  // 4 d; dense attention its softmax output H T, the block kernels contiguous q/k/v, their
+  // output and a log-sum-exp per head: 4 d + H), a block's backward (dense ~2 H T + 8 d; block
+  // kernels: blockwise-transposed k and v, q/k/v gradients, ~13 d), the head's fp32
   // log-probabilities and their gradient and the logits' gradient (V (8 + w) bytes).
-  const double block = 16.0 * d + H * T, backward = 2.0 * H * T + 8.0 * d;
+  const bool dense = attention_path() == AttentionPath::kDense;
+  const double block = dense ? 16.0 * d + H * T : 20.0 * d + H;
+  const double backward = dense ? 2.0 * H * T + 8.0 * d : 13.0 * d;
   const double head = double(vocab_size) * (8.0 + w);
   // A checkpointed block keeps its input; one block lives again during its recompute. The
   // head's buffers and the block's add up in RSS: the caching allocator keeps the head's freed
@@ -90,6 +94,34 @@ double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t eleme
   const double per_token =
       (double(n_layer) - k) * block * w + k * d * w + head + (k > 0 ? block + backward : backward) * w;
   return per_token * T * double(batch);
+}
+
+GptConfig::AttentionPath GptConfig::attention_path() const {
+  if (sparse.enabled) return AttentionPath::kSparse;
+  return dense_attention || dropout > 0.0 ? AttentionPath::kDense : AttentionPath::kExactBlocks;
+}
+
+namespace {
+
+// The block kernels a block computes its attention with, or null for the dense path.
+sparse::SparseSelfAttention block_kernels(const GptConfig& c) {
+  switch (c.attention_path()) {
+    case GptConfig::AttentionPath::kSparse:
+      return sparse::SparseSelfAttention(c.sparse, c.n_head, c.sparse_seed, /*causal=*/true);
+    case GptConfig::AttentionPath::kExactBlocks:
+      return sparse::SparseSelfAttention(sparse::SparseSelfAttentionImpl::exact(c.n_head, true, GptConfig::kExactBlock));
+    case GptConfig::AttentionPath::kDense:
+      break;
+  }
+  return sparse::SparseSelfAttention(nullptr);
+}
+
+}  // namespace
+
+std::string GptConfig::describe_attention() const {
+  if (const sparse::SparseSelfAttention k = block_kernels(*this)) return k->describe(seq_len);
+  return ds::str("dense attention (", seq_len, " x ", seq_len, " scores per head; ",
+                 dropout > 0.0 ? "dropout on attention probabilities needs it" : "asked for", ")");
 }
 
 std::string GptConfig::describe() const {
@@ -121,7 +153,7 @@ GptConfig GptConfig::from_json(const nlohmann::json& j) {
 
 
 GptBlockImpl::GptBlockImpl(const GptConfig& c, int64_t layer)
-    : dropout_(c.dropout), sparse_(c.sparse), sparse_seed_(c.sparse_seed), gelu_tanh_(c.activation == "gelu_tanh"), n_head_(c.n_head), local_heads_(c.n_head) {
+    : dropout_(c.dropout), blocks_attn_(block_kernels(c)), gelu_tanh_(c.activation == "gelu_tanh"), n_head_(c.n_head), local_heads_(c.n_head) {
   const int64_t d = c.d_model;
   ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   qkv_ = register_module("qkv", torch::nn::Linear(d, 3 * d));
@@ -159,10 +191,8 @@ at::Tensor GptBlockImpl::attention(const at::Tensor& x) {
                        .view({B, T, 3, H, hd})
                        .permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
-  if (sparse_.enabled) {
-    sparse::AttentionOptions o;
-    o.causal = true;
-    at::Tensor y = sparse::block_sparse_attention(q, k, v, sparse_plan(T), o).transpose(1, 2).reshape({B, T, C});
+  if (blocks_attn_) {
+    at::Tensor y = blocks_attn_->forward(q, k, v).transpose(1, 2).reshape({B, T, C});
     return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
   }
   at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
@@ -178,13 +208,6 @@ at::Tensor GptBlockImpl::mlp(const at::Tensor& x) {
   RECORD_USER_SCOPE("mlp");
   at::Tensor m = at::gelu(nn::linear(tp::copy_to(x, tensor_), fc_->weight, fc_->bias), gelu_tanh_ ? "tanh" : "none");
   return dropout(tp::reduce_from(nn::linear(m, mlp_proj_->weight), tensor_) + mlp_proj_->bias);
-}
-
-const sparse::SparsePlan& GptBlockImpl::sparse_plan(int64_t T) {
-  auto it = plans_.find(T);
-  if (it != plans_.end()) return it->second;
-  const at::Tensor all = sparse::make_layout(sparse_, n_head_, T, sparse_seed_);  // the same on every rank
-  return plans_[T] = sparse::plan_block_sparse(all.narrow(0, first_head_, local_heads_), sparse_.block);
 }
 
 at::Tensor GptBlockImpl::dropout(const at::Tensor& x) const {
@@ -209,8 +232,7 @@ void GptBlockImpl::split_over(tp::Group group) {
   fc_->bias.set_data(fc_->bias.narrow(0, cols.begin, cols.length).clone());
   mlp_proj_->weight.set_data(mlp_proj_->weight.narrow(1, cols.begin, cols.length).clone());
   local_heads_ = heads.length;
-  first_head_ = heads.begin;
-  plans_.clear();
+  if (blocks_attn_) blocks_attn_->keep_heads(heads.begin, heads.length);
   tensor_ = std::move(group);
 }
 
@@ -343,7 +365,8 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tenso
                        block->split_over(tensor);
                        return block;
                      },
-                     [](M& m, const at::Tensor& x) { return dynamic_cast<GptBlockImpl&>(m).forward(x); }, block_params, ""});
+                     [](M& m, const at::Tensor& x) { return dynamic_cast<GptBlockImpl&>(m).forward(x); }, block_params, "",
+                     c.sparse.enabled});
   specs.push_back({"LayerNorm",
                    [d]() -> std::shared_ptr<M> {
                      return std::make_shared<torch::nn::LayerNormImpl>(torch::nn::LayerNormOptions({d}));

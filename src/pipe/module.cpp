@@ -4,6 +4,7 @@
 #include <ATen/record_function.h>
 #include <torch/utils.h>
 
+#include <algorithm>
 #include <map>
 
 #include "ds/common/error.h"
@@ -159,6 +160,10 @@ at::Tensor PipelineModuleImpl::forward(const at::Tensor& x) {
 StageModel PipelineModuleImpl::stage_model(
     std::function<at::Tensor(const at::Tensor& output, const at::Tensor& labels)> loss) {
   return StageModel{[this](int, const at::Tensor& x) { return forward(x); }, std::move(loss)};
+}
+
+bool PipelineModuleImpl::uses_sparse_attention() const {
+  return std::any_of(specs_.begin(), specs_.end(), [](const LayerSpec& s) { return s.sparse_attention; });
 }
 
 std::string PipelineModuleImpl::describe_stage(int stage) const {

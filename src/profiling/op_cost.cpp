@@ -98,7 +98,7 @@ OpCost convolution(c10::ArrayRef<const c10::IValue> in, bool transposed) {
 }
 
 enum class Kind { kMm, kBmm, kAddmm, kBaddbmm, kMatmul, kLinear, kConv, kConvTransposed, kConvolution,
-                  kElementwise, kReduction, kNorm, kFree };
+                  kElementwise, kReduction, kNorm, kFree, kCounted };
 
 const std::unordered_map<std::string, Kind>& kinds() {
   static const std::unordered_map<std::string, Kind> table = [] {
@@ -122,6 +122,9 @@ const std::unordered_map<std::string, Kind>& kinds() {
         {"aten::masked_fill", Kind::kFree}, {"aten::masked_fill_", Kind::kFree},
         {"aten::dropout", Kind::kElementwise}, {"aten::native_dropout", Kind::kElementwise},
         {"aten::native_dropout_backward", Kind::kElementwise},
+        // our fused ops: their multiply-adds come as the last input (ds/sparse/attention.h)
+        {"ds::block_sparse_attention", Kind::kCounted},
+        {"ds::block_sparse_attention_backward", Kind::kCounted},
     };
     for (const char* op : {"add", "sub", "mul", "div", "rsub", "neg", "exp", "log", "tanh", "sigmoid", "relu", "gelu",
                            "silu", "sqrt", "rsqrt", "pow", "reciprocal", "softmax", "_softmax", "log_softmax",
@@ -176,6 +179,8 @@ OpCost op_cost(const std::string& name, c10::ArrayRef<const c10::IValue> in) {
       return {first_numel(in), 0, true};
     case Kind::kFree:
       return {0, 0, true};
+    case Kind::kCounted:
+      return !in.empty() && in.back().isInt() ? matmul_cost(double(in.back().toInt())) : OpCost{};
   }
   return {};
 }

@@ -68,7 +68,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
     const auto* user = dynamic_cast<const nn::SparseAttentionUser*>(model_.get());
     if (!user || !user->uses_sparse_attention())
       throw ConfigError("sparse_attention: this model does not use block-sparse attention (ds::Gpt does when its "
-                        "GptConfig::sparse carries the section; a model of your own: ds::sparse::block_sparse_attention "
+                        "GptConfig::sparse carries the section; a model of your own: ds::sparse::SparseSelfAttention "
                         "and ds::nn::SparseAttentionUser); remove the section or use it in the model");
   }
   skip_nonfinite_steps_ = options.skip_nonfinite_steps;

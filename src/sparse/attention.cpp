@@ -1,17 +1,22 @@
 #include "ds/sparse/attention.h"
 
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 
 #include <cmath>
 #include <limits>
-#include <map>
+#include <vector>
 
 #include "ds/common/error.h"
 #include "ds/sparse/layout.h"
+#include "src/sparse/fused_attention.h"
+#include "src/sparse/tile_kernels.h"
 
 namespace ds::sparse {
 
 namespace {
+
+int64_t blocks_of(int64_t T, int64_t block) { return (T + block - 1) / block; }
 
 void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t blocks,
                   int64_t block, const AttentionOptions& o) {
@@ -19,11 +24,11 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (k.sizes() != q.sizes() || v.sizes() != q.sizes())
     throw Error(ds::str("block_sparse_attention: k ", k.sizes(), " and v ", v.sizes(), " must have q's shape ", q.sizes()));
   const int64_t H = q.size(1), T = q.size(2);
-  if (block < 1 || T % block != 0)
-    throw Error(ds::str("block_sparse_attention: the sequence length ", T, " is not a multiple of block ", block));
-  if (heads != H || blocks != T / block)
+  if (block < 1) throw Error(ds::str("block_sparse_attention: block must be at least 1, got ", block));
+  if (heads != H || blocks != blocks_of(T, block))
     throw Error(ds::str("block_sparse_attention: the layout is [", heads, ", ", blocks, ", ", blocks, "] but ", H,
-                        " heads of ", T, " tokens in blocks of ", block, " need [", H, ", ", T / block, ", ", T / block, "]"));
+                        " heads of ", T, " tokens in blocks of ", block, " need [", H, ", ", blocks_of(T, block), ", ",
+                        blocks_of(T, block), "]"));
   if (o.key_padding_mask.defined() &&
       (o.key_padding_mask.dim() != 2 || o.key_padding_mask.size(0) != q.size(0) || o.key_padding_mask.size(1) != T))
     throw Error(ds::str("block_sparse_attention: key_padding_mask is ", o.key_padding_mask.sizes(), ", expected [",
@@ -37,74 +42,67 @@ void check_layout(const at::Tensor& layout) {
     throw Error(ds::str("block_sparse_attention: a layout is [heads, blocks, blocks], got ", layout.sizes()));
 }
 
-// Block rows (over all heads, flat index h * nb + r) grouped by their kept-block count
-// rounded up to a power of two: rows, and for each the kept key blocks (flat h * nb + c),
-// padded with the row's first kept block (or 0) and flagged invalid.
-struct Group {
-  std::vector<int64_t> rows, cols;
-  std::vector<uint8_t> valid;
-  int64_t width = 1;
-};
-
-std::map<int64_t, Group> group_rows(const at::Tensor& layout) {
-  const at::Tensor l = layout.to(at::kBool).contiguous();
-  const auto a = l.accessor<bool, 3>();
-  const int64_t H = l.size(0), nb = l.size(1);
-  std::map<int64_t, Group> groups;
-  std::vector<int64_t> kept;
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t r = 0; r < nb; ++r) {
-      kept.clear();
-      for (int64_t c = 0; c < nb; ++c)
-        if (a[h][r][c]) kept.push_back(h * nb + c);
-      int64_t width = 1;
-      while (width < int64_t(kept.size())) width *= 2;
-      Group& g = groups[width];
-      g.width = width;
-      g.rows.push_back(h * nb + r);
-      for (int64_t j = 0; j < width; ++j) {
-        const bool ok = j < int64_t(kept.size());
-        g.cols.push_back(ok ? kept[size_t(j)] : (kept.empty() ? h * nb : kept[0]));
-        g.valid.push_back(ok ? 1 : 0);
-      }
-    }
-  return groups;
-}
-
 at::Tensor long_tensor(const std::vector<int64_t>& v) {
   return at::from_blob(const_cast<int64_t*>(v.data()), {int64_t(v.size())}, at::kLong).clone();
 }
+
+// The autograd node around the fused kernels. Inputs arrive contiguous in the compute dtype
+// (fp32 or fp64); the plan and masks ride along in FusedArgs (not differentiated).
+struct BlockSparseFunction : torch::autograd::Function<BlockSparseFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const detail::FusedArgs& a) {
+    auto [out, lse] = detail::fused_forward(q, k, v, a);
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["row_ptr"] = a.row_ptr;
+    ctx->saved_data["cols"] = a.cols;
+    ctx->saved_data["block"] = a.block;
+    ctx->saved_data["causal"] = a.causal;
+    ctx->saved_data["scale"] = a.scale;
+    ctx->saved_data["key_padding"] = a.key_padding;
+    ctx->saved_data["attn_mask"] = a.attn_mask;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto& d = ctx->saved_data;
+    const detail::FusedArgs a{d["row_ptr"].toTensor(), d["cols"].toTensor(),    d["block"].toInt(),
+                              d["causal"].toBool(),    d["scale"].toDouble(),    d["key_padding"].toTensor(),
+                              d["attn_mask"].toTensor()};
+    auto [dq, dk, dv] = detail::fused_backward(grads[0], s[0], s[1], s[2], s[3], s[4], a);
+    return {dq, dk, dv, {}};
+  }
+};
 
 }  // namespace
 
 SparsePlan plan_block_sparse(const at::Tensor& layout, int64_t block) {
   check_layout(layout);
   if (block < 1) throw Error(ds::str("block_sparse_attention: block must be at least 1, got ", block));
+  const at::Tensor l = layout.to(at::kBool).contiguous();
+  const auto a = l.accessor<bool, 3>();
   SparsePlan plan;
-  plan.heads = layout.size(0), plan.blocks = layout.size(1), plan.block = block;
-  const int64_t nb = plan.blocks;
-  const at::Tensor offsets = at::arange(block, at::kLong);
-  std::vector<int64_t> order;
-  for (const auto& [width, g] : group_rows(layout)) {
-    const int64_t R = int64_t(g.rows.size()), W = width;
-    SparsePlan::Group p;
-    p.width = W;
-    p.rows = long_tensor(g.rows);
-    p.cols = long_tensor(g.cols);
-    p.padding = at::from_blob(const_cast<uint8_t*>(g.valid.data()), {R, W}, at::kByte)
-                    .eq(0)
-                    .repeat_interleave(block, 1)
-                    .view({R, 1, W * block});
-    p.q_pos = (p.rows % nb).view({R, 1}) * block + offsets.view({1, block});
-    p.k_pos = ((p.cols % nb).view({R, W, 1}) * block + offsets.view({1, 1, block})).view({R, W * block});
-    plan.groups.push_back(std::move(p));
-    order.insert(order.end(), g.rows.begin(), g.rows.end());
-  }
-  std::vector<int64_t> where(order.size());  // position of block row i in the concatenation
-  for (size_t i = 0; i < order.size(); ++i) where[size_t(order[i])] = int64_t(i);
-  plan.order = long_tensor(where);
+  plan.heads = l.size(0), plan.blocks = l.size(1), plan.block = block;
+  std::vector<int64_t> row_ptr{0}, cols;
+  for (int64_t h = 0; h < plan.heads; ++h)
+    for (int64_t r = 0; r < plan.blocks; ++r) {
+      for (int64_t c = 0; c < plan.blocks; ++c)
+        if (a[h][r][c]) cols.push_back(c);
+      row_ptr.push_back(int64_t(cols.size()));
+    }
+  plan.row_ptr = long_tensor(row_ptr);
+  plan.cols = long_tensor(cols);
   return plan;
 }
+
+at::Tensor full_layout(int64_t heads, int64_t seq_len, int64_t block, bool causal) {
+  const int64_t nb = blocks_of(seq_len, block);
+  at::Tensor l = at::ones({heads, nb, nb}, at::kBool);
+  return causal ? l.tril() : l;
+}
+
+const char* kernel_target() { return detail::tile_simd_target(); }
 
 at::Tensor block_sparse_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const at::Tensor& layout, int64_t block, const AttentionOptions& o) {
@@ -115,35 +113,15 @@ at::Tensor block_sparse_attention(const at::Tensor& q, const at::Tensor& k, cons
 
 at::Tensor block_sparse_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const SparsePlan& plan,
                                   const AttentionOptions& o) {
-  const int64_t block = plan.block;
-  check_shapes(q, k, v, plan.heads, plan.blocks, block, o);
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), nb = T / block;
-  const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(D));
-  const at::Tensor qf = q.reshape({B, H * nb, block, D}), kf = k.reshape({B, H * nb, block, D}),
-                   vf = v.reshape({B, H * nb, block, D});
-  std::vector<at::Tensor> outs;
-  for (const SparsePlan::Group& g : plan.groups) {
-    const int64_t R = g.rows.size(0), W = g.width;
-    const at::Tensor qg = qf.index_select(1, g.rows);                                 // [B, R, block, D]
-    const at::Tensor kg = kf.index_select(1, g.cols).reshape({B, R, W * block, D});   // kept keys per row
-    const at::Tensor vg = vf.index_select(1, g.cols).reshape({B, R, W * block, D});
-    at::Tensor s = at::matmul(qg, kg.transpose(-1, -2));                              // [B, R, block, W*block]
-    if (s.scalar_type() != at::kFloat && s.scalar_type() != at::kDouble) s = s.to(at::kFloat);
-    s = s * scale;
-    at::Tensor masked = g.padding;
-    if (o.causal) masked = masked | (g.k_pos.view({R, 1, W * block}) > g.q_pos.view({R, block, 1}));
-    at::Tensor mask = masked.expand({B, R, block, W * block});
-    if (o.key_padding_mask.defined())
-      mask = mask | o.key_padding_mask.to(at::kBool).index_select(1, g.k_pos.reshape(-1)).view({B, R, 1, W * block});
-    if (o.attn_mask.defined())
-      s = s + o.attn_mask.to(s.scalar_type()).index({g.q_pos.view({R, block, 1}), g.k_pos.view({R, 1, W * block})});
-    s = s.masked_fill(mask, -std::numeric_limits<double>::infinity());
-    // A query with no key left: finite scores for the softmax, then zeros.
-    s = s.masked_fill(mask.all(-1, /*keepdim=*/true), 0.0);
-    at::Tensor p = at::softmax(s, -1).masked_fill(mask, 0.0).to(v.scalar_type());
-    outs.push_back(at::matmul(p, vg));                                                // [B, R, block, D]
-  }
-  return at::cat(outs, 1).index_select(1, plan.order).reshape({B, H, T, D});
+  check_shapes(q, k, v, plan.heads, plan.blocks, plan.block, o);
+  const at::ScalarType compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(q.size(3)));
+  const auto prepare = [&](const at::Tensor& x) { return x.to(compute).contiguous(); };
+  const at::Tensor padding = o.key_padding_mask.defined() ? o.key_padding_mask.to(at::kBool).contiguous() : at::Tensor();
+  const at::Tensor additive = o.attn_mask.defined() ? o.attn_mask.to(compute).contiguous() : at::Tensor();
+  const detail::FusedArgs args{plan.row_ptr, plan.cols, plan.block, o.causal, scale, padding, additive};
+  const at::Tensor y = BlockSparseFunction::apply(prepare(q), prepare(k), prepare(v), args);
+  return y.to(q.scalar_type());
 }
 
 at::Tensor dense_masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -153,7 +131,7 @@ at::Tensor dense_masked_attention(const at::Tensor& q, const at::Tensor& k, cons
   const int64_t B = q.size(0), T = q.size(2), D = q.size(3);
   const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(D));
   at::Tensor s = at::matmul(q, k.transpose(-1, -2)).to(at::kDouble == q.scalar_type() ? at::kDouble : at::kFloat) * scale;
-  at::Tensor mask = token_mask(layout.to(at::kBool), block).logical_not().unsqueeze(0);      // [1, H, T, T]
+  at::Tensor mask = token_mask(layout.to(at::kBool), block).slice(1, 0, T).slice(2, 0, T).logical_not().unsqueeze(0);
   if (o.causal) mask = mask | at::ones({T, T}, at::kBool).triu(1);
   if (o.key_padding_mask.defined()) mask = mask | o.key_padding_mask.to(at::kBool).view({B, 1, 1, T});
   if (o.attn_mask.defined()) s = s + o.attn_mask.to(s.scalar_type());

@@ -88,7 +88,9 @@ std::pair<double, std::vector<at::Tensor>> loss_and_grads(const ds::GptConfig& c
 TEST(Gpt, SparseAttentionWithTheDenseLayoutEqualsDenseAttention) {
   torch::manual_seed(1);
   const at::Tensor x = at::randint(50, {3, 64}), y = at::randint(50, {3, 64});
-  const auto dense = loss_and_grads(small_gpt(), x, y);
+  ds::GptConfig plain = small_gpt();
+  plain.dense_attention = true;
+  const auto dense = loss_and_grads(plain, x, y);
   ds::GptConfig c = small_gpt();
   c.sparse.enabled = true, c.sparse.mode = ds::SparseMode::kDense, c.sparse.block = 16;
   const auto blocks = loss_and_grads(c, x, y);
@@ -98,6 +100,33 @@ TEST(Gpt, SparseAttentionWithTheDenseLayoutEqualsDenseAttention) {
   c.sparse.mode = ds::SparseMode::kBSLongformer, c.sparse.num_sliding_window_blocks = 1;
   EXPECT_GT(std::abs(loss_and_grads(c, x, y).first - dense.first), 1e-4);
   EXPECT_NE(c.describe().find("bslongformer sparse attention in blocks of 16"), std::string::npos) << c.describe();
+}
+
+// Without sparse attention the GPT computes exact causal attention through the block kernels
+// (blocks of 64; a context of 100 ends in a partial block, one of 40 is a single block): the
+// same loss and gradients as LibTorch's dense attention (dense_attention), which dropout
+// still selects. The start-up line says which.
+TEST(Gpt, ExactBlockAttentionEqualsDenseAttentionAndDropoutSelectsDense) {
+  for (const int64_t T : {100, 40, 128}) {
+    torch::manual_seed(2);
+    ds::GptConfig c = small_gpt();
+    c.seq_len = T;
+    const at::Tensor x = at::randint(50, {2, T}), y = at::randint(50, {2, T});
+    ASSERT_EQ(c.attention_path(), ds::GptConfig::AttentionPath::kExactBlocks);
+    EXPECT_NE(c.describe_attention().find(ds::str("exact causal attention in blocks of ", std::min<int64_t>(T, 64))),
+              std::string::npos) << c.describe_attention();
+    const auto blocks = loss_and_grads(c, x, y);
+    c.dense_attention = true;
+    EXPECT_NE(c.describe_attention().find("dense attention"), std::string::npos) << c.describe_attention();
+    const auto dense = loss_and_grads(c, x, y);
+    EXPECT_NEAR(blocks.first, dense.first, 1e-5) << "T " << T;
+    for (size_t i = 0; i < dense.second.size(); ++i)
+      EXPECT_LT((blocks.second[i] - dense.second[i]).abs().max().item<double>(), 1e-5) << "T " << T << " parameter " << i;
+  }
+  ds::GptConfig d = small_gpt();
+  d.dropout = 0.1;
+  EXPECT_EQ(d.attention_path(), ds::GptConfig::AttentionPath::kDense);
+  EXPECT_NE(d.describe_attention().find("dropout on attention probabilities needs it"), std::string::npos);
 }
 
 TEST(Gpt, SparseAttentionSettingsTheModelCannotHoldAreConfigErrors) {

@@ -133,8 +133,10 @@ TEST(FlopsProfiler, TheGptForwardMatmulsAreTheHandCountAndTheTreeNamesEveryBlock
 
 // Training FLOPs per token: 6N + 12LTd, where N leaves out the position embedding (a lookup,
 // no arithmetic). The LayerNorms, biases, softmax and GELU add the small rest.
+// (Dense attention: the closed form counts every score, as LibTorch's dense path computes them.)
 TEST(FlopsProfiler, TheGptTrainingFlopsAreTheClosedFormWithinOnePercent) {
-  const GptConfig c = shape(2, 128, 4, 128, 256);
+  GptConfig c = shape(2, 128, 4, 128, 256);
+  c.dense_attention = true;
   const int64_t B = 2, T = 128;
   const Profile p = profile_gpt(c, B, T, true);
   const double n = double(c.parameter_count() - c.seq_len * c.d_model);
@@ -147,11 +149,25 @@ TEST(FlopsProfiler, TheGptTrainingFlopsAreTheClosedFormWithinOnePercent) {
 // The reference GPT-2 124M: GptConfig::flops_per_token (6N + 12LTd, N with every parameter)
 // within 1%, at context 256 of the 1024 it is built for.
 TEST(FlopsProfiler, Gpt2SmallTrainingFlopsMatchFlopsPerTokenWithinOnePercent) {
-  const GptConfig c = shape(12, 768, 12, 1024, 50257);
+  GptConfig c = shape(12, 768, 12, 1024, 50257);
+  c.dense_attention = true;
   const int64_t T = 256;
   const Profile p = profile_gpt(c, 1, T, true);
   const double measured = (p.forward_flops + p.backward_flops) / double(T);
   EXPECT_NEAR(measured / c.flops_per_token(T), 1.0, 0.01) << measured << " vs " << c.flops_per_token(T);
+}
+
+// The block kernels (the GPT's default attention) report the tiles they compute: causal at
+// context 128 in blocks of 64, 3 of the 4 tiles, two GEMMs each forward and five backward
+// (the scores are recomputed).
+TEST(FlopsProfiler, TheBlockKernelsCountTheTilesTheyCompute) {
+  const GptConfig c = shape(1, 64, 4, 128, 96);
+  const int64_t B = 2, d = c.d_model;
+  const Profile p = profile_gpt(c, B, 128, true);
+  const double tile_macs = double(B) * 3 * 64 * 64 * double(d);  // every head's tiles x its width
+  EXPECT_EQ(p.forward_flops_by_op.at("ds::block_sparse_attention"), 2 * 2 * tile_macs);
+  EXPECT_EQ(p.backward_flops_by_op.at("ds::block_sparse_attention_backward"), 2 * 5 * tile_macs);
+  EXPECT_EQ(p.forward_flops_by_op.count("aten::matmul"), 0u);  // no dense scores
 }
 
 // A module's latency is the time inside its scope: the blocks and the rest sum to nearly the

@@ -4,6 +4,7 @@
 // output_file is refused at start-up.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -58,11 +59,17 @@ TEST(FlopsProfilerEngine, StageThreeOnTwoRanksCountsWhatOneProcessAndTheHandCoun
   test::run_ranks(1, [&](comm::Communicator& c) {  // micro-batch 2 x accumulation 2
     test::TinyRun run(c.shared_from_this(), config(4, 0, dir.file("one.txt")));
     run.train_to(3);
-    // By hand (see FlopsProfiler tests): per token and block 12 d^2 + 2 T d, the head d V;
-    // 2 micro-batches of 2 sequences of T tokens.
+    // By hand (see FlopsProfiler tests): per token and block 12 d^2 and the attention's two
+    // GEMMs over the causal tiles the block kernels compute (blocks of 64: the tiles at or
+    // below the diagonal, each whole), the head d V; 2 micro-batches of 2 sequences of T tokens.
     const GptConfig& g = run.model()->config();
-    const double T = double(run.data().context()), d = double(g.d_model);
-    const double per_token = double(g.n_layer) * (12 * d * d + 2 * T * d) + d * double(g.vocab_size);
+    const int64_t context = run.data().context(), block = GptConfig::kExactBlock;
+    double area = 0;  // query x key pairs the tiles hold
+    for (int64_t r = 0; r * block < context; ++r)
+      for (int64_t c = 0; c <= r; ++c)
+        area += double(std::min(block, context - r * block) * std::min(block, context - c * block));
+    const double T = double(context), d = double(g.d_model);
+    const double per_token = double(g.n_layer) * (12 * d * d + 2 * area / T * d) + d * double(g.vocab_size);
     const std::string report = dir.read("one.txt");
     EXPECT_EQ(value_of(report, "fwd MACs per rank:"), profiling::si(per_token * 4 * T, "MACs")) << report;
     EXPECT_EQ(value_of(report, "params per rank:"), profiling::si(double(g.parameter_count()))) << report;

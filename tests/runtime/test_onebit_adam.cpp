@@ -100,8 +100,10 @@ TEST(OneBitAdam, WorksWithAccumulationBf16AndFp16) {
     // Six compressed steps after freeze_step 2 let more rounding-level sign flips pile up than
     // the 5 of the test above: measured 9.6e-4 on the losses; another split of the batch over
     // the ranks (what an accumulation bug would do) gives 0.025, with 97% of the weights apart.
+    // Which weights flip depends on the CPU's rounding: 1.7% apart on an AVX2 EPYC (Zen 3)
+    // with the block attention kernels, under 1% on an AVX-512 Xeon.
     EXPECT_LT(test::max_abs_diff(accumulated.losses, ref.losses), 2e-3);
-    EXPECT_LT(test::parted_fraction(accumulated, ref), 0.01);
+    EXPECT_LT(test::parted_fraction(accumulated, ref), 0.05);
     const auto whole = test::train_tiny(c.shared_from_this(), config(2, onebit(2, 1e-3)), 8);
     const auto bf16 = test::train_tiny(c.shared_from_this(), config(2, onebit(2, 1e-3), R"(, "bf16": {"enabled": true})"), 8);
     EXPECT_LT(test::max_abs_diff(whole.losses, bf16.losses), 0.05);

@@ -403,6 +403,28 @@ TEST(PipelineGpt, AModuleForAnotherStageOrAnIntervalWithoutAModuleIsRefused) {
   });
 }
 
+// The sparse_attention section: accepted when the pipeline's GPT blocks use it (every stage
+// agrees, whichever layers it holds), refused for a pipeline whose blocks do not or a model
+// that cannot.
+TEST(PipelineGpt, SparseAttentionIsHonouredOnlyByAPipelineWhoseBlocksUseIt) {
+  test::run_ranks(2, [](comm::Communicator& world) {
+    comm::ParallelGroups groups = two_stages(world);
+    Config cfg = two_stage_config(0);
+    cfg.sparse_attention.enabled = true, cfg.sparse_attention.mode = SparseMode::kFixed, cfg.sparse_attention.block = 4;
+    cfg.sparse_attention.num_local_blocks = 1;
+    const pipe::PipelineLayout layout = pipe::PipelineLayout::from(cfg, groups);
+    GptConfig sparse = tiny();
+    sparse.sparse = cfg.sparse_attention;
+    pipe::PipelineModule uses(gpt_layer_specs(sparse), layout);
+    EXPECT_TRUE(uses->uses_sparse_attention());
+    EXPECT_NO_THROW(Engine(uses.ptr(), cfg, groups));
+    pipe::PipelineModule dense(gpt_layer_specs(tiny()), layout);
+    EXPECT_ERROR_HAS(Engine(dense.ptr(), cfg, groups), "sparse_attention: this model does not use block-sparse attention");
+    auto plain = std::make_shared<torch::nn::LinearImpl>(4, 4);
+    EXPECT_ERROR_HAS(Engine(plain, cfg, groups), "ds::sparse::SparseSelfAttention and ds::nn::SparseAttentionUser");
+  });
+}
+
 TEST(TensorParallelGpt, SettingsTheEngineCannotHonourAreRefusedOnEveryRank) {
   test::run_ranks(2, [](comm::Communicator& world) {
     comm::ParallelGroups split = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(2, 1, 2));

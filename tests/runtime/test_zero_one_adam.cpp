@@ -48,9 +48,11 @@ TEST(ZeroOneAdam, MatchesAPlainLibTorchSimulationOfItsRanks) {
         std::printf("%d ranks: max |loss - plain| %.3g, %.2f%% of rank 0's weights > 1e-4 apart\n", world, loss_diff,
                     100 * apart);
       // As for 1-bit Adam: a rounding-level sign difference near 0 flips a whole step; over 16
-      // steps measured 2.1e-4 (2 ranks) and 2.5e-3 (3 ranks), 0.10% and 0.28% of the weights.
-      EXPECT_LT(loss_diff, 5e-3) << world << " ranks";
-      EXPECT_LT(apart, 0.01) << world << " ranks";
+      // steps measured 2.1e-4 (2 ranks) and 2.5e-3 (3 ranks), 0.10% and 0.28% of the weights on
+      // an AVX-512 Xeon; 6.1e-3 and 2.25% (2 ranks) on an AVX2 EPYC (Zen 3), whose GEMMs round
+      // differently (5.5e-3 and 2.0% there with dense attention too).
+      EXPECT_LT(loss_diff, 1e-2) << world << " ranks";
+      EXPECT_LT(apart, 0.05) << world << " ranks";
       if (world == 1) {
         EXPECT_LT(loss_diff, 1e-5);
       }

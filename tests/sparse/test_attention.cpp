@@ -1,8 +1,9 @@
-// Block-sparse attention against plain LibTorch attention with the equivalent dense mask:
-// outputs and the gradients of q, k and v within 1e-5 (fp32) for every mode, uni- and
-// bidirectional, blocks 16 and 32, 1-4 heads and a sequence length that is not a power of
-// two; key padding and an additive mask; queries with no key left give zeros, not NaN; and
-// finite differences in double precision.
+// Block-sparse attention (the fused kernels) against plain LibTorch attention with the
+// equivalent dense mask: outputs and the gradients of q, k and v within 1e-5 (fp32) for every
+// mode, uni- and bidirectional, blocks 16, 32 and 64, 1-8 heads, sequence lengths that are
+// not a power of two, up to 4096 (the long ones labelled slow), a partial last block; key
+// padding and an additive mask; queries with no key left give zeros, not NaN; finite
+// differences in double precision; bf16 inputs.
 #include "ds/sparse/attention.h"
 
 #include <ATen/ATen.h>
@@ -13,63 +14,32 @@
 #include <limits>
 
 #include "ds/sparse/layout.h"
+#include "sparse/reference.h"
 #include "support/errors.h"
 
 namespace ds::sparse {
 namespace {
 
-// Plain attention over a [B or 1, H, T, T] "may attend" mask, written out here (not the
-// library's dense path).
-at::Tensor reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed,
-                     const at::Tensor& additive = {}) {
-  at::Tensor s = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(q.size(-1)));
-  if (additive.defined()) s = s + additive;
-  s = s.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
-  at::Tensor p = at::softmax(s, -1);
-  p = at::where(allowed.any(-1, true).expand_as(p), p, at::zeros_like(p));  // no key: zeros
-  return at::matmul(p, v);
-}
-
-struct Grads {
-  at::Tensor out, dq, dk, dv;
-};
-
-template <typename F>
-Grads run(const at::Tensor& q0, const at::Tensor& k0, const at::Tensor& v0, const at::Tensor& dy, F f) {
-  at::Tensor q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
-  at::Tensor out = f(q, k, v);
-  out.backward(dy);
-  return {out.detach(), q.grad(), k.grad(), v.grad()};
-}
-
-void expect_close(const Grads& a, const Grads& b, const std::string& what, double tol = 1e-5) {
-  EXPECT_LT((a.out - b.out).abs().max().item<double>(), tol) << what << " output";
-  EXPECT_LT((a.dq - b.dq).abs().max().item<double>(), tol) << what << " dq";
-  EXPECT_LT((a.dk - b.dk).abs().max().item<double>(), tol) << what << " dk";
-  EXPECT_LT((a.dv - b.dv).abs().max().item<double>(), tol) << what << " dv";
-  EXPECT_FALSE(a.dq.isnan().any().item<bool>()) << what;
-}
-
-SparseAttentionConfig mode(SparseMode m, SparseDirection dir) {
-  SparseAttentionConfig c;
-  c.enabled = true, c.mode = m, c.attention = dir;
-  c.num_local_blocks = 2, c.num_global_blocks = 1, c.num_random_blocks = 1, c.num_sliding_window_blocks = 3;
-  c.local_window_blocks = {1, 2};
-  c.different_layout_per_head = true;
-  return c;
-}
+using test::expect_close;
+using test::Grads;
+using test::mode;
+using test::reference;
+using test::run;
 
 TEST(BlockSparseAttention, MatchesDenseAttentionWithTheSameMaskInEveryMode) {
   torch::manual_seed(3);
-  const int64_t T = 96;  // 6 blocks of 16, 3 of 32
-  for (int64_t block : {16, 32})
-    for (int64_t heads : {1, 3})
+  const int64_t T = 192;  // 12 blocks of 16, 6 of 32, 3 of 64
+  for (int64_t block : {16, 32, 64})
+    for (int64_t heads : {1, 3, 8})
       for (SparseMode m : {SparseMode::kDense, SparseMode::kFixed, SparseMode::kVariable, SparseMode::kBigBird,
                            SparseMode::kBSLongformer})
         for (SparseDirection dir : {SparseDirection::kBidirectional, SparseDirection::kUnidirectional}) {
           SparseAttentionConfig c = mode(m, dir);
           c.block = block;
           const at::Tensor layout = make_layout(c, heads, T, 11);
+          if (block == 16 && m != SparseMode::kDense) {
+            ASSERT_LT(density(layout), 0.9) << sparse_mode_name(m);  // the test sees masking
+          }
           const bool causal = dir == SparseDirection::kUnidirectional;
           const at::Tensor q = at::randn({2, heads, T, 16}), k = at::randn({2, heads, T, 16}), v = at::randn({2, heads, T, 16});
           const at::Tensor dy = at::randn({2, heads, T, 16});
@@ -139,10 +109,55 @@ TEST(BlockSparseAttention, GradientsMatchFiniteDifferencesInDouble) {
     }
 }
 
+// Exact attention through the block kernels (full_layout): causal and not, a sequence that is
+// not a multiple of the block (the last block partial), against plain attention.
+TEST(BlockSparseAttention, FullLayoutIsExactAttentionAlsoWithAPartialLastBlock) {
+  torch::manual_seed(17);
+  for (const bool causal : {false, true})
+    for (const int64_t T : {100, 128, 37}) {
+      const int64_t block = 32, H = 3;
+      const at::Tensor layout = full_layout(H, T, block, causal);
+      ASSERT_EQ(layout.size(1), (T + block - 1) / block);
+      const at::Tensor q = at::randn({2, H, T, 24}), k = at::randn({2, H, T, 24}), v = at::randn({2, H, T, 24}),
+                       dy = at::randn({2, H, T, 24});
+      AttentionOptions o;
+      o.causal = causal;
+      const at::Tensor allowed = causal ? at::ones({T, T}, at::kBool).tril() : at::ones({T, T}, at::kBool);
+      expect_close(run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return block_sparse_attention(a, b, d, layout, block, o); }),
+                   run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return reference(a, b, d, allowed); }),
+                   ds::str(causal ? "causal" : "bidirectional", " T ", T));
+    }
+}
+
+// bf16 inputs compute in fp32 and come back in bf16, gradients too: within bf16 rounding of
+// the fp32 result on the same (bf16-representable) inputs.
+TEST(BlockSparseAttention, Bf16InputsComputeInFp32) {
+  torch::manual_seed(19);
+  const int64_t T = 128, block = 32;
+  const at::Tensor layout = full_layout(2, T, block, true);
+  const at::Tensor q = at::randn({1, 2, T, 32}).to(at::kBFloat16), k = at::randn({1, 2, T, 32}).to(at::kBFloat16),
+                   v = at::randn({1, 2, T, 32}).to(at::kBFloat16), dy = at::randn({1, 2, T, 32}).to(at::kBFloat16);
+  AttentionOptions o;
+  o.causal = true;
+  const auto f = [&](auto& a, auto& b, auto& d) { return block_sparse_attention(a, b, d, layout, block, o); };
+  const Grads half = run(q, k, v, dy, f);
+  EXPECT_EQ(half.out.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(half.dq.scalar_type(), at::kBFloat16);
+  const Grads full = run(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), dy.to(at::kFloat), f);
+  const auto rel = [](const at::Tensor& a, const at::Tensor& b) {
+    return ((a.to(at::kFloat) - b).abs().max() / b.abs().max()).item<double>();
+  };
+  EXPECT_LT(rel(half.out, full.out), 1e-2);
+  EXPECT_LT(rel(half.dq, full.dq), 1e-2);
+  EXPECT_LT(rel(half.dk, full.dk), 1e-2);
+  EXPECT_LT(rel(half.dv, full.dv), 1e-2);
+}
+
 TEST(BlockSparseAttention, ShapesThatDoNotFitAreNamed) {
   const at::Tensor q = at::randn({1, 2, 48, 8});
   const at::Tensor layout = at::ones({2, 3, 3}, at::kBool);
-  EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, layout, 32), "the sequence length 48 is not a multiple of block 32");
+  EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, layout, 32),
+                   "the layout is [2, 3, 3] but 2 heads of 48 tokens in blocks of 32 need [2, 2, 2]");
   EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, at::ones({1, 3, 3}, at::kBool), 16),
                    "the layout is [1, 3, 3] but 2 heads of 48 tokens in blocks of 16 need [2, 3, 3]");
   EXPECT_ERROR_HAS(block_sparse_attention(q, q.slice(2, 0, 32), q, layout, 16), "must have q's shape");

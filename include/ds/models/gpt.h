@@ -26,7 +26,7 @@
 
 #include "ds/config/sections.h"
 #include "ds/nn/sparse_attention_user.h"
-#include "ds/sparse/attention.h"
+#include "ds/sparse/self_attention.h"
 #include "ds/nn/unit.h"
 #include "ds/pipe/module.h"
 #include "ds/tp/layers.h"
@@ -51,6 +51,17 @@ struct GptConfig {
   // (no attention-probability dropout on that path) and seq_len a multiple of sparse.block.
   SparseAttentionConfig sparse;
   uint64_t sparse_seed = 0;
+  // Without sparse attention, causal attention is exact either way; how it is computed:
+  // through the fused block kernels (full causal layout in blocks of kExactBlock, memory
+  // ∝ T x head width; measured 2-7x faster than the dense path at contexts 128-2048,
+  // docs/BENCHMARKS.md) unless dense_attention is set or dropout > 0 (the dense path drops
+  // attention probabilities; the block kernels have no such dropout). The dense path is
+  // LibTorch's matmul, causal mask, softmax, matmul: T x T scores per head.
+  bool dense_attention = false;
+  static constexpr int64_t kExactBlock = 64;
+  enum class AttentionPath { kSparse, kExactBlocks, kDense };
+  AttentionPath attention_path() const;
+  std::string describe_attention() const;  // which path, and why (the start-up line)
   // Activation checkpointing: the first checkpoint_blocks blocks run through
   // ds::checkpointing::checkpoint (their activations recomputed in the backward); 0 = none.
   int64_t checkpoint_blocks = 0;
@@ -63,8 +74,9 @@ struct GptConfig {
   double flops_per_token(int64_t context) const;
   // The peak bytes of activations one training micro-batch of `batch` sequences of `context`
   // tokens adds to a rank's RSS, computing in `element_bytes` floats: every block's saved
-  // tensors (16 d + H T per token; a checkpointed block its input, and one block while it is
-  // recomputed), a block's backward and the head's log-probabilities (see gpt.cpp). Checked
+  // tensors (16 d + H T per token with dense attention, 20 d + H with the block kernels; a
+  // checkpointed block its input, and one block while it is recomputed), a block's backward
+  // and the head's log-probabilities (see gpt.cpp). Checked
   // against measured peaks within 10% (bench/estimate_validation.sh); ds-estimate uses it.
   double activation_bytes(int64_t batch, int64_t context, int64_t element_bytes = 4) const;
   std::string describe() const;  // the architecture (not dropout or checkpointing)
@@ -93,12 +105,10 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   at::Tensor attention(const at::Tensor& x);  // x: the normalised input; without the residual
   at::Tensor mlp(const at::Tensor& x);
   at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
-  const sparse::SparsePlan& sparse_plan(int64_t T);  // this rank's heads' layout for T tokens, cached
   double dropout_;
-  SparseAttentionConfig sparse_;
-  uint64_t sparse_seed_ = 0;
-  int64_t first_head_ = 0;  // this rank's first head (tensor parallelism)
-  std::map<int64_t, sparse::SparsePlan> plans_;
+  // The block kernels (sparse or exact causal attention; null on the dense path). Not a
+  // registered submodule: it has no parameters, and the module tree stays the same.
+  sparse::SparseSelfAttention blocks_attn_{nullptr};
   bool gelu_tanh_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
   tp::Group tensor_;

@@ -1,8 +1,9 @@
 // A model that honours the config's `sparse_attention` section derives from this and says so;
 // the engine refuses the section for any other model (a key nobody honours is an error).
-// ds::Gpt does when its GptConfig carries the section; a model of your own computes its
-// attention with ds::sparse::block_sparse_attention (ds/sparse/attention.h) over
-// ds::sparse::make_layout(config.sparse_attention, ...) and returns true.
+// ds::Gpt does when its GptConfig carries the section (and the pipeline's PipelineModule when a
+// layer spec says so); a model of your own computes its attention with
+// ds::sparse::SparseSelfAttention(config.sparse_attention, heads, seed) (ds/sparse/self_attention.h)
+// and returns true.
 #pragma once
 
 namespace ds::nn {

@@ -40,6 +40,7 @@
 
 #include "ds/comm/topology.h"
 #include "ds/config/config.h"
+#include "ds/nn/sparse_attention_user.h"
 #include "ds/nn/unit.h"
 #include "ds/pipe/executor.h"
 
@@ -55,6 +56,9 @@ struct LayerSpec {
   // Parameters the layer will have, for partition "parameters"; -1: build it once to count.
   int64_t parameters = -1;
   std::string tied_key;  // non-empty: a tied layer (see above)
+  // The layer computes block-sparse attention from the config's sparse_attention section
+  // (the pipeline then tells the engine it honours the section; ds::nn::SparseAttentionUser).
+  bool sparse_attention = false;
 };
 
 struct PipelineLayout {
@@ -78,7 +82,7 @@ struct TiedLayer {
 uint64_t layer_seed_base(bool seed_layers);
 std::shared_ptr<torch::nn::Module> build_layer(const LayerSpec& spec, uint64_t seed);
 
-class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware {
+class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware, public nn::SparseAttentionUser {
  public:
   // Throws ds::ConfigError for more stages than layers, a bad partition method, a stage out
   // of range or a spec without build/forward.
@@ -93,6 +97,8 @@ class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware {
   // Stage s holds layers [boundaries()[s], boundaries()[s + 1]).
   const std::vector<int>& boundaries() const { return bounds_; }
   const std::vector<TiedLayer>& tied() const { return tied_; }
+  // True when a spec (on any stage: every rank answers alike) says it uses sparse attention.
+  bool uses_sparse_attention() const override;
   // What this stage saves as DeepSpeed's per-layer files: each of its layers by global index,
   // a tied module under its first spec's index (on the stage holding that spec; the other
   // specs of the key reuse it and save nothing).
