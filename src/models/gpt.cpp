@@ -59,6 +59,8 @@ void GptConfig::validate() const {
     if (dropout > 0.0)
       bad(ds::str("dropout ", dropout, " with sparse_attention: the block-sparse path has no attention-probability "
                   "dropout; use dropout 0"));
+    if (dense_attention)
+      bad("dense_attention (ds-train --dense-attention) contradicts the sparse_attention section; drop one of them");
     sparse::make_layout(sparse, n_head, seq_len, sparse_seed);  // what the sequence cannot hold, now
   }
   if (activation != "gelu" && activation != "gelu_tanh")

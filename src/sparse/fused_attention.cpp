@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -113,45 +114,93 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
-// One (batch, head) per task: its key and value gradients gather from every query block, so
-// a task owns them whole. (Fewer batch x head pairs than threads leaves threads idle.)
+// Query block rows [r_begin, r_end) of one (batch, head): their tiles' contributions to dQ
+// (rows of their own), and to dK and dV (any key block: into dk_h / dv_h, which the caller
+// makes this task's own).
+template <typename T>
+void backward_rows(const Head<T>& h, const FusedArgs& a, int64_t hd, int64_t nb, int64_t r_begin, int64_t r_end,
+                   const T* vt_h, const T* dout_h, const T* lse_h, const T* delta_h, T* dq_h, T* dk_h, T* dv_h,
+                   T* P, T* dS) {
+  const int64_t* row_ptr = a.row_ptr.data_ptr<int64_t>();
+  const int64_t* cols = a.cols.data_ptr<int64_t>();
+  const int64_t block = h.block, D = h.D;
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const int64_t M = h.rows(r), q0 = r * block;
+    for (int64_t e = row_ptr[hd * nb + r]; e < row_ptr[hd * nb + r + 1]; ++e) {
+      const int64_t c = cols[e], N = h.rows(c), k0 = c * block;
+      if (causal_skip(a.causal, r, c)) continue;
+      scores(h, r, c, P);
+      ops<T>().exp_minus(M, N, P, block, lse_h + q0);
+      // dV_c += Pᵀ dO_r; dP = dO_r V_cᵀ; dS = scale * P * (dP - delta); dQ_r += dS K_c; dK_c += dSᵀ Q_r
+      ops<T>().gemm(N, D, M, T(1), P, 1, block, dout_h + q0 * D, D, T(1), dv_h + k0 * D, D);
+      ops<T>().gemm(M, N, D, T(1), dout_h + q0 * D, D, 1, vt_h + c * D * block, block, T(0), dS, block);
+      ops<T>().softmax_grad(M, N, P, block, dS, block, delta_h + q0, h.scale);
+      ops<T>().gemm(M, D, N, T(1), dS, block, 1, h.k + k0 * D, D, T(1), dq_h + q0 * D, D);
+      ops<T>().gemm(N, D, M, T(1), dS, 1, block, h.q + q0 * D, D, T(1), dk_h + k0 * D, D);
+    }
+  }
+}
+
+// Split each head's query block rows into `chunks` ranges of about equal tile counts.
+std::vector<int64_t> row_ranges(const FusedArgs& a, int64_t hd, int64_t nb, int64_t chunks) {
+  const int64_t* row_ptr = a.row_ptr.data_ptr<int64_t>();
+  const int64_t* cols = a.cols.data_ptr<int64_t>();
+  std::vector<int64_t> work(size_t(nb) + 1, 0);  // tiles before row r
+  for (int64_t r = 0; r < nb; ++r) {
+    int64_t n = 0;
+    for (int64_t e = row_ptr[hd * nb + r]; e < row_ptr[hd * nb + r + 1]; ++e) n += causal_skip(a.causal, r, cols[e]) ? 0 : 1;
+    work[size_t(r) + 1] = work[size_t(r)] + n;
+  }
+  std::vector<int64_t> bounds{0};
+  for (int64_t j = 1; j < chunks; ++j) {
+    const int64_t target = work[size_t(nb)] * j / chunks;
+    int64_t r = bounds.back();
+    while (r < nb && work[size_t(r)] < target) ++r;
+    bounds.push_back(r);
+  }
+  bounds.push_back(nb);
+  return bounds;
+}
+
+// Tasks are (batch x head, row range). A (batch, head) owns its key and value gradients, so
+// with at least as many pairs as threads each is one task. With fewer (one long sequence, few
+// heads), each pair's rows split into ranges of about equal work; a range after the first
+// accumulates its dK and dV into a buffer of its own, summed in at the end: deterministic for
+// a thread count, and at most about threads x T x D x 2 more floats.
 template <typename T>
 void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& lse, const at::Tensor& delta, const FusedArgs& a, at::Tensor& dq, at::Tensor& dk,
                    at::Tensor& dv) {
   const int64_t B = q.size(0), H = q.size(1), T_len = q.size(2), D = q.size(3), block = a.block;
-  const int64_t nb = (T_len + block - 1) / block;
+  const int64_t nb = (T_len + block - 1) / block, pairs = B * H;
+  const int64_t chunks = std::clamp<int64_t>((at::get_num_threads() + pairs - 1) / pairs, 1, nb);
   const at::Tensor kt = blocks_transposed(k, block), vt = blocks_transposed(v, block);
-  const int64_t* row_ptr = a.row_ptr.data_ptr<int64_t>();
-  const int64_t* cols = a.cols.data_ptr<int64_t>();
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  std::vector<std::vector<int64_t>> ranges;
+  for (int64_t hd = 0; hd < H; ++hd) ranges.push_back(row_ranges(a, hd, nb, chunks));
+  at::Tensor dk_more, dv_more;  // [chunks - 1, B * H, T, D]: the later ranges' dK, dV
+  if (chunks > 1) {
+    dk_more = at::zeros({chunks - 1, pairs, T_len, D}, q.options());
+    dv_more = at::zeros({chunks - 1, pairs, T_len, D}, q.options());
+  }
+  at::parallel_for(0, pairs * chunks, 1, [&](int64_t begin, int64_t end) {
     const size_t n = size_t(block);
     std::vector<T> P(n * n), dS(n * n);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, hd = bh % H, off = bh * T_len * D;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / chunks, chunk = task % chunks, b = bh / H, hd = bh % H, off = bh * T_len * D;
       const Head<T> h = head_of<T>(q, k, v, kt, a, b, bh);
       const T* vt_h = vt.data_ptr<T>() + bh * vt.size(2) * vt.size(3) * vt.size(4);
-      const T* dout_h = dout.data_ptr<T>() + off;
-      const T* lse_h = lse.data_ptr<T>() + bh * T_len;
-      const T* delta_h = delta.data_ptr<T>() + bh * T_len;
-      T *dq_h = dq.data_ptr<T>() + off, *dk_h = dk.data_ptr<T>() + off, *dv_h = dv.data_ptr<T>() + off;
-      for (int64_t r = 0; r < nb; ++r) {
-        const int64_t M = h.rows(r), q0 = r * block;
-        for (int64_t e = row_ptr[hd * nb + r]; e < row_ptr[hd * nb + r + 1]; ++e) {
-          const int64_t c = cols[e], N = h.rows(c), k0 = c * block;
-          if (causal_skip(a.causal, r, c)) continue;
-          scores(h, r, c, P.data());
-          ops<T>().exp_minus(M, N, P.data(), block, lse_h + q0);
-          // dV_c += Pᵀ dO_r; dP = dO_r V_cᵀ; dS = scale * P * (dP - delta); dQ_r += dS K_c; dK_c += dSᵀ Q_r
-          ops<T>().gemm(N, D, M, T(1), P.data(), 1, block, dout_h + q0 * D, D, T(1), dv_h + k0 * D, D);
-          ops<T>().gemm(M, N, D, T(1), dout_h + q0 * D, D, 1, vt_h + c * D * block, block, T(0), dS.data(), block);
-          ops<T>().softmax_grad(M, N, P.data(), block, dS.data(), block, delta_h + q0, h.scale);
-          ops<T>().gemm(M, D, N, T(1), dS.data(), block, 1, h.k + k0 * D, D, T(1), dq_h + q0 * D, D);
-          ops<T>().gemm(N, D, M, T(1), dS.data(), 1, block, h.q + q0 * D, D, T(1), dk_h + k0 * D, D);
-        }
-      }
+      T* dk_h = chunk == 0 ? dk.data_ptr<T>() + off : dk_more.data_ptr<T>() + ((chunk - 1) * pairs + bh) * T_len * D;
+      T* dv_h = chunk == 0 ? dv.data_ptr<T>() + off : dv_more.data_ptr<T>() + ((chunk - 1) * pairs + bh) * T_len * D;
+      const std::vector<int64_t>& r = ranges[size_t(hd)];
+      backward_rows<T>(h, a, hd, nb, r[size_t(chunk)], r[size_t(chunk) + 1], vt_h, dout.data_ptr<T>() + off,
+                       lse.data_ptr<T>() + bh * T_len, delta.data_ptr<T>() + bh * T_len, dq.data_ptr<T>() + off, dk_h,
+                       dv_h, P.data(), dS.data());
     }
   });
+  if (chunks > 1) {
+    dk.view({pairs, T_len, D}) += dk_more.sum(0);
+    dv.view({pairs, T_len, D}) += dv_more.sum(0);
+  }
 }
 
 // Multiply-adds of one tile GEMM over every tile the kernels compute (kept, not above the

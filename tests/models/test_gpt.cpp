@@ -135,4 +135,6 @@ TEST(Gpt, SparseAttentionSettingsTheModelCannotHoldAreConfigErrors) {
   EXPECT_ERROR_HAS(c.validate(), "the sequence length 64 is not a multiple of block 24");
   c.sparse.block = 16, c.dropout = 0.1;
   EXPECT_ERROR_HAS(c.validate(), "the block-sparse path has no attention-probability dropout");
+  c.dropout = 0.0, c.dense_attention = true;
+  EXPECT_ERROR_HAS(c.validate(), "dense_attention (ds-train --dense-attention) contradicts the sparse_attention section");
 }

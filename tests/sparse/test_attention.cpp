@@ -129,6 +129,36 @@ TEST(BlockSparseAttention, FullLayoutIsExactAttentionAlsoWithAPartialLastBlock) 
     }
 }
 
+// One sequence and one head on several threads: the backward splits the query rows into
+// ranges (the later ones with key/value gradients of their own, summed at the end). The same
+// gradients as plain attention at every thread count, and as one thread within rounding.
+TEST(BlockSparseAttention, OneSequenceOfOneHeadSplitsItsBackwardOverThreads) {
+  torch::manual_seed(37);
+  const int64_t T = 640, block = 32;
+  SparseAttentionConfig c = mode(SparseMode::kBSLongformer, SparseDirection::kUnidirectional);
+  c.block = block;
+  const at::Tensor layout = make_layout(c, 1, T);
+  const at::Tensor q = at::randn({1, 1, T, 32}), k = at::randn({1, 1, T, 32}), v = at::randn({1, 1, T, 32}),
+                   dy = at::randn({1, 1, T, 32});
+  AttentionOptions o;
+  o.causal = true;
+  const at::Tensor allowed = token_mask(layout, block).unsqueeze(0) & at::ones({T, T}, at::kBool).tril();
+  const Grads want = run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return reference(a, b, d, allowed); });
+  const int before = at::get_num_threads();
+  Grads one;
+  for (const int threads : {1, 3, 7}) {
+    at::set_num_threads(threads);
+    const Grads got = run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return block_sparse_attention(a, b, d, layout, block, o); });
+    expect_close(got, want, ds::str(threads, " threads"));
+    if (threads == 1) {
+      one = got;
+    } else {
+      expect_close(got, one, ds::str(threads, " threads against 1"), 1e-6);
+    }
+  }
+  at::set_num_threads(before);
+}
+
 // bf16 inputs compute in fp32 and come back in bf16, gradients too: within bf16 rounding of
 // the fp32 result on the same (bf16-representable) inputs.
 TEST(BlockSparseAttention, Bf16InputsComputeInFp32) {
