@@ -21,6 +21,9 @@ int64_t blocks_of(int64_t T, int64_t block) { return (T + block - 1) / block; }
 void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t blocks,
                   int64_t block, const AttentionOptions& o) {
   if (q.dim() != 4) throw Error(ds::str("block_sparse_attention: q must be [batch, heads, seq, width], got ", q.sizes()));
+  if (!q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu())
+    throw Error(ds::str("block_sparse_attention: the kernels run on the CPU; q is on ", q.device()));
+  if (o.scale < 0) throw Error(ds::str("block_sparse_attention: scale must be positive (0: 1 / sqrt(width)), got ", o.scale));
   if (k.sizes() != q.sizes() || v.sizes() != q.sizes())
     throw Error(ds::str("block_sparse_attention: k ", k.sizes(), " and v ", v.sizes(), " must have q's shape ", q.sizes()));
   const int64_t H = q.size(1), T = q.size(2);
@@ -35,6 +38,12 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         q.size(0), ", ", T, "]"));
   if (o.attn_mask.defined() && (o.attn_mask.dim() != 2 || o.attn_mask.size(0) != T || o.attn_mask.size(1) != T))
     throw Error(ds::str("block_sparse_attention: attn_mask is ", o.attn_mask.sizes(), ", expected [", T, ", ", T, "]"));
+  if (o.attn_mask.defined() && !at::isFloatingType(o.attn_mask.scalar_type()))
+    throw Error(ds::str("block_sparse_attention: attn_mask is ", o.attn_mask.scalar_type(),
+                        "; it is added to the scores: give a float mask (0 to keep, -inf to mask)"));
+  if (o.attn_mask.defined() && o.attn_mask.requires_grad())
+    throw Error("block_sparse_attention: attn_mask requires grad, but the kernels give it no gradient (a learned bias "
+                "needs dense attention)");
 }
 
 void check_layout(const at::Tensor& layout) {
@@ -65,6 +74,9 @@ struct BlockSparseFunction : torch::autograd::Function<BlockSparseFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    // The backward runs on raw pointers: its result cannot be differentiated again.
+    if (torch::autograd::GradMode::is_enabled())
+      throw Error("block_sparse_attention: no double backward (create_graph); the kernels' backward is not differentiable");
     const auto s = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
     const detail::FusedArgs a{d["row_ptr"].toTensor(), d["cols"].toTensor(),    d["block"].toInt(),

@@ -225,6 +225,7 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(const at::Tensor& q, const at::
   // Priced by the flops profiler (src/profiling/op_cost.cpp): 2 tile GEMMs.
   RECORD_FUNCTION("ds::block_sparse_attention", std::vector<c10::IValue>({q, k, v, c10::IValue(2 * tile_macs(q, a))}));
   at::Tensor out = at::empty_like(q), lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (q.numel() == 0) return {out, lse.fill_(-std::numeric_limits<double>::infinity())};
   if (q.scalar_type() == at::kDouble) {
     forward_impl<double>(q, k, v, a, out, lse);
   } else {
@@ -243,6 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& 
   const at::Tensor g = dout.to(q.scalar_type()).contiguous();
   const at::Tensor delta = (g * out).sum(-1).contiguous();  // rowsum(dO * O): the softmax backward's shift
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  if (q.numel() == 0) return {dq, dk, dv};  // no batch, head, token or width: nothing to split
   if (q.scalar_type() == at::kDouble) {
     backward_impl<double>(g, q, k, v, lse, delta, a, dq, dk, dv);
   } else {

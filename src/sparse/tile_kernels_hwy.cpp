@@ -2,9 +2,11 @@
 // Google Highway: foreach_target.h compiles this file once per x86-64 instruction set and
 // tile_ops_f32()/tile_ops_f64() hand out the best one this CPU runs. No LibTorch here.
 //
-// The GEMM is a register-blocked micro-kernel (4 rows x 2 vectors of accumulators, the B
-// strip of a tile reused across all rows of A while it sits in L1); tiles are at most
-// 128 x 128, so no packing. Exponentials use Highway's vectorized Exp (within 1-2 ulp).
+// The GEMM is a register-blocked micro-kernel (6, then 4, then 1 rows x 2 vectors of
+// accumulators; the B strip of a tile reused across all rows of A while it sits in L1). No
+// packing: tiles are block x block (64 by default), which fit L1/L2; much larger blocks run
+// correctly but slower. Exponentials use Highway's vectorized Exp (1 ulp); masked scores
+// (-inf) are clamped to the lowest finite value first, inside Exp's documented range.
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/sparse/tile_kernels_hwy.cpp"
@@ -109,9 +111,10 @@ HWY_INLINE T RowSum(D d, int64_t N, const T* x) {
 // exp(x - shift) for a row, in place.
 template <class D, typename T = hn::TFromD<D>>
 HWY_INLINE void ExpMinus(D d, int64_t N, T* x, T shift) {
-  const auto vs = hn::Set(d, shift);
+  const auto vs = hn::Set(d, shift), lowest = hn::Set(d, std::numeric_limits<T>::lowest());
   MapRow(
-      d, N, x, [&](auto v) { return hn::Exp(d, hn::Sub(v, vs)); }, [&](T s) { return std::exp(s - shift); });
+      d, N, x, [&](auto v) { return hn::Exp(d, hn::Max(hn::Sub(v, vs), lowest)); },
+      [&](T s) { return std::exp(s - shift); });
 }
 
 template <typename T>

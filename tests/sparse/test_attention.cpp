@@ -146,7 +146,7 @@ TEST(BlockSparseAttention, OneSequenceOfOneHeadSplitsItsBackwardOverThreads) {
   const Grads want = run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return reference(a, b, d, allowed); });
   const int before = at::get_num_threads();
   Grads one;
-  for (const int threads : {1, 3, 7}) {
+  for (const int threads : {1, 3, 7}) {  // 1, 3 and 7 ranges of rows
     at::set_num_threads(threads);
     const Grads got = run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return block_sparse_attention(a, b, d, layout, block, o); });
     expect_close(got, want, ds::str(threads, " threads"));
@@ -157,6 +157,45 @@ TEST(BlockSparseAttention, OneSequenceOfOneHeadSplitsItsBackwardOverThreads) {
     }
   }
   at::set_num_threads(before);
+}
+
+// Several (batch, head) pairs, fewer than the threads: 2 x 3 pairs on 13 threads split each
+// pair's rows in 3, the later ranges' dK/dV in buffers per range and pair; per-head layouts.
+TEST(BlockSparseAttention, FewerPairsThanThreadsSplitEachPairsBackward) {
+  torch::manual_seed(41);
+  const int64_t B = 2, H = 3, T = 320, block = 32;
+  SparseAttentionConfig c = mode(SparseMode::kBigBird, SparseDirection::kUnidirectional);
+  c.block = block;
+  const at::Tensor layout = make_layout(c, H, T, 5);
+  ASSERT_FALSE(layout[0].equal(layout[1]));  // the heads differ
+  const at::Tensor q = at::randn({B, H, T, 16}), k = at::randn({B, H, T, 16}), v = at::randn({B, H, T, 16}),
+                   dy = at::randn({B, H, T, 16});
+  AttentionOptions o;
+  o.causal = true;
+  const at::Tensor allowed = token_mask(layout, block).unsqueeze(0) & at::ones({T, T}, at::kBool).tril();
+  const int before = at::get_num_threads();
+  at::set_num_threads(13);
+  const Grads got = run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return block_sparse_attention(a, b, d, layout, block, o); });
+  at::set_num_threads(before);
+  expect_close(got, run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return reference(a, b, d, allowed); }), "13 threads");
+}
+
+// Masks on a partial last block (T = 57 in blocks of 16): key padding and an additive mask.
+TEST(BlockSparseAttention, MasksOnAPartialLastBlock) {
+  torch::manual_seed(43);
+  const int64_t B = 2, H = 2, T = 57, block = 16;
+  const at::Tensor layout = full_layout(H, T, block, true);
+  const at::Tensor q = at::randn({B, H, T, 8}), k = at::randn({B, H, T, 8}), v = at::randn({B, H, T, 8}),
+                   dy = at::randn({B, H, T, 8});
+  AttentionOptions o;
+  o.causal = true;
+  o.key_padding_mask = at::zeros({B, T}, at::kBool);
+  o.key_padding_mask[1].slice(0, 50).fill_(true);  // keys inside the last, partial block
+  o.attn_mask = at::randn({T, T});
+  const at::Tensor allowed = at::ones({T, T}, at::kBool).tril() & o.key_padding_mask.logical_not().view({B, 1, 1, T});
+  expect_close(run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return block_sparse_attention(a, b, d, layout, block, o); }),
+               run(q, k, v, dy, [&](auto& a, auto& b, auto& d) { return reference(a, b, d, allowed, o.attn_mask); }),
+               "partial block, padding + additive mask");
 }
 
 // bf16 inputs compute in fp32 and come back in bf16, gradients too: within bf16 rounding of
@@ -191,6 +230,22 @@ TEST(BlockSparseAttention, ShapesThatDoNotFitAreNamed) {
   EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, at::ones({1, 3, 3}, at::kBool), 16),
                    "the layout is [1, 3, 3] but 2 heads of 48 tokens in blocks of 16 need [2, 3, 3]");
   EXPECT_ERROR_HAS(block_sparse_attention(q, q.slice(2, 0, 32), q, layout, 16), "must have q's shape");
+  AttentionOptions o;
+  o.attn_mask = at::ones({48, 48}, at::kBool);
+  EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, layout, 16, o), "give a float mask (0 to keep, -inf to mask)");
+  o.attn_mask = at::zeros({48, 48}).requires_grad_();
+  EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, layout, 16, o), "attn_mask requires grad");
+  AttentionOptions negative;
+  negative.scale = -1;
+  EXPECT_ERROR_HAS(block_sparse_attention(q, q, q, layout, 16, negative), "scale must be positive");
+  // No double backward; an empty batch is no error.
+  at::Tensor x = q.clone().requires_grad_();
+  at::Tensor y = block_sparse_attention(x, x, x, layout, 16).sum();
+  EXPECT_ERROR_HAS(torch::autograd::grad({y}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true),
+                   "no double backward");
+  at::Tensor none = at::randn({0, 2, 48, 8}).requires_grad_();
+  block_sparse_attention(none, none, none, layout, 16).sum().backward();
+  EXPECT_EQ(none.grad().numel(), 0);
 }
 
 }  // namespace

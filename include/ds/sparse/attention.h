@@ -16,7 +16,8 @@
 // A query whose every key is masked gets zeros (not NaN), and no gradient. fp32 and fp64
 // compute natively; other dtypes (bf16, fp16) compute in fp32 and return their own dtype.
 // The last block may be partial: T need not be a multiple of `block` here (DeepSpeed's
-// layouts from make_layout still need one).
+// layouts from make_layout still need one). CPU tensors; the backward is not differentiable
+// again (create_graph is refused).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,7 +28,8 @@ struct AttentionOptions {
   bool causal = false;           // mask keys after the query (a decoder)
   double scale = 0.0;            // 0: 1 / sqrt(head width)
   at::Tensor key_padding_mask;   // optional [B, T] bool, true = a padding key (masked)
-  at::Tensor attn_mask;          // optional [T, T] float, added to the scores
+  at::Tensor attn_mask;          // optional [T, T] float, added to the scores (0 keep, -inf mask; not
+                                 // learned: a mask that requires grad is refused)
 };
 
 // A layout as the kernels walk it, worked out once: block row h * blocks + r keeps the key
