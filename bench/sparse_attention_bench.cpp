@@ -1,6 +1,6 @@
 // Block-sparse vs dense attention, forward + backward of one layer (docs/BENCHMARKS.md).
 //
-//   sparse_attention_bench --seq 4096 --batch 1 --heads 1 --width 64 --block 64 --window 3 \
+//   sparse_attention_bench --seq 4096 --batch 1 --heads 1 --width 64 --block 64 --window 3
 //                          --reps 3 --threads 2 --layout 0 --dense 0
 //
 // --layout 0: bslongformer (a sliding window of --window blocks and global block 0), causal;

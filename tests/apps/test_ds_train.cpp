@@ -146,10 +146,11 @@ TEST(DsTrain, LayoutsThatCannotSplitTheModelStopAtStartUpOnEveryRank) {
   }
 }
 
-// sparse_attention in the config: every GPT block attends over the layout's kept blocks;
-// 2 ranks at ZeRO-3 and a 2-stage pipeline (1F1B over 2 micro-batches) train to the
-// 1-process stage-0 run's losses.
-TEST(DsTrain, SparseAttentionTrainsAlikeAtStageThreeInAPipelineAndInOneProcess) {
+// sparse_attention in the config (per-head layouts: the heads' global blocks differ): every
+// GPT block attends over the layout's kept blocks; 2 ranks at ZeRO-3, a 2-stage pipeline (1F1B
+// over 2 micro-batches) and the heads split over a tensor group of 2 train to the 1-process
+// stage-0 run's losses.
+TEST(DsTrain, SparseAttentionTrainsAlikeAtStageThreeInAPipelineSplitOverHeadsAndInOneProcess) {
   TempDir dir;
   std::string text;
   for (int i = 0; i < 300; ++i) text += "Now is the winter of our discontent made glorious summer " + std::to_string(i % 17) + "\n";
@@ -158,7 +159,8 @@ TEST(DsTrain, SparseAttentionTrainsAlikeAtStageThreeInAPipelineAndInOneProcess) 
     return dir.write(ds::str("s", stage, extra.size(), ".json"),
                      ds::str(R"({"train_batch_size": 8, "steps_per_print": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
                                  "zero_optimization": {"stage": )", stage, R"(}, )", extra,
-                             R"("sparse_attention": {"mode": "fixed", "block": 16, "num_local_blocks": 2, "attention": "unidirectional"}})"));
+                             R"("sparse_attention": {"mode": "fixed", "block": 16, "num_local_blocks": 2, "attention": "unidirectional",
+                                                     "different_layout_per_head": true, "num_different_global_patterns": 2}})"));
   };
   auto train = [&](int ranks, const std::string& cfg, const std::string& csv) {
     std::vector<std::string> args = {"--num_procs", std::to_string(ranks), bin("ds-train"), "--config", cfg,
@@ -173,11 +175,14 @@ TEST(DsTrain, SparseAttentionTrainsAlikeAtStageThreeInAPipelineAndInOneProcess) 
   const auto one = train(1, config(0, ""), "one.csv");
   const auto two = train(2, config(3, ""), "two.csv");
   const auto piped = train(2, config(0, R"("train_micro_batch_size_per_gpu": 4, "pipeline": {"stages": 2}, )"), "pipe.csv");
+  const auto split = train(2, config(0, R"("tensor_parallel": {"autotp_size": 2}, )"), "tp.csv");
   ASSERT_EQ(one.size(), 6u);
   ASSERT_EQ(two.size(), 6u);
   ASSERT_EQ(piped.size(), 6u);
+  ASSERT_EQ(split.size(), 6u);
   for (size_t i = 0; i < one.size(); ++i) {
     EXPECT_NEAR(two[i], one[i], 1e-5) << "step " << i + 1;
     EXPECT_NEAR(piped[i], one[i], 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(split[i], one[i], 1e-5) << "step " << i + 1;
   }
 }
