@@ -11,7 +11,6 @@
 #include "ds/common/error.h"
 #include "ds/nn/checkpointing.h"
 #include "ds/nn/linear.h"
-#include "ds/sparse/attention.h"
 #include "ds/sparse/layout.h"
 
 namespace ds {

@@ -21,7 +21,6 @@
 #include <torch/nn/pimpl.h>
 
 #include <nlohmann/json.hpp>
-#include <map>
 #include <string>
 
 #include "ds/config/sections.h"
@@ -47,7 +46,7 @@ struct GptConfig {
   std::string activation = "gelu";
   // Block-sparse attention (the config's sparse_attention section, ds/sparse/layout.h) when
   // sparse.enabled: every block computes causal attention over the layout's kept blocks only
-  // (ds::sparse::block_sparse_attention); random blocks come from sparse_seed. Needs dropout 0
+  // (ds::sparse::SparseSelfAttention); random blocks come from sparse_seed. Needs dropout 0
   // (no attention-probability dropout on that path) and seq_len a multiple of sparse.block.
   SparseAttentionConfig sparse;
   uint64_t sparse_seed = 0;
