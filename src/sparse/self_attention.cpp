@@ -38,15 +38,25 @@ void SparseSelfAttentionImpl::keep_heads(int64_t first, int64_t count) {
   plans_.clear();
 }
 
-const SparsePlan& SparseSelfAttentionImpl::plan(int64_t T) {
-  auto it = plans_.find(T);
-  if (it != plans_.end()) return it->second;
-  if (!config_.enabled) {
-    const int64_t block = std::min(exact_block_, T);
-    return plans_[T] = plan_block_sparse(full_layout(count_, T, block, causal_), block);
+SparsePlan SparseSelfAttentionImpl::plan(int64_t T) {
+  // Exact attention: lengths with the same number of blocks share a plan (the last block may
+  // be partial). A sparse layout holds only multiples of its block (make_layout refuses the
+  // rest), so it is kept per length.
+  const int64_t block = config_.enabled ? config_.block : std::min(exact_block_, T);
+  const std::pair<int64_t, int64_t> key{block, config_.enabled || block < 1 ? T : (T + block - 1) / block};
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    SparsePlan made = config_.enabled
+                          ? plan_block_sparse(make_layout(config_, heads_, T, seed_).narrow(0, first_, count_), block)
+                          : plan_block_sparse(full_layout(count_, T, block, causal_), block);
+    if (plans_.size() >= kMaxPlans)
+      plans_.erase(std::min_element(plans_.begin(), plans_.end(), [](const auto& a, const auto& b) {
+        return a.second.last_use < b.second.last_use;
+      }));
+    it = plans_.emplace(key, Cached{std::move(made), 0}).first;
   }
-  const at::Tensor all = make_layout(config_, heads_, T, seed_);  // every rank draws the same layout
-  return plans_[T] = plan_block_sparse(all.narrow(0, first_, count_), config_.block);
+  it->second.last_use = ++uses_;
+  return it->second.plan;
 }
 
 at::Tensor SparseSelfAttentionImpl::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -70,6 +70,32 @@ TEST(SparseSelfAttention, ExactAttentionInBlocksForAnyLength) {
   }
 }
 
+TEST(SparseSelfAttention, LengthsOfOneBlockCountShareAPlanAndTheCacheIsBounded) {
+  torch::manual_seed(37);
+  auto exact = SparseSelfAttention(SparseSelfAttentionImpl::exact(2, /*causal=*/true, /*block=*/8));
+  const void* two_blocks = exact->plan(9).row_ptr.data_ptr();
+  EXPECT_EQ(exact->plan(16).row_ptr.data_ptr(), two_blocks);  // 9 to 16 tokens: 2 blocks of 8
+  EXPECT_NE(exact->plan(17).row_ptr.data_ptr(), two_blocks);
+  // Varying lengths (as with dynamic padding) keep at most kMaxPlans plans, and a length whose
+  // plan was dropped is planned again and still right.
+  const size_t lengths = SparseSelfAttentionImpl::kMaxPlans + 6;
+  for (size_t round = 0; round < 2; ++round)
+    for (size_t i = 0; i < lengths; ++i) {
+      const int64_t T = 8 * int64_t(i) + 3;
+      const at::Tensor q = at::randn({1, 2, T, 4}), k = at::randn({1, 2, T, 4}), v = at::randn({1, 2, T, 4});
+      EXPECT_LT(max_diff(exact(q, k, v), reference(q, k, v, at::ones({T, T}, at::kBool).tril())), 1e-5) << T;
+      EXPECT_LE(exact->cached_plans(), SparseSelfAttentionImpl::kMaxPlans);
+    }
+  EXPECT_EQ(exact->cached_plans(), SparseSelfAttentionImpl::kMaxPlans);
+
+  // A sparse layout is kept per length: a cached neighbour does not let a length it cannot hold through.
+  SparseAttentionConfig c = mode(SparseMode::kFixed, SparseDirection::kUnidirectional);
+  c.block = 16;
+  SparseSelfAttention sparse(c, 2);
+  EXPECT_NO_THROW(sparse->plan(112));
+  EXPECT_ERROR_HAS(sparse->plan(100), "not a multiple of");
+}
+
 TEST(SparseSelfAttention, SettingsItCannotUseAreOneLineErrors) {
   SparseAttentionConfig off;
   EXPECT_ERROR_HAS(SparseSelfAttention(off, 2), "the sparse_attention section is not enabled");

@@ -1,6 +1,6 @@
 // DeepSpeed's SparseSelfAttention for any LibTorch model: attention over a layout's kept
 // blocks through the fused block kernels (ds/sparse/attention.h), the layout made from the
-// config's sparse_attention section once per sequence length and cached.
+// config's sparse_attention section once per sequence length and cached (a bounded cache).
 //
 //   ds::sparse::SparseSelfAttention attn(config.sparse_attention, /*heads=*/8, /*seed=*/run_seed);
 //   at::Tensor y = attn(q, k, v);                                  // q, k, v, y: [B, H, T, D]
@@ -25,6 +25,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "ds/config/sections.h"
 #include "ds/sparse/attention.h"
@@ -45,8 +46,11 @@ class SparseSelfAttentionImpl : public torch::nn::Module {
 
   // Tensor parallelism: compute heads [first, first + count) of the layout's heads.
   void keep_heads(int64_t first, int64_t count);
-  // The plan for T tokens (this rank's heads), made once and cached.
-  const SparsePlan& plan(int64_t seq_len);
+  // The plan for T tokens (this rank's heads), made once per block count and cached: the
+  // kMaxPlans most recently used are kept, so varying lengths do not grow memory.
+  SparsePlan plan(int64_t seq_len);
+  static constexpr size_t kMaxPlans = 16;
+  size_t cached_plans() const { return plans_.size(); }
   bool causal() const { return causal_; }
   // "fixed block-sparse attention in blocks of 16" / "exact causal attention in blocks of 64".
   std::string describe(int64_t seq_len) const;
@@ -60,7 +64,12 @@ class SparseSelfAttentionImpl : public torch::nn::Module {
   uint64_t seed_ = 0;
   bool causal_;
   int64_t exact_block_ = 64;
-  std::map<int64_t, SparsePlan> plans_;
+  struct Cached {
+    SparsePlan plan;
+    uint64_t last_use = 0;
+  };
+  std::map<std::pair<int64_t, int64_t>, Cached> plans_;  // by (block, blocks)
+  uint64_t uses_ = 0;
 };
 TORCH_MODULE(SparseSelfAttention);
 
