@@ -72,6 +72,18 @@ void check_cross_section(const Config& c, ParseContext& ctx) {
                                    "): its local steps update every weight on every rank from that rank's own momentum, "
                                    "so each rank holds all of the optimizer state, as in DeepSpeed; use stage 0, or "
                                    "OneBitAdam with ZeRO 1-2"));
+  if (c.optimizer.type == OptimizerType::kLamb) {
+    const ZeroConfig& z = c.zero_optimization;
+    if (c.tensor_parallel.autotp_size > 1)
+      ctx.fail("optimizer.type", str("Lamb with tensor_parallel.autotp_size ", c.tensor_parallel.autotp_size,
+                                     " is not supported: the trust ratio of a tensor split over the tensor group "
+                                     "needs its whole norm; use Adam/AdamW, or Lamb with data and pipeline parallelism"));
+    if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device == OffloadDevice::kNvme)
+      ctx.fail(z.offload_optimizer.device == OffloadDevice::kNvme ? "zero_optimization.offload_optimizer.device"
+                                                                   : "zero_optimization.offload_param.device",
+               "Lamb cannot swap to NVMe: its trust ratios need a pass over every state before any weight "
+               "changes, i.e. two passes over the swapped states; use device \"cpu\" or \"none\", or Adam/AdamW");
+  }
   if (c.optimizer.type == OptimizerType::kOneBitAdam) {
     const ZeroConfig& z = c.zero_optimization;
     if (z.stage == 3)

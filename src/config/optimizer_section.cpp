@@ -25,6 +25,8 @@ const char* optimizer_type_name(OptimizerType type) {
       return "OneBitAdam";
     case OptimizerType::kZeroOneAdam:
       return "ZeroOneAdam";
+    case OptimizerType::kLamb:
+      return "Lamb";
   }
   return "";
 }
@@ -70,14 +72,14 @@ using S = SchedulerConfig;
 constexpr OptimizerType kOptimizerTypes[] = {OptimizerType::kAdam, OptimizerType::kAdamW,
                                              OptimizerType::kSGD,  OptimizerType::kAdagrad,
                                              OptimizerType::kLion, OptimizerType::kOneBitAdam,
-                                             OptimizerType::kZeroOneAdam};
+                                             OptimizerType::kZeroOneAdam, OptimizerType::kLamb};
 constexpr SchedulerType kSchedulerTypes[] = {SchedulerType::kWarmupLR, SchedulerType::kWarmupDecayLR,
                                              SchedulerType::kWarmupCosineLR, SchedulerType::kOneCycle,
                                              SchedulerType::kLRRangeTest};
 
 // DeepSpeed optimizers deepspeed.cpp does not implement, and torch.optim names DeepSpeed would accept.
 const std::vector<std::string> kRejectedOptimizers = {
-    "Lamb",   "OneBitLamb", "MuAdam", "MuAdamW", "MuSGD",   "Muon",  "Adadelta",  "Adafactor",
+    "OneBitLamb", "MuAdam", "MuAdamW", "MuSGD",   "Muon",  "Adadelta",  "Adafactor",
     "Adamax", "ASGD",       "LBFGS",       "NAdam",  "RAdam",   "RMSprop", "Rprop", "SparseAdam"};
 const std::vector<std::string> kTorchSchedulers = {"LambdaLR",
                                                    "MultiplicativeLR",
@@ -128,14 +130,20 @@ Schema<O> build_optimizer_params(OptimizerType t) {
   bool adam = t == OptimizerType::kAdam || t == OptimizerType::kAdamW;
   const bool zero_one = t == OptimizerType::kZeroOneAdam;
   const bool onebit = t == OptimizerType::kOneBitAdam || zero_one;  // the keys they share
+  const bool lamb = t == OptimizerType::kLamb;
   Schema<O> s;
   s.field("lr", &O::lr, at_least(0));
-  if (adam || onebit || t == OptimizerType::kLion) s.field("betas", &O::betas, between(0, 1));
-  if (adam || onebit || t == OptimizerType::kAdagrad) s.field("eps", &O::eps, at_least(0));
+  if (adam || onebit || lamb || t == OptimizerType::kLion) s.field("betas", &O::betas, between(0, 1));
+  if (adam || onebit || lamb || t == OptimizerType::kAdagrad) s.field("eps", &O::eps, at_least(0));
   s.field("weight_decay", &O::weight_decay, at_least(0));
-  if (adam || onebit) s.field("bias_correction", &O::bias_correction);
+  if (adam || onebit || lamb) s.field("bias_correction", &O::bias_correction);
   if (adam) s.field("torch_adam", &O::torch_adam).field("adam_w_mode", &O::adam_w_mode);
-  if (adam || onebit || t == OptimizerType::kAdagrad) s.unsupported("amsgrad", false, "the AMSGrad variant");
+  if (adam || onebit || lamb || t == OptimizerType::kAdagrad) s.unsupported("amsgrad", false, "the AMSGrad variant");
+  if (lamb) {
+    s.field("eps_inside_sqrt", &O::eps_inside_sqrt)
+        .field("max_coeff", &O::max_coeff, at_least(0))
+        .field("min_coeff", &O::min_coeff, at_least(0));
+  }
   if (t == OptimizerType::kSGD) {
     s.field("momentum", &O::momentum, at_least(0))
         .field("dampening", &O::dampening, at_least(0))
@@ -164,7 +172,7 @@ Schema<O> build_optimizer_params(OptimizerType t) {
 const Schema<O>& optimizer_params_schema(OptimizerType t) {
   static const std::vector<Schema<O>> schemas = [] {
     std::vector<Schema<O>> v;
-    for (int i = 0; i <= static_cast<int>(OptimizerType::kZeroOneAdam); ++i)
+    for (int i = 0; i <= static_cast<int>(OptimizerType::kLamb); ++i)
       v.push_back(build_optimizer_params(static_cast<OptimizerType>(i)));
     return v;
   }();
@@ -207,6 +215,10 @@ void read_optimizer(ObjectReader& root, Config& c) {
     params.ctx().fail(params.path_of("bias_correction"),
                       "0/1 Adam updates the variance at sparse steps and corrects no bias (DeepSpeed accepts the key "
                       "and ignores it); remove it or set it to false");
+  if (type == OptimizerType::kLamb && c.optimizer.min_coeff > c.optimizer.max_coeff)
+    params.ctx().fail(params.path_of("min_coeff"),
+                      str("min_coeff ", format_number(c.optimizer.min_coeff), " is above max_coeff ",
+                          format_number(c.optimizer.max_coeff), ": the trust ratio is clamped to [min_coeff, max_coeff]"));
   params.finish(str("unknown parameter for optimizer ", optimizer_type_name(type)));
   check_ignored(in, "legacy_fusion", false, "no fused fp16 optimizer here");
   in.finish();

@@ -6,6 +6,7 @@
 
 #include "ds/common/error.h"
 #include "ds/ops/cpu_optimizer.h"
+#include "lamb.h"
 #include "onebit_adam.h"
 #include "zero_one_adam.h"
 
@@ -180,6 +181,10 @@ std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
       if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
         throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
       return make_zero_one_adam(c);
+    case OptimizerType::kLamb:
+      if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
+        throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+      return make_lamb(c);
     case OptimizerType::kNone:
       throw ConfigError("the config has no \"optimizer\" section; add one (e.g. {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-3}})");
     default:

@@ -140,6 +140,8 @@ void Engine::apply_update(double lr) {
   ctx.data_group = groups_.data.get();
   ctx.sync = window_sync_;
   ctx.for_each_segment = [this](const std::function<void(optim::Segment&)>& fn) { for_each_segment(fn); };
+  for (const UnitState& s : units_) ctx.unit_tensors.push_back(&s.unit->slots());
+  ctx.partitioned = plan_.stage > 0 && dp_size() > 1;
   optimizer_->step_all(ctx);
   if (param_swapper_) param_swapper_->flush();
   if (coordinator_) coordinator_->refresh();  // persistent units gathered anew; the rest on use

@@ -149,6 +149,14 @@ TEST(ConfigDefaults, OptimizerDefaultsFollowTheType) {
   EXPECT_EQ(zero_one.optimizer.local_step_scaler, 32678);
   EXPECT_EQ(zero_one.optimizer.local_step_clipper, 16);
   EXPECT_FALSE(zero_one.optimizer.bias_correction);
+  Config lamb = Config::parse(R"({"optimizer": {"type": "lamb", "params": {"lr": 2e-3, "max_coeff": 0.3}}})");
+  EXPECT_EQ(lamb.optimizer.type, OptimizerType::kLamb);  // DeepSpeed's names ignore case
+  EXPECT_EQ(lamb.optimizer.lr, 2e-3);
+  EXPECT_EQ(lamb.optimizer.max_coeff, 0.3);
+  EXPECT_EQ(lamb.optimizer.min_coeff, 0.01);  // FusedLamb's defaults
+  EXPECT_EQ(lamb.optimizer.eps, 1e-8);
+  EXPECT_TRUE(lamb.optimizer.bias_correction);
+  EXPECT_FALSE(lamb.optimizer.eps_inside_sqrt);
 }
 
 TEST(ConfigDefaults, AdamAppliesDecoupledWeightDecayUnlessAdamWModeIsFalse) {

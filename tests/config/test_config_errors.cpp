@@ -131,16 +131,32 @@ TEST(ConfigErrors, OptimizerParametersAreCheckedAgainstTheType) {
 
 TEST(ConfigErrors, UnsupportedOrUnknownOptimizerIsRejectedClearly) {
   EXPECT_EQ(
-      error_of(R"({"optimizer": {"type": "Lamb", "params": {"lr": 1e-3}}})"),
-      R"(ds_config.json: optimizer.type: deepspeed.cpp does not support optimizer "Lamb"; supported: Adam, AdamW, SGD, Adagrad, Lion, OneBitAdam, ZeroOneAdam)");
-  EXPECT_THAT(error_of(R"({"optimizer": {"type": "OneBitLamb"}})"),
-              HasSubstr("does not support optimizer \"OneBitLamb\""));
+      error_of(R"({"optimizer": {"type": "OneBitLamb", "params": {"lr": 1e-3}}})"),
+      R"(ds_config.json: optimizer.type: deepspeed.cpp does not support optimizer "OneBitLamb"; supported: Adam, AdamW, SGD, Adagrad, Lion, OneBitAdam, ZeroOneAdam, Lamb)");
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "RMSprop"}})"),
               HasSubstr("does not support optimizer \"RMSprop\""));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Adma"}})"),
               HasSubstr("unknown optimizer \"Adma\" (did you mean \"Adam\"?)"));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Adam", "params": {"amsgrad": true}}})"),
               HasSubstr("optimizer.params.amsgrad: deepspeed.cpp does not support the AMSGrad variant"));
+}
+
+TEST(ConfigErrors, LambSettingsItCannotHonourAreRefused) {
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"amsgrad": true}}})"),
+              HasSubstr("optimizer.params.amsgrad: deepspeed.cpp does not support the AMSGrad variant"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"min_coeff": 0.5, "max_coeff": 0.1}}})"),
+              HasSubstr("optimizer.params.min_coeff: min_coeff 0.5 is above max_coeff 0.1"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"max_coeff": -1}}})"),
+              HasSubstr("optimizer.params.max_coeff"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"max_grad_norm": 1.0}}})"),
+              HasSubstr("use the top-level \"gradient_clipping\""));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"freeze_step": 10}}})"),
+              HasSubstr("unknown parameter for optimizer Lamb"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb"}, "tensor_parallel": {"autotp_size": 2}})"),
+              HasSubstr("Lamb with tensor_parallel.autotp_size 2 is not supported"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb"}, "zero_optimization": {"stage": 2,
+                          "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}})"),
+              HasSubstr("zero_optimization.offload_optimizer.device: Lamb cannot swap to NVMe"));
 }
 
 TEST(ConfigErrors, SchedulerTypeAndParametersAreChecked) {

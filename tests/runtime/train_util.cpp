@@ -130,25 +130,39 @@ TrainResult train_tiny_shape(std::shared_ptr<comm::Communicator> comm, const std
   return run.result();
 }
 
-TrainResult train_plain_libtorch(const PlainAdamW& o, int steps, TinyShape shape) {
+TrainResult train_plain_loop(const std::function<void(Gpt&, int)>& update, int steps, int64_t batch, TinyShape shape) {
   auto data = make_task("reverse", 99);
   Gpt model = plain_model(*data, shape);
-  torch::optim::AdamW adamw(model->parameters(),
-                            torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay).eps(o.eps));
   TrainResult r;
   for (int step = 0; step < steps; ++step) {
-    Batch b = data->batch(step, 0, o.batch);
-    adamw.zero_grad();
+    Batch b = data->batch(step, 0, batch);
+    for (at::Tensor& p : model->parameters())
+      if (p.grad().defined()) p.mutable_grad().zero_();  // as torch::optim's zero_grad() here
     at::Tensor loss = model->loss(b.tokens, b.targets);
     loss.backward();
-    if (o.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip);
-    adamw.step();
+    {
+      at::NoGradGuard no_grad;
+      update(model, step);
+    }
     r.losses.push_back(loss.item<double>());
     r.scales.push_back(1.0);
     r.skipped.push_back(false);
   }
   record_weights(*model, r);
   return r;
+}
+
+TrainResult train_plain_libtorch(const PlainAdamW& o, int steps, TinyShape shape) {
+  std::unique_ptr<torch::optim::AdamW> adamw;
+  return train_plain_loop(
+      [&](Gpt& model, int) {
+        if (!adamw)
+          adamw = std::make_unique<torch::optim::AdamW>(
+              model->parameters(), torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay).eps(o.eps));
+        if (o.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip);
+        adamw->step();
+      },
+      steps, o.batch, std::move(shape));
 }
 
 double parted_fraction(const TrainResult& a, const TrainResult& b) {

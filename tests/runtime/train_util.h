@@ -87,6 +87,10 @@ struct PlainAdamW {
   int64_t batch = 8;
 };
 TrainResult train_plain_libtorch(const PlainAdamW& opt, int steps, TinyShape shape = {});
+// The same loop with any update: `update(model, step)` runs after each backward (under
+// NoGradGuard) and changes the parameters from their .grad(); `batch` examples per step.
+TrainResult train_plain_loop(const std::function<void(Gpt&, int)>& update, int steps, int64_t batch,
+                             TinyShape shape = {});
 
 // The external reference for 1-bit Adam: `world` ranks simulated in one process by a plain
 // LibTorch loop (no engine, no communicator). Each simulated rank takes its slice of the

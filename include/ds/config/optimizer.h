@@ -18,12 +18,12 @@
 namespace ds {
 
 // Optimizers deepspeed.cpp implements. kNone: no "optimizer" section (the program brings its own).
-// Rejected with a clear error: Lamb, OneBitLamb, MuAdam, MuAdamW, MuSGD, Muon and
-// other torch.optim names.
-enum class OptimizerType { kNone, kAdam, kAdamW, kSGD, kAdagrad, kLion, kOneBitAdam, kZeroOneAdam };
+// Rejected with a clear error: OneBitLamb, MuAdam, MuAdamW, MuSGD, Muon and other
+// torch.optim names.
+enum class OptimizerType { kNone, kAdam, kAdamW, kSGD, kAdagrad, kLion, kOneBitAdam, kZeroOneAdam, kLamb };
 
-// DeepSpeed's spelling of the type ("Adam", "AdamW", "SGD", "Adagrad", "Lion", "OneBitAdam", "ZeroOneAdam";
-// "" for kNone).
+// DeepSpeed's spelling of the type ("Adam", "AdamW", "SGD", "Adagrad", "Lion", "OneBitAdam", "ZeroOneAdam",
+// "Lamb"; "" for kNone).
 const char* optimizer_type_name(OptimizerType type);
 
 struct OptimizerConfig {
@@ -32,11 +32,11 @@ struct OptimizerConfig {
   // Every type.
   double lr = 1e-3;
   double weight_decay = 0.0;
-  // Adam, AdamW, Lion, OneBitAdam.
+  // Adam, AdamW, Lion, OneBitAdam, Lamb.
   std::array<double, 2> betas{0.9, 0.999};
-  // Adam, AdamW, Adagrad, OneBitAdam.
+  // Adam, AdamW, Adagrad, OneBitAdam, Lamb.
   double eps = 1e-8;
-  // Adam, AdamW, OneBitAdam; ZeroOneAdam (default false there: DeepSpeed's 0/1 Adam never corrects).
+  // Adam, AdamW, OneBitAdam, Lamb; ZeroOneAdam (default false there: DeepSpeed's 0/1 Adam never corrects).
   bool bias_correction = true;
   // Adam, AdamW: torch_adam selects torch.optim's implementation in DeepSpeed; adam_w_mode
   // (default true!) makes type "Adam" apply decoupled weight decay, as DeepSpeed's code does.
@@ -62,6 +62,11 @@ struct OptimizerConfig {
   int64_t var_update_scaler = 16;
   int64_t local_step_scaler = 32678;
   int64_t local_step_clipper = 16;
+  // Lamb (DeepSpeed's FusedLamb): each parameter tensor's step is scaled by its trust ratio
+  // ||w|| / ||update||, clamped to [min_coeff, max_coeff]. It also takes eps_inside_sqrt
+  // (honoured: eps added to v before the square root).
+  double max_coeff = 10.0;
+  double min_coeff = 0.01;
 
   // AdamW-style (decoupled) weight decay: type AdamW, or type Adam with adam_w_mode (DeepSpeed's rule).
   bool decoupled_weight_decay() const {
@@ -70,7 +75,7 @@ struct OptimizerConfig {
 };
 
 // The defaults DeepSpeed's code uses for `type` (FusedAdam/CPUAdam, torch SGD, CPUAdagrad, FusedLion,
-// OnebitAdam).
+// OnebitAdam, FusedLamb).
 OptimizerConfig optimizer_defaults(OptimizerType type);
 
 // DeepSpeed's own LR schedules (deepspeed/runtime/lr_schedules.py). kNone: no "scheduler" section.

@@ -27,6 +27,10 @@
 #include "ds/config/optimizer.h"
 #include "ds/zero/grad_sync_mode.h"
 
+namespace ds::zero {
+struct ParamSlot;
+}
+
 namespace ds::optim {
 
 // How a state tensor relates to the master it belongs to.
@@ -85,6 +89,11 @@ struct StepContext {
   comm::Communicator* data_group = nullptr;  // the ranks this rank's gradients were averaged over
   zero::GradSync sync = zero::GradSync::kAllReduce;  // how the gradients of this step travelled
   SegmentVisitor for_each_segment;
+  // Every unit's parameter tensors (offset and length in the unit's flat buffer), indexed by
+  // Segment::unit, on every rank alike; and whether the masters are split over data_group
+  // (ZeRO 1-3 on several ranks: a tensor's elements may sit on several ranks).
+  std::vector<const std::vector<zero::ParamSlot>*> unit_tensors;
+  bool partitioned = false;
 };
 
 class FlatOptimizer {
