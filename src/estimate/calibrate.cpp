@@ -11,7 +11,6 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -19,7 +18,6 @@
 #include <fstream>
 #include <memory>
 #include <thread>
-#include <vector>
 
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
@@ -114,18 +112,14 @@ double model_rate(const ModelShape& shape, int64_t context, int64_t micro_batch)
     model->loss(tokens, tokens).backward();
   };
   pass(), pass();  // warm-up: the allocator's cache and autograd's threads
-  // The median pass, not the fastest: the first timed pass is often 10-20% faster than the
-  // steady state a training run settles into (seen on an AMD EPYC VM: 179 ms, then 216-232),
-  // and the fastest predicted 2-rank steps 15-25% short.
-  std::vector<double> times;
+  double fastest = 1e30;
   const auto start = Clock::now();
-  for (int i = 0; i < 9 && (i < 5 || since(start) < 3.0); ++i) {
+  for (int i = 0; i < 8 && (i < 3 || since(start) < 3.0); ++i) {
     const auto t = Clock::now();
     pass();
-    times.push_back(since(t));
+    fastest = std::min(fastest, since(t));
   }
-  std::sort(times.begin(), times.end());
-  return per_token * double(sequences * context) / times[times.size() / 2];
+  return per_token * double(sequences * context) / fastest;
 }
 
 double streaming_copy_rate() {
