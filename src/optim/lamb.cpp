@@ -11,25 +11,41 @@
 // and sums w² and u² per tensor (ZeRO 1-3 split a tensor over ranks: the sums are all-reduced
 // over the data group), a second recomputes u and moves the weights. r does not depend on
 // the ZeRO stage or the number of ranks (DeepSpeed's ZeRO computes it per rank's flat
-// partition instead, which changes with the world size).
+// partition instead, which changes with the world size). Each pass is one fused loop
+// (lamb_kernels.cpp) over chunks of the tensors, spread over a thread pool; the sums are
+// added chunk by chunk in a fixed order, so a step does not depend on thread timing.
 #include "lamb.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "ds/common/error.h"
+#include "ds/ops/thread_pool.h"
 #include "ds/zero/flat_unit.h"
+#include "lamb_kernels.h"
 
 namespace ds::optim {
 
 namespace {
 
+constexpr int64_t kChunk = 1 << 15;  // elements per task: 128 KiB of each array
+
+// A chunk of one parameter tensor's elements within a segment.
+struct Piece {
+  size_t tensor;  // index into the step's sums
+  int64_t begin, end;
+};
+
 class Lamb final : public FlatOptimizer {
  public:
-  explicit Lamb(OptimizerConfig c) : FlatOptimizer(std::move(c)) {}
+  explicit Lamb(OptimizerConfig c) : FlatOptimizer(std::move(c)), pool_(std::max(1, at::get_num_threads())) {
+    h_.b2 = float(config_.betas[1]), h_.eps = float(config_.eps), h_.weight_decay = float(config_.weight_decay);
+    h_.eps_inside_sqrt = config_.eps_inside_sqrt;
+  }
   std::string name() const override { return "Lamb"; }
   std::vector<StateSpec> state_specs() const override { return {{"exp_avg"}, {"exp_avg_sq"}}; }
   std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
@@ -38,9 +54,11 @@ class Lamb final : public FlatOptimizer {
   void step(at::Tensor& master, const at::Tensor& grad, std::vector<at::Tensor>& state, const StepArgs& args,
             const WorkingCopy* copy) override {
     check(master, grad, state);
-    const at::Tensor u = moments_and_update(master, as_float(grad), state, args);
-    const double w2 = sq_norm(master), u2 = sq_norm(u);
-    master.sub_(u, step_size(args) * ratio(w2, u2));
+    const at::Tensor g = as_float(grad);
+    const std::vector<Piece> pieces = chunks(0, 0, master.numel());
+    double w2 = 0, u2 = 0;
+    moments(master, g, state, args, pieces, &w2, &u2);
+    apply(master, state, pieces, {step_size(args) * ratio(w2, u2)});
     write_copy(master, copy);
   }
 
@@ -53,29 +71,23 @@ class Lamb final : public FlatOptimizer {
     double* u2 = w2 + first.back();
     ctx.for_each_segment([&](Segment& s) {
       check(s.master, s.grad, *s.states);
-      const at::Tensor u = moments_and_update(s.master, as_float(s.grad), *s.states, ctx.args);
-      for_each_piece(ctx, s, first, [&](size_t t, int64_t b, int64_t e) {
-        w2[t] += sq_norm(s.master.slice(0, b, e));
-        u2[t] += sq_norm(u.slice(0, b, e));
-      });
+      moments(s.master, as_float(s.grad), *s.states, ctx.args, pieces_of(ctx, s, first), w2, u2);
     });
     if (ctx.partitioned && ctx.data_group && ctx.data_group->size() > 1)
       ctx.data_group->all_reduce(sums, comm::ReduceOp::Sum).wait();
+    std::vector<double> scale(first.back());
     const double lr_t = step_size(ctx.args);
+    for (size_t t = 0; t < scale.size(); ++t) scale[t] = lr_t * ratio(w2[t], u2[t]);
     ctx.for_each_segment([&](Segment& s) {
-      const at::Tensor u = update(s.master, (*s.states)[0], (*s.states)[1]);  // m and v as the first pass left them
-      for_each_piece(ctx, s, first, [&](size_t t, int64_t b, int64_t e) {
-        s.master.slice(0, b, e).sub_(u.slice(0, b, e), lr_t * ratio(w2[t], u2[t]));
-      });
+      std::vector<Piece> pieces = pieces_of(ctx, s, first);
+      apply(s.master, *s.states, pieces, scale);
       write_copy(s.master, s.copy);
     });
   }
 
  private:
-  static at::Tensor as_float(const at::Tensor& g) { return g.scalar_type() == at::kFloat ? g : g.to(at::kFloat); }
-  static double sq_norm(const at::Tensor& x) {
-    const double n = x.numel() ? x.norm().item<double>() : 0.0;
-    return n * n;
+  static at::Tensor as_float(const at::Tensor& g) {
+    return (g.scalar_type() == at::kFloat ? g : g.to(at::kFloat)).contiguous();
   }
 
   void check(const at::Tensor& master, const at::Tensor& grad, const std::vector<at::Tensor>& state) const {
@@ -85,22 +97,38 @@ class Lamb final : public FlatOptimizer {
     if (grad.numel() != master.numel() || state.size() != 2 || state[0].numel() != master.numel() ||
         state[1].numel() != master.numel())
       throw Error(ds::str("Lamb: a master of ", master.numel(), " elements needs a gradient and 2 states of as many"));
+    if (!master.is_contiguous() || !state[0].is_contiguous() || !state[1].is_contiguous())
+      throw Error("Lamb: the master and its states must be contiguous");
   }
 
-  // m and v in place; returns u.
-  at::Tensor moments_and_update(const at::Tensor& w, const at::Tensor& g, std::vector<at::Tensor>& st,
-                                const StepArgs& args) const {
-    const double b1 = args.beta1.value_or(config_.betas[0]), b2 = config_.betas[1];
-    st[0].mul_(b1).add_(g, 1.0 - b1);
-    st[1].mul_(b2).addcmul_(g, g, 1.0 - b2);
-    return update(w, st[0], st[1]);
+  // Pass 1 over the pieces: m and v updated, w² and u² added to w2[piece.tensor], u2[...].
+  void moments(const at::Tensor& w, const at::Tensor& g, std::vector<at::Tensor>& st, const StepArgs& args,
+               const std::vector<Piece>& pieces, double* w2, double* u2) {
+    detail::LambHyper h = h_;
+    h.b1 = float(args.beta1.value_or(config_.betas[0]));
+    const float* pw = w.data_ptr<float>();
+    const float* pg = g.data_ptr<float>();
+    float* pm = st[0].data_ptr<float>();
+    float* pv = st[1].data_ptr<float>();
+    std::vector<std::pair<double, double>> part(pieces.size(), {0.0, 0.0});
+    pool_.run(int64_t(pieces.size()), [&](int64_t i, int) {
+      const Piece& p = pieces[size_t(i)];
+      detail::lamb_moments(pw + p.begin, pg + p.begin, pm + p.begin, pv + p.begin, p.end - p.begin, h,
+                           part[size_t(i)].first, part[size_t(i)].second);
+    });
+    for (size_t i = 0; i < pieces.size(); ++i) w2[pieces[i].tensor] += part[i].first, u2[pieces[i].tensor] += part[i].second;
   }
 
-  at::Tensor update(const at::Tensor& w, const at::Tensor& m, const at::Tensor& v) const {
-    at::Tensor denom = config_.eps_inside_sqrt ? (v + config_.eps).sqrt_() : v.sqrt().add_(config_.eps);
-    at::Tensor u = m / denom;
-    if (config_.weight_decay != 0.0) u.add_(w, config_.weight_decay);
-    return u;
+  // Pass 2: w -= scale[piece.tensor] u.
+  void apply(at::Tensor& w, const std::vector<at::Tensor>& st, const std::vector<Piece>& pieces,
+             const std::vector<double>& scale) {
+    float* pw = w.data_ptr<float>();
+    const float* pm = st[0].data_ptr<float>();
+    const float* pv = st[1].data_ptr<float>();
+    pool_.run(int64_t(pieces.size()), [&](int64_t i, int) {
+      const Piece& p = pieces[size_t(i)];
+      detail::lamb_apply(pw + p.begin, pm + p.begin, pv + p.begin, p.end - p.begin, h_, float(scale[p.tensor]));
+    });
   }
 
   double step_size(const StepArgs& args) const {
@@ -114,20 +142,32 @@ class Lamb final : public FlatOptimizer {
     return std::clamp(std::sqrt(w2) / std::sqrt(u2), config_.min_coeff, config_.max_coeff);
   }
 
-  // fn(tensor index, begin, end) for each parameter tensor overlapping segment s, with [begin,
-  // end) in the segment's own element numbering. The padding after the last tensor is no
-  // tensor's and keeps its zeros.
-  template <typename Fn>
-  static void for_each_piece(const StepContext& ctx, const Segment& s, const std::vector<size_t>& first, Fn fn) {
+  static std::vector<Piece> chunks(size_t tensor, int64_t begin, int64_t end) {
+    std::vector<Piece> out;
+    for (int64_t b = begin; b < end; b += kChunk) out.push_back({tensor, b, std::min(end, b + kChunk)});
+    return out;
+  }
+
+  // The chunks of every parameter tensor overlapping segment s, in the segment's own element
+  // numbering. The padding after the last tensor is no tensor's: its zeros stay.
+  static std::vector<Piece> pieces_of(const StepContext& ctx, const Segment& s, const std::vector<size_t>& first) {
     if (s.unit >= ctx.unit_tensors.size())
       throw Error(ds::str("Lamb: segment of unit ", s.unit, " but the step knows ", ctx.unit_tensors.size(), " units"));
     const std::vector<zero::ParamSlot>& slots = *ctx.unit_tensors[s.unit];
     const int64_t lo = s.unit_offset, hi = s.unit_offset + s.master.numel();
+    std::vector<Piece> out;
     for (size_t t = 0; t < slots.size(); ++t) {
       const int64_t b = std::max(lo, slots[t].offset), e = std::min(hi, slots[t].offset + slots[t].numel);
-      if (b < e) fn(first[s.unit] + t, b - lo, e - lo);
+      if (b < e) {
+        std::vector<Piece> c = chunks(first[s.unit] + t, b - lo, e - lo);
+        out.insert(out.end(), c.begin(), c.end());
+      }
     }
+    return out;
   }
+
+  detail::LambHyper h_;
+  ops::ThreadPool pool_;
 };
 
 }  // namespace
