@@ -50,7 +50,9 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
   size_t states = 0;
   for (const optim::StateSpec& s : optim::make_optimizer(config.optimizer)->state_specs())
     states += s.kind == optim::StateSpec::Kind::kElementwise ? 1 : 0;
-  t.optimizer_s = own * 4.0 * (3.0 + 2.0 * double(states)) / (rates.memory_bytes_per_s / per_node);
+  double accesses = 3.0 + 2.0 * double(states);
+  if (config.optimizer.type == OptimizerType::kLamb) accesses += 3.0;  // its second pass: reads w, m, v, writes w
+  t.optimizer_s = own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node);
 
   // Communication: ring collectives move (n-1)/n of the buffer per rank and direction.
   if (n > 1) {

@@ -90,6 +90,11 @@ TEST(Estimate, TheStepTimeIsItsParts) {
   // compute: 6N + 12LTd per token over 2 x 2 x 256 tokens, the node's model rate shared by 2 ranks
   const auto r = estimate::Rates::defaults();
   EXPECT_NEAR(e.time.compute_s, s.flops_per_token(256) * 1024 / (r.gemm_flops * r.model_efficiency / 2), 1e-9);
+  // The optimizer streams its bytes: AdamW 28 per parameter (w, g, m, v read; w, m, v written),
+  // Lamb 40 (a second pass reads w, m, v and writes w; bench/optimizer_bench measures 1.8x).
+  const auto lamb = estimate::estimate(resolved(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "Lamb"}, "zero_optimization": {"stage": 3}})", 2), s, l, r);
+  EXPECT_NEAR(lamb.time.optimizer_s / e.time.optimizer_s, 40.0 / 28.0, 1e-9);
 }
 
 TEST(Estimate, BadInputAndRunsThatFitNowhereAreOneLineSayingWhatWouldFit) {
