@@ -81,8 +81,9 @@ void check_cross_section(const Config& c, ParseContext& ctx) {
     if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device == OffloadDevice::kNvme)
       ctx.fail(z.offload_optimizer.device == OffloadDevice::kNvme ? "zero_optimization.offload_optimizer.device"
                                                                    : "zero_optimization.offload_param.device",
-               "Lamb cannot swap to NVMe: its trust ratios need a pass over every state before any weight "
-               "changes, i.e. two passes over the swapped states; use device \"cpu\" or \"none\", or Adam/AdamW");
+               "Lamb cannot swap to NVMe: its trust ratios need every tensor's norms before any weight moves, "
+               "so each step would read and write the swapped states and weight shards twice; use device \"cpu\" "
+               "or \"none\", or Adam/AdamW");
   }
   if (c.optimizer.type == OptimizerType::kOneBitAdam) {
     const ZeroConfig& z = c.zero_optimization;

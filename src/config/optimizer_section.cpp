@@ -215,6 +215,9 @@ void read_optimizer(ObjectReader& root, Config& c) {
     params.ctx().fail(params.path_of("bias_correction"),
                       "0/1 Adam updates the variance at sparse steps and corrects no bias (DeepSpeed accepts the key "
                       "and ignores it); remove it or set it to false");
+  if (type == OptimizerType::kLamb && c.optimizer.eps <= 0)
+    params.ctx().fail(params.path_of("eps"), "Lamb needs eps > 0: an element whose m and v are both 0 would divide 0 "
+                                             "by 0 and turn its whole tensor's trust ratio and update into NaN");
   if (type == OptimizerType::kLamb && c.optimizer.min_coeff > c.optimizer.max_coeff)
     params.ctx().fail(params.path_of("min_coeff"),
                       str("min_coeff ", format_number(c.optimizer.min_coeff), " is above max_coeff ",

@@ -152,10 +152,16 @@ std::vector<Choice> every_choice(const Config& config, const ModelShape& shape, 
     if (stage >= 1) offloads.push_back({true, false});
     if (stage == 3 && narrow) offloads.push_back({true, true});  // weight shards on disk need bf16/fp16
     for (auto [opt, par] : offloads) {
+      const Config choice = with_choice(config, stage, opt, par);
+      try {
+        check_offload(choice);
+      } catch (const ConfigError&) {
+        continue;  // a choice the engine refuses for this config (Lamb on NVMe) is not offered
+      }
       Choice c;
       c.stage = stage;
       c.offload = par ? "optimizer+param nvme" : opt ? "optimizer nvme" : "none";
-      c.estimate = estimate(with_choice(config, stage, opt, par), shape, layout, rates);
+      c.estimate = estimate(choice, shape, layout, rates);
       c.fits = fits(c.estimate, layout, rates);
       out.push_back(std::move(c));
     }

@@ -10,7 +10,7 @@
 // and ||u|| before any weight moves: a first pass over this rank's segments updates m and v
 // and sums w² and u² per tensor (ZeRO 1-3 split a tensor over ranks: the sums are all-reduced
 // over the data group), a second recomputes u and moves the weights. r does not depend on
-// the ZeRO stage or the number of ranks (DeepSpeed's ZeRO computes it per rank's flat
+// the ZeRO stage or the number of ranks (up to the rounding of the partial sums) (DeepSpeed's ZeRO computes it per rank's flat
 // partition instead, which changes with the world size). Each pass is one fused loop
 // (lamb_kernels.cpp) over chunks of the tensors, spread over a thread pool; the sums are
 // added chunk by chunk in a fixed order, so a step does not depend on thread timing.
@@ -47,6 +47,8 @@ class Lamb final : public FlatOptimizer {
     h_.eps_inside_sqrt = config_.eps_inside_sqrt;
   }
   std::string name() const override { return "Lamb"; }
+  bool per_tensor_statistics() const override { return true; }
+  int passes() const override { return 2; }
   std::vector<StateSpec> state_specs() const override { return {{"exp_avg"}, {"exp_avg_sq"}}; }
   std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
 
@@ -173,6 +175,7 @@ class Lamb final : public FlatOptimizer {
 }  // namespace
 
 std::unique_ptr<FlatOptimizer> make_lamb(const OptimizerConfig& config) {
+  if (config.eps <= 0) throw ConfigError(ds::str("optimizer.params.eps: Lamb needs eps > 0, got ", config.eps));
   if (config.min_coeff < 0 || config.max_coeff < config.min_coeff)
     throw ConfigError(ds::str("optimizer.params: Lamb needs 0 <= min_coeff <= max_coeff, got ", config.min_coeff, " and ",
                               config.max_coeff));

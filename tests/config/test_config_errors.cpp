@@ -146,6 +146,11 @@ TEST(ConfigErrors, LambSettingsItCannotHonourAreRefused) {
               HasSubstr("optimizer.params.amsgrad: deepspeed.cpp does not support the AMSGrad variant"));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"min_coeff": 0.5, "max_coeff": 0.1}}})"),
               HasSubstr("optimizer.params.min_coeff: min_coeff 0.5 is above max_coeff 0.1"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"eps": 0}}})"),
+              HasSubstr("optimizer.params.eps: Lamb needs eps > 0"));
+  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb"}, "bf16": {"enabled": true}, "zero_optimization": {"stage": 3,
+                          "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}})"),
+              HasSubstr("zero_optimization.offload_param.device: Lamb cannot swap to NVMe"));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"max_coeff": -1}}})"),
               HasSubstr("optimizer.params.max_coeff"));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"max_grad_norm": 1.0}}})"),

@@ -1,14 +1,18 @@
 // Lamb (DeepSpeed's FusedLamb arithmetic, one trust ratio per parameter tensor) against a plain
 // LibTorch loop that applies Lamb tensor by tensor — no engine, no flat buffers — on 1 process
 // and on 2 and 3 ranks at ZeRO stages 0-3 (a tensor split over ranks gets its whole norm);
-// resume is bit-exact; a flat master on its own is one tensor.
+// bf16 trains alike at every stage; resume is bit-exact; a flat master on its own is one
+// tensor; what Lamb cannot do (NVMe, tensor parallelism) is refused however it is asked for.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 
+#include "ds/common/error.h"
 #include "ds/config/config.h"
+#include "ds/estimate/estimate.h"
 #include "ds/optim/optimizer.h"
+#include "support/errors.h"
 #include "support/files.h"
 #include "support/ranks.h"
 #include "train_util.h"
@@ -146,4 +150,61 @@ TEST(Lamb, AFlatMasterOnItsOwnIsOneTensor) {
   st = opt->init_state(4);
   opt->step(w, g, st, {1, 0.1, std::nullopt});
   EXPECT_TRUE(at::allclose(w, 0.5 - std::sqrt(0.001) / 2 * at::sign(g), 1e-5, 1e-6)) << w;
+}
+
+TEST(Lamb, Bf16TrainsAlikeAtEveryStage) {
+  // bf16 weights, gradients and reductions (bf16 gradients widened for the fp32 masters and
+  // states): the stages differ only by the order of bf16 sums, as for AdamW (test_zero.cpp).
+  PlainLamb lamb;
+  lamb.lr = 0.05;
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    const std::string bf16 = R"(, "bf16": {"enabled": true})";
+    const auto base = test::train_tiny(c.shared_from_this(), config(0, 8, 4, lamb, bf16), 10);
+    EXPECT_LT(base.losses.back(), base.losses.front() - 0.2) << "bf16 Lamb did not learn";
+    for (int stage : {1, 2, 3})
+      EXPECT_LT(test::max_abs_diff(test::train_tiny(c.shared_from_this(), config(stage, 8, 4, lamb, bf16), 10).losses,
+                                   base.losses),
+                1e-3)
+          << "stage " << stage;
+    // bf16 compute: bf16 weights and gradients, which Lamb widens for its fp32 masters.
+    test::TinyShape compute;
+    compute.compute_dtype = at::kBFloat16;
+    const auto base16 = test::train_tiny_shape(c.shared_from_this(), config(0, 8, 4, lamb, bf16), 10, compute);
+    EXPECT_LT(base16.losses.back(), base16.losses.front() - 0.2) << "bf16-compute Lamb did not learn";
+    const double d = test::max_abs_diff(
+        test::train_tiny_shape(c.shared_from_this(), config(3, 8, 4, lamb, bf16), 10, compute).losses, base16.losses);
+    if (c.rank() == 0) std::printf("bf16 compute, stage 3 vs 0: max loss diff %.3g\n", d);
+    EXPECT_LT(d, 1e-2);
+  });
+}
+
+TEST(Lamb, ItsSettingsRoundTripAndWhatItCannotDoIsRefusedHoweverAskedFor) {
+  const Config c = Config::parse(R"({"optimizer": {"type": "Lamb", "params": {"lr": 0.02, "max_coeff": 0.5,
+                                     "min_coeff": 0.1, "eps_inside_sqrt": true, "bias_correction": false}}})");
+  const Config again = Config::from_json(c.to_json(), "round trip");
+  EXPECT_EQ(again.optimizer.type, OptimizerType::kLamb);
+  EXPECT_EQ(again.optimizer.max_coeff, 0.5);
+  EXPECT_EQ(again.optimizer.min_coeff, 0.1);
+  EXPECT_TRUE(again.optimizer.eps_inside_sqrt);
+  EXPECT_FALSE(again.optimizer.bias_correction);
+
+  // A Lamb the program passes with a config that swaps states to disk.
+  test::TempDir dir("ds_lamb_nvme");
+  const std::string nvme = ds::str(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8,
+    "optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme",
+    "nvme_path": ")", dir.path(), R"("}}})");
+  test::TinyShape shape;
+  shape.optimizer = [&] { return optim::make_optimizer(c.optimizer); };
+  EXPECT_ERROR_HAS(test::TinyRun(test::solo(), nvme, shape), "Lamb makes 2 passes over the states per step and cannot swap to NVMe");
+
+  // ds-estimate does not offer the NVMe choices the engine would refuse.
+  estimate::ModelShape s;
+  s.n_layer = 2, s.d_model = 64, s.n_head = 2, s.seq_len = 64, s.vocab_size = 256;
+  estimate::Layout l;
+  l.context = 64;
+  Config lamb = Config::parse(R"({"train_batch_size": 2, "optimizer": {"type": "Lamb"}, "bf16": {"enabled": true}})");
+  lamb.resolve(1);
+  const auto choices = estimate::every_choice(lamb, s, l, estimate::Rates::defaults());
+  EXPECT_EQ(choices.size(), 4u);  // stages 0-3, no offload
+  for (const auto& choice : choices) EXPECT_EQ(choice.offload, "none") << "stage " << choice.stage;
 }

@@ -76,6 +76,10 @@ TEST(SparseSelfAttention, LengthsOfOneBlockCountShareAPlanAndTheCacheIsBounded) 
   const void* two_blocks = exact->plan(9).row_ptr.data_ptr();
   EXPECT_EQ(exact->plan(16).row_ptr.data_ptr(), two_blocks);  // 9 to 16 tokens: 2 blocks of 8
   EXPECT_NE(exact->plan(17).row_ptr.data_ptr(), two_blocks);
+  for (const int64_t T : {9, 12, 16}) {  // one shared plan, each length right
+    const at::Tensor q = at::randn({1, 2, T, 4}), k = at::randn({1, 2, T, 4}), v = at::randn({1, 2, T, 4});
+    EXPECT_LT(max_diff(exact(q, k, v), reference(q, k, v, at::ones({T, T}, at::kBool).tril())), 1e-5) << T;
+  }
   // Varying lengths (as with dynamic padding) keep at most kMaxPlans plans, and a length whose
   // plan was dropped is planned again and still right.
   const size_t lengths = SparseSelfAttentionImpl::kMaxPlans + 6;

@@ -127,6 +127,11 @@ class FlatOptimizer {
                                 const SegmentVisitor& segments) {}
   // Drops them (a checkpoint without them, or saved at another layout): they start again.
   virtual void reset_rank_states() {}
+  // Whether the step needs statistics of each whole parameter tensor (Lamb's trust ratio): the
+  // engine then refuses tensor parallelism, which splits tensors over ranks it does not reduce over.
+  virtual bool per_tensor_statistics() const { return false; }
+  // Passes over the states per step; the engine swaps states to NVMe only for one.
+  virtual int passes() const { return 1; }
   // What the progress line says about the optimizer at `step` (e.g. "warm-up"); "" for nothing.
   virtual std::string phase(int64_t step) const { return ""; }
 

@@ -46,8 +46,9 @@ class SparseSelfAttentionImpl : public torch::nn::Module {
 
   // Tensor parallelism: compute heads [first, first + count) of the layout's heads.
   void keep_heads(int64_t first, int64_t count);
-  // The plan for T tokens (this rank's heads), made once per block count and cached: the
-  // kMaxPlans most recently used are kept, so varying lengths do not grow memory.
+  // The plan for T tokens (this rank's heads), made once and cached — per block count for
+  // exact attention, per length for a sparse layout; the kMaxPlans most recently used are
+  // kept, so varying lengths do not grow memory.
   SparsePlan plan(int64_t seq_len);
   static constexpr size_t kMaxPlans = 16;
   size_t cached_plans() const { return plans_.size(); }
