@@ -6,6 +6,8 @@
 #     LibTorch converts, with the same fp32 accumulation).
 #   COMPARE=sparse: full causal attention vs a causal `fixed` sparse_attention layout (block
 #     32, local windows of 4 blocks = 128 tokens, 1 global block per window).
+#   COMPARE=lamb: AdamW (lr 1e-3) vs Lamb (LAMB_LR, default 1e-2: its trust ratio makes lr the
+#     relative step of each tensor, so it wants a larger lr than Adam's), same schedule shape.
 # Prints both held-out losses and their relative difference, and draws both curves in one SVG.
 #   bench/convergence.sh [OUT_DIR]        # STEPS=1000 BATCH=4 COMPARE=bf16 by default
 set -euo pipefail
@@ -19,14 +21,18 @@ compare=${COMPARE:-bf16}
 case "$compare" in
   bf16) modes=(fp32 bf16) names=("fp32" "bf16 compute") ;;
   sparse) modes=(full sparse) names=("full attention" "fixed sparse attention") ;;
-  *) echo "convergence: COMPARE must be bf16 or sparse, got '$compare'" >&2; exit 2 ;;
+  lamb) modes=(adamw lamb) names=("AdamW" "Lamb") ;;
+  *) echo "convergence: COMPARE must be bf16, sparse or lamb, got '$compare'" >&2; exit 2 ;;
 esac
 sparse_section='"sparse_attention": {"mode": "fixed", "block": 32, "num_local_blocks": 4, "num_global_blocks": 1, "attention": "unidirectional"},'
-config() {  # config BF16(true|false) [SPARSE(true)]
+lamb_lr=${LAMB_LR:-1e-2}
+config() {  # config BF16(true|false) [SPARSE(true)] [OPTIMIZER(AdamW|Lamb)]
+  local type=${3:-AdamW} lr=1e-3
+  [ "$type" = Lamb ] && lr=$lamb_lr
   cat <<EOF
 {"train_batch_size": $batch, "train_micro_batch_size_per_gpu": $((batch / 2)), "seed": 1234,
- "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 0.01}},
- "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-3,
+ "optimizer": {"type": "$type", "params": {"lr": $lr, "betas": [0.9, 0.98], "weight_decay": 0.01}},
+ "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": $lr,
                "warmup_num_steps": 100, "total_num_steps": $steps}},
  "gradient_clipping": 1.0, "steps_per_print": 100, ${2:+$sparse_section}
  "zero_optimization": {"stage": 2}, "bf16": {"enabled": $1}}
@@ -35,7 +41,8 @@ EOF
 echo "convergence: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $steps steps, batch $batch, $compare"
 for mode in "${modes[@]}"; do
   case "$mode" in
-    fp32|full) config false > "$out/$mode.json"; env=(DS_COMPUTE_DTYPE=auto) ;;
+    fp32|full|adamw) config false > "$out/$mode.json"; env=(DS_COMPUTE_DTYPE=auto) ;;
+    lamb) config false "" Lamb > "$out/$mode.json"; env=(DS_COMPUTE_DTYPE=auto) ;;
     bf16) config true > "$out/$mode.json"; env=(DS_COMPUTE_DTYPE=bf16) ;;
     sparse) config false true > "$out/$mode.json"; env=(DS_COMPUTE_DTYPE=auto) ;;
   esac
