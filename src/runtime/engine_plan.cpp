@@ -60,10 +60,6 @@ void check_offload(const Config& c) {
   if (z.offload_optimizer.device == OffloadDevice::kCpu && c.optimizer.torch_adam)
     throw ConfigError("zero_optimization.offload_optimizer with optimizer.params.torch_adam: offload runs the CPU "
                       "kernels; remove torch_adam");
-  if (c.optimizer.type == OptimizerType::kLamb &&
-      (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device == OffloadDevice::kNvme))
-    throw ConfigError("optimizer Lamb cannot swap to NVMe (two passes per step: its trust ratios need every tensor's "
-                      "norms before any weight moves); use offload device \"cpu\" or \"none\"");
   if (z.offload_param.device == OffloadDevice::kNvme && z.stage != 3)
     throw ConfigError(ds::str("zero_optimization.offload_param.device \"nvme\" needs ZeRO stage 3, stage is ", z.stage));
   if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
