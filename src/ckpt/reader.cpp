@@ -171,9 +171,19 @@ void CheckpointReader::verify_all() const {
   }
 }
 
-void CheckpointReader::check_model(const std::vector<UnitInfo>& model_units, bool whole, int tensor_rank) const {
+TensorReslice CheckpointReader::reslice_for(int tensor_rank, int tensor_size) const {
+  TensorReslice t{manifest_.tp_world_size, tensor_size > 0 ? tensor_size : manifest_.tp_world_size, tensor_rank};
+  if (tensor_rank < 0 || tensor_rank >= t.size)
+    throw Error(ds::str("tensor rank ", tensor_rank, " is outside a tensor-parallel size of ", t.size));
+  return t;
+}
+
+void CheckpointReader::check_model(const std::vector<UnitInfo>& model_units, bool whole, int tensor_rank,
+                                   int tensor_size) const {
   check_units(model_units, "the model's units");
-  check_compatible(manifest_.units_of_tensor_rank(tensor_rank), model_units, whole);
+  const TensorReslice t = reslice_for(tensor_rank, tensor_size);
+  if (t.same()) check_compatible(manifest_.units_of_tensor_rank(tensor_rank), model_units, whole, t);
+  else check_compatible(manifest_.units_of_tensor_rank(0), model_units, whole, t);
 }
 
 std::vector<std::vector<at::Tensor>> CheckpointReader::load_part(int part, int mp_rank, size_t kinds) const {
@@ -236,7 +246,7 @@ void CheckpointReader::run_plan(const std::vector<CopyOp>& plan, size_t kinds,
 std::vector<UnitShard> CheckpointReader::load_ranges(const std::vector<UnitInfo>& model_units,
                                                      const std::vector<Range>& ranges,
                                                      const LoadOptions& options) const {
-  check_model(model_units, options.whole_model, options.tensor_rank);
+  check_model(model_units, options.whole_model, options.tensor_rank, options.tensor_size);
   const auto& names = manifest_.optimizer.state_names;
   if (options.optimizer_states && !options.expected_state_names.empty() &&
       options.expected_state_names != names)
@@ -244,8 +254,20 @@ std::vector<UnitShard> CheckpointReader::load_ranges(const std::vector<UnitInfo>
                         join(names), ") but the engine's keeps (", join(options.expected_state_names),
                         "); load without optimizer states to take the weights only"));
   size_t kinds = options.optimizer_states ? 1 + names.size() : 1;
-  auto plan = plan_copies(manifest_.units_of_tensor_rank(options.tensor_rank), manifest_.partition,
-                          requests_for_ranges(model_units, ranges));
+  const TensorReslice tensor = reslice_for(options.tensor_rank, options.tensor_size);
+  std::vector<CopyOp> plan;
+  if (tensor.same()) {
+    plan = plan_copies(manifest_.units_of_tensor_rank(options.tensor_rank), manifest_.partition,
+                       requests_for_ranges(model_units, ranges));
+  } else {  // each saved tensor rank's slices supply the elements of this rank's slices they hold
+    const auto per_rank = reslice_requests(manifest_.units_of_tensor_rank(0), model_units, tensor,
+                                           requests_for_ranges(model_units, ranges));
+    for (int s = 0; s < tensor.saved_size; ++s) {
+      if (per_rank[size_t(s)].empty()) continue;
+      auto ops = plan_copies(manifest_.units_of_tensor_rank(s), manifest_.partition, per_rank[size_t(s)]);
+      plan.insert(plan.end(), ops.begin(), ops.end());
+    }
+  }
   std::vector<int64_t> lengths;
   for (const auto& r : ranges) lengths.push_back(r.length);
   std::vector<std::vector<at::Tensor>> targets;

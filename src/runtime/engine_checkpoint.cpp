@@ -355,13 +355,19 @@ std::string Engine::save_checkpoint(const std::string& dir, std::string tag,
 ckpt::ModelStates Engine::load_model_states_for_this_rank(const ckpt::CheckpointReader& reader) const {
   const ckpt::Manifest& m = reader.manifest();
   const int mp = groups_.model_rank();
-  if (m.pp_world_size == groups_.pipe->size()) return reader.load_model_states(mp);
+  const bool same_tensor = m.tp_world_size == groups_.tensor->size();
+  if (m.pp_world_size == groups_.pipe->size() && same_tensor) return reader.load_model_states(mp);
+  // Saved at another tensor size: the entries of saved tensor rank (this rank mod the saved
+  // size); the split weights themselves come from the optimizer files, resliced.
+  const int tensor = groups_.coord.tensor % m.tp_world_size;
+  const bool same_pipe = m.pp_world_size == groups_.pipe->size();
   ckpt::ModelStates merged;
   for (int r : m.mp_ranks()) {
-    if (r % m.tp_world_size != groups_.coord.tensor) continue;  // another tensor rank's slices
+    if (r % m.tp_world_size != tensor) continue;  // another tensor rank's slices
+    if (same_pipe && r / m.tp_world_size != groups_.coord.pipe) continue;  // another stage's layers
     ckpt::ModelStates s = reader.load_model_states(r);
     merged.module.insert(merged.module.end(), s.module.begin(), s.module.end());
-    if (merged.rng_states.empty() || r == mp) merged.rng_states = s.rng_states;
+    if (merged.rng_states.empty() || (same_tensor && r == mp)) merged.rng_states = s.rng_states;
   }
   return merged;
 }
@@ -373,7 +379,7 @@ void Engine::check_stages_cover(const ckpt::Manifest& manifest) const {
   for (const auto& u : checkpoint_units())
     for (const auto& slot : u.slots) mine.insert(slot.name);
   std::vector<std::string> names;
-  for (const auto& u : manifest.units_of_tensor_rank(groups_.coord.tensor))
+  for (const auto& u : manifest.units_of_tensor_rank(groups_.coord.tensor % manifest.tp_world_size))
     for (const auto& slot : u.slots) names.push_back(slot.name);
   at::Tensor covered = at::zeros({int64_t(names.size())}, at::kInt);
   for (size_t i = 0; i < names.size(); ++i) covered[int64_t(i)] = int(mine.count(names[i]));
@@ -455,9 +461,11 @@ void Engine::restore_rank_states(const ckpt::Manifest& manifest,
                  mine.c_str(), mine == "OneBitAdam" || mine == "ZeroOneAdam" ? "the momentum and variance load, the error feedback starts at zero"
                                                     : "its per-rank states (error feedback, 0/1 Adam's local steps) are dropped");
   else if (had_rank_states)
-    std::fprintf(stderr, "warning: the checkpoint was saved by %d data-parallel ranks x %d pipeline stages and this run has "
-                 "%d x %d: each rank's own optimizer states (error feedback, 0/1 Adam's local steps since the last sync) start again from rank 0's\n",
-                 manifest.dp_world_size, manifest.pp_world_size, dp_size(), groups_.pipe->size());
+    std::fprintf(stderr, "warning: the checkpoint was saved by %d data-parallel ranks x %d pipeline stages x %d tensor ranks "
+                 "and this run has %d x %d x %d: each rank's own optimizer states (error feedback, 0/1 Adam's local steps since "
+                 "the last sync) start again from rank 0's\n",
+                 manifest.dp_world_size, manifest.pp_world_size, manifest.tp_world_size, dp_size(), groups_.pipe->size(),
+                 groups_.tensor->size());
 }
 
 void Engine::restore_engine_state(const ckpt::Manifest& manifest) {
@@ -489,13 +497,11 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
     reader.emplace(dir, tag);
     const std::vector<ckpt::UnitInfo> units = checkpoint_units();
     const ckpt::Manifest& m = reader->manifest();
-    if (m.tp_world_size != groups_.tensor->size())
-      throw Error(ds::str("checkpoint ", reader->tag_path(), " was saved with tensor-parallel size ", m.tp_world_size,
-                          "; this run has ", groups_.tensor->size(), ": load it with the same size"));
     // A pipeline stage holds part of the model: the stages together must cover the checkpoint
     // (checked below). Parameter names are global (layer indices), so any stage count loads.
-    // A tensor rank reads its own slices.
-    reader->check_model(units, /*whole=*/groups_.pipe->size() == 1, groups_.coord.tensor);
+    // A tensor rank reads its own slices, or at another tensor size cuts its slices from the
+    // saved ones.
+    reader->check_model(units, /*whole=*/groups_.pipe->size() == 1, groups_.coord.tensor, groups_.tensor->size());
     const ckpt::OptimizerInfo& saved = reader->manifest().optimizer;
     const std::vector<std::string> names = optimizer_->state_names();
     if (saved.state_names != names)
@@ -506,11 +512,13 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
     ckpt::LoadOptions options;
     options.whole_model = groups_.pipe->size() == 1;
     options.tensor_rank = groups_.coord.tensor;
+    options.tensor_size = groups_.tensor->size();
     part = reader->load_partition(units, {ckpt::PartitionScheme::kTensorSplit, sharded ? dp_size() : 1},
                                   sharded ? dp_rank() : 0, options);
     states = load_model_states_for_this_rank(*reader);
     check_model_states(states);
-    if (m.dp_world_size == dp_size() && m.pp_world_size == groups_.pipe->size())
+    if (m.dp_world_size == dp_size() && m.pp_world_size == groups_.pipe->size() &&
+        m.tp_world_size == groups_.tensor->size())
       rank_states = reader->load_rank_states(dp_rank(), groups_.model_rank());
     return ckpt::FileInfo{};
   });

@@ -3,7 +3,8 @@
 //   against an uninterrupted run: the same losses in the metrics CSV (all 17 digits), and
 //   the same final checkpoint (every file's xxh64 in the manifest, and `ds-ckpt to-fp32`'s
 //   safetensors byte for byte), at ZeRO stages 0, 1 and 2 on 2 ranks, over 2 pipeline
-//   stages with ZeRO-1 (kPipeline) and over 2 tensor-parallel ranks (kTensor);
+//   stages with ZeRO-1 (kPipeline) and over 2 tensor-parallel ranks (kTensor), whose
+//   checkpoint also resumes at tensor size 1 (2 data ranks) to 1e-5 of the same losses;
 // * --save-interval saves at the right steps, resuming at --steps trains nothing;
 // * bad --load input ends with one error line and exit status 1.
 #include <gtest/gtest.h>
@@ -76,14 +77,24 @@ TEST_P(DsTrainResume, ANewProcessContinuesBitForBit) {
     "gradient_clipping": 1.0, "zero_optimization": {"stage": )" +
                                       std::to_string(stage) + "}" + (pipeline ? R"(, "pipeline": {"stages": 2})" : "") +
                                       (tensor ? R"(, "tensor_parallel": {"autotp_size": 2})" : "") + "}");
-  auto train = [&](const std::vector<std::string>& args) {
-    RunOutput r =
-        run_launch(with({"--num_procs", "2", bin("ds-train"), "--config", config}, small_model(args)), 120);
+  auto train_with = [&](const std::string& cfg, const std::vector<std::string>& args) {
+    RunOutput r = run_launch(with({"--num_procs", "2", bin("ds-train"), "--config", cfg}, small_model(args)), 120);
     EXPECT_EQ(r.exit_code(), 0) << diag(r);
     return r;
   };
+  auto train = [&](const std::vector<std::string>& args) { return train_with(config, args); };
   train({"--steps", "20", "--save", dir.file("whole"), "--metrics", dir.file("whole.csv")});
   train({"--steps", "10", "--save", dir.file("parts"), "--metrics", dir.file("first.csv")});
+  if (tensor) {  // the tensor-2 checkpoint resumed at tensor size 1 x 2 data ranks: slices joined
+    std::string text = read_file(config);
+    text.replace(text.find(R"("autotp_size": 2)"), 16, R"("autotp_size": 1)");
+    train_with(dir.write("tp1.json", text), {"--steps", "20", "--load", dir.file("parts"), "--metrics", dir.file("tp1.csv")});
+    auto whole = metric_rows(dir.file("whole.csv")), tp1 = metric_rows(dir.file("tp1.csv"));
+    ASSERT_EQ(tp1.size(), 10u);
+    ASSERT_EQ(whole.size(), 20u);
+    auto loss = [](const std::string& row) { return std::stod(row.substr(row.find(',') + 1)); };
+    for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(loss(tp1[i]), loss(whole[10 + i]), 1e-5) << "step " << 11 + i;
+  }
   RunOutput resumed = train({"--steps", "20", "--load", dir.file("parts"), "--save", dir.file("parts"),
                              "--metrics", dir.file("second.csv")});
   EXPECT_NE(resumed.out.find("ds-train: loaded checkpoint " + dir.file("parts") + "/global_step10 (step 10)"),

@@ -1,6 +1,8 @@
 // The pure reshape arithmetic: partitions, copy plans, model compatibility, unit checks.
 #include <gtest/gtest.h>
 
+#include <ATen/ATen.h>
+
 #include <map>
 
 #include "ckpt_test_util.h"
@@ -159,6 +161,85 @@ TEST(Compatibility, NamesTheFirstMismatchingParameterWithBothShapes) {
   EXPECT_ERROR_HAS(check_compatible(saved, model),
                    "the checkpoint's parameter head.scale [] is not in the model");
   EXPECT_NO_THROW(check_compatible(saved, test::regrouped(saved, 32)));
+}
+
+// Tensor rank `rank` of `size`'s slice of `whole`, cut along `dim` in `groups` blocks the way
+// the tensor-parallel layers cut it, by plain LibTorch slicing.
+at::Tensor tensor_slice(const at::Tensor& whole, int dim, int groups, int rank, int size) {
+  const int64_t block = whole.size(dim) / groups, mine = block / size;
+  std::vector<at::Tensor> pieces;
+  for (int g = 0; g < groups; ++g) pieces.push_back(whole.narrow(dim, g * block + rank * mine, mine));
+  return at::cat(pieces, dim).contiguous();
+}
+
+SlotInfo slot(const std::string& name, const at::Tensor& t, int dim, int groups, int size) {
+  return {name, 0, t.numel(), t.sizes().vec(), size > 1 ? dim : -1, size > 1 ? groups : 1};
+}
+
+// Every element of a model slice's requested range arrives from the saved slice that holds it.
+TEST(Reslice, EveryElementOfTheNewSliceComesFromTheSavedSliceHoldingIt) {
+  struct Case {
+    std::vector<int64_t> shape;
+    int dim, groups;
+  };
+  const Case cases[] = {{{24, 5}, 0, 1}, {{6, 24}, 1, 1}, {{36, 4}, 0, 3}, {{3, 24, 2}, 1, 1}, {{2, 3, 24}, 2, 3},
+                        {{24}, 0, 1},    {{5, 3}, -1, 1}};
+  const std::pair<int, int> sizes[] = {{2, 1}, {1, 2}, {2, 4}, {4, 2}, {3, 2}, {1, 4}, {4, 1}, {2, 3}};
+  for (const Case& c : cases) {
+    const at::Tensor whole = at::arange(c10::multiply_integers(c.shape), at::kDouble).reshape(c.shape);
+    for (auto [saved_size, size] : sizes) {
+      const int dim = c.dim < 0 ? 0 : c.dim;
+      if (c.dim >= 0 && (whole.size(dim) % (c.groups * saved_size) || whole.size(dim) % (c.groups * size))) continue;
+      auto cut = [&](int r, int n) { return c.dim < 0 ? whole : tensor_slice(whole, dim, c.groups, r, n); };
+      std::vector<at::Tensor> saved_slices;
+      for (int s = 0; s < saved_size; ++s) saved_slices.push_back(cut(s, saved_size).view(-1));
+      const std::vector<UnitInfo> saved{{"u", saved_slices[0].numel(), saved_slices[0].numel(),
+                                         {slot("w", cut(0, saved_size), c.dim, c.groups, saved_size)}}};
+      for (int rank = 0; rank < size; ++rank) {
+        const at::Tensor want = cut(rank, size).view(-1);
+        const std::vector<UnitInfo> model{{"u", want.numel(), want.numel(), {slot("w", cut(rank, size), c.dim, c.groups, size)}}};
+        const TensorReslice t{saved_size, size, rank};
+        ASSERT_NO_THROW(check_compatible(saved, model, true, t));
+        const int64_t n = want.numel();
+        for (auto [begin, length] : {std::pair<int64_t, int64_t>{0, n}, {1, n - 2}, {n / 3, n / 2}, {n - 1, 1}}) {
+          const auto per_rank = reslice_requests(saved, model, t, {{"w", begin, length, 0, 0}});
+          ASSERT_EQ(per_rank.size(), size_t(saved_size));
+          at::Tensor got = at::full({length}, -1.0, at::kDouble), hits = at::zeros({length}, at::kInt);
+          for (int s = 0; s < saved_size; ++s)
+            for (const Request& q : per_rank[size_t(s)]) {
+              ASSERT_EQ(q.param, "w");
+              ASSERT_LE(q.begin + q.length, saved_slices[size_t(s)].numel());
+              got.narrow(0, q.dst_offset, q.length).copy_(saved_slices[size_t(s)].narrow(0, q.begin, q.length));
+              hits.narrow(0, q.dst_offset, q.length).add_(1);
+            }
+          const std::string where = ds::str("shape ", shape_string(c.shape), " dim ", c.dim, " groups ", c.groups,
+                                            ", ", saved_size, " -> ", size, " rank ", rank, " [", begin, ", +", length, ")");
+          EXPECT_TRUE(at::equal(hits, at::ones({length}, at::kInt))) << where;
+          EXPECT_TRUE(at::equal(got, want.narrow(0, begin, length))) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(Reslice, ShapesThatDoNotSplitOrDisagreeAreNamed) {
+  const at::Tensor whole = at::zeros({6, 4});
+  const std::vector<UnitInfo> saved{{"u", 12, 12, {slot("qkv", tensor_slice(whole, 0, 3, 0, 2), 0, 3, 2)}}};
+  // 6 rows in 3 blocks: 2 rows a block, which 4 ranks cannot split.
+  std::vector<UnitInfo> model{{"u", 6, 6, {{"qkv", 0, 6, {3, 2}, 0, 3}}}};
+  EXPECT_ERROR_HAS(check_compatible(saved, model, true, {2, 4, 0}),
+                   "parameter qkv (whole shape [6, 4]) has 6 along dimension 0 in 3 blocks, which 4 tensor-parallel "
+                   "ranks cannot split evenly");
+  model = {{"u", 24, 24, {{"qkv", 0, 24, {6, 4}, -1, 1}}}};
+  EXPECT_NO_THROW(check_compatible(saved, model, true, {2, 1, 0}));
+  model = {{"u", 24, 24, {{"qkv", 0, 24, {4, 6}, -1, 1}}}};
+  EXPECT_ERROR_HAS(check_compatible(saved, model, true, {2, 1, 0}),
+                   "parameter qkv has whole shape [6, 4] in the checkpoint (saved by 2 tensor ranks), so [6, 4] on "
+                   "each of 1, but [4, 6] in the model");
+  model = {{"u", 12, 12, {{"qkv", 0, 12, {6, 2}, 1, 1}}}};
+  EXPECT_ERROR_HAS(check_compatible(saved, model, true, {2, 2, 0}),
+                   "parameter qkv is split along dimension 0 (3 blocks) in the checkpoint but along dimension 1 (1 "
+                   "blocks) in the model");
 }
 
 TEST(Units, MalformedSlotsAreErrorsNamingTheField) {

@@ -98,8 +98,11 @@ struct LoadOptions {
   std::vector<std::string> expected_state_names;
   // false: the model is one model-parallel rank's part (see check_model).
   bool whole_model = true;
-  // With tensor parallelism: the loading rank's tensor rank (it reads that rank's slices).
+  // With tensor parallelism: the loading rank's tensor rank of `tensor_size` (0: the
+  // checkpoint's). At the saved size a tensor rank reads the slices its rank saved; at another
+  // size its slice of each split parameter is cut from the saved slices that overlap it.
   int tensor_rank = 0;
+  int tensor_size = 0;
 };
 
 class CheckpointReader {
@@ -120,8 +123,11 @@ class CheckpointReader {
   void verify_all() const;
   // Throws unless the model has exactly the checkpoint's parameters with the same shapes. A
   // part of a model (a pipeline stage: whole = false) must have only checkpoint parameters,
-  // with the same shapes; the caller checks that the parts together cover it.
-  void check_model(const std::vector<UnitInfo>& model_units, bool whole = true, int tensor_rank = 0) const;
+  // with the same shapes; the caller checks that the parts together cover it. With tensor
+  // parallelism the model is tensor rank `tensor_rank` of `tensor_size` (0: the checkpoint's
+  // size): a split parameter must be that rank's slice of the saved whole.
+  void check_model(const std::vector<UnitInfo>& model_units, bool whole = true, int tensor_rank = 0,
+                   int tensor_size = 0) const;
 
   // For each unit u of the model, elements ranges[u] of its flat buffer: fp32 masters and,
   // per options, optimizer states; read from whichever saved parts hold them, whatever their
@@ -143,6 +149,8 @@ class CheckpointReader {
   // The tensors of part `part` of mp rank `mp_rank`'s file, per manifest unit (empty for
   // units other files hold).
   std::vector<std::vector<at::Tensor>> load_part(int part, int mp_rank, size_t kinds) const;
+  // The tensor layouts of this checkpoint and of a model's rank (size 0: the checkpoint's).
+  TensorReslice reslice_for(int tensor_rank, int tensor_size) const;
   // Every parameter of one tensor rank (its slices of the split ones), shaped, in manifest order.
   NamedTensors load_tensor_rank(int tensor_rank) const;
   // Fills targets[t][kind] (lengths[t] elements; zero where the plan writes nothing).

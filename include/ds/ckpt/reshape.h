@@ -59,10 +59,33 @@ std::vector<CopyOp> plan_copies(const std::vector<UnitInfo>& saved, const Partit
 // The parts (files) a plan reads, ascending.
 std::vector<int> parts_used(const std::vector<CopyOp>& plan);
 
+// Tensor parallelism at load time: the checkpoint was saved by `saved_size` tensor ranks
+// and the model is tensor rank `rank` of `size`. Each split parameter (SlotInfo::split_dim,
+// from whichever side has more than one rank) is cut into `size` slices of each of its
+// `split_groups` blocks; replicated parameters are read from saved tensor rank 0.
+struct TensorReslice {
+  int saved_size = 1;
+  int size = 1;
+  int rank = 0;
+  bool same() const { return saved_size == size; }
+};
+
 // Throws ds::Error("the checkpoint does not match the model: ...") naming the first parameter
 // (in model order) that is missing or has another shape, with both shapes; then the first
 // checkpoint parameter the model lacks. Unit grouping and padding may differ.
 // whole = false: `model` is part of a model (a pipeline stage); only its own parameters are checked.
-void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<UnitInfo>& model, bool whole = true);
+// With a tensor size other than the saved one (`tensor`), `saved` holds saved tensor rank 0's
+// slots (Manifest::units_of_tensor_rank(0)) and a split parameter's shape must be the
+// model's slice of the whole; a dimension the new size does not divide is named.
+void check_compatible(const std::vector<UnitInfo>& saved, const std::vector<UnitInfo>& model, bool whole = true,
+                      const TensorReslice& tensor = {});
+
+// Requests on the model's slices (rank `tensor.rank` of `tensor.size`) as requests on the
+// saved tensor ranks' slices: out[s] for saved tensor rank s, each cut where a saved slice
+// ends, with the target and dst_offset carried over. `saved`: saved tensor rank 0's units,
+// already checked by check_compatible.
+std::vector<std::vector<Request>> reslice_requests(const std::vector<UnitInfo>& saved,
+                                                   const std::vector<UnitInfo>& model, const TensorReslice& tensor,
+                                                   const std::vector<Request>& requests);
 
 }  // namespace ds::ckpt
