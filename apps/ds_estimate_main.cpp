@@ -4,6 +4,7 @@
 //   ds-estimate --params 1.3e9 --n-layer 24 --d-model 2048 --seq-len 2048 --config ds_config.json --nodes 8
 //   ds-estimate ... --calibrate [--disk-dir /nvme]      # measure this machine's rates first (< 1 minute)
 //   ds-estimate ... --scale 1,8,64,512,1000 --link-gbps 100
+//   ds-estimate ... --ranks-per-node 8 --nodes 4 --pipeline 4 --tensor 2   # 3D: 4 stages x 2 x 4 data
 //
 // Prints the per-rank memory part by part, the step time, a table of every ZeRO stage and
 // offload choice, and (with --scale) how per-rank memory and the communication share change
@@ -27,9 +28,9 @@ struct Args {
   std::string config;
   int64_t n_layer = 12, n_head = 12, d_model = 768, seq_len = 1024, vocab = 50257, context = 0;
   double params = 0;
-  int64_t micro_batch = 1, accumulation = 1;
+  int64_t micro_batch = 0, accumulation = 0;  // 0: not given
   int ranks_per_node = 1, nodes = 1;
-  int stage = -1;
+  int stage = -1, pipeline = 0, tensor = 0;
   std::string dtype, offload;
   bool checkpoint = false, calibrate = false;
   std::string disk_dir, scale;
@@ -50,7 +51,8 @@ std::string bin_dir(const char* argv0) {
 
 void print_memory(const ds::estimate::Estimate& e, const ds::estimate::Layout& l) {
   const auto& m = e.memory;
-  std::printf("per rank (%s, %d ranks):\n", e.describe.c_str(), l.world());
+  std::printf("per rank (%s, %d ranks)%s:\n", e.describe.c_str(), l.world(),
+              m.stages > 1 ? ds::str("; pipeline stage ", m.stage, " of ", m.stages, ", whose ranks need the most").c_str() : "");
   auto row = [](const char* what, int64_t bytes, const std::string& note = "") {
     std::printf("  %-34s %12s%s\n", what, mib(double(bytes)).c_str(), note.c_str());
   };
@@ -69,10 +71,20 @@ void print_memory(const ds::estimate::Estimate& e, const ds::estimate::Layout& l
   row("process runtime", m.runtime);
   row("= peak RSS", m.peak());
   if (m.on_disk) row("on disk (not in RAM)", m.on_disk);
+  if (e.stages.size() > 1) {
+    std::printf("  each stage's ranks:");
+    for (const auto& s : e.stages)
+      std::printf("%s stage %d %s (model states %s, activations %s)", s.stage ? ";" : "", s.stage,
+                  mib(double(s.peak())).c_str(), mib(double(s.model_states())).c_str(), mib(double(s.activations)).c_str());
+    std::printf("\n");
+  }
   const auto& t = e.time;
-  std::printf("step: %.3f s = compute %.3f + optimizer %.3f + communication %.3f + disk %.3f (communication %.0f%% "
+  char bubble[64] = "";
+  if (t.bubble_s > 0) std::snprintf(bubble, sizeof bubble, " (pipeline bubble %.3f)", t.bubble_s);
+  std::printf("step: %.3f s = compute %.3f%s + optimizer %.3f + communication %.3f + disk %.3f (communication %.0f%% "
               "of the step); %.0f tokens/s over all ranks\n",
-              t.total_s, t.compute_s, t.optimizer_s, t.exposed_comm_s, t.io_s, 100 * t.comm_share(),
+              t.total_s, t.compute_s, bubble,
+              t.optimizer_s, t.exposed_comm_s, t.io_s, 100 * t.comm_share(),
               t.total_s > 0 ? double(e.tokens_per_step) / t.total_s : 0.0);
 }
 
@@ -91,6 +103,8 @@ int run(const Args& a, const char* argv0) {
   layout.context = a.context > 0 ? a.context : shape.seq_len;
   layout.checkpoint_blocks = a.checkpoint || config.activation_checkpointing.present;
   if (a.stage >= 0) config.zero_optimization.stage = a.stage;
+  if (a.pipeline > 0) config.pipeline.stages = a.pipeline;
+  if (a.tensor > 0) config.tensor_parallel.autotp_size = a.tensor;
   if (!a.dtype.empty()) {
     config.bf16.enabled = a.dtype == "bf16";
     config.fp16.enabled = a.dtype == "fp16";
@@ -105,8 +119,11 @@ int run(const Args& a, const char* argv0) {
   }
   ds::ResolveOptions ro;
   ro.world_size = layout.world();
-  ro.train_micro_batch_size_per_gpu = a.micro_batch;
-  ro.gradient_accumulation_steps = a.accumulation;
+  // The options fill what the config leaves "auto"; with no batch key anywhere, 1 and 1.
+  const bool no_batch = config.train_batch_size == 0 && config.train_micro_batch_size_per_gpu == 0 &&
+                        config.gradient_accumulation_steps == 0;
+  ro.train_micro_batch_size_per_gpu = a.micro_batch > 0 ? a.micro_batch : no_batch ? 1 : 0;
+  ro.gradient_accumulation_steps = a.accumulation > 0 ? a.accumulation : no_batch ? 1 : 0;
   config.resolve(ro);
   for (const auto& w : config.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
 
@@ -171,11 +188,13 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", a.vocab, "vocabulary")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(100000000)));
   app.add_option("--params", a.params, "a parameter count instead of --vocab (the vocabulary takes the rest)")->check(CLI::PositiveNumber);
   app.add_option("--context", a.context, "tokens per sample (default: --seq-len)")->check(CLI::Range(int64_t(1), int64_t(10000000)));
-  app.add_option("--micro-batch", a.micro_batch, "train_micro_batch_size_per_gpu when the config leaves it auto")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1000000)));
-  app.add_option("--accumulation", a.accumulation, "gradient_accumulation_steps when the config leaves it auto")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1000000)));
+  app.add_option("--micro-batch", a.micro_batch, "train_micro_batch_size_per_gpu when the config leaves it auto (default: derived, else 1)")->check(CLI::Range(int64_t(1), int64_t(1000000)));
+  app.add_option("--accumulation", a.accumulation, "gradient_accumulation_steps when the config leaves it auto (default: derived, else 1)")->check(CLI::Range(int64_t(1), int64_t(1000000)));
   app.add_option("--ranks-per-node", a.ranks_per_node, "ranks on each node")->capture_default_str()->check(CLI::Range(1, 4096));
   app.add_option("--nodes", a.nodes, "nodes")->capture_default_str()->check(CLI::Range(1, 1000000));
   app.add_option("--stage", a.stage, "ZeRO stage (default: the config's)")->check(CLI::Range(0, 3));
+  app.add_option("--pipeline", a.pipeline, "pipeline stages (default: the config's pipeline.stages)")->check(CLI::Range(1, 4096));
+  app.add_option("--tensor", a.tensor, "tensor-parallel size (default: the config's tensor_parallel.autotp_size)")->check(CLI::Range(1, 4096));
   app.add_option("--dtype", a.dtype, "fp32 | bf16 | fp16 (default: the config's)")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_option("--offload", a.offload, "none | optimizer | all (optimizer states, and at stage 3 weights, on nvme)")->check(CLI::IsMember({"none", "optimizer", "all"}));
   app.add_flag("--checkpoint", a.checkpoint, "activation checkpointing of every block (also: an activation_checkpointing section)");

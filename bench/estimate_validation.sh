@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ds-estimate against measured runs (docs/BENCHMARKS.md "The estimator"): for two GPT sizes
-# at ZeRO stages 0-3 on 1, 2 and 4 local ranks, and with optimizer states on disk, the
+# at ZeRO stages 0-3 on 1, 2 and 4 local ranks, with optimizer states on disk, and in 2
+# pipeline stages and/or 2 tensor ranks (4 micro-batches a step), the
 # predicted peak RSS per rank and step time (ds-estimate --calibrate, measured here first)
 # against ds-train's peak RSS and median step time (steps 3 and later), in one run.
 #   bench/estimate_validation.sh                  # STEPS=6; CASES="m 2 3" for one case
@@ -15,19 +16,28 @@ declare -A shape=(
   [s]="--n-layer 4 --n-head 4 --d-model 256 --seq-len 256"
   [m]="--n-layer 8 --n-head 8 --d-model 512 --seq-len 256"
 )
-# model ranks stage [offload]
+# model ranks stage [offload|-] [pp2|tp2: 2 pipeline stages or 2 tensor ranks, 4 micro-batches a step]
 cases=("s 1 0" "s 2 0" "s 2 1" "s 2 2" "s 2 3" "s 4 3"
-       "m 1 0" "m 2 0" "m 2 1" "m 2 2" "m 2 3" "m 4 0" "m 4 2" "m 4 3" "m 2 2 nvme")
+       "m 1 0" "m 2 0" "m 2 1" "m 2 2" "m 2 3" "m 4 0" "m 4 2" "m 4 3" "m 2 2 nvme"
+       "s 2 1 - pp2" "s 2 1 - tp2" "m 2 1 - pp2" "m 2 1 - tp2" "m 4 1 - pp2tp2")
 [ -z "${CASES:-}" ] || cases=("$CASES")
 printf "%-16s %12s %12s %7s %10s %10s %7s\n" "case" "peak pred" "peak meas" "err" "step pred" "step meas" "err"
 for c in "${cases[@]}"; do
-  read -r model ranks stage offload <<<"$c"
+  read -r model ranks stage offload split <<<"$c"
   offload=${offload:-}
+  split=${split:-}
   off=""
   [ "$offload" = nvme ] && off=", \"offload_optimizer\": {\"device\": \"nvme\", \"nvme_path\": \"$work\"}, \"sub_group_size\": 2000000"
+  pp=1 tp=1 batch=$((2 * ranks)) layout=""
+  case "$split" in *pp2*) pp=2 ;; esac
+  case "$split" in *tp2*) tp=2 ;; esac
+  if [ -n "$split" ]; then
+    batch=$((2 * 4 * ranks / (pp * tp)))
+    layout=", \"pipeline\": {\"stages\": $pp}, \"tensor_parallel\": {\"autotp_size\": $tp}"
+  fi
   cat >"$work/c.json" <<EOF
-{"train_batch_size": $((2 * ranks)), "train_micro_batch_size_per_gpu": 2, "steps_per_print": 1000,
- "optimizer": {"type": "AdamW", "params": {"lr": 0.0003}}, "zero_optimization": {"stage": $stage$off}}
+{"train_batch_size": $batch, "train_micro_batch_size_per_gpu": 2, "steps_per_print": 1000,
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.0003}}, "zero_optimization": {"stage": $stage$off}$layout}
 EOF
   # shellcheck disable=SC2086
   build/apps/ds-estimate --config "$work/c.json" ${shape[$model]} --vocab 256 --ranks-per-node "$ranks" \
@@ -36,7 +46,7 @@ EOF
   build/apps/ds-launch --num_procs "$ranks" --no_prefix build/apps/ds-train --config "$work/c.json" --data "$data" \
     ${shape[$model]} --steps "$steps" --plot "" --eval-interval 0 --eval-examples 2 --metrics "$work/m.csv" \
     >"$work/train.txt" 2>&1 || { tail -5 "$work/train.txt"; exit 1; }
-  python3 - "$work" "$model ${ranks}r z$stage $offload" <<'PY'
+  python3 - "$work" "$model ${ranks}r z$stage ${offload#-} $split" <<'PY'
 import csv, re, statistics, sys
 work, name = sys.argv[1], sys.argv[2]
 units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}

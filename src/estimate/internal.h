@@ -6,10 +6,18 @@
 
 namespace ds::estimate {
 
-Memory estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
+struct ParallelSizes {
+  int pipeline = 1, tensor = 1, data = 1;
+};
+// From the config's pipeline and tensor_parallel sections over layout.world() ranks.
+ParallelSizes parallel_sizes(const Config& config, const Layout& layout);
+std::vector<StageShare> stage_shares(const Config& config, const ModelShape& shape, const Layout& layout);
+
+// Each pipeline stage's ranks.
+std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
                        const zero::PrecisionPolicy& precision);
 int64_t activation_bytes(const ModelShape& shape, const Layout& layout, const Config& config,
-                         const zero::PrecisionPolicy& precision, bool checkpointed);
+                         const zero::PrecisionPolicy& precision, bool checkpointed, const StageShare& share);
 StepTime estimate_time(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
                        const zero::PrecisionPolicy& precision, const Memory& memory);
 

@@ -21,57 +21,13 @@ int64_t bytes_of(at::ScalarType t) { return int64_t(c10::elementSize(t)); }
 
 }  // namespace
 
-void ModelShape::validate() const {
-  auto positive = [](int64_t v, const char* name) {
-    if (v < 1) throw ConfigError(ds::str(name, " must be at least 1, got ", v));
-  };
-  positive(n_layer, "the layers"), positive(d_model, "the width"), positive(n_head, "the heads");
-  positive(seq_len, "the context"), positive(vocab_size, "the vocabulary");
-  if (d_model % n_head != 0)
-    throw ConfigError(ds::str("the heads (", n_head, ") must divide the width (", d_model, ")"));
-}
-
-int64_t ModelShape::parameters() const {
-  int64_t n = 0;
-  for (int64_t u : unit_sizes()) n += u;
-  return n;
-}
-
-std::vector<int64_t> ModelShape::unit_sizes() const {
-  std::vector<int64_t> units = {vocab_size * d_model, seq_len * d_model};
-  for (int64_t l = 0; l < n_layer; ++l) units.push_back(12 * d_model * d_model + 13 * d_model);
-  units.push_back(2 * d_model);
-  return units;
-}
-
-ModelShape ModelShape::from_parameters(int64_t parameters, int64_t n_layer, int64_t d_model, int64_t n_head,
-                                       int64_t seq_len) {
-  ModelShape s;
-  s.n_layer = n_layer, s.d_model = d_model, s.n_head = n_head, s.seq_len = seq_len, s.vocab_size = 1;
-  s.validate();
-  const int64_t rest = parameters - (s.parameters() - d_model);
-  if (rest < d_model)
-    throw ConfigError(ds::str(n_layer, " blocks of width ", d_model, " and context ", seq_len, " already hold ",
-                              s.parameters() - d_model, " parameters, more than the ", parameters,
-                              " given: give fewer layers or a smaller width"));
-  s.vocab_size = rest / d_model;
-  return s;
-}
-
-double ModelShape::flops_per_token(int64_t context) const {
-  return 6.0 * double(parameters()) + 12.0 * double(n_layer) * double(context) * double(d_model);
-}
-
-double ModelShape::block_forward_flops_per_token(int64_t context) const {
-  const double d = double(d_model);
-  return double(n_layer) * (2.0 * (12 * d * d + 13 * d) + 4.0 * double(context) * d);
-}
-
-Memory estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
-                       const zero::PrecisionPolicy& precision) {
+// The ranks of one pipeline stage: its units' model states at the data-parallel size, and
+// the activations of the micro-batches it keeps in flight.
+Memory stage_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
+                    const zero::PrecisionPolicy& precision, const StageShare& share) {
   const ZeroConfig& z = config.zero_optimization;
   const int stage = int(z.stage);
-  const int dp = layout.world();
+  const int dp = parallel_sizes(config, layout).data;
   zero::ShardPlan plan;
   plan.stage = stage, plan.dp_size = dp, plan.dp_rank = 0, plan.precision = precision;
   const bool swap_optimizer = z.offload_optimizer.device == OffloadDevice::kNvme;
@@ -84,7 +40,7 @@ Memory estimate_memory(const Config& config, const ModelShape& shape, const Layo
   Memory m;
   std::vector<int64_t> own_lengths;
   int64_t largest_unit = 0, persistent = 0, total = 0, own_total = 0;
-  for (int64_t numel : shape.unit_sizes()) {
+  for (int64_t numel : share.units) {
     const zero::UnitLayout l = zero::plan_unit(numel, plan);
     own_lengths.push_back(l.own.length);
     largest_unit = std::max(largest_unit, l.padded_numel);
@@ -130,22 +86,53 @@ Memory estimate_memory(const Config& config, const ModelShape& shape, const Layo
     m.in_flight = std::min(total, z.reduce_bucket_size) * c;
   }
 
-  m.activations_without_checkpointing = activation_bytes(shape, layout, config, precision, false);
-  m.activations_with_checkpointing = activation_bytes(shape, layout, config, precision, true);
+  m.activations_without_checkpointing = activation_bytes(shape, layout, config, precision, false, share);
+  m.activations_with_checkpointing = activation_bytes(shape, layout, config, precision, true, share);
   m.activations = layout.checkpoint_blocks ? m.activations_with_checkpointing : m.activations_without_checkpointing;
   m.runtime = rates.runtime_bytes;
+  m.stage = share.stage;
+  m.stages = parallel_sizes(config, layout).pipeline;
   return m;
 }
 
-// The reference GPT's own activation model (GptConfig::activation_bytes), every block
-// checkpointed or none.
+std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout,
+                                    const Rates& rates, const zero::PrecisionPolicy& precision) {
+  std::vector<Memory> out;
+  for (const StageShare& share : stage_shares(config, shape, layout))
+    out.push_back(stage_memory(config, shape, layout, rates, precision, share));
+  return out;
+}
+
+ParallelSizes parallel_sizes(const Config& config, const Layout& layout) {
+  ParallelSizes p;
+  p.pipeline = int(std::max<int64_t>(1, config.pipeline.stages));
+  p.tensor = int(std::max<int64_t>(1, config.tensor_parallel.autotp_size));
+  if (layout.world() % (p.pipeline * p.tensor) != 0)
+    throw ConfigError(ds::str(layout.world(), " ranks are not divisible by pipeline stages ", p.pipeline,
+                              " x tensor-parallel size ", p.tensor));
+  p.data = layout.world() / (p.pipeline * p.tensor);
+  return p;
+}
+
+std::vector<StageShare> stage_shares(const Config& config, const ModelShape& shape, const Layout& layout) {
+  const ParallelSizes p = parallel_sizes(config, layout);
+  return shape.stage_shares(p.pipeline, p.tensor, config.pipeline.partition, layout.context);
+}
+
+// The reference GPT's own activation model (GptConfig::activation_bytes) for one stage's
+// ranks: its blocks, every one checkpointed or none, kept for the micro-batches 1F1B has in
+// flight there (stage s of p: p - s, at most the accumulation steps).
 int64_t activation_bytes(const ModelShape& s, const Layout& layout, const Config& config,
-                         const zero::PrecisionPolicy& precision, bool checkpointed) {
+                         const zero::PrecisionPolicy& precision, bool checkpointed, const StageShare& share) {
+  const ParallelSizes p = parallel_sizes(config, layout);
   GptConfig g;
   g.n_layer = s.n_layer, g.d_model = s.d_model, g.n_head = s.n_head, g.seq_len = s.seq_len, g.vocab_size = s.vocab_size;
   g.checkpoint_blocks = checkpointed ? s.n_layer : 0;
+  GptConfig::RankShare r;
+  r.blocks = share.blocks, r.tensor = p.tensor, r.head = share.last;
+  r.in_flight = std::min<int64_t>(p.pipeline - share.stage, config.gradient_accumulation_steps);
   return int64_t(g.activation_bytes(config.train_micro_batch_size_per_gpu, layout.context,
-                                    int64_t(c10::elementSize(precision.working))));
+                                    int64_t(c10::elementSize(precision.working)), r));
 }
 
 }  // namespace ds::estimate

@@ -30,54 +30,93 @@ std::string Rates::describe() const {
 StepTime estimate_time(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
                        const zero::PrecisionPolicy& precision, const Memory& memory) {
   const ZeroConfig& z = config.zero_optimization;
-  const int stage = int(z.stage), n = layout.world(), per_node = layout.ranks_per_node;
+  const ParallelSizes sizes = parallel_sizes(config, layout);
+  const int stage = int(z.stage), n = sizes.data, per_node = layout.ranks_per_node;
   const double gas = double(config.gradient_accumulation_steps);
-  const double tokens = double(config.train_micro_batch_size_per_gpu) * gas * double(layout.context);
-  StepTime t;
+  const double micro_tokens = double(config.train_micro_batch_size_per_gpu) * double(layout.context);
   // Compute: the ranks of a node share its cores.
-  double flops = shape.flops_per_token(layout.context) * tokens;
-  if (layout.checkpoint_blocks) flops += shape.block_forward_flops_per_token(layout.context) * tokens;
-  t.compute_s = flops / (rates.gemm_flops * rates.model_efficiency / per_node);
+  const double rank_flops = rates.gemm_flops * rates.model_efficiency / per_node;
+  // The tensor and pipeline groups are inside a node (a ring runs at its slowest edge; ranks of
+  // one node share its cores for the copies); the data group crosses the link between nodes.
+  const double node_bandwidth = rates.loopback_bytes_per_s * std::min(1.0, 2.0 / double(per_node));
+  const double data_bandwidth = layout.nodes > 1 ? std::min(node_bandwidth, rates.link_bytes_per_s) : node_bandwidth;
+  auto all_reduce_s = [&](double bytes, int ranks, double bandwidth) {
+    return ranks > 1 ? 2.0 * (ranks - 1) / ranks * bytes / bandwidth + 2.0 * (ranks - 1) * rates.latency_s : 0.0;
+  };
+  const double activation = micro_tokens * double(shape.d_model) * double(c10::elementSize(precision.working));
 
-  // The optimizer reads and writes the master and each state and reads the gradient.
-  zero::ShardPlan plan;
-  plan.stage = stage, plan.dp_size = n, plan.precision = precision;
-  double own = 0, padded = 0;
-  for (int64_t numel : shape.unit_sizes()) {
-    const zero::UnitLayout l = zero::plan_unit(numel, plan);
-    own += double(l.own.length), padded += double(l.padded_numel);
-  }
   const std::unique_ptr<optim::FlatOptimizer> optimizer = optim::make_optimizer(config.optimizer);
   size_t states = 0;
   for (const optim::StateSpec& s : optimizer->state_specs())
     states += s.kind == optim::StateSpec::Kind::kElementwise ? 1 : 0;
-  // Each further pass reads the states and w again and writes w, which only the last pass
-  // writes: 1 + states more (Lamb: 40 bytes per parameter against Adam's 28).
+  // The optimizer reads and writes the master and each state and reads the gradient. Each
+  // further pass reads the states and w again and writes w, which only the last pass writes:
+  // 1 + states more (Lamb: 40 bytes per parameter against Adam's 28).
   const double accesses = 3.0 + 2.0 * double(states) + double(optimizer->passes() - 1) * (1.0 + double(states));
-  t.optimizer_s = own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node);
+  zero::ShardPlan plan;
+  plan.stage = stage, plan.dp_size = n, plan.precision = precision;
 
-  // Communication: ring collectives move (n-1)/n of the buffer per rank and direction.
-  if (n > 1) {
-    const double share = double(n - 1) / double(n);
-    const double g = padded * double(c10::elementSize(precision.reduce));
-    const double p = padded * double(c10::elementSize(precision.param));
-    double bytes = 0, collectives = 0;
-    const double units = double(shape.unit_sizes().size());
-    switch (stage) {
-      case 0: bytes = 2 * share * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
-      case 1: bytes = share * (g + p), collectives = 2 * units; break;
-      case 2: bytes = share * (gas * g + p), collectives = units * (gas + 1); break;
-      default: bytes = gas * share * (g + 2 * p), collectives = 3 * units * gas; break;
+  StepTime t;
+  double compute_mb = 0, micro_batch_s = 0, own_most = 0;  // the slowest stage's
+  for (const StageShare& share : stage_shares(config, shape, layout)) {
+    // One micro-batch through this stage: its layers' FLOPs over the tensor group, the tensor
+    // group's all-reduces (two in each block's forward and two in its backward, the vocabulary-
+    // parallel embedding's and head's), and the activations and their gradients to and from
+    // the neighbouring stages.
+    double flops = share.flops_per_token * micro_tokens;
+    if (layout.checkpoint_blocks)
+      flops += double(share.blocks) / double(shape.n_layer) * shape.block_forward_flops_per_token(layout.context) * micro_tokens;
+    const double compute = flops / sizes.tensor / rank_flops;
+    double comm = 0;
+    if (sizes.tensor > 1) {
+      const double big = 4.0 * double(share.blocks) + (share.first ? 1 : 0) + (share.last ? 1 : 0);
+      comm += big * all_reduce_s(activation, sizes.tensor, node_bandwidth) +
+              (share.last ? 2.0 * all_reduce_s(0, sizes.tensor, node_bandwidth) : 0.0);  // the loss's max and sum
     }
-    // A ring runs at its slowest edge; ranks of one node share its cores for the copies.
-    double bandwidth = rates.loopback_bytes_per_s * std::min(1.0, 2.0 / double(per_node));
-    if (layout.nodes > 1) bandwidth = std::min(bandwidth, rates.link_bytes_per_s);
-    t.comm_s = bytes / bandwidth + collectives * 2 * double(n - 1) * rates.latency_s;
-    t.exposed_comm_s = t.comm_s;  // on a CPU the collectives' copies compete with the backward for the cores
+    if (sizes.pipeline > 1)
+      comm += ((share.first ? 0 : 2) + (share.last ? 0 : 2)) * (activation / node_bandwidth + rates.latency_s);
+    compute_mb = std::max(compute_mb, compute);
+    micro_batch_s = std::max(micro_batch_s, compute + comm);
+
+    double own = 0, padded = 0;
+    for (int64_t numel : share.units) {
+      const zero::UnitLayout l = zero::plan_unit(numel, plan);
+      own += double(l.own.length), padded += double(l.padded_numel);
+    }
+    own_most = std::max(own_most, own);
+    t.optimizer_s = std::max(t.optimizer_s, own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node));
+
+    // The data group's gradient reduction: ring collectives move (n-1)/n of the buffer per
+    // rank and direction.
+    if (n > 1) {
+      const double share_of = double(n - 1) / double(n);
+      const double g = padded * double(c10::elementSize(precision.reduce));
+      const double p = padded * double(c10::elementSize(precision.param));
+      double bytes = 0, collectives = 0;
+      const double units = double(share.units.size());
+      switch (stage) {
+        case 0: bytes = 2 * share_of * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
+        case 1: bytes = share_of * (g + p), collectives = 2 * units; break;
+        case 2: bytes = share_of * (gas * g + p), collectives = units * (gas + 1); break;
+        default: bytes = gas * share_of * (g + 2 * p), collectives = 3 * units * gas; break;
+      }
+      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * rates.latency_s);
+    }
   }
+  // 1F1B: the slowest stage's micro-batch sets the pace; the first result leaves the last stage
+  // after stages - 1 slots of filling, and as many drain at the end.
+  const double slots = gas + double(sizes.pipeline - 1);
+  t.compute_s = slots * compute_mb;
+  t.bubble_s = double(sizes.pipeline - 1) * compute_mb;
+  t.comm_s += slots * (micro_batch_s - compute_mb);
+  if (sizes.pipeline > 1)  // the tied embedding's gradient, summed over the first and last stage
+    t.comm_s += all_reduce_s(double(shape.vocab_size * shape.d_model / sizes.tensor) *
+                                 double(c10::elementSize(precision.reduce)), 2, node_bandwidth);
+  t.exposed_comm_s = t.comm_s;  // on a CPU the collectives' copies compete with the backward for the cores
   // Disk: the swapped optimizer states and masters are read and written once per step; swapped
   // weight shards are read for each gather (forward and backward of every micro-batch).
   if (memory.on_disk > 0) {
+    const double own = own_most;
     const double optimizer_bytes = z.offload_optimizer.device == OffloadDevice::kNvme
                                        ? double(memory.on_disk) - (stage == 3 && z.offload_param.device == OffloadDevice::kNvme
                                                                        ? own * double(c10::elementSize(precision.param))
@@ -94,9 +133,12 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
 
 namespace {
 
-std::string describe(const Config& config, const zero::PrecisionPolicy& p) {
+std::string describe(const Config& config, const Layout& layout, const zero::PrecisionPolicy& p) {
   const ZeroConfig& z = config.zero_optimization;
   std::string s = ds::str("ZeRO-", z.stage, ", ", p.name, " (compute ", zero::dtype_name(p.working), ")");
+  const ParallelSizes sizes = parallel_sizes(config, layout);
+  if (sizes.pipeline * sizes.tensor > 1)
+    s += ds::str(", pipeline ", sizes.pipeline, " x tensor ", sizes.tensor, " x data ", sizes.data);
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
   return s;
@@ -106,21 +148,20 @@ std::string describe(const Config& config, const zero::PrecisionPolicy& p) {
 
 Estimate estimate(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates) {
   shape.validate();
-  if (config.pipeline.stages > 1 || config.tensor_parallel.autotp_size > 1)
-    throw ConfigError("ds-estimate models data parallelism with ZeRO 0-3 and offload; pipeline and tensor "
-                      "parallel layouts are not modelled yet (estimate one stage or one tensor slice as a smaller model)");
   if (layout.ranks_per_node < 1 || layout.nodes < 1)
     throw ConfigError(ds::str("ranks per node and nodes must be at least 1, got ", layout.ranks_per_node, " and ",
                               layout.nodes));
   if (layout.context < 1 || layout.context > shape.seq_len)
     throw ConfigError(ds::str("the context ", layout.context, " must be from 1 to the model's ", shape.seq_len));
-  check_offload(config);  // what the engine refuses is not estimated
+  check_config(config);  // what the engine refuses is not estimated
   const zero::PrecisionPolicy precision = zero::PrecisionPolicy::from_config(config);
   Estimate e;
-  e.memory = estimate_memory(config, shape, layout, rates, precision);
+  e.stages = estimate_memory(config, shape, layout, rates, precision);
+  e.memory = *std::max_element(e.stages.begin(), e.stages.end(),
+                               [](const Memory& a, const Memory& b) { return a.peak() < b.peak(); });
   e.time = estimate_time(config, shape, layout, rates, precision, e.memory);
   e.tokens_per_step = config.train_batch_size * layout.context;
-  e.describe = describe(config, precision);
+  e.describe = describe(config, layout, precision);
   return e;
 }
 
@@ -157,6 +198,11 @@ std::vector<Choice> every_choice(const Config& config, const ModelShape& shape, 
       if ((opt || par) && optim::make_optimizer(config.optimizer)->passes() > 1)
         continue;  // the engine swaps states only for a one-pass optimizer (not Lamb)
       const Config choice = with_choice(config, stage, opt, par);
+      try {
+        check_config(choice);
+      } catch (const ConfigError&) {
+        continue;  // the engine would refuse it (a pipeline at stage 2, say)
+      }
       Choice c;
       c.stage = stage;
       c.offload = par ? "optimizer+param nvme" : opt ? "optimizer nvme" : "none";
@@ -177,7 +223,9 @@ std::string what_would_fit(const Config& config, const ModelShape& shape, const 
       l.nodes = nodes, l.checkpoint_blocks = checkpoint;
       Config resolved = config;
       if (nodes != layout.nodes) {  // the same micro-batch per rank and accumulation
-        resolved.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world();
+        const ParallelSizes model = parallel_sizes(config, layout);
+        resolved.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps *
+                                    l.world() / (model.pipeline * model.tensor);
       }
       for (const Choice& c : every_choice(resolved, shape, l, rates)) {
         if (!c.fits) continue;
@@ -190,7 +238,8 @@ std::string what_would_fit(const Config& config, const ModelShape& shape, const 
     }
   }
   return ds::str("nothing up to ", layout.nodes * 1024, " nodes fits: the activations of one micro-batch (",
-                 ds::format_bytes(double(activation_bytes(shape, layout, config, zero::PrecisionPolicy::from_config(config), true))),
+                 ds::format_bytes(double(activation_bytes(shape, layout, config, zero::PrecisionPolicy::from_config(config), true,
+                                                          stage_shares(config, shape, layout).front()))),
                  " checkpointed) or the runtime exceed a rank's share of RAM; use a smaller micro-batch or context");
 }
 
@@ -198,15 +247,29 @@ std::string scaling_table(const Config& config, const ModelShape& shape, const L
                           const std::vector<int>& world_sizes) {
   std::ostringstream out;
   out << "ranks  | per-rank peak (model states) at ZeRO-0 / 1 / 2 / 3                     | comm share of the step 0 / 1 / 2 / 3\n";
+  const ParallelSizes model = parallel_sizes(config, layout);
   for (int n : world_sizes) {
+    if (n % (model.pipeline * model.tensor) != 0) {
+      out << ds::str(n, " ranks: not a multiple of pipeline stages x tensor size (", model.pipeline * model.tensor, ")\n");
+      continue;
+    }
     Layout l = layout;
     l.ranks_per_node = std::min(layout.ranks_per_node, n);
     l.nodes = std::max(1, n / l.ranks_per_node);
     Config c = config;
-    c.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world();
+    c.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world() /
+                         (model.pipeline * model.tensor);
     std::string mem, share;
     for (int stage = 0; stage <= 3; ++stage) {
-      const Estimate e = estimate(with_choice(c, stage, false, false), shape, l, rates);
+      const Config choice = with_choice(c, stage, false, false);
+      try {
+        check_config(choice);
+      } catch (const ConfigError&) {  // refused by the engine (a pipeline at stage 2 or 3)
+        mem += stage ? " / refused" : "refused";
+        share += stage ? " / -" : "-";
+        continue;
+      }
+      const Estimate e = estimate(choice, shape, l, rates);
       mem += ds::str(stage ? " / " : "", ds::format_bytes(double(e.memory.peak())), " (",
                      ds::format_bytes(double(e.memory.model_states())), ")");
       char buf[16];

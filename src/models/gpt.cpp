@@ -78,22 +78,31 @@ double GptConfig::flops_per_token(int64_t context) const {
 }
 
 double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t element_bytes) const {
+  return activation_bytes(batch, context, element_bytes, RankShare{});
+}
+
+double GptConfig::activation_bytes(int64_t batch, int64_t context, int64_t element_bytes, const RankShare& share) const {
   const double T = double(context), d = double(d_model), H = double(n_head), w = double(element_bytes);
+  const double t = double(std::max<int64_t>(1, share.tensor));
   // Per token: what a block saves (LayerNorm and linear inputs 2 d + 7 d, q/k/v 3 d, GELU input
   // 4 d; dense attention its softmax output H T, the block kernels contiguous q/k/v, their
   // output and a log-sum-exp per head: 4 d + H), a block's backward (dense ~2 H T + 8 d; block
   // kernels: blockwise-transposed k and v, q/k/v gradients, ~13 d), the head's fp32
-  // log-probabilities and their gradient and the logits' gradient (V (8 + w) bytes).
+  // log-probabilities and their gradient and the logits' gradient (V (8 + w) bytes). Under
+  // tensor parallelism the two LayerNorm inputs and the inputs of the qkv and first MLP
+  // layers (4 d) stay whole; the rest is this rank's heads or hidden units. Of the backward's,
+  // the gradients of the whole activations (~4 d) stay whole.
   const bool dense = attention_path() == AttentionPath::kDense;
-  const double block = dense ? 16.0 * d + H * T : 20.0 * d + H;
-  const double backward = dense ? 2.0 * H * T + 8.0 * d : 13.0 * d;
-  const double head = double(vocab_size) * (8.0 + w);
+  const double block = 4.0 * d + (dense ? 12.0 * d + H * T : 16.0 * d + H) / t;
+  const double backward = 4.0 * d + (dense ? 2.0 * H * T + 4.0 * d : 9.0 * d) / t;
+  const double head = share.head ? double(vocab_size) / t * (8.0 + w) : 0.0;
   // A checkpointed block keeps its input; one block lives again during its recompute. The
   // head's buffers and the block's add up in RSS: the caching allocator keeps the head's freed
   // blocks, which do not fit the block's sizes (measured on GPT-2 124M, docs/BENCHMARKS.md).
-  const double k = double(std::min(checkpoint_blocks, n_layer));
-  const double per_token =
-      (double(n_layer) - k) * block * w + k * d * w + head + (k > 0 ? block + backward : backward) * w;
+  const double blocks = double(share.blocks < 0 ? n_layer : share.blocks);
+  const double k = std::min(double(checkpoint_blocks), blocks);
+  const double saved = ((blocks - k) * block + k * d) * w * double(std::max<int64_t>(1, share.in_flight));
+  const double per_token = saved + head + (blocks > 0 ? (k > 0 ? block + backward : backward) * w : 0.0);
   return per_token * T * double(batch);
 }
 

@@ -7,12 +7,10 @@ namespace ds {
 
 namespace {
 
-// What the engine cannot honour yet is refused here, in one place, with the key's path.
+// What the engine cannot honour with these groups is refused here, with the key's path.
 void check_supported(const Config& c, const comm::ParallelGroups& g) {
   if (!c.resolved()) throw ConfigError("the engine needs a resolved config: call config.resolve(world_size) first");
-  if (c.tensor_parallel.tp_overlap_comm)
-    throw ConfigError("tensor_parallel.tp_overlap_comm: overlapping the tensor-parallel all-reduces with compute is not "
-                      "implemented; set it to false");
+  check_config(c);
   if (c.parallel.tensor_parallel_size != g.tensor->size())
     throw ConfigError(ds::str("tensor_parallel.autotp_size is ", c.parallel.tensor_parallel_size,
                               " but the tensor group has ", g.tensor->size(), " ranks: build the groups with "
@@ -21,22 +19,9 @@ void check_supported(const Config& c, const comm::ParallelGroups& g) {
     throw ConfigError(ds::str("pipeline.stages is ", c.parallel.pipeline_stages, " but the pipe group has ",
                               g.pipe->size(), " ranks: build the groups with ds::comm::Topology::for_world(world, ",
                               c.parallel.pipeline_stages, ", 1)"));
-  if (c.parallel.pipeline_stages > 1) {
-    if (c.zero_optimization.offload_optimizer.device != OffloadDevice::kNone ||
-        c.zero_optimization.offload_param.device != OffloadDevice::kNone)
-      throw ConfigError("zero_optimization offload with pipeline.stages > 1 is not supported yet; remove the offload");
-  }
-  if (c.pipeline.activation_checkpoint_interval > 0 && c.zero_optimization.stage == 3)
-    throw ConfigError("pipeline.activation_checkpoint_interval with ZeRO stage 3 is not supported yet (the recompute "
-                      "would need the units gathered again); use stage 0-2 or set it to 0");
   if (c.parallel.data_parallel_size != g.data->size())
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
                               " data-parallel ranks but the data-parallel group has ", g.data->size()));
-  check_offload(c);
-  if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
-  if (c.checkpoint.use_node_local_storage)
-    throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
-                      "directory (rank 0 checks each file before committing); remove the key");
 }
 
 aio::AioOptions aio_options(const AioConfig& a) {
@@ -50,6 +35,28 @@ aio::AioOptions aio_options(const AioConfig& a) {
 }
 
 }  // namespace
+
+void check_config(const Config& c) {
+  if (c.tensor_parallel.tp_overlap_comm)
+    throw ConfigError("tensor_parallel.tp_overlap_comm: overlapping the tensor-parallel all-reduces with compute is not "
+                      "implemented; set it to false");
+  if (c.pipeline.stages > 1) {
+    if (c.zero_optimization.stage >= 2)  // Config::resolve refuses it too, naming the key
+      throw ConfigError(ds::str("zero_optimization.stage ", c.zero_optimization.stage, " cannot be combined with ",
+                                c.pipeline.stages, " pipeline stages (use stage 0 or 1, as in DeepSpeed)"));
+    if (c.zero_optimization.offload_optimizer.device != OffloadDevice::kNone ||
+        c.zero_optimization.offload_param.device != OffloadDevice::kNone)
+      throw ConfigError("zero_optimization offload with pipeline.stages > 1 is not supported yet; remove the offload");
+  }
+  if (c.pipeline.activation_checkpoint_interval > 0 && c.zero_optimization.stage == 3)
+    throw ConfigError("pipeline.activation_checkpoint_interval with ZeRO stage 3 is not supported yet (the recompute "
+                      "would need the units gathered again); use stage 0-2 or set it to 0");
+  check_offload(c);
+  if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
+  if (c.checkpoint.use_node_local_storage)
+    throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
+                      "directory (rank 0 checks each file before committing); remove the key");
+}
 
 void check_offload(const Config& c) {
   const auto& z = c.zero_optimization;

@@ -279,7 +279,7 @@ TEST(Faults, AioBenchRefusesBlocksLargerThanTheFile) {
 }
 
 // ds-estimate: the per-rank parts and the table; bad flags exit 2; a run that fits nowhere at
-// its layout exits 1 with one line naming what would fit.
+// its layout exits 1 with one line naming what would fit; a pipeline's stages and bubble.
 TEST(Faults, DsEstimatePrintsThePartsAndSaysWhatWouldFit) {
   RunOutput ok = Spawned({bin("ds-estimate"), "--n-layer", "2", "--n-head", "2", "--d-model", "64", "--seq-len", "64",
                           "--vocab", "256", "--ranks-per-node", "2", "--scale", "1,8,1000"})
@@ -296,6 +296,24 @@ TEST(Faults, DsEstimatePrintsThePartsAndSaysWhatWouldFit) {
   EXPECT_EQ(big.exit_code(), 1) << diag(big);
   const std::string line = error_line(big, "ds-estimate: error: ", "does not fit");
   EXPECT_NE(line.find("ZeRO stage 3"), std::string::npos) << line;
+  // A config's batch with the accumulation left out (derived: 8 / (2 x 1 data rank) = 4) in 2
+  // pipeline stages: each stage's ranks and the bubble; a tensor size that does not divide
+  // the heads is one line.
+  TempDir dir;
+  const std::string config = dir.write("c.json", R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 2}})");
+  RunOutput piped = Spawned({bin("ds-estimate"), "--config", config, "--n-layer", "4", "--n-head", "2", "--d-model", "64",
+                             "--seq-len", "64", "--vocab", "256", "--ranks-per-node", "2"})
+                        .wait(30);
+  EXPECT_EQ(piped.exit_code(), 0) << diag(piped);
+  for (const char* part : {"micro-batch 2 x accumulation 4 = global batch 8", "pipeline 2 x tensor 1 x data 1",
+                           "each stage's ranks: stage 0", "(pipeline bubble "})
+    EXPECT_NE(piped.out.find(part), std::string::npos) << part << "\n" << piped.out;
+  RunOutput split = Spawned({bin("ds-estimate"), "--n-layer", "2", "--n-head", "3", "--d-model", "48", "--seq-len", "64",
+                             "--vocab", "256", "--ranks-per-node", "2", "--tensor", "2"})
+                        .wait(30);
+  EXPECT_EQ(split.exit_code(), 1) << diag(split);
+  error_line(split, "ds-estimate: error: ", "autotp_size 2 does not divide the heads (3)");
 }
 
 // mpirun with the Gloo backend: the ranks come from OpenMPI's variables, the rendezvous on

@@ -1,10 +1,14 @@
 // The estimator: its model states equal what the engine allocates (Engine::memory_breakdown)
-// at every ZeRO stage, 1, 2 and 4 ranks, fp32 and bf16; its step time adds up; bad input and
-// runs that fit nowhere are one line that says what would fit.
+// at every ZeRO stage, 1, 2 and 4 ranks, fp32 and bf16, and on every rank of pipeline x
+// tensor x data layouts; its step time adds up (with a pipeline's bubble and the tensor
+// group's all-reduces); bad input and runs that fit nowhere are one line that says what would fit.
 #include "ds/estimate/estimate.h"
 
 #include <gtest/gtest.h>
 
+#include "ds/comm/topology.h"
+#include "ds/models/gpt.h"
+#include "ds/pipe/module.h"
 #include "support/errors.h"
 #include "support/ranks.h"
 #include "train_util.h"
@@ -55,6 +59,95 @@ INSTANTIATE_TEST_SUITE_P(Layouts, EstimateModelStates,
                            return ds::str("world", std::get<0>(info.param), "_stage", std::get<1>(info.param),
                                           std::get<2>(info.param) ? "_bf16" : "_fp32");
                          });
+
+// Pipeline x tensor x data: each rank's model states (its stage's layers, its tensor slices,
+// its ZeRO shard) equal what the engine allocates for the pipeline GPT, stage by stage.
+class EstimateThreeD : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
+
+TEST_P(EstimateThreeD, ModelStatesOfEveryStageEqualTheEnginesAllocation) {
+  const auto [pipeline, tensor, stage] = GetParam();
+  constexpr int kWorld = 4;
+  const int data = kWorld / (pipeline * tensor);
+  const std::string json = ds::str(R"({"train_batch_size": )", 2 * 2 * data, R"(, "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 0.01}}, "zero_optimization": {"stage": )", stage,
+                                   R"(}, "pipeline": {"stages": )", pipeline, R"(}, "tensor_parallel": {"autotp_size": )",
+                                   tensor, "}}");
+  GptConfig g;
+  g.vocab_size = 24, g.n_layer = 5, g.n_head = 2, g.d_model = 16, g.seq_len = 8;
+  test::run_ranks(kWorld, [&](comm::Communicator& c) {
+    Config cfg = Config::parse(json, "test config");
+    cfg.resolve(kWorld);
+    auto groups = comm::ParallelGroups::create(c.shared_from_this(), comm::Topology::for_world(kWorld, pipeline, tensor));
+    pipe::PipelineModule model(gpt_layer_specs(g, tensor > 1 ? groups.tensor : nullptr),
+                               pipe::PipelineLayout::from(cfg, groups));
+    Engine engine(model.ptr(), cfg, groups);
+    const Engine::MemoryBreakdown m = engine.memory_breakdown();
+    estimate::ModelShape shape;
+    shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
+    shape.vocab_size = g.vocab_size;
+    estimate::Layout layout;
+    layout.ranks_per_node = kWorld, layout.context = g.seq_len;
+    const estimate::Estimate e = estimate::estimate(cfg, shape, layout, estimate::Rates::defaults());
+    ASSERT_EQ(e.stages.size(), size_t(pipeline));
+    const estimate::Memory& mine = e.stages[size_t(groups.coord.pipe)];
+    EXPECT_EQ(mine.stage, groups.coord.pipe);
+    if (groups.coord.data != 0) return;  // equal chunks: the first data rank of each stage speaks
+    const std::string where = ds::str("stage ", groups.coord.pipe, ", tensor rank ", groups.coord.tensor);
+    EXPECT_EQ(m.params, mine.params + mine.persistent) << "weights, " << where;
+    EXPECT_EQ(m.grads, mine.grads) << "gradients, " << where;
+    EXPECT_EQ(m.masters, mine.masters) << "masters, " << where;
+    EXPECT_EQ(m.optimizer_state, mine.optimizer_states) << "optimizer states, " << where;
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, EstimateThreeD,
+                         ::testing::Values(std::make_tuple(2, 1, 1), std::make_tuple(4, 1, 0), std::make_tuple(1, 2, 2),
+                                           std::make_tuple(1, 2, 3), std::make_tuple(2, 2, 0), std::make_tuple(2, 2, 1)),
+                         [](const auto& info) {
+                           return ds::str("pipe", std::get<0>(info.param), "_tensor", std::get<1>(info.param), "_stage",
+                                          std::get<2>(info.param));
+                         });
+
+// A pipeline's step: (accumulation + stages - 1) micro-batch slots of the slowest stage, the
+// bubble the stages - 1 of them; stage 0 keeps `stages` micro-batches of its blocks' activations
+// and the last stage the head's. Tensor parallelism divides the compute and adds all-reduces.
+TEST(Estimate, APipelinesBubbleAndATensorGroupsAllReducesAreInTheStep) {
+  estimate::ModelShape s;
+  s.n_layer = 8, s.d_model = 256, s.n_head = 4, s.seq_len = 128, s.vocab_size = 512;
+  estimate::Layout l;
+  l.ranks_per_node = 4, l.context = 128;
+  const auto r = estimate::Rates::defaults();
+  auto run = [&](int pipeline, int tensor, int accumulation) {
+    return estimate::estimate(resolved(ds::str(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": )",
+                                               accumulation, R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+      "zero_optimization": {"stage": 1}, "pipeline": {"stages": )", pipeline, R"(, "partition": "type:GptBlock"},
+      "tensor_parallel": {"autotp_size": )", tensor, "}}"), 4), s, l, r);
+  };
+  const auto data = run(1, 1, 4), piped = run(4, 1, 4), split = run(1, 4, 4);
+  for (const auto& e : {data, piped, split})
+    EXPECT_DOUBLE_EQ(e.time.total_s, e.time.compute_s + e.time.optimizer_s + e.time.exposed_comm_s + e.time.io_s);
+  EXPECT_EQ(data.time.bubble_s, 0);
+  EXPECT_NEAR(piped.time.bubble_s / piped.time.compute_s, 3.0 / (4 + 3), 1e-12);
+  // 4 stages of 2 blocks: the first stage's blocks hold the most, about a quarter of the whole
+  // model's compute per micro-batch (the embeddings and head apart), over 7 slots.
+  const double micro = data.time.compute_s / 4;  // one micro-batch of the whole model on one rank
+  EXPECT_GT(piped.time.compute_s, 7 * micro / 4);
+  EXPECT_LT(piped.time.compute_s, 7 * micro / 2);
+  EXPECT_NEAR(split.time.compute_s, data.time.compute_s / 4, 1e-12);
+  EXPECT_GT(split.time.comm_s, 0);  // the tensor group's all-reduces (one data rank: nothing else)
+  ASSERT_EQ(piped.stages.size(), 4u);
+  EXPECT_EQ(piped.memory.stage, 0);
+  // Stage 0's blocks keep 4 micro-batches in flight, stage 3's one.
+  EXPECT_GT(piped.stages[0].activations_without_checkpointing, 2 * piped.stages[3].activations_without_checkpointing -
+                                                                 piped.stages[3].activations_without_checkpointing / 2);
+  EXPECT_LT(split.memory.activations, data.memory.activations);
+  // Pipelines cannot shard gradients or offload (the engine refuses): no such choice offered.
+  for (const auto& c : estimate::every_choice(resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 4}})", 4), s, l, r)) {
+    EXPECT_LT(c.stage, 2);
+    EXPECT_EQ(c.offload, "none");
+  }
+}
 
 TEST(Estimate, ZeroShrinksModelStatesAsDeepSpeedsFormulasSay) {
   // GPT-2 124M, fp32 Adam: 16 bytes per parameter at stage 0; stages 1-3 divide the
@@ -111,9 +204,17 @@ TEST(Estimate, BadInputAndRunsThatFitNowhereAreOneLineSayingWhatWouldFit) {
                    "the context 65 must be from 1 to the model's 64");
   l.context = 64;
   Config piped = resolved(R"({"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 1, "offload_optimizer": {"device": "nvme", "nvme_path": "/nvme"}},
     "pipeline": {"stages": 2}})", 2);
   l.ranks_per_node = 2;
-  EXPECT_ERROR_HAS(estimate::estimate(piped, s, l, estimate::Rates::defaults()), "pipeline and tensor parallel layouts");
+  EXPECT_ERROR_HAS(estimate::estimate(piped, s, l, estimate::Rates::defaults()),
+                   "offload with pipeline.stages > 1 is not supported");
+  Config split = resolved(R"({"train_batch_size": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "tensor_parallel": {"autotp_size": 2}})", 2);
+  s.vocab_size = 255;
+  EXPECT_ERROR_HAS(estimate::estimate(split, s, l, estimate::Rates::defaults()),
+                   "tensor_parallel.autotp_size 2 does not divide the heads (4) and the vocabulary (255)");
+  s.vocab_size = 256;
   estimate::Layout single;
   single.context = 64;
   const Config offload = resolved(R"({"train_batch_size": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},

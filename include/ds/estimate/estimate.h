@@ -12,7 +12,10 @@
 // the engine makes of the reference GPT. Activations, gathered units, buffers in flight and
 // the process runtime are models of this implementation, checked against measured runs
 // (docs/BENCHMARKS.md); the step time is compute + exposed communication + disk at the rates.
-// Data parallelism with ZeRO 0-3 and offload only: pipeline and tensor layouts are refused.
+// Pipeline stages (`pipeline.stages`, 1F1B) x tensor parallelism (`tensor_parallel.autotp_size`)
+// x data parallelism: each stage's units as its tensor ranks hold them, the activations of
+// the micro-batches a stage keeps in flight, the pipeline's bubble and the tensor group's
+// all-reduces; the rank that needs most memory is reported.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +25,16 @@
 #include "ds/config/config.h"
 
 namespace ds::estimate {
+
+// One pipeline stage's share of the model, as each of its tensor ranks holds it.
+struct StageShare {
+  int stage = 0;
+  std::vector<int64_t> units;  // the engine's units on the stage, each this tensor rank's slice
+  int64_t blocks = 0;          // transformer blocks on the stage
+  bool first = true, last = true;  // holds the embeddings / the final LayerNorm and the head
+  int64_t tied_units = 0;      // units that are a copy of another stage's (the head's embedding)
+  double flops_per_token = 0;  // training FLOPs of the stage's layers per token, unsplit
+};
 
 // A GPT-2 shaped model: blocks of 12 d^2 + 13 d parameters, a token embedding tied to the
 // head, a position embedding and a final LayerNorm.
@@ -37,6 +50,12 @@ struct ModelShape {
   // Training FLOPs per token (6N + 12LTd), and the forward of the blocks alone per token.
   double flops_per_token(int64_t context) const;
   double block_forward_flops_per_token(int64_t context) const;
+  // The stages of a `pipeline` x `tensor` layout: the layers as ds-train's pipeline GPT lays
+  // them out (TokenEmbedding, PositionEmbedding, the blocks, LayerNorm, the tied LMHead) cut
+  // by `partition` (pipeline.partition's methods); a block's slice holds 12 d^2/t + 7 d/t + 6 d
+  // parameters (its LayerNorms and the row-parallel biases whole). Throws ds::ConfigError for
+  // a tensor size that does not divide the heads or the vocabulary, or more stages than layers.
+  std::vector<StageShare> stage_shares(int pipeline, int tensor, const std::string& partition, int64_t context) const;
 };
 
 // Where it runs and what one rank computes per step.
@@ -85,6 +104,7 @@ struct Memory {
   int64_t activations_without_checkpointing = 0, activations_with_checkpointing = 0;
   int64_t io_buffers = 0;     // offload to nvme: the aligned read/write buffers
   int64_t runtime = 0;        // LibTorch, BLAS, comm threads
+  int stage = 0, stages = 1;  // the pipeline stage whose ranks need the most (of `stages`)
   int64_t model_states() const { return params + grads + masters + optimizer_states; }
   int64_t peak() const {
     return model_states() + persistent + gathered + in_flight + activations + io_buffers + runtime;
@@ -93,9 +113,10 @@ struct Memory {
 
 // One step, in seconds.
 struct StepTime {
-  double compute_s = 0;    // forward + backward (+ recomputation)
+  double compute_s = 0;    // forward + backward (+ recomputation), the pipeline's bubble included
+  double bubble_s = 0;     // of compute_s: the 1F1B fill and drain, (stages - 1) micro-batches
   double optimizer_s = 0;  // the optimizer over this rank's part (memory bound)
-  double comm_s = 0;       // gradient reduction (+ stage 3 gathers), at the rates
+  double comm_s = 0;       // gradient reduction (+ stage 3 gathers), tensor all-reduces, stage sends
   double exposed_comm_s = 0;  // what the backward does not hide
   double io_s = 0;         // nvme offload reads and writes
   double total_s = 0;
@@ -103,14 +124,16 @@ struct StepTime {
 };
 
 struct Estimate {
-  Memory memory;
+  Memory memory;               // the ranks that need the most (of `stages`)
+  std::vector<Memory> stages;  // each pipeline stage's ranks (one entry without a pipeline)
   StepTime time;
   int64_t tokens_per_step = 0;  // over all ranks
   std::string describe;         // "ZeRO-2, bf16, offload_optimizer nvme"
 };
 
-// `config` resolved for layout.world() ranks. Throws ds::ConfigError for a layout it does not
-// model (pipeline or tensor parallelism) or a context longer than the model's.
+// `config` resolved for layout.world() ranks (its pipeline stages and tensor size divide
+// them). Throws ds::ConfigError for what the engine would refuse or a context longer than the
+// model's.
 Estimate estimate(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates);
 
 // The same run at every ZeRO stage and offload choice: one row each (DeepSpeed's

@@ -78,6 +78,16 @@ struct GptConfig {
   // and the head's log-probabilities (see gpt.cpp). Checked
   // against measured peaks within 10% (bench/estimate_validation.sh); ds-estimate uses it.
   double activation_bytes(int64_t batch, int64_t context, int64_t element_bytes = 4) const;
+  // The same for one rank of a pipeline x tensor layout: `blocks` of the blocks (-1: all),
+  // whose saved tensors are kept for `in_flight` micro-batches (1F1B: stage s of p keeps
+  // p - s), the head's buffers only where `head` is; under tensor parallelism the split
+  // activations (q/k/v, attention, the MLP's hidden layer, the logits) are 1/`tensor` of their
+  // size, the LayerNorm and residual ones whole (4 d per token of a block).
+  struct RankShare {
+    int64_t blocks = -1, in_flight = 1, tensor = 1;
+    bool head = true;
+  };
+  double activation_bytes(int64_t batch, int64_t context, int64_t element_bytes, const RankShare& share) const;
   std::string describe() const;  // the architecture (not dropout or checkpointing)
   // The architecture as JSON ({"n_layer", "n_head", "d_model", "seq_len", "vocab_size",
   // "activation"}) and back: ds-train keeps it in its checkpoints' client state, from which

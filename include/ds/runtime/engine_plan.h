@@ -39,8 +39,12 @@ struct EnginePlan {
 // `config` must be resolved for groups.world's size. `compute` overrides the working dtype
 // (see zero::PrecisionPolicy).
 // The offload settings this engine can honour (stage, precision, optimizer); ds::ConfigError
-// otherwise. plan_engine checks them; ds-estimate too.
+// otherwise.
 void check_offload(const Config& config);
+// Everything of a resolved config the engine refuses whatever the groups (check_offload, the
+// pipeline's limits, keys it cannot honour); ds::ConfigError naming the key. plan_engine
+// checks it; ds-estimate too, so a layout the engine refuses is not estimated.
+void check_config(const Config& config);
 
 EnginePlan plan_engine(const Config& config, const comm::ParallelGroups& groups,
                        std::optional<at::ScalarType> compute = std::nullopt);
