@@ -74,10 +74,6 @@ void check_cross_section(const Config& c, ParseContext& ctx) {
                                    "OneBitAdam with ZeRO 1-2"));
   if (c.optimizer.type == OptimizerType::kLamb) {
     const ZeroConfig& z = c.zero_optimization;
-    if (c.tensor_parallel.autotp_size > 1)
-      ctx.fail("optimizer.type", str("Lamb with tensor_parallel.autotp_size ", c.tensor_parallel.autotp_size,
-                                     " is not supported: the trust ratio of a tensor split over the tensor group "
-                                     "needs its whole norm; use Adam/AdamW, or Lamb with data and pipeline parallelism"));
     if (z.offload_optimizer.device == OffloadDevice::kNvme || z.offload_param.device == OffloadDevice::kNvme)
       ctx.fail(z.offload_optimizer.device == OffloadDevice::kNvme ? "zero_optimization.offload_optimizer.device"
                                                                    : "zero_optimization.offload_param.device",

@@ -9,9 +9,11 @@
 // The trust ratio r belongs to each parameter tensor, so the step needs every tensor's ||w||
 // and ||u|| before any weight moves: a first pass over this rank's segments updates m and v
 // and sums w² and u² per tensor (ZeRO 1-3 split a tensor over ranks: the sums are all-reduced
-// over the data group), a second recomputes u and moves the weights. r does not depend on
-// the ZeRO stage or the number of ranks (up to the rounding of the partial sums) (DeepSpeed's ZeRO computes it per rank's flat
-// partition instead, which changes with the world size). Each pass is one fused loop
+// over the data group; tensor parallelism splits some tensors over the tensor group: their
+// sums are added over it), a second recomputes u and moves the weights. r does not depend on
+// the ZeRO stage, the number of ranks or the tensor size (up to the rounding of the partial
+// sums); DeepSpeed's ZeRO computes it per rank's flat partition instead, which changes with
+// the world size. Each pass is one fused loop
 // (lamb_kernels.cpp) over chunks of the tensors, spread over a thread pool; the sums are
 // added chunk by chunk in a fixed order, so a step does not depend on thread timing.
 #include "lamb.h"
@@ -47,7 +49,6 @@ class Lamb final : public FlatOptimizer {
     h_.eps_inside_sqrt = config_.eps_inside_sqrt;
   }
   std::string name() const override { return "Lamb"; }
-  bool per_tensor_statistics() const override { return true; }
   int passes() const override { return 2; }
   std::vector<StateSpec> state_specs() const override { return {{"exp_avg"}, {"exp_avg_sq"}}; }
   std::vector<at::Tensor> init_state(int64_t n) const override { return {at::zeros({n}), at::zeros({n})}; }
@@ -77,6 +78,7 @@ class Lamb final : public FlatOptimizer {
     });
     if (ctx.partitioned && ctx.data_group && ctx.data_group->size() > 1)
       ctx.data_group->all_reduce(sums, comm::ReduceOp::Sum).wait();
+    if (ctx.tensor_group && ctx.tensor_group->size() > 1) add_over_tensor_group(ctx, first, sums);
     std::vector<double> scale(first.back());
     const double lr_t = step_size(ctx.args);
     for (size_t t = 0; t < scale.size(); ++t) scale[t] = lr_t * ratio(w2[t], u2[t]);
@@ -88,6 +90,27 @@ class Lamb final : public FlatOptimizer {
   }
 
  private:
+  // The sums of the tensors split over the tensor group, added over it: each rank held one
+  // slice. The replicated tensors' sums are already whole (and equal on every rank there).
+  static void add_over_tensor_group(const StepContext& ctx, const std::vector<size_t>& first, at::Tensor& sums) {
+    if (!ctx.tensor_split || ctx.tensor_split->size() != ctx.unit_tensors.size())
+      throw Error("Lamb: the step has a tensor group but not which tensors are split over it");
+    std::vector<int64_t> split;
+    for (size_t k = 0; k < ctx.unit_tensors.size(); ++k) {
+      const std::vector<bool>& flags = (*ctx.tensor_split)[k];
+      if (flags.size() != ctx.unit_tensors[k]->size())
+        throw Error(ds::str("Lamb: unit ", k, " has ", ctx.unit_tensors[k]->size(), " tensors but ", flags.size(),
+                            " split flags"));
+      for (size_t t = 0; t < flags.size(); ++t)
+        if (flags[t]) split.push_back(int64_t(first[k] + t));
+    }
+    if (split.empty()) return;
+    const at::Tensor index = at::tensor(split, at::kLong);
+    at::Tensor part = sums.index_select(1, index);  // [2, split tensors]
+    ctx.tensor_group->all_reduce(part, comm::ReduceOp::Sum).wait();
+    sums.index_copy_(1, index, part);
+  }
+
   static at::Tensor as_float(const at::Tensor& g) {
     return (g.scalar_type() == at::kFloat ? g : g.to(at::kFloat)).contiguous();
   }

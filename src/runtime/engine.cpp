@@ -73,11 +73,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
   }
   skip_nonfinite_steps_ = options.skip_nonfinite_steps;
   const std::string allocator = install_caching_allocator();
-  // The config reader refuses these for a config's Lamb; an optimizer the program passes is checked here.
-  if (optimizer_->per_tensor_statistics() && groups_.tensor->size() > 1)
-    throw ConfigError(ds::str(optimizer_->name(), " needs each parameter tensor's whole norm, and tensor parallelism "
-                              "splits tensors over ", groups_.tensor->size(), " ranks; use Adam/AdamW or "
-                              "tensor_parallel.autotp_size 1"));
+  // The config reader refuses this for a config's Lamb; an optimizer the program passes is checked here.
   if (optimizer_->passes() > 1 && (plan_.swap_optimizer || plan_.swap_params))
     throw ConfigError(ds::str(optimizer_->name(), " makes ", optimizer_->passes(), " passes over the states per step and "
                               "cannot swap to NVMe; use offload device \"cpu\" or \"none\""));

@@ -93,6 +93,9 @@ void Engine::plan_tensor_parallel_norm() {
                               " but the model has no tensor-parallel layers (ds::tp::ColumnParallelLinear, "
                               "RowParallelLinear, VocabParallelEmbedding, or ds::Gpt built with the tensor group); "
                               "automatic splitting of other modules is not implemented"));
+  tensor_split_.assign(units_.size(), {});
+  for (size_t u = 0; u < units_.size(); ++u)
+    for (const zero::ParamSlot& slot : units_[u].unit->slots()) tensor_split_[u].push_back(split.count(slot.name) > 0);
   if (groups_.tensor->rank() == 0) return;
   norm_ranges_.assign(units_.size(), {});
   for (size_t u = 0; u < units_.size(); ++u) {

@@ -157,8 +157,6 @@ TEST(ConfigErrors, LambSettingsItCannotHonourAreRefused) {
               HasSubstr("use the top-level \"gradient_clipping\""));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb", "params": {"freeze_step": 10}}})"),
               HasSubstr("unknown parameter for optimizer Lamb"));
-  EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb"}, "tensor_parallel": {"autotp_size": 2}})"),
-              HasSubstr("Lamb with tensor_parallel.autotp_size 2 is not supported"));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Lamb"}, "zero_optimization": {"stage": 2,
                           "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}})"),
               HasSubstr("zero_optimization.offload_optimizer.device: Lamb cannot swap to NVMe"));

@@ -1,13 +1,15 @@
 // Lamb (DeepSpeed's FusedLamb arithmetic, one trust ratio per parameter tensor) against a plain
 // LibTorch loop that applies Lamb tensor by tensor — no engine, no flat buffers — on 1 process
-// and on 2 and 3 ranks at ZeRO stages 0-3 (a tensor split over ranks gets its whole norm);
-// bf16 trains alike at every stage; resume is bit-exact; a flat master on its own is one
-// tensor; what Lamb cannot do (NVMe, tensor parallelism) is refused however it is asked for.
+// and on 2 and 3 ranks at ZeRO stages 0-3, and over 2 tensor ranks x 2 data ranks (a tensor
+// split over ranks gets its whole norm); bf16 trains alike at every stage; resume is
+// bit-exact; a flat master on its own is one tensor; what Lamb cannot do (NVMe) is refused
+// however it is asked for.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 
+#include "ds/ckpt/checkpoint.h"
 #include "ds/common/error.h"
 #include "ds/config/config.h"
 #include "ds/estimate/estimate.h"
@@ -110,6 +112,36 @@ TEST(Lamb, ThreeRanksSplitTensorsUnevenlyAndStillUseWholeNorms) {
     for (int stage : {1, 2, 3})
       expect_close(test::train_tiny(c.shared_from_this(), config(stage, 12, 2, lamb, R"(, "gradient_accumulation_steps": 2)"), 8),
                    ref, ds::str("3 ranks, stage ", stage));
+  });
+}
+
+// Tensor parallelism splits the attention and MLP weights and the vocabulary over the tensor
+// group: a split tensor's norms are the sums over its slices, a replicated one (LayerNorms,
+// row-parallel biases) counts once. Tensor 2 x data 2 at ZeRO 0-3 against the plain loop: the
+// losses, and the whole weights the checkpoint reader joins from the slices.
+TEST(Lamb, UnderTensorParallelismASplitTensorGetsItsWholeNorm) {
+  PlainLamb lamb;
+  lamb.lr = 0.05;
+  const auto ref = lamb.train(10, 8);
+  test::TempDir dir("ds_lamb_tp");
+  test::run_ranks(4, [&](comm::Communicator& c) {
+    test::TinyShape shape;
+    shape.tensor = 2;
+    for (int stage : {0, 1, 2, 3}) {
+      const std::string what = ds::str("tensor 2 x data 2, stage ", stage);
+      test::TinyRun run(c.shared_from_this(), config(stage, 8, 4, lamb, R"(, "tensor_parallel": {"autotp_size": 2})"),
+                        shape);
+      run.train_to(10);
+      test::TrainResult got = ref;
+      got.losses = run.result().losses;
+      const std::string ck = dir / ds::str("stage", stage);
+      run.engine().save_checkpoint(ck);
+      std::vector<at::Tensor> whole;
+      for (const auto& [name, t] : ckpt::CheckpointReader(ck).load_fp32_weights()) whole.push_back(t.reshape({-1}));
+      got.weights = at::cat(whole);
+      ASSERT_EQ(got.weights.numel(), ref.weights.numel()) << what;
+      expect_close(got, ref, what);
+    }
   });
 }
 

@@ -5,6 +5,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/utils.h>
 
+#include "ds/comm/topology.h"
 #include "ds/config/config.h"
 #include "ds/zero/init.h"
 
@@ -68,6 +69,14 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   EngineOptions options;
   options.compute_dtype = shape.compute_dtype;
   if (shape.optimizer) options.optimizer = shape.optimizer();
+  if (shape.tensor > 1) {  // the same whole model, split over the tensor group
+    auto groups = comm::ParallelGroups::create(comm_, comm::Topology::for_world(comm_->size(), 1, shape.tensor));
+    data_rank_ = groups.coord.data, data_size_ = groups.data->size();
+    model_ = Gpt(mc, groups.tensor);
+    engine_ = std::make_unique<Engine>(model_.ptr(), config, groups, std::move(options));
+    return;
+  }
+  data_rank_ = comm_->rank(), data_size_ = comm_->size();
   if (shape.zero_init) {
     const zero::PrecisionPolicy policy = zero::PrecisionPolicy::from_config(config, shape.compute_dtype);
     zero::Init init(comm_, config, {policy.working, policy.param});
@@ -84,7 +93,7 @@ void TinyRun::train_to(int64_t steps, const std::function<void(Engine&, int)>& b
   const int64_t micro = config.train_micro_batch_size_per_gpu, gas = config.gradient_accumulation_steps;
   for (int64_t step = engine_->global_step(); step < steps; ++step) {
     for (int64_t m = 0; m < gas; ++m) {
-      Batch b = data_->batch(step, (m * comm_->size() + comm_->rank()) * micro, micro);
+      Batch b = data_->batch(step, (m * data_size_ + data_rank_) * micro, micro);
       at::Tensor loss = engine_->forward([&] { return model_->loss(b.tokens, b.targets); });
       if (before_backward) before_backward(*engine_, int(step));
       engine_->backward(loss);

@@ -36,6 +36,7 @@ struct TinyShape {
   std::optional<at::ScalarType> compute_dtype;  // EngineOptions::compute_dtype
   // EngineOptions::optimizer (null: the config's)
   std::function<std::unique_ptr<optim::FlatOptimizer>()> optimizer;
+  int tensor = 1;  // tensor-parallel ranks (the config's tensor_parallel.autotp_size must agree)
 };
 
 // The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The
@@ -51,7 +52,8 @@ class TinyRun {
   // `before_backward` (optional) runs before each backward with the engine and the step index.
   void train_to(int64_t step, const std::function<void(Engine&, int)>& before_backward = {});
   // What has been recorded so far, and the current weights.
-  // The current weights are gathered (collective at stage 3: every rank calls it).
+  // The current weights are gathered (collective at stage 3: every rank calls it); under
+  // tensor parallelism they are this rank's slices.
   TrainResult result() const;
 
  private:
@@ -60,6 +62,7 @@ class TinyRun {
   Gpt model_{nullptr};
   std::unique_ptr<Engine> engine_;
   TrainResult recorded_;
+  int data_rank_ = 0, data_size_ = 1;  // the batch is split over the data group
 };
 
 // TinyRun for `steps` steps from scratch.

@@ -94,6 +94,11 @@ struct StepContext {
   // (ZeRO 1-3 on several ranks: a tensor's elements may sit on several ranks).
   std::vector<const std::vector<zero::ParamSlot>*> unit_tensors;
   bool partitioned = false;
+  // With tensor parallelism: the tensor group and, per unit and tensor (indexed like
+  // unit_tensors), whether the tensor is split over it (each rank of the group holds a slice;
+  // the others are whole and equal on every rank of the group). Null without.
+  comm::Communicator* tensor_group = nullptr;
+  const std::vector<std::vector<bool>>* tensor_split = nullptr;
 };
 
 class FlatOptimizer {
@@ -127,9 +132,6 @@ class FlatOptimizer {
                                 const SegmentVisitor& segments) {}
   // Drops them (a checkpoint without them, or saved at another layout): they start again.
   virtual void reset_rank_states() {}
-  // Whether the step needs statistics of each whole parameter tensor (Lamb's trust ratio): the
-  // engine then refuses tensor parallelism, which splits tensors over ranks it does not reduce over.
-  virtual bool per_tensor_statistics() const { return false; }
   // Passes over the states per step; the engine swaps states to NVMe only for one.
   virtual int passes() const { return 1; }
   // What the progress line says about the optimizer at `step` (e.g. "warm-up"); "" for nothing.

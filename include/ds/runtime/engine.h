@@ -294,7 +294,8 @@ class Engine {
   // counted in the gradient norm and saved in checkpoints.
   bool is_primary_copy(size_t u) const;
   // Tensor parallelism: on every rank but the tensor group's first, the parts of each unit
-  // the gradient norm counts (the split parameters; the replicated ones count on the first).
+  // the gradient norm counts (the split parameters; the replicated ones count on the first);
+  // on every rank, which slots are split (tensor_split_, for per-tensor optimizer statistics).
   void plan_tensor_parallel_norm();
   // engine_activations.cpp: the activation_checkpointing section.
   void configure_activation_checkpointing();
@@ -323,6 +324,8 @@ class Engine {
   // Per unit, the (offset, length) ranges the norm counts on this rank; empty (no unit at
   // all): every unit counts whole.
   std::vector<std::vector<std::pair<int64_t, int64_t>>> norm_ranges_;
+  // With tensor parallelism, per unit and slot: split over the tensor group (each rank a slice).
+  std::vector<std::vector<bool>> tensor_split_;
   std::unique_ptr<zero::GradReducer> reducer_;
   std::unique_ptr<offload::OptimizerSwapper> swapper_;     // offload_optimizer nvme
   std::unique_ptr<offload::ParamSwapper> param_swapper_;   // offload_param nvme (stage 3, bf16/fp16)
