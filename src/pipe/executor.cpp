@@ -28,13 +28,15 @@ struct Executor::Impl {
   const StageModel& model;
   const DataSource& data;
   const BatchHooks& hooks;
+  const SplitMessages& split;
   StageLink link;
   std::map<std::pair<int, int>, Slot> slots;  // (micro-batch, chunk)
   double loss_sum = 0;
 
   Impl(const Executor& ex, const StageModel& m, const DataSource& d, const BatchHooks& h)
       : spec(ex.spec_), stage(ex.stage_), last(ex.spec_.stages * ex.spec_.virtual_stages - 1),
-        training(ex.spec_.kind != Kind::kInference), model(m), data(d), hooks(h), link(ex.pipe_) {}
+        training(ex.spec_.kind != Kind::kInference), model(m), data(d), hooks(h), split(ex.split_),
+        link(ex.pipe_, ex.split_.tensor) {}
 
   int virt(const Instruction& in) const { return in.chunk * spec.stages + stage; }
   // One tag per (kind, receiving virtual stage): messages of one kind to one chunk keep their order.
@@ -57,18 +59,18 @@ struct Executor::Impl {
         s.batch = data(in.micro_batch);
         break;
       case Op::kRecvActivation:
-        s.input = link.recv(in.peer, tag(false, v));
+        s.input = link.recv(in.peer, tag(false, v), split.activations);
         if (training && s.input.is_floating_point()) s.input.requires_grad_(true);
         break;
       case Op::kForward:
         forward(s, v, in);
         break;
       case Op::kSendActivation:
-        link.send(s.output, in.peer, tag(false, v + 1));
+        link.send(s.output, in.peer, tag(false, v + 1), split.activations ? "pipeline.pipe_partitioned" : nullptr);
         if (!training) slots.erase({in.micro_batch, in.chunk});
         break;
       case Op::kRecvGrad:
-        s.grad = link.recv(in.peer, tag(true, v));
+        s.grad = link.recv(in.peer, tag(true, v), split.gradients);
         break;
       case Op::kBackward:
         if (v == last) {
@@ -83,7 +85,7 @@ struct Executor::Impl {
         break;
       case Op::kSendGrad: {
         const at::Tensor g = s.input.grad().defined() ? s.input.grad() : at::zeros_like(s.input);
-        link.send(g, in.peer, tag(true, v - 1));
+        link.send(g, in.peer, tag(true, v - 1), split.gradients ? "pipeline.grad_partitioned" : nullptr);
         slots.erase({in.micro_batch, in.chunk});
         break;
       }
@@ -112,8 +114,8 @@ struct Executor::Impl {
   }
 };
 
-Executor::Executor(ScheduleSpec spec, std::shared_ptr<comm::Communicator> pipe)
-    : spec_(spec), pipe_(std::move(pipe)), stage_(pipe_->rank()) {
+Executor::Executor(ScheduleSpec spec, std::shared_ptr<comm::Communicator> pipe, SplitMessages split)
+    : spec_(spec), pipe_(std::move(pipe)), split_(std::move(split)), stage_(pipe_->rank()) {
   if (!pipe_) throw Error("pipeline executor: no pipe group");
   if (pipe_->size() != spec_.stages)
     throw ConfigError(ds::str("pipeline: ", spec_.stages, " stages but the pipe group has ", pipe_->size(), " ranks"));

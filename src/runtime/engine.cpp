@@ -108,11 +108,6 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                  plan_.compute_slow ? "warning: " : "", plan_.precision.describe().c_str(),
                  zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
     std::printf("[ds] %s\n", allocator.c_str());
-    if (groups_.pipe->size() > 1 && groups_.tensor->size() > 1 &&
-        (config_.pipeline.pipe_partitioned || config_.pipeline.grad_partitioned))
-      std::fprintf(stderr, "warning: pipeline.pipe_partitioned/grad_partitioned: activations and their gradients go "
-                           "whole between stages (each tensor-parallel rank sends its own copy), not split over the "
-                           "tensor group\n");
     if (groups_.pipe->size() > 1)
       std::printf("[ds] pipeline: %d stages (1F1B, %lld micro-batches per step) x %d data-parallel\n",
                   groups_.pipe->size(), (long long)config_.gradient_accumulation_steps, groups_.data->size());
@@ -364,11 +359,22 @@ pipe::StageModel Engine::as_engine_forward(const pipe::StageModel& stage) {
   return wrapped;
 }
 
+namespace {
+
+// Activations and gradients between stages split over the tensor group, as the config says.
+pipe::SplitMessages split_messages(const Config& c, const comm::ParallelGroups& g) {
+  if (g.tensor->size() == 1) return {};
+  return {g.tensor, c.pipeline.pipe_partitioned, c.pipeline.grad_partitioned};
+}
+
+}  // namespace
+
 StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSource& data) {
   if (micro_step_ % config_.gradient_accumulation_steps != 0)
     throw Error("train_batch() inside an accumulation window started by backward(): finish it with step() first");
   const int stages = groups_.pipe->size();
-  pipe::Executor executor({pipe::Kind::kOneFOneB, stages, int(config_.gradient_accumulation_steps)}, groups_.pipe);
+  pipe::Executor executor({pipe::Kind::kOneFOneB, stages, int(config_.gradient_accumulation_steps)}, groups_.pipe,
+                          split_messages(config_, groups_));
   std::optional<StepStats> stats;
   pipe::BatchHooks hooks;
   hooks.backward_loss = [this](const at::Tensor& loss) { backward(loss); };
@@ -386,7 +392,7 @@ StepStats Engine::train_batch(const pipe::StageModel& stage, const pipe::DataSou
 
 double Engine::eval_batch(const pipe::StageModel& stage, const pipe::DataSource& data, int micro_batches) {
   const int m = micro_batches > 0 ? micro_batches : int(config_.gradient_accumulation_steps);
-  pipe::Executor executor({pipe::Kind::kInference, groups_.pipe->size(), m}, groups_.pipe);
+  pipe::Executor executor({pipe::Kind::kInference, groups_.pipe->size(), m}, groups_.pipe, split_messages(config_, groups_));
   at::Tensor loss = at::full({1}, executor.run(as_engine_forward(stage), data), at::kDouble);
   if (dp_size() > 1) groups_.data->all_reduce(loss, comm::ReduceOp::Avg).wait();
   return loss.item<double>();
@@ -431,7 +437,7 @@ at::Tensor Engine::forward_pipeline(const pipe::StageModel& stage, const at::Ten
       out = to_fp32(o);
       return at::zeros({}, at::kDouble);
     };
-    pipe::Executor executor({pipe::Kind::kInference, stages, 1}, groups_.pipe);
+    pipe::Executor executor({pipe::Kind::kInference, stages, 1}, groups_.pipe, split_messages(config_, groups_));
     executor.run(as_engine_forward(capture), [&](int) { return pipe::MicroBatch{inputs, inputs}; });
     out = broadcast_any(*groups_.pipe, out, stages - 1);
   }

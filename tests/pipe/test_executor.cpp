@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
+#include "ds/comm/topology.h"
 #include "ds/common/error.h"
 #include "ds/pipe/executor.h"
 #include "ds/pipe/link.h"
@@ -163,6 +164,40 @@ TEST(PipeLink, ShapesAndDtypesNeedNoAgreementAndKeepTheirOrder) {
       for (const auto& m : msgs) EXPECT_TRUE(link.recv(0, 5).equal(m));
       link.send(at::ones({2, 2}), 0, 5);
       link.wait_sends();
+    }
+  });
+}
+
+// Split over the tensor group (pipeline.pipe_partitioned): each tensor rank sends only its
+// chunk and the receiving group gathers the whole, for sizes the group does not divide (7, 1
+// element, empty) and bf16; a split message costs a header and 1/t of the data; a tensor that
+// differs over the sending group is one error naming the key, before anything is sent.
+TEST(PipeLink, MessagesSplitOverTheTensorGroupArriveWhole) {
+  test::run_ranks(4, [](comm::Communicator& c) {
+    auto g = comm::ParallelGroups::create(c.shared_from_this(), comm::Topology::for_world(4, 2, 2));
+    StageLink link(g.pipe, g.tensor);
+    const std::vector<at::Tensor> msgs = {at::sin(at::arange(1000, at::kFloat)).reshape({10, 100}), at::arange(7, at::kLong),
+                                          at::ones({1}), at::empty({0, 3}),
+                                          at::cos(at::arange(30, at::kFloat)).to(at::kBFloat16).reshape({5, 6})};
+    const char* key = "pipeline.pipe_partitioned";
+    if (g.coord.pipe == 0) {
+      const int64_t before = g.pipe->logger().total("send").message_bytes;
+      link.send(msgs[0], 1, 3, key);
+      link.wait_sends();
+      EXPECT_EQ(g.pipe->logger().total("send").message_bytes - before, 10 * 8 + 500 * 4) << "a header and half the floats";
+      for (size_t i = 1; i < msgs.size(); ++i) link.send(msgs[i], 1, 3, key);
+      link.wait_sends();
+      StageLink fresh(g.pipe, g.tensor);  // a new link checks its first split message again
+      EXPECT_ERROR_HAS(fresh.send(msgs[0] + g.coord.tensor, 1, 4, key),
+                       "pipeline.pipe_partitioned: stage 0 sends stage 1 (tag 4) a tensor that differs between its "
+                       "tensor-parallel ranks");
+    } else {
+      for (const auto& m : msgs) {
+        const at::Tensor got = link.recv(0, 3, /*split=*/true);
+        EXPECT_EQ(got.sizes(), m.sizes());
+        EXPECT_EQ(got.scalar_type(), m.scalar_type());
+        EXPECT_TRUE(got.equal(m)) << m.sizes();
+      }
     }
   });
 }

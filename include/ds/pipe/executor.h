@@ -50,10 +50,17 @@ struct BatchHooks {  // unset hooks do nothing
   std::function<void(const at::Tensor& output, const at::Tensor& grad)> backward_output;
 };
 
+// Activations and their gradients split over the tensor group on their way between stages
+// (StageLink): DeepSpeed's pipeline.pipe_partitioned and grad_partitioned.
+struct SplitMessages {
+  std::shared_ptr<comm::Communicator> tensor;  // null or of size 1: nothing is split
+  bool activations = false, gradients = false;
+};
+
 class Executor {
  public:
   // This stage is pipe->rank(); pipe->size() must equal spec.stages.
-  Executor(ScheduleSpec spec, std::shared_ptr<comm::Communicator> pipe);
+  Executor(ScheduleSpec spec, std::shared_ptr<comm::Communicator> pipe, SplitMessages split = {});
   ~Executor();
 
   double run(const StageModel& model, const DataSource& data, const BatchHooks& hooks = {});
@@ -65,6 +72,7 @@ class Executor {
   struct Impl;
   ScheduleSpec spec_;
   std::shared_ptr<comm::Communicator> pipe_;
+  SplitMessages split_;
   int stage_;
   std::vector<Step> steps_;
 };
