@@ -101,9 +101,16 @@ int run(const Args& a, const char* argv0) {
   ds::estimate::Layout layout;
   layout.ranks_per_node = a.ranks_per_node, layout.nodes = a.nodes;
   layout.context = a.context > 0 ? a.context : shape.seq_len;
-  layout.checkpoint_blocks = a.checkpoint || config.activation_checkpointing.present;
-  if (a.stage >= 0) config.zero_optimization.stage = a.stage;
+  // ds-train checkpoints a pipeline's layers by pipeline.activation_checkpoint_interval (the
+  // activation_checkpointing section then recomputes nothing); --checkpoint sets it to 1.
   if (a.pipeline > 0) config.pipeline.stages = a.pipeline;
+  if (config.pipeline.stages > 1) {
+    if (a.checkpoint && config.pipeline.activation_checkpoint_interval == 0) config.pipeline.activation_checkpoint_interval = 1;
+    layout.checkpoint_blocks = config.pipeline.activation_checkpoint_interval > 0;
+  } else {
+    layout.checkpoint_blocks = a.checkpoint || config.activation_checkpointing.present;
+  }
+  if (a.stage >= 0) config.zero_optimization.stage = a.stage;
   if (a.tensor > 0) config.tensor_parallel.autotp_size = a.tensor;
   if (!a.dtype.empty()) {
     config.bf16.enabled = a.dtype == "bf16";
@@ -120,10 +127,10 @@ int run(const Args& a, const char* argv0) {
   ds::ResolveOptions ro;
   ro.world_size = layout.world();
   // The options fill what the config leaves "auto"; with no batch key anywhere, 1 and 1.
-  const bool no_batch = config.train_batch_size == 0 && config.train_micro_batch_size_per_gpu == 0 &&
-                        config.gradient_accumulation_steps == 0;
-  ro.train_micro_batch_size_per_gpu = a.micro_batch > 0 ? a.micro_batch : no_batch ? 1 : 0;
-  ro.gradient_accumulation_steps = a.accumulation > 0 ? a.accumulation : no_batch ? 1 : 0;
+  // (Config::resolve sets the accumulation to 1 when only the micro-batch is known.)
+  const bool no_size = config.train_batch_size == 0 && config.train_micro_batch_size_per_gpu == 0;
+  ro.train_micro_batch_size_per_gpu = a.micro_batch > 0 ? a.micro_batch : no_size ? 1 : 0;
+  ro.gradient_accumulation_steps = a.accumulation;
   config.resolve(ro);
   for (const auto& w : config.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
 
@@ -197,7 +204,7 @@ int main(int argc, char** argv) {
   app.add_option("--tensor", a.tensor, "tensor-parallel size (default: the config's tensor_parallel.autotp_size)")->check(CLI::Range(1, 4096));
   app.add_option("--dtype", a.dtype, "fp32 | bf16 | fp16 (default: the config's)")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_option("--offload", a.offload, "none | optimizer | all (optimizer states, and at stage 3 weights, on nvme)")->check(CLI::IsMember({"none", "optimizer", "all"}));
-  app.add_flag("--checkpoint", a.checkpoint, "activation checkpointing of every block (also: an activation_checkpointing section)");
+  app.add_flag("--checkpoint", a.checkpoint, "activation checkpointing of every block (also: an activation_checkpointing section; with pipeline stages pipeline.activation_checkpoint_interval)");
   app.add_flag("--calibrate", a.calibrate, "measure this machine's rates first (under a minute)");
   app.add_option("--disk-dir", a.disk_dir, "with --calibrate: measure the disk here; the nvme_path for --offload");
   app.add_option("--scale", a.scale, "rank counts for the scaling table, e.g. 1,8,64,512,1000");

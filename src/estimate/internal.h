@@ -12,6 +12,10 @@ struct ParallelSizes {
 // From the config's pipeline and tensor_parallel sections over layout.world() ranks.
 ParallelSizes parallel_sizes(const Config& config, const Layout& layout);
 std::vector<StageShare> stage_shares(const Config& config, const ModelShape& shape, const Layout& layout);
+// Whether the blocks are recomputed: the layout says so, or a pipeline's
+// activation_checkpoint_interval does (its layers are checkpointed in groups of that many; the
+// estimate counts every block checkpointed).
+bool checkpointed(const Config& config, const Layout& layout);
 
 // Each pipeline stage's ranks.
 std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,

@@ -88,7 +88,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
 
   m.activations_without_checkpointing = activation_bytes(shape, layout, config, precision, false, share);
   m.activations_with_checkpointing = activation_bytes(shape, layout, config, precision, true, share);
-  m.activations = layout.checkpoint_blocks ? m.activations_with_checkpointing : m.activations_without_checkpointing;
+  m.activations = checkpointed(config, layout) ? m.activations_with_checkpointing : m.activations_without_checkpointing;
   m.runtime = rates.runtime_bytes;
   m.stage = share.stage;
   m.stages = parallel_sizes(config, layout).pipeline;
@@ -112,6 +112,10 @@ ParallelSizes parallel_sizes(const Config& config, const Layout& layout) {
                               " x tensor-parallel size ", p.tensor));
   p.data = layout.world() / (p.pipeline * p.tensor);
   return p;
+}
+
+bool checkpointed(const Config& config, const Layout& layout) {
+  return layout.checkpoint_blocks || (config.pipeline.stages > 1 && config.pipeline.activation_checkpoint_interval > 0);
 }
 
 std::vector<StageShare> stage_shares(const Config& config, const ModelShape& shape, const Layout& layout) {

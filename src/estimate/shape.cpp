@@ -80,7 +80,9 @@ std::vector<StageShare> ModelShape::stage_shares(int pipeline, int tensor, const
     infos.push_back({k == kToken ? "TokenEmbedding" : k == kPosition ? "PositionEmbedding" : k == kBlock ? "GptBlock"
                      : k == kNorm ? "LayerNorm" : "LMHead", whole(k)});
   const std::string method = partition == "best" ? "parameters" : partition;
-  const std::vector<int> bounds = pipe::partition_layers(infos, std::max(1, pipeline), method);
+  // One stage: the whole model (ds-train builds a plain ds::Gpt; the partition is not used).
+  const std::vector<int> bounds =
+      pipeline <= 1 ? std::vector<int>{0, int(kinds.size())} : pipe::partition_layers(infos, pipeline, method);
   std::vector<StageShare> out;
   for (size_t s = 0; s + 1 < bounds.size(); ++s) {
     StageShare share;
@@ -95,8 +97,7 @@ std::vector<StageShare> ModelShape::stage_shares(int pipeline, int tensor, const
           has_token = share.first = true;
           share.units.push_back(vocab_size * d / t);
           break;
-        case kPosition:
-          share.first = true;
+        case kPosition:  // the stage after one holding the token embedding alone receives its output
           share.units.push_back(seq_len * d);
           share.flops_per_token += 6.0 * double(seq_len * d);
           break;
@@ -112,7 +113,7 @@ std::vector<StageShare> ModelShape::stage_shares(int pipeline, int tensor, const
         case kHead:
           share.last = true;
           share.flops_per_token += 6.0 * double(vocab_size * d);
-          if (!has_token) share.units.push_back(vocab_size * d / t), ++share.tied_units;  // the tied copy
+          if (!has_token) share.units.push_back(vocab_size * d / t);  // the tied copy
           break;
       }
     }

@@ -64,7 +64,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
     // parallel embedding's and head's), and the activations and their gradients to and from
     // the neighbouring stages.
     double flops = share.flops_per_token * micro_tokens;
-    if (layout.checkpoint_blocks)
+    if (checkpointed(config, layout))
       flops += double(share.blocks) / double(shape.n_layer) * shape.block_forward_flops_per_token(layout.context) * micro_tokens;
     const double compute = flops / sizes.tensor / rank_flops;
     double comm = 0;
@@ -73,8 +73,16 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
       comm += big * all_reduce_s(activation, sizes.tensor, node_bandwidth) +
               (share.last ? 2.0 * all_reduce_s(0, sizes.tensor, node_bandwidth) : 0.0);  // the loss's max and sum
     }
-    if (sizes.pipeline > 1)
-      comm += ((share.first ? 0 : 2) + (share.last ? 0 : 2)) * (activation / node_bandwidth + rates.latency_s);
+    if (sizes.pipeline > 1) {  // split over the tensor group (pipe_partitioned): 1/t each, then an all-gather
+      auto transfer = [&](bool split) {
+        if (!split || sizes.tensor == 1) return activation / node_bandwidth + rates.latency_s;
+        const double t = double(sizes.tensor);
+        return activation / t / node_bandwidth + rates.latency_s +
+               (t - 1) / t * activation / node_bandwidth + (t - 1) * rates.latency_s;
+      };
+      const double hops = (share.first ? 0 : 1) + (share.last ? 0 : 1);  // neighbours: activation and gradient each
+      comm += hops * (transfer(config.pipeline.pipe_partitioned) + transfer(config.pipeline.grad_partitioned));
+    }
     compute_mb = std::max(compute_mb, compute);
     micro_batch_s = std::max(micro_batch_s, compute + comm);
 
@@ -217,7 +225,8 @@ std::vector<Choice> every_choice(const Config& config, const ModelShape& shape, 
 std::string what_would_fit(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates) {
   if (fits(estimate(config, shape, layout, rates), layout, rates)) return "";
   // Cheapest first: a higher stage, then offload, then checkpointing, then more nodes.
-  for (bool checkpoint : {layout.checkpoint_blocks, true}) {
+  const bool piped = config.pipeline.stages > 1;
+  for (bool checkpoint : {checkpointed(config, layout), true}) {
     for (int nodes = layout.nodes; nodes <= layout.nodes * 1024; nodes *= 2) {
       Layout l = layout;
       l.nodes = nodes, l.checkpoint_blocks = checkpoint;
@@ -231,15 +240,18 @@ std::string what_would_fit(const Config& config, const ModelShape& shape, const 
         if (!c.fits) continue;
         std::string change = ds::str("ZeRO stage ", c.stage);
         if (c.offload != "none") change += ds::str(" with ", c.offload, " offload");
-        if (checkpoint && !layout.checkpoint_blocks) change += " and activation checkpointing";
+        if (checkpoint && !checkpointed(config, layout))
+          change += piped ? " and pipeline.activation_checkpoint_interval 1" : " and activation checkpointing";
         if (nodes != layout.nodes) change += ds::str(" on ", nodes, " nodes of ", layout.ranks_per_node, " ranks");
         return ds::str(change, " fits: ", ds::format_bytes(double(c.estimate.memory.peak())), " per rank");
       }
     }
   }
+  int64_t least = 0;  // the activations of the stage that keeps the most, checkpointed
+  for (const StageShare& share : stage_shares(config, shape, layout))
+    least = std::max(least, activation_bytes(shape, layout, config, zero::PrecisionPolicy::from_config(config), true, share));
   return ds::str("nothing up to ", layout.nodes * 1024, " nodes fits: the activations of one micro-batch (",
-                 ds::format_bytes(double(activation_bytes(shape, layout, config, zero::PrecisionPolicy::from_config(config), true,
-                                                          stage_shares(config, shape, layout).front()))),
+                 ds::format_bytes(double(least)),
                  " checkpointed) or the runtime exceed a rank's share of RAM; use a smaller micro-batch or context");
 }
 
@@ -247,18 +259,22 @@ std::string scaling_table(const Config& config, const ModelShape& shape, const L
                           const std::vector<int>& world_sizes) {
   std::ostringstream out;
   out << "ranks  | per-rank peak (model states) at ZeRO-0 / 1 / 2 / 3                     | comm share of the step 0 / 1 / 2 / 3\n";
-  const ParallelSizes model = parallel_sizes(config, layout);
+  const int64_t model_ranks =
+      std::max<int64_t>(1, config.pipeline.stages) * std::max<int64_t>(1, config.tensor_parallel.autotp_size);
   for (int n : world_sizes) {
-    if (n % (model.pipeline * model.tensor) != 0) {
-      out << ds::str(n, " ranks: not a multiple of pipeline stages x tensor size (", model.pipeline * model.tensor, ")\n");
-      continue;
-    }
     Layout l = layout;
     l.ranks_per_node = std::min(layout.ranks_per_node, n);
     l.nodes = std::max(1, n / l.ranks_per_node);
+    if (l.world() != n) {
+      out << ds::str(n, " ranks: not whole nodes of ", l.ranks_per_node, " ranks\n");
+      continue;
+    }
+    if (n % model_ranks != 0) {
+      out << ds::str(n, " ranks: not a multiple of pipeline stages x tensor size (", model_ranks, ")\n");
+      continue;
+    }
     Config c = config;
-    c.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world() /
-                         (model.pipeline * model.tensor);
+    c.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * l.world() / model_ranks;
     std::string mem, share;
     for (int stage = 0; stage <= 3; ++stage) {
       const Config choice = with_choice(c, stage, false, false);

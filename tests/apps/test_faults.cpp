@@ -309,6 +309,14 @@ TEST(Faults, DsEstimatePrintsThePartsAndSaysWhatWouldFit) {
   for (const char* part : {"micro-batch 2 x accumulation 4 = global batch 8", "pipeline 2 x tensor 1 x data 1",
                            "each stage's ranks: stage 0", "(pipeline bubble "})
     EXPECT_NE(piped.out.find(part), std::string::npos) << part << "\n" << piped.out;
+  // Only the accumulation in the config: the micro-batch is 1.
+  const std::string accum = dir.write("a.json", R"({"gradient_accumulation_steps": 3,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}})");
+  RunOutput accumulated = Spawned({bin("ds-estimate"), "--config", accum, "--n-layer", "2", "--n-head", "2", "--d-model",
+                                   "64", "--seq-len", "64", "--vocab", "256"})
+                              .wait(30);
+  EXPECT_EQ(accumulated.exit_code(), 0) << diag(accumulated);
+  EXPECT_NE(accumulated.out.find("micro-batch 1 x accumulation 3 = global batch 3"), std::string::npos) << accumulated.out;
   RunOutput split = Spawned({bin("ds-estimate"), "--n-layer", "2", "--n-head", "3", "--d-model", "48", "--seq-len", "64",
                              "--vocab", "256", "--ranks-per-node", "2", "--tensor", "2"})
                         .wait(30);

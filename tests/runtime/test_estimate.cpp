@@ -141,6 +141,25 @@ TEST(Estimate, APipelinesBubbleAndATensorGroupsAllReducesAreInTheStep) {
   EXPECT_GT(piped.stages[0].activations_without_checkpointing, 2 * piped.stages[3].activations_without_checkpointing -
                                                                  piped.stages[3].activations_without_checkpointing / 2);
   EXPECT_LT(split.memory.activations, data.memory.activations);
+  // A pipeline recomputes by its activation_checkpoint_interval (ds-train ignores the
+  // activation_checkpointing section there).
+  const auto interval = estimate::estimate(resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 4, "activation_checkpoint_interval": 1}})", 4),
+                                           s, l, r);
+  EXPECT_EQ(interval.memory.activations, interval.memory.activations_with_checkpointing);
+  EXPECT_GT(interval.time.compute_s, piped.time.compute_s);  // the recomputed forward
+  EXPECT_EQ(piped.memory.activations, piped.memory.activations_without_checkpointing);
+  // A scaling row whose ranks the layout cannot hold is named, not fatal: 3 per node.
+  estimate::Layout three = l;
+  three.ranks_per_node = 3;
+  const std::string table = estimate::scaling_table(
+      resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 2}})", 4), s, l, r, {4, 6, 8});
+  EXPECT_NE(table.find("6 ranks: not whole nodes of 4 ranks"), std::string::npos) << table;
+  const std::string odd = estimate::scaling_table(resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 2}})", 4), s, three, r, {3, 6});
+  EXPECT_NE(odd.find("3 ranks: not a multiple of pipeline stages x tensor size (2)"), std::string::npos) << odd;
+  EXPECT_NE(odd.find("\n6      | "), std::string::npos) << odd;
   // Pipelines cannot shard gradients or offload (the engine refuses): no such choice offered.
   for (const auto& c : estimate::every_choice(resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
       "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 4}})", 4), s, l, r)) {

@@ -31,8 +31,7 @@ struct StageShare {
   int stage = 0;
   std::vector<int64_t> units;  // the engine's units on the stage, each this tensor rank's slice
   int64_t blocks = 0;          // transformer blocks on the stage
-  bool first = true, last = true;  // holds the embeddings / the final LayerNorm and the head
-  int64_t tied_units = 0;      // units that are a copy of another stage's (the head's embedding)
+  bool first = true, last = true;  // holds the token embedding / the head
   double flops_per_token = 0;  // training FLOPs of the stage's layers per token, unsplit
 };
 
