@@ -137,8 +137,8 @@ int run(const Args& a, const char* argv0) {
   ds::estimate::Rates rates = ds::estimate::Rates::defaults();
   if (a.calibrate) {
     std::fprintf(stderr, "ds-estimate: measuring this machine's rates...\n");
-    rates = ds::estimate::calibrate(shape, layout, config.train_micro_batch_size_per_gpu, a.disk_dir,
-                                    bin_dir(argv0));
+    rates = ds::estimate::calibrate(shape, layout, config.train_micro_batch_size_per_gpu, a.disk_dir, bin_dir(argv0),
+                                    int(std::max<int64_t>(1, config.tensor_parallel.autotp_size)));
   }
   if (a.link_gbps > 0) rates.link_bytes_per_s = a.link_gbps * 1e9 / 8;
   if (a.ram_gib > 0) rates.node_memory_bytes = int64_t(a.ram_gib * double(1ll << 30));

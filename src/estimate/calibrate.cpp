@@ -18,6 +18,8 @@
 #include <fstream>
 #include <memory>
 #include <thread>
+#include <tuple>
+#include <utility>
 
 #include "ds/comm/communicator.h"
 #include "ds/common/error.h"
@@ -56,8 +58,9 @@ int free_port() {
   return port;
 }
 
-// Two local processes all-reduce 64 MiB of fp32 a few times: the ring's bus bandwidth.
-double loopback_bandwidth() {
+// Two local processes all-reduce 64 MiB of fp32 a few times: the ring's bus bandwidth; then
+// one float many times: the latency of a collective (per its 2 (n - 1) = 2 steps).
+std::pair<double, double> loopback_rates() {
   const int port = free_port();
   int pipes[2];
   if (::pipe(pipes) != 0) throw Error("calibrate: cannot create a pipe");
@@ -65,7 +68,7 @@ double loopback_bandwidth() {
   for (int rank = 0; rank < 2; ++rank) {
     children[rank] = ::fork();
     if (children[rank] == 0) {
-      double rate = 0;
+      double rate[2] = {0, 0};
       try {
         at::set_num_threads(1);
         comm::GlooOptions o;
@@ -75,29 +78,74 @@ double loopback_bandwidth() {
         c->all_reduce(t).wait();  // connect and warm up
         const auto start = Clock::now();
         for (int i = 0; i < 4; ++i) c->all_reduce(t).wait();
-        rate = 4.0 * double(t.nbytes()) / since(start);  // 2 (n-1)/n = 1 for two ranks
+        rate[0] = 4.0 * double(t.nbytes()) / since(start);  // 2 (n-1)/n = 1 for two ranks
+        at::Tensor one = at::ones({1});
+        for (int i = 0; i < 10; ++i) c->all_reduce(one).wait();
+        const auto small = Clock::now();
+        for (int i = 0; i < 200; ++i) c->all_reduce(one).wait();
+        rate[1] = since(small) / 200 / 2;
       } catch (const std::exception&) {
-        rate = 0;
+        rate[0] = rate[1] = 0;
       }
-      if (rank == 0 && ::write(pipes[1], &rate, sizeof rate) != sizeof rate) _exit(1);
+      if (rank == 0 && ::write(pipes[1], rate, sizeof rate) != sizeof rate) _exit(1);
       _exit(0);
     }
   }
   ::close(pipes[1]);
-  double rate = 0;
-  if (::read(pipes[0], &rate, sizeof rate) != sizeof rate) rate = 0;
+  double rate[2] = {0, 0};
+  if (::read(pipes[0], rate, sizeof rate) != sizeof rate) rate[0] = 0;
   ::close(pipes[0]);
   for (pid_t p : children) ::waitpid(p, nullptr, 0);
-  if (rate <= 0) throw Error("calibrate: the loopback all-reduce between two local processes failed");
-  return rate;
+  if (rate[0] <= 0 || rate[1] <= 0) throw Error("calibrate: the loopback all-reduce between two local processes failed");
+  return {rate[0], rate[1]};
 }
 
+// A tensor group of `size` ranks in which this process is rank 0 and no collective moves
+// anything (a gather repeats this rank's chunk): one tensor slice's compute, LayerNorms and all,
+// without its communication, which the estimate prices at the measured link rates instead.
+class SliceOnlyGroup final : public comm::Communicator {
+ public:
+  explicit SliceOnlyGroup(int size) : Communicator(std::make_shared<comm::CommsLogger>()), size_(size) {}
+  int rank() const override { return 0; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "none (calibration)"; }
+  comm::Work all_reduce(at::Tensor&, comm::ReduceOp) override { return {}; }
+  comm::Work reduce_scatter(at::Tensor& output, const at::Tensor& input, comm::ReduceOp) override {
+    output.view({-1}).copy_(input.reshape({-1}).narrow(0, 0, output.numel()));
+    return {};
+  }
+  comm::Work all_gather(at::Tensor& output, const at::Tensor& input) override {
+    at::Tensor out = output.view({-1});
+    for (int64_t at = 0; at < out.numel() && input.numel() > 0; at += input.numel()) {
+      const int64_t n = std::min(input.numel(), out.numel() - at);
+      out.narrow(0, at, n).copy_(input.reshape({-1}).narrow(0, 0, n));
+    }
+    return {};
+  }
+  comm::Work broadcast(at::Tensor&, int) override { return {}; }
+  comm::Work all_to_all(at::Tensor&, const at::Tensor&, const std::vector<int64_t>&,
+                        const std::vector<int64_t>&) override {
+    throw Error("calibrate: the tensor slice's model called all_to_all");
+  }
+  comm::Work barrier() override { return {}; }
+  comm::Work send(const at::Tensor&, int, int) override { throw Error("calibrate: the tensor slice's model sent"); }
+  comm::Work recv(at::Tensor&, int, int) override { throw Error("calibrate: the tensor slice's model received"); }
+  std::shared_ptr<comm::Communicator> new_group(const std::vector<int>&, const std::string&) override {
+    throw Error("calibrate: the tensor slice's model made a group");
+  }
+
+ private:
+  int size_;
+};
+
 // One training forward and backward of the GPT's block and head at this width, on `tokens`
-// tokens: the model's FLOP rate with the given threads.
-double model_rate(const ModelShape& shape, int64_t context, int64_t micro_batch) {
+// tokens: the model's FLOP rate with the given threads. With `tensor` > 1: the rate of one
+// tensor-parallel slice (1/tensor of the FLOPs, the whole LayerNorm and residual work).
+double model_rate(const ModelShape& shape, int64_t context, int64_t micro_batch, int tensor = 1) {
   GptConfig c;
   c.n_layer = 1, c.d_model = shape.d_model, c.n_head = shape.n_head, c.seq_len = context;
   c.vocab_size = std::min<int64_t>(shape.vocab_size, 8192);  // the head's rate does not need the whole vocabulary
+  c.vocab_size -= c.vocab_size % std::max(1, tensor);         // a slice of it per tensor rank
   // The whole model when a pass takes about a second at 20 GFLOP/s (a small model's fixed
   // costs count), else its blocks' rate from one block on fewer sequences.
   const double budget = 2e10, block = 24.0 * double(shape.d_model) * double(shape.d_model) * double(context);
@@ -105,7 +153,7 @@ double model_rate(const ModelShape& shape, int64_t context, int64_t micro_batch)
   const double per_token = c.flops_per_token(context);
   const int64_t sequences = std::max<int64_t>(1, std::min<int64_t>(micro_batch, int64_t(budget / (per_token * context))));
   torch::manual_seed(1);
-  Gpt model(c);
+  Gpt model(c, tensor > 1 ? std::make_shared<SliceOnlyGroup>(tensor) : nullptr);
   const at::Tensor tokens = at::randint(c.vocab_size, {sequences, context}, at::kLong);
   auto pass = [&] {
     model->zero_grad();
@@ -119,7 +167,7 @@ double model_rate(const ModelShape& shape, int64_t context, int64_t micro_batch)
     pass();
     fastest = std::min(fastest, since(t));
   }
-  return per_token * double(sequences * context) / fastest;
+  return per_token / double(std::max(1, tensor)) * double(sequences * context) / fastest;
 }
 
 double streaming_copy_rate() {
@@ -195,10 +243,11 @@ int64_t ram_bytes() {
 }  // namespace
 
 Rates calibrate(const ModelShape& shape, const Layout& layout, int64_t micro_batch, const std::string& disk_dir,
-                const std::string& bin_dir) {
+                const std::string& bin_dir, int tensor) {
   Rates r;
   r.source = "measured here";
-  r.loopback_bytes_per_s = loopback_bandwidth();  // first: forks before this process starts its thread pools
+  // First: forks before this process starts its thread pools.
+  std::tie(r.loopback_bytes_per_s, r.latency_s) = loopback_rates();
   // The node's rates. The model's: one rank with the threads a rank of this layout gets,
   // times the ranks that run at once (ranks of one thread each use the cores a little better
   // than one rank with every thread: measured 7% on 2 cores).
@@ -210,7 +259,15 @@ Rates calibrate(const ModelShape& shape, const Layout& layout, int64_t micro_bat
   r.gemm_flops = profiling::measure_gemm_flops(at::kFloat, 1024, 0.3);
   r.memory_bytes_per_s = streaming_copy_rate();
   set_threads(per_rank);
-  r.model_efficiency = model_rate(shape, layout.context, micro_batch) * at_once / r.gemm_flops;
+  const double whole = model_rate(shape, layout.context, micro_batch);
+  r.model_efficiency = whole * at_once / r.gemm_flops;
+  if (tensor > 1) {
+    if (shape.n_head % tensor != 0 || shape.vocab_size % tensor != 0)
+      throw ConfigError(ds::str("tensor_parallel.autotp_size ", tensor, " does not divide the heads (", shape.n_head,
+                                ") and the vocabulary (", shape.vocab_size, "): use a size that divides both"));
+    r.tensor_size = tensor;
+    r.tensor_efficiency = model_rate(shape, layout.context, micro_batch, tensor) / whole;
+  }
   set_threads(r.cores);
   if (!disk_dir.empty()) std::tie(r.disk_read_bytes_per_s, r.disk_write_bytes_per_s) = disk_rates(disk_dir);
   if (!bin_dir.empty()) r.runtime_bytes = runtime_bytes(bin_dir, std::min(layout.ranks_per_node, 2));

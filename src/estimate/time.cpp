@@ -19,9 +19,14 @@ Rates Rates::defaults() { return Rates{}; }
 
 std::string Rates::describe() const {
   return ds::str(source, ": GEMM ", std::lround(gemm_flops / 1e9), " GFLOP/s on ", cores, " cores, model at ",
-                 std::lround(model_efficiency * 100), "% of it, memory ", ds::format_bytes(memory_bytes_per_s),
-                 "/s, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s, link ",
-                 ds::format_bytes(link_bytes_per_s), "/s, disk read ", ds::format_bytes(disk_read_bytes_per_s),
+                 std::lround(model_efficiency * 100), "% of it",
+                 tensor_size > 1 ? ds::str(" (a tensor slice of ", tensor_size, " at ", std::lround(tensor_efficiency * 100),
+                                           "% of the whole's rate)")
+                                 : std::string(),
+                 ", memory ", ds::format_bytes(memory_bytes_per_s),
+                 "/s, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s (latency ", std::lround(latency_s * 1e6),
+                 " us a step), link ",
+                 ds::format_bytes(link_bytes_per_s), "/s (latency ", std::lround(link_latency_s * 1e6), " us), disk read ", ds::format_bytes(disk_read_bytes_per_s),
                  "/s write ", ds::format_bytes(disk_write_bytes_per_s), "/s, runtime ",
                  ds::format_bytes(double(runtime_bytes)), " per rank, RAM ", ds::format_bytes(double(node_memory_bytes)),
                  " per node");
@@ -66,7 +71,9 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
     double flops = share.flops_per_token * micro_tokens;
     if (checkpointed(config, layout))
       flops += double(share.blocks) / double(shape.n_layer) * shape.block_forward_flops_per_token(layout.context) * micro_tokens;
-    const double compute = flops / sizes.tensor / rank_flops;
+    // A slice's rate as measured for this tensor size (else the whole model's: a lower bound).
+    const double slice = sizes.tensor > 1 && rates.tensor_size == sizes.tensor ? rates.tensor_efficiency : 1.0;
+    const double compute = flops / sizes.tensor / (rank_flops * slice);
     double comm = 0;
     if (sizes.tensor > 1) {
       const double big = 4.0 * double(share.blocks) + (share.first ? 1 : 0) + (share.last ? 1 : 0);
@@ -108,7 +115,8 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         case 2: bytes = share_of * (gas * g + p), collectives = units * (gas + 1); break;
         default: bytes = gas * share_of * (g + 2 * p), collectives = 3 * units * gas; break;
       }
-      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * rates.latency_s);
+      const double latency = layout.nodes > 1 ? rates.link_latency_s : rates.latency_s;
+      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * latency);
     }
   }
   // 1F1B: the slowest stage's micro-batch sets the pace; the first result leaves the last stage

@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
+
 #include "ds/comm/topology.h"
 #include "ds/models/gpt.h"
 #include "ds/pipe/module.h"
@@ -166,6 +169,35 @@ TEST(Estimate, APipelinesBubbleAndATensorGroupsAllReducesAreInTheStep) {
     EXPECT_LT(c.stage, 2);
     EXPECT_EQ(c.offload, "none");
   }
+}
+
+// --calibrate's rates on this machine, for a tiny model over 2 tensor ranks: every rate
+// positive and finite; a tensor slice's rate (its collectives moving nothing) near the whole
+// model's per FLOP; a collective's latency measured; and the step then uses them.
+TEST(Estimate, CalibrationMeasuresTheRatesAndATensorSlice) {
+  test::run_ranks(1, [](comm::Communicator&) {
+    estimate::ModelShape s;
+    s.n_layer = 2, s.d_model = 64, s.n_head = 4, s.seq_len = 32, s.vocab_size = 256;
+    estimate::Layout l;
+    l.ranks_per_node = 2, l.context = 32;
+    const estimate::Rates r = estimate::calibrate(s, l, 2, "", "", 2);
+    std::printf("%s\n", r.describe().c_str());
+    for (double v : {r.gemm_flops, r.model_efficiency, r.memory_bytes_per_s, r.loopback_bytes_per_s, r.latency_s,
+                     r.tensor_efficiency})
+      EXPECT_TRUE(std::isfinite(v) && v > 0) << r.describe();
+    EXPECT_EQ(r.tensor_size, 2);
+    EXPECT_GT(r.tensor_efficiency, 0.2) << "a slice computes half the FLOPs; at 1/5 of the rate something is wrong";
+    EXPECT_LT(r.tensor_efficiency, 5.0);
+    EXPECT_LT(r.latency_s, 0.1);
+    const auto with = estimate::estimate(resolved(R"({"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "tensor_parallel": {"autotp_size": 2}})", 2), s, l, r);
+    estimate::Rates uncalibrated = r;
+    uncalibrated.tensor_size = 1;  // measured for another size: the whole model's rate is used
+    const auto without = estimate::estimate(resolved(R"({"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "tensor_parallel": {"autotp_size": 2}})", 2), s, l,
+                                            uncalibrated);
+    EXPECT_NEAR(with.time.compute_s * r.tensor_efficiency, without.time.compute_s, 1e-12);
+  });
 }
 
 TEST(Estimate, ZeroShrinksModelStatesAsDeepSpeedsFormulasSay) {

@@ -71,10 +71,19 @@ struct Rates {
   int cores = 2;
   double gemm_flops = 64e9;         // at::mm 1024^3 fp32 with every core, FLOP/s
   double model_efficiency = 0.5;    // the GPT's training FLOP rate / gemm_flops
+  // With tensor parallelism: one tensor slice's rate (its 1/t of the FLOPs; the LayerNorms and
+  // residuals whole, the GEMMs narrower) / the whole model's, at tensor_size (measured; 1 when
+  // not, which makes a tensor-parallel step a lower bound).
+  int tensor_size = 1;
+  double tensor_efficiency = 1.0;
   double memory_bytes_per_s = 8e9;  // streaming copy, every core (the optimizer step is bound by it)
   double loopback_bytes_per_s = 1.5e9;  // a rank's all-reduce bus bandwidth between ranks of one node
   double link_bytes_per_s = 12.5e9;     // between nodes (100 Gbit/s)
-  double latency_s = 50e-6;             // per message
+  // Per step of a collective (2 (n - 1) of them) between ranks of one node: a 2-process Gloo
+  // all-reduce of one float on loopback measured ~1 ms on this project's 2-vCPU machines
+  // (2026-12-01); and between nodes (a data group that spans them).
+  double latency_s = 500e-6;
+  double link_latency_s = 50e-6;
   double disk_read_bytes_per_s = 1e9, disk_write_bytes_per_s = 0.5e9;
   int64_t runtime_bytes = 200ll << 20;  // one rank's RSS with LibTorch, BLAS and the comm up, no model
   int64_t node_memory_bytes = 24ll << 30;
@@ -87,9 +96,10 @@ struct Rates {
 // training rate at this shape (the whole model when small, else one block on fewer
 // sequences), a streaming copy, the loopback all-reduce between two local processes, the disk
 // under `disk_dir` ("" = skipped), the runtime's RSS (ds-train in `bin_dir`, one tiny step,
-// on two ranks when the layout has several per node; "" = skipped) and the RAM.
+// on two ranks when the layout has several per node; "" = skipped) and the RAM; with
+// `tensor` > 1 also one tensor slice's training rate (its collectives moving nothing).
 Rates calibrate(const ModelShape& shape, const Layout& layout, int64_t micro_batch, const std::string& disk_dir,
-                const std::string& bin_dir);
+                const std::string& bin_dir, int tensor = 1);
 
 // One rank's memory, in bytes.
 struct Memory {
