@@ -92,8 +92,10 @@ int run(const Args& a, const char* argv0) {
   ds::Config config = a.config.empty() ? ds::Config::parse(kDefaultConfig, "default config") : ds::Config::load(a.config);
   if (config.optimizer.type == ds::OptimizerType::kNone) throw ds::ConfigError(ds::str(a.config, ": no \"optimizer\" section; the optimizer's states are part of the estimate"));
   ds::estimate::ModelShape shape;
-  if (a.params > 0)
-    shape = ds::estimate::ModelShape::from_parameters(int64_t(a.params), a.n_layer, a.d_model, a.n_head, a.seq_len);
+  if (a.params > 0)  // the vocabulary a multiple of the tensor-parallel size, which splits it
+    shape = ds::estimate::ModelShape::from_parameters(
+        int64_t(a.params), a.n_layer, a.d_model, a.n_head, a.seq_len,
+        a.tensor > 0 ? a.tensor : std::max<int64_t>(1, config.tensor_parallel.autotp_size));
   else
     shape.n_layer = a.n_layer, shape.n_head = a.n_head, shape.d_model = a.d_model, shape.seq_len = a.seq_len,
     shape.vocab_size = a.vocab;

@@ -31,16 +31,17 @@ std::vector<int64_t> ModelShape::unit_sizes() const {
 }
 
 ModelShape ModelShape::from_parameters(int64_t parameters, int64_t n_layer, int64_t d_model, int64_t n_head,
-                                       int64_t seq_len) {
+                                       int64_t seq_len, int64_t vocab_multiple) {
   ModelShape s;
   s.n_layer = n_layer, s.d_model = d_model, s.n_head = n_head, s.seq_len = seq_len, s.vocab_size = 1;
   s.validate();
   const int64_t rest = parameters - (s.parameters() - d_model);
-  if (rest < d_model)
+  vocab_multiple = std::max<int64_t>(1, vocab_multiple);
+  if (rest < d_model * vocab_multiple)
     throw ConfigError(ds::str(n_layer, " blocks of width ", d_model, " and context ", seq_len, " already hold ",
                               s.parameters() - d_model, " parameters, more than the ", parameters,
                               " given: give fewer layers or a smaller width"));
-  s.vocab_size = rest / d_model;
+  s.vocab_size = rest / d_model / vocab_multiple * vocab_multiple;
   return s;
 }
 

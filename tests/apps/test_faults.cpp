@@ -322,6 +322,13 @@ TEST(Faults, DsEstimatePrintsThePartsAndSaysWhatWouldFit) {
                         .wait(30);
   EXPECT_EQ(split.exit_code(), 1) << diag(split);
   error_line(split, "ds-estimate: error: ", "autotp_size 2 does not divide the heads (3)");
+  // --params: the vocabulary takes the rest, a multiple of the tensor size so that it splits.
+  RunOutput sized = Spawned({bin("ds-estimate"), "--params", "1.3e9", "--n-layer", "24", "--n-head", "16", "--d-model",
+                             "2048", "--seq-len", "2048", "--ranks-per-node", "8", "--tensor", "8", "--checkpoint", "--ram-gib", "64"})
+                        .wait(30);
+  EXPECT_EQ(sized.exit_code(), 0) << diag(sized);
+  EXPECT_NE(sized.out.find("pipeline 1 x tensor 8 x data 1"), std::string::npos) << sized.out;
+  EXPECT_NE(sized.out.find("vocab 42576:"), std::string::npos) << sized.out;  // 42579 rounded down to 8s
 }
 
 // mpirun with the Gloo backend: the ranks come from OpenMPI's variables, the rendezvous on

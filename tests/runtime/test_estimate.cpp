@@ -244,6 +244,7 @@ TEST(Estimate, TheStepTimeIsItsParts) {
 TEST(Estimate, BadInputAndRunsThatFitNowhereAreOneLineSayingWhatWouldFit) {
   EXPECT_ERROR_HAS(estimate::ModelShape::from_parameters(1000, 12, 768, 12, 1024),
                    "12 blocks of width 768 and context 1024 already hold");
+  EXPECT_EQ(estimate::ModelShape::from_parameters(int64_t(1.3e9), 24, 2048, 16, 2048, 8).vocab_size % 8, 0);
   estimate::ModelShape s;
   s.n_layer = 2, s.d_model = 100, s.n_head = 3, s.seq_len = 64, s.vocab_size = 256;
   EXPECT_ERROR_HAS(s.validate(), "the heads (3) must divide the width (100)");

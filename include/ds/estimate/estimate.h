@@ -40,8 +40,10 @@ struct StageShare {
 struct ModelShape {
   int64_t n_layer = 2, d_model = 128, n_head = 4, seq_len = 64, vocab_size = 256;
   // A GPT of `parameters` with the given layers, width and context: the vocabulary takes the
-  // rest. Throws ds::ConfigError when the blocks alone exceed `parameters`.
-  static ModelShape from_parameters(int64_t parameters, int64_t n_layer, int64_t d_model, int64_t n_head, int64_t seq_len);
+  // rest, rounded down to a multiple of `vocab_multiple` (the tensor-parallel size, which must
+  // divide it). Throws ds::ConfigError when the blocks alone exceed `parameters`.
+  static ModelShape from_parameters(int64_t parameters, int64_t n_layer, int64_t d_model, int64_t n_head, int64_t seq_len,
+                                    int64_t vocab_multiple = 1);
   void validate() const;  // ds::ConfigError naming the field
   int64_t parameters() const;
   // The engine's units of the reference GPT, in order: wte, wpe, each block, ln_f.
