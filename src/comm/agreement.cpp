@@ -75,6 +75,14 @@ void all_or_nothing(Communicator& comm, const std::function<void()>& phase) {
   }
 }
 
+bool same_on_every_rank(Communicator& comm, uint64_t value) {
+  if (comm.size() == 1) return true;
+  const int64_t h = int64_t(value >> 1);  // so that -h cannot overflow
+  at::Tensor t = at::tensor({h, -h}, at::kLong);  // max(h) and -min(h)
+  comm.all_reduce(t, ReduceOp::Max).wait();
+  return t[0].item<int64_t>() == -t[1].item<int64_t>();
+}
+
 void check_ranks_agree(Communicator& comm, const std::string& what, const std::string& text) {
   if (comm.size() == 1) return;
   const int64_t hash = int64_t(std::hash<std::string>{}(text));

@@ -41,10 +41,12 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
   const double micro_tokens = double(config.train_micro_batch_size_per_gpu) * double(layout.context);
   // Compute: the ranks of a node share its cores.
   const double rank_flops = rates.gemm_flops * rates.model_efficiency / per_node;
-  // The tensor and pipeline groups are inside a node (a ring runs at its slowest edge; ranks of
-  // one node share its cores for the copies); the data group crosses the link between nodes.
+  // The tensor group is inside a node (a ring runs at its slowest edge; ranks of one node share
+  // its cores for the copies); with several nodes the data group and the sends between
+  // pipeline stages cross the link between them.
   const double node_bandwidth = rates.loopback_bytes_per_s * std::min(1.0, 2.0 / double(per_node));
   const double data_bandwidth = layout.nodes > 1 ? std::min(node_bandwidth, rates.link_bytes_per_s) : node_bandwidth;
+  const double link_latency = layout.nodes > 1 ? rates.link_latency_s : rates.latency_s;
   auto all_reduce_s = [&](double bytes, int ranks, double bandwidth) {
     return ranks > 1 ? 2.0 * (ranks - 1) / ranks * bytes / bandwidth + 2.0 * (ranks - 1) * rates.latency_s : 0.0;
   };
@@ -82,10 +84,9 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
     }
     if (sizes.pipeline > 1) {  // split over the tensor group (pipe_partitioned): 1/t each, then an all-gather
       auto transfer = [&](bool split) {
-        if (!split || sizes.tensor == 1) return activation / node_bandwidth + rates.latency_s;
-        const double t = double(sizes.tensor);
-        return activation / t / node_bandwidth + rates.latency_s +
-               (t - 1) / t * activation / node_bandwidth + (t - 1) * rates.latency_s;
+        const double t = split ? double(sizes.tensor) : 1.0;
+        const double gather = t > 1 ? (t - 1) / t * activation / node_bandwidth + (t - 1) * rates.latency_s : 0.0;
+        return activation / t / data_bandwidth + link_latency + gather;
       };
       const double hops = (share.first ? 0 : 1) + (share.last ? 0 : 1);  // neighbours: activation and gradient each
       comm += hops * (transfer(config.pipeline.pipe_partitioned) + transfer(config.pipeline.grad_partitioned));
@@ -115,8 +116,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         case 2: bytes = share_of * (gas * g + p), collectives = units * (gas + 1); break;
         default: bytes = gas * share_of * (g + 2 * p), collectives = 3 * units * gas; break;
       }
-      const double latency = layout.nodes > 1 ? rates.link_latency_s : rates.latency_s;
-      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * latency);
+      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * link_latency);
     }
   }
   // 1F1B: the slowest stage's micro-batch sets the pace; the first result leaves the last stage

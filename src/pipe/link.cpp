@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ds/comm/agreement.h"
 #include "ds/common/error.h"
 
 namespace ds::pipe {
@@ -25,7 +26,7 @@ void check_tag(int tag) {
 
 // A hash of the first MiB of a contiguous tensor's bytes, its dtype and sizes (64-bit words,
 // multiply-xor): equal tensors hash alike, a tensor that differs between ranks almost surely not.
-int64_t content_hash(const at::Tensor& t) {
+uint64_t content_hash(const at::Tensor& t) {
   uint64_t h = 0x9E3779B97F4A7C15ull ^ uint64_t(t.scalar_type());
   auto mix = [&h](uint64_t word) { h = (h ^ word) * 0x100000001B3ull, h ^= h >> 29; };
   for (int64_t d = 0; d < t.dim(); ++d) mix(uint64_t(t.size(d)));
@@ -38,7 +39,7 @@ int64_t content_hash(const at::Tensor& t) {
     mix(word);
   }
   for (; i < n; ++i) mix(bytes[i]);
-  return int64_t(h);
+  return h;
 }
 
 }  // namespace
@@ -49,10 +50,7 @@ StageLink::StageLink(std::shared_ptr<comm::Communicator> pipe, std::shared_ptr<c
 void StageLink::check_same_over_group(const at::Tensor& t, int dst, int tag, const char* key) {
   if (std::find(checked_keys_.begin(), checked_keys_.end(), key) != checked_keys_.end()) return;
   checked_keys_.emplace_back(key);
-  const int64_t h = content_hash(t);
-  at::Tensor both = at::tensor({h, -h}, at::kLong);  // max(h) and -min(h)
-  split_over_->all_reduce(both, comm::ReduceOp::Max).wait();
-  if (both[0].item<int64_t>() != -both[1].item<int64_t>())
+  if (!comm::same_on_every_rank(*split_over_, content_hash(t)))
     throw Error(ds::str(key, ": stage ", pipe_->rank(), " sends stage ", dst, " (tag ", tag,
                         ") a tensor that differs between its tensor-parallel ranks, so it cannot travel split over "
                         "them (a stage whose last layer leaves its output split?); set ", key, " to false"));

@@ -43,11 +43,7 @@ std::string join(const std::vector<std::string>& items) {
 
 // Whether every rank passed the same text (one all-reduce of two integers).
 bool same_on_every_rank(comm::Communicator& comm, const std::string& text) {
-  if (comm.size() == 1) return true;
-  const int64_t h = int64_t(ckpt::xxh64(text.data(), text.size()) >> 1);
-  at::Tensor t = at::tensor({h, -h}, at::kLong);  // max(h) and -min(h)
-  comm.all_reduce(t, comm::ReduceOp::Max).wait();
-  return t[0].item<int64_t>() == -t[1].item<int64_t>();
+  return comm::same_on_every_rank(comm, ckpt::xxh64(text.data(), text.size()));
 }
 
 // Runs `phase` on this rank, then every rank learns how it went everywhere. Returns the file

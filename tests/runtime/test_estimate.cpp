@@ -163,6 +163,24 @@ TEST(Estimate, APipelinesBubbleAndATensorGroupsAllReducesAreInTheStep) {
       "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 2}})", 4), s, three, r, {3, 6});
   EXPECT_NE(odd.find("3 ranks: not a multiple of pipeline stages x tensor size (2)"), std::string::npos) << odd;
   EXPECT_NE(odd.find("\n6      | "), std::string::npos) << odd;
+  // Stages on 2 nodes joined by a slow link: split over 2 tensor ranks (pipe_partitioned, the
+  // default), half of each activation crosses it and the node's group gathers the rest.
+  estimate::Layout nodes = l;
+  nodes.ranks_per_node = 2, nodes.nodes = 2;
+  estimate::Rates slow = r;
+  slow.link_bytes_per_s = 1e8;
+  auto across = [&](bool split) {
+    return estimate::estimate(resolved(ds::str(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 2, "pipe_partitioned": )",
+                                               split ? "true" : "false", R"(, "grad_partitioned": )", split ? "true" : "false",
+                                               R"(}, "tensor_parallel": {"autotp_size": 2}})"), 4), s, nodes, slow);
+  };
+  // Per micro-batch slot (4 + 1), an activation and a gradient: each saves half its bytes on the
+  // link and pays a gather of that half (and one latency) inside the node.
+  const double half = 2.0 * 128 * 256 * 4 / 2;
+  const double saved = 5 * 2 * (half / slow.link_bytes_per_s - half / slow.loopback_bytes_per_s - slow.latency_s);
+  EXPECT_GT(saved, 0);
+  EXPECT_NEAR(across(false).time.comm_s - across(true).time.comm_s, saved, 1e-9);
   // Pipelines cannot shard gradients or offload (the engine refuses): no such choice offered.
   for (const auto& c : estimate::every_choice(resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
       "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 4}})", 4), s, l, r)) {

@@ -8,6 +8,7 @@
 //   //   has "/zero_optimization/stage = 2"
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -25,6 +26,10 @@ void check_ranks_agree(Communicator& comm, const std::string& what, const std::s
 // ("rank 2: ..."). For steps that can fail on one rank only (a full disk, a missing file), so
 // the others do not fail later with an echo of it ("connection reset by peer").
 void all_or_nothing(Communicator& comm, const std::function<void()>& phase);
+
+// Whether every rank passed the same `value` (a hash of what they should agree on):
+// collective, one all-reduce of two integers; true on every rank or false on every rank.
+bool same_on_every_rank(Communicator& comm, uint64_t value);
 
 // Rank `root`'s `text`, on every rank (collective).
 std::string broadcast_string(Communicator& comm, const std::string& text, int root);
