@@ -293,7 +293,8 @@ ModelStates CheckpointReader::load_model_states(int mp_rank) const {
   detail::DictReader d(detail::load_pickle(path, file_info(name)), path);
   if (d.string("format") != detail::kModelFormat)
     throw Error(ds::str(path, ": not a deepspeed.cpp model-states file"));
-  ModelStates out{d.dict("module").tensors(), d.dict("rng_states").tensors()};
+  ModelStates out{d.dict("module").tensors(), d.dict("rng_states").tensors(), {}};
+  if (d.has("optimizer_tensor_states")) out.optimizer_tensors = d.dict("optimizer_tensor_states").tensors();
   for (const auto& [rng, t] : out.rng_states)
     if (t.scalar_type() != at::kByte)
       throw Error(ds::str(path, ": RNG state ", rng, " is not a uint8 tensor"));

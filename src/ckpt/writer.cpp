@@ -111,6 +111,7 @@ FileInfo CheckpointWriter::write_model_states(const ModelStates& states, int mp_
   c10::impl::GenericDict d = detail::new_dict();
   d.insert("module", detail::tensor_dict(states.module));  // DeepSpeed's key for the weights
   d.insert("rng_states", detail::tensor_dict(states.rng_states));
+  if (!states.optimizer_tensors.empty()) d.insert("optimizer_tensor_states", detail::tensor_dict(states.optimizer_tensors));
   d.insert("global_steps", e.global_steps);
   d.insert("global_samples", e.global_samples);
   d.insert("skipped_steps", e.skipped_steps);

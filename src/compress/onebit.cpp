@@ -62,12 +62,16 @@ at::Tensor unpack_signs(const at::Tensor& packed, int64_t n) {
   return out;
 }
 
+int64_t OneBitAllReduce::chunk_of(int64_t numel, int ranks) {
+  const int64_t unit = 8 * int64_t(ranks);  // every chunk a whole number of bytes
+  return (numel + unit - 1) / unit * unit / ranks;
+}
+
 OneBitAllReduce::OneBitAllReduce(int64_t numel, std::shared_ptr<comm::Communicator> comm)
     : n_(numel), comm_(std::move(comm)) {
   if (n_ < 1) throw Error(ds::str("a compressed all-reduce needs at least one element, got ", n_));
-  const int64_t unit = 8 * comm_->size();  // every chunk a whole number of bytes
-  padded_ = (n_ + unit - 1) / unit * unit;
-  chunk_ = padded_ / comm_->size();
+  chunk_ = chunk_of(n_, comm_->size());
+  padded_ = chunk_ * comm_->size();
   worker_error_ = at::zeros({n_}, at::kFloat);
   server_error_ = at::zeros({chunk_}, at::kFloat);
 }

@@ -81,16 +81,17 @@ void check_cross_section(const Config& c, ParseContext& ctx) {
                "so each step would read and write the swapped states and weight shards twice; use device \"cpu\" "
                "or \"none\", or Adam/AdamW");
   }
-  if (c.optimizer.type == OptimizerType::kOneBitAdam) {
+  if (c.optimizer.type == OptimizerType::kOneBitAdam || c.optimizer.type == OptimizerType::kOneBitLamb) {
     const ZeroConfig& z = c.zero_optimization;
+    const std::string name = optimizer_type_name(c.optimizer.type);
     if (z.stage == 3)
-      ctx.fail("optimizer.type", "OneBitAdam works with ZeRO stages 0-2 here (DeepSpeed: stage 0 only); stage 3 "
-                                 "gathers weights shard by shard and has no whole local gradient to compress; use "
-                                 "stage 2 or a stage-3 optimizer such as Adam");
+      ctx.fail("optimizer.type", name + " works with ZeRO stages 0-2 here (DeepSpeed: stage 0 only); stage 3 "
+                                        "gathers weights shard by shard and has no whole local gradient to compress; "
+                                        "use stage 2 or a stage-3 optimizer such as Adam");
     if (z.offload_optimizer.device == OffloadDevice::kNvme)
-      ctx.fail("zero_optimization.offload_optimizer.device", "OneBitAdam cannot swap its states to NVMe (its "
-                                                             "compressed step needs every unit's whole momentum in "
-                                                             "memory); use device \"cpu\" or \"none\"");
+      ctx.fail("zero_optimization.offload_optimizer.device", name + " cannot swap its states to NVMe (its "
+                                                                    "compressed step needs every unit's whole momentum "
+                                                                    "in memory); use device \"cpu\" or \"none\"");
   }
 }
 

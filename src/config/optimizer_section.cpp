@@ -27,6 +27,8 @@ const char* optimizer_type_name(OptimizerType type) {
       return "ZeroOneAdam";
     case OptimizerType::kLamb:
       return "Lamb";
+    case OptimizerType::kOneBitLamb:
+      return "OneBitLamb";
   }
   return "";
 }
@@ -38,7 +40,8 @@ OptimizerConfig optimizer_defaults(OptimizerType type) {
     o.lr = 1e-2;
     o.eps = 1e-10;
   }
-  if (type == OptimizerType::kZeroOneAdam) o.bias_correction = false;  // accepted and ignored by DeepSpeed
+  if (type == OptimizerType::kZeroOneAdam || type == OptimizerType::kOneBitLamb)
+    o.bias_correction = false;  // accepted and ignored by DeepSpeed
   return o;
 }
 
@@ -72,14 +75,15 @@ using S = SchedulerConfig;
 constexpr OptimizerType kOptimizerTypes[] = {OptimizerType::kAdam, OptimizerType::kAdamW,
                                              OptimizerType::kSGD,  OptimizerType::kAdagrad,
                                              OptimizerType::kLion, OptimizerType::kOneBitAdam,
-                                             OptimizerType::kZeroOneAdam, OptimizerType::kLamb};
+                                             OptimizerType::kZeroOneAdam, OptimizerType::kLamb,
+                                             OptimizerType::kOneBitLamb};
 constexpr SchedulerType kSchedulerTypes[] = {SchedulerType::kWarmupLR, SchedulerType::kWarmupDecayLR,
                                              SchedulerType::kWarmupCosineLR, SchedulerType::kOneCycle,
                                              SchedulerType::kLRRangeTest};
 
 // DeepSpeed optimizers deepspeed.cpp does not implement, and torch.optim names DeepSpeed would accept.
 const std::vector<std::string> kRejectedOptimizers = {
-    "OneBitLamb", "MuAdam", "MuAdamW", "MuSGD",   "Muon",  "Adadelta",  "Adafactor",
+    "MuAdam", "MuAdamW", "MuSGD",   "Muon",  "Adadelta",  "Adafactor",
     "Adamax", "ASGD",       "LBFGS",       "NAdam",  "RAdam",   "RMSprop", "Rprop", "SparseAdam"};
 const std::vector<std::string> kTorchSchedulers = {"LambdaLR",
                                                    "MultiplicativeLR",
@@ -128,9 +132,9 @@ OptimizerType parse_optimizer_type(ObjectReader& in) {
 
 Schema<O> build_optimizer_params(OptimizerType t) {
   bool adam = t == OptimizerType::kAdam || t == OptimizerType::kAdamW;
-  const bool zero_one = t == OptimizerType::kZeroOneAdam;
-  const bool onebit = t == OptimizerType::kOneBitAdam || zero_one;  // the keys they share
-  const bool lamb = t == OptimizerType::kLamb;
+  const bool zero_one = t == OptimizerType::kZeroOneAdam, onebit_lamb = t == OptimizerType::kOneBitLamb;
+  const bool onebit = t == OptimizerType::kOneBitAdam || zero_one || onebit_lamb;  // the keys they share
+  const bool lamb = t == OptimizerType::kLamb || onebit_lamb;
   Schema<O> s;
   s.field("lr", &O::lr, at_least(0));
   if (adam || onebit || lamb || t == OptimizerType::kLion) s.field("betas", &O::betas, between(0, 1));
@@ -140,9 +144,14 @@ Schema<O> build_optimizer_params(OptimizerType t) {
   if (adam) s.field("torch_adam", &O::torch_adam).field("adam_w_mode", &O::adam_w_mode);
   if (adam || onebit || lamb || t == OptimizerType::kAdagrad) s.unsupported("amsgrad", false, "the AMSGrad variant");
   if (lamb) {
-    s.field("eps_inside_sqrt", &O::eps_inside_sqrt)
-        .field("max_coeff", &O::max_coeff, at_least(0))
-        .field("min_coeff", &O::min_coeff, at_least(0));
+    if (!onebit) s.field("eps_inside_sqrt", &O::eps_inside_sqrt);
+    s.field("max_coeff", &O::max_coeff, at_least(0)).field("min_coeff", &O::min_coeff, at_least(0));
+  }
+  if (onebit_lamb) {
+    s.field("coeff_beta", &O::coeff_beta, between(0, 1))
+        .field("factor_max", &O::factor_max, at_least(0))
+        .field("factor_min", &O::factor_min, at_least(0))
+        .field("factor_threshold", &O::factor_threshold, at_least(0));
   }
   if (t == OptimizerType::kSGD) {
     s.field("momentum", &O::momentum, at_least(0))
@@ -154,7 +163,7 @@ Schema<O> build_optimizer_params(OptimizerType t) {
     s.field("lr_decay", &O::lr_decay, at_least(0))
         .field("initial_accumulator_value", &O::initial_accumulator_value, at_least(0));
   }
-  if (t == OptimizerType::kOneBitAdam) s.field("freeze_step", &O::freeze_step, at_least(1));
+  if (t == OptimizerType::kOneBitAdam || onebit_lamb) s.field("freeze_step", &O::freeze_step, at_least(1));
   if (zero_one) {
     s.field("var_freeze_step", &O::var_freeze_step, at_least(1))
         .field("var_update_scaler", &O::var_update_scaler, at_least(1))
@@ -172,14 +181,14 @@ Schema<O> build_optimizer_params(OptimizerType t) {
 const Schema<O>& optimizer_params_schema(OptimizerType t) {
   static const std::vector<Schema<O>> schemas = [] {
     std::vector<Schema<O>> v;
-    for (int i = 0; i <= static_cast<int>(OptimizerType::kLamb); ++i)
+    for (int i = 0; i <= static_cast<int>(OptimizerType::kOneBitLamb); ++i)
       v.push_back(build_optimizer_params(static_cast<OptimizerType>(i)));
     return v;
   }();
   return schemas[static_cast<size_t>(t)];
 }
 
-// OneBitAdam's keys that name GPU machinery: the compressed all-reduce runs on this job's
+// The 1-bit optimizers' keys that name GPU machinery: the compressed all-reduce runs on this job's
 // communicator (Gloo or MPI) whatever they say.
 void check_onebit_params(ObjectReader& params, const O& o) {
   const std::string& backend = o.comm_backend_name;
@@ -194,7 +203,7 @@ void check_onebit_params(ObjectReader& params, const O& o) {
   if (o.cuda_aware) params.ctx().warn(params.path_of("cuda_aware"), "ignored: there is no GPU memory to send from");
   if (o.eps_inside_sqrt)
     params.ctx().warn(params.path_of("eps_inside_sqrt"),
-                      "ignored, as by DeepSpeed's OnebitAdam: eps is added outside the square root");
+                      "ignored, as by DeepSpeed's 1-bit optimizers: eps is added outside the square root");
 }
 
 void read_optimizer(ObjectReader& root, Config& c) {
@@ -210,15 +219,32 @@ void read_optimizer(ObjectReader& root, Config& c) {
                   "\"gradient_clipping\"");
   }
   optimizer_params_schema(type).read(params, c.optimizer);
-  if (type == OptimizerType::kOneBitAdam || type == OptimizerType::kZeroOneAdam) check_onebit_params(params, c.optimizer);
+  const bool lamb = type == OptimizerType::kLamb || type == OptimizerType::kOneBitLamb;
+  if (type == OptimizerType::kOneBitAdam || type == OptimizerType::kZeroOneAdam || type == OptimizerType::kOneBitLamb)
+    check_onebit_params(params, c.optimizer);
   if (type == OptimizerType::kZeroOneAdam && c.optimizer.bias_correction)
     params.ctx().fail(params.path_of("bias_correction"),
                       "0/1 Adam updates the variance at sparse steps and corrects no bias (DeepSpeed accepts the key "
                       "and ignores it); remove it or set it to false");
-  if (type == OptimizerType::kLamb && c.optimizer.eps <= 0)
+  if (type == OptimizerType::kOneBitLamb && c.optimizer.bias_correction)
+    params.ctx().fail(params.path_of("bias_correction"),
+                      "1-bit Lamb corrects no bias (DeepSpeed's OnebitLamb accepts the key and ignores it; its tutorial "
+                      "sets it to false); remove it or set it to false");
+  if (lamb && c.optimizer.eps <= 0)
     params.ctx().fail(params.path_of("eps"), "Lamb needs eps > 0: an element whose m and v are both 0 would divide 0 "
                                              "by 0 and turn its whole tensor's trust ratio and update into NaN");
-  if (type == OptimizerType::kLamb && c.optimizer.min_coeff > c.optimizer.max_coeff)
+  if (type == OptimizerType::kOneBitLamb && c.optimizer.factor_min > c.optimizer.factor_max)
+    params.ctx().fail(params.path_of("factor_min"),
+                      str("factor_min ", format_number(c.optimizer.factor_min), " is above factor_max ",
+                          format_number(c.optimizer.factor_max), ": the compressed phase's factor is clamped to "
+                          "[factor_min, factor_max]"));
+  if (type == OptimizerType::kOneBitLamb && c.optimizer.coeff_beta >= 1)
+    params.ctx().fail(params.path_of("coeff_beta"), "must be < 1: the trust ratio's running average would stay at its "
+                                                    "initial 0 and the compressed phase would not move the weights");
+  if (type == OptimizerType::kOneBitLamb && c.optimizer.factor_min <= 0)
+    params.ctx().fail(params.path_of("factor_min"), "must be > 0: a factor of 0 stops every weight for good (the next "
+                                                    "step's factor may move only factor_threshold away from it)");
+  if (lamb && c.optimizer.min_coeff > c.optimizer.max_coeff)
     params.ctx().fail(params.path_of("min_coeff"),
                       str("min_coeff ", format_number(c.optimizer.min_coeff), " is above max_coeff ",
                           format_number(c.optimizer.max_coeff), ": the trust ratio is clamped to [min_coeff, max_coeff]"));

@@ -157,11 +157,20 @@ void Config::resolve(const ResolveOptions& options) {
   }
   // The run's length, when the program says it: a freeze_step past it never compresses.
   const int64_t steps = options.total_num_steps > 0 ? options.total_num_steps : scheduler.total_num_steps;
-  if (optimizer.type == OptimizerType::kOneBitAdam && steps > 0 && optimizer.freeze_step >= steps) {
+  const bool onebit = optimizer.type == OptimizerType::kOneBitAdam || optimizer.type == OptimizerType::kOneBitLamb;
+  if (onebit && steps > 0 && optimizer.freeze_step >= steps) {
     ctx.warn("optimizer.params.freeze_step",
              str(optimizer.freeze_step, " is not before the run's last step (", steps, "): the momentum is never "
-                 "compressed and every step is a plain Adam step with full-precision all-reduces; set it to ~15-25% "
-                 "of the steps"));
+                 "compressed and every step is a plain ", optimizer.type == OptimizerType::kOneBitLamb ? "Lamb" : "Adam",
+                 " step with full-precision all-reduces; set it to ~15-25% of the steps"));
+  }
+  // DeepSpeed's advice for 1-bit Lamb: the trust ratio's average must have settled by the freeze.
+  if (optimizer.type == OptimizerType::kOneBitLamb && optimizer.freeze_step * (1.0 - optimizer.coeff_beta) < 1.0) {
+    ctx.warn("optimizer.params.coeff_beta",
+             str(format_number(optimizer.coeff_beta), " averages the trust ratio over ~",
+                 format_number(1.0 / (1.0 - optimizer.coeff_beta)), " steps, more than the ", optimizer.freeze_step,
+                 " warm-up steps (freeze_step): the frozen ratio is biased toward 0; lower coeff_beta or raise "
+                 "freeze_step"));
   }
   train_batch_size = tbs;
   train_micro_batch_size_per_gpu = mbs;

@@ -30,10 +30,12 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
   const int dp = parallel_sizes(config, layout).data;
   zero::ShardPlan plan;
   plan.stage = stage, plan.dp_size = dp, plan.dp_rank = 0, plan.precision = precision;
+  plan.local_grads = optim::keeps_local_gradients(config.optimizer);  // ZeRO-2 keeps full gradients then
   const bool swap_optimizer = z.offload_optimizer.device == OffloadDevice::kNvme;
   const bool swap_params = stage == 3 && z.offload_param.device == OffloadDevice::kNvme;
   size_t states = 0;
-  for (const optim::StateSpec& s : optim::make_optimizer(config.optimizer)->state_specs())
+  const std::unique_ptr<optim::FlatOptimizer> optimizer = optim::make_optimizer(config.optimizer);
+  for (const optim::StateSpec& s : optimizer->state_specs())
     states += s.kind == optim::StateSpec::Kind::kElementwise ? 1 : 0;
   const int64_t w = bytes_of(precision.working);
 
@@ -56,7 +58,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
     if (l.grad_shard) m.grads += l.own.length * bytes_of(precision.grad);
     if (swap_optimizer) continue;
     if (!l.master_is_weights) m.masters += l.own.length * 4;
-    m.optimizer_states += int64_t(states) * l.own.length * 4;
+    m.optimizer_states += int64_t(states) * l.own.length * 4 + optimizer->held_bytes_of_unit(numel, l.padded_numel, l.own.length, dp);
   }
   if (swap_optimizer) {  // states (and a separate master) on disk; buffers of the largest sub-group in RAM
     const size_t tensors = states + (precision.master_is_working() ? 0 : 1);

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
 #include "ds/estimate/estimate.h"
@@ -216,8 +218,9 @@ std::vector<Choice> every_choice(const Config& config, const ModelShape& shape, 
       const Config choice = with_choice(config, stage, opt, par);
       try {
         check_config(choice);
+        (void)Config::from_json(choice.to_json(), "ds-estimate");  // the config's own rules (1-bit optimizers' stages)
       } catch (const ConfigError&) {
-        continue;  // the engine would refuse it (a pipeline at stage 2, say)
+        continue;  // the engine would refuse it (a pipeline at stage 2, OneBitAdam at stage 3, ...)
       }
       Choice c;
       c.stage = stage;

@@ -36,15 +36,10 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 15;  // elements per task: 128 KiB of each array
 
-// A chunk of one parameter tensor's elements within a segment.
-struct Piece {
-  size_t tensor;  // index into the step's sums
-  int64_t begin, end;
-};
-
 class Lamb final : public FlatOptimizer {
  public:
-  explicit Lamb(OptimizerConfig c) : FlatOptimizer(std::move(c)), pool_(std::max(1, at::get_num_threads())) {
+  Lamb(OptimizerConfig c, std::function<void(const std::vector<double>&)> on_ratios)
+      : FlatOptimizer(std::move(c)), on_ratios_(std::move(on_ratios)), pool_(std::max(1, at::get_num_threads())) {
     h_.b2 = float(config_.betas[1]), h_.eps = float(config_.eps), h_.weight_decay = float(config_.weight_decay);
     h_.eps_inside_sqrt = config_.eps_inside_sqrt;
   }
@@ -58,7 +53,7 @@ class Lamb final : public FlatOptimizer {
             const WorkingCopy* copy) override {
     check(master, grad, state);
     const at::Tensor g = as_float(grad);
-    const std::vector<Piece> pieces = chunks(0, 0, master.numel());
+    const std::vector<TensorPiece> pieces = chunks(0, 0, master.numel());
     double w2 = 0, u2 = 0;
     moments(master, g, state, args, pieces, &w2, &u2);
     apply(master, state, pieces, {step_size(args) * ratio(w2, u2)});
@@ -66,51 +61,28 @@ class Lamb final : public FlatOptimizer {
   }
 
   void step_all(StepContext& ctx) override {
-    // Tensor t of unit k is entry first[k] + t of the sums, the same on every rank.
-    std::vector<size_t> first(ctx.unit_tensors.size() + 1, 0);
-    for (size_t k = 0; k < ctx.unit_tensors.size(); ++k) first[k + 1] = first[k] + ctx.unit_tensors[k]->size();
-    at::Tensor sums = at::zeros({2, int64_t(first.back())}, at::kDouble);  // w², u² per tensor
+    const TensorIndex index(ctx);
+    at::Tensor sums = at::zeros({2, int64_t(index.count())}, at::kDouble);  // w², u² per tensor
     double* w2 = sums.data_ptr<double>();
-    double* u2 = w2 + first.back();
+    double* u2 = w2 + index.count();
     ctx.for_each_segment([&](Segment& s) {
       check(s.master, s.grad, *s.states);
-      moments(s.master, as_float(s.grad), *s.states, ctx.args, pieces_of(ctx, s, first), w2, u2);
+      moments(s.master, as_float(s.grad), *s.states, ctx.args, tensor_pieces(ctx, s, index, kChunk), w2, u2);
     });
     if (ctx.partitioned && ctx.data_group && ctx.data_group->size() > 1)
       ctx.data_group->all_reduce(sums, comm::ReduceOp::Sum).wait();
-    if (ctx.tensor_group && ctx.tensor_group->size() > 1) add_over_tensor_group(ctx, first, sums);
-    std::vector<double> scale(first.back());
+    reduce_over_tensor_group(ctx, index, sums, comm::ReduceOp::Sum);
+    std::vector<double> ratios(index.count()), scale(index.count());
     const double lr_t = step_size(ctx.args);
-    for (size_t t = 0; t < scale.size(); ++t) scale[t] = lr_t * ratio(w2[t], u2[t]);
+    for (size_t t = 0; t < scale.size(); ++t) ratios[t] = ratio(w2[t], u2[t]), scale[t] = lr_t * ratios[t];
     ctx.for_each_segment([&](Segment& s) {
-      std::vector<Piece> pieces = pieces_of(ctx, s, first);
-      apply(s.master, *s.states, pieces, scale);
+      apply(s.master, *s.states, tensor_pieces(ctx, s, index, kChunk), scale);
       write_copy(s.master, s.copy);
     });
+    if (on_ratios_) on_ratios_(ratios);
   }
 
  private:
-  // The sums of the tensors split over the tensor group, added over it: each rank held one
-  // slice. The replicated tensors' sums are already whole (and equal on every rank there).
-  static void add_over_tensor_group(const StepContext& ctx, const std::vector<size_t>& first, at::Tensor& sums) {
-    if (!ctx.tensor_split || ctx.tensor_split->size() != ctx.unit_tensors.size())
-      throw Error("Lamb: the step has a tensor group but not which tensors are split over it");
-    std::vector<int64_t> split;
-    for (size_t k = 0; k < ctx.unit_tensors.size(); ++k) {
-      const std::vector<bool>& flags = (*ctx.tensor_split)[k];
-      if (flags.size() != ctx.unit_tensors[k]->size())
-        throw Error(ds::str("Lamb: unit ", k, " has ", ctx.unit_tensors[k]->size(), " tensors but ", flags.size(),
-                            " split flags"));
-      for (size_t t = 0; t < flags.size(); ++t)
-        if (flags[t]) split.push_back(int64_t(first[k] + t));
-    }
-    if (split.empty()) return;
-    const at::Tensor index = at::tensor(split, at::kLong);
-    at::Tensor part = sums.index_select(1, index);  // [2, split tensors]
-    ctx.tensor_group->all_reduce(part, comm::ReduceOp::Sum).wait();
-    sums.index_copy_(1, index, part);
-  }
-
   static at::Tensor as_float(const at::Tensor& g) {
     return (g.scalar_type() == at::kFloat ? g : g.to(at::kFloat)).contiguous();
   }
@@ -119,7 +91,8 @@ class Lamb final : public FlatOptimizer {
     if (master.scalar_type() != at::kFloat || !at::isFloatingType(grad.scalar_type()))
       throw Error(ds::str("Lamb: expects float32 master parameters and floating-point gradients, got ",
                           master.scalar_type(), " and ", grad.scalar_type()));
-    if (grad.numel() != master.numel() || state.size() != 2 || state[0].numel() != master.numel() ||
+    // At least m and v (1-bit Lamb keeps a third state after them).
+    if (grad.numel() != master.numel() || state.size() < 2 || state[0].numel() != master.numel() ||
         state[1].numel() != master.numel())
       throw Error(ds::str("Lamb: a master of ", master.numel(), " elements needs a gradient and 2 states of as many"));
     if (!master.is_contiguous() || !state[0].is_contiguous() || !state[1].is_contiguous())
@@ -128,7 +101,7 @@ class Lamb final : public FlatOptimizer {
 
   // Pass 1 over the pieces: m and v updated, w² and u² added to w2[piece.tensor], u2[...].
   void moments(const at::Tensor& w, const at::Tensor& g, std::vector<at::Tensor>& st, const StepArgs& args,
-               const std::vector<Piece>& pieces, double* w2, double* u2) {
+               const std::vector<TensorPiece>& pieces, double* w2, double* u2) {
     detail::LambHyper h = h_;
     h.b1 = float(args.beta1.value_or(config_.betas[0]));
     const float* pw = w.data_ptr<float>();
@@ -137,7 +110,7 @@ class Lamb final : public FlatOptimizer {
     float* pv = st[1].data_ptr<float>();
     std::vector<std::pair<double, double>> part(pieces.size(), {0.0, 0.0});
     pool_.run(int64_t(pieces.size()), [&](int64_t i, int) {
-      const Piece& p = pieces[size_t(i)];
+      const TensorPiece& p = pieces[size_t(i)];
       detail::lamb_moments(pw + p.begin, pg + p.begin, pm + p.begin, pv + p.begin, p.end - p.begin, h,
                            part[size_t(i)].first, part[size_t(i)].second);
     });
@@ -145,13 +118,13 @@ class Lamb final : public FlatOptimizer {
   }
 
   // Pass 2: w -= scale[piece.tensor] u.
-  void apply(at::Tensor& w, const std::vector<at::Tensor>& st, const std::vector<Piece>& pieces,
+  void apply(at::Tensor& w, const std::vector<at::Tensor>& st, const std::vector<TensorPiece>& pieces,
              const std::vector<double>& scale) {
     float* pw = w.data_ptr<float>();
     const float* pm = st[0].data_ptr<float>();
     const float* pv = st[1].data_ptr<float>();
     pool_.run(int64_t(pieces.size()), [&](int64_t i, int) {
-      const Piece& p = pieces[size_t(i)];
+      const TensorPiece& p = pieces[size_t(i)];
       detail::lamb_apply(pw + p.begin, pm + p.begin, pv + p.begin, p.end - p.begin, h_, float(scale[p.tensor]));
     });
   }
@@ -167,42 +140,69 @@ class Lamb final : public FlatOptimizer {
     return std::clamp(std::sqrt(w2) / std::sqrt(u2), config_.min_coeff, config_.max_coeff);
   }
 
-  static std::vector<Piece> chunks(size_t tensor, int64_t begin, int64_t end) {
-    std::vector<Piece> out;
+  static std::vector<TensorPiece> chunks(size_t tensor, int64_t begin, int64_t end) {
+    std::vector<TensorPiece> out;
     for (int64_t b = begin; b < end; b += kChunk) out.push_back({tensor, b, std::min(end, b + kChunk)});
     return out;
   }
 
-  // The chunks of every parameter tensor overlapping segment s, in the segment's own element
-  // numbering. The padding after the last tensor is no tensor's: its zeros stay.
-  static std::vector<Piece> pieces_of(const StepContext& ctx, const Segment& s, const std::vector<size_t>& first) {
-    if (s.unit >= ctx.unit_tensors.size())
-      throw Error(ds::str("Lamb: segment of unit ", s.unit, " but the step knows ", ctx.unit_tensors.size(), " units"));
-    const std::vector<zero::ParamSlot>& slots = *ctx.unit_tensors[s.unit];
-    const int64_t lo = s.unit_offset, hi = s.unit_offset + s.master.numel();
-    std::vector<Piece> out;
-    for (size_t t = 0; t < slots.size(); ++t) {
-      const int64_t b = std::max(lo, slots[t].offset), e = std::min(hi, slots[t].offset + slots[t].numel);
-      if (b < e) {
-        std::vector<Piece> c = chunks(first[s.unit] + t, b - lo, e - lo);
-        out.insert(out.end(), c.begin(), c.end());
-      }
-    }
-    return out;
-  }
-
   detail::LambHyper h_;
+  std::function<void(const std::vector<double>&)> on_ratios_;
   ops::ThreadPool pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<FlatOptimizer> make_lamb(const OptimizerConfig& config) {
+TensorIndex::TensorIndex(const StepContext& ctx) : first(ctx.unit_tensors.size() + 1, 0) {
+  for (size_t k = 0; k < ctx.unit_tensors.size(); ++k) first[k + 1] = first[k] + ctx.unit_tensors[k]->size();
+}
+
+std::vector<TensorPiece> tensor_pieces(const StepContext& ctx, const Segment& s, const TensorIndex& index,
+                                       int64_t chunk) {
+  if (s.unit >= ctx.unit_tensors.size())
+    throw Error(ds::str("segment of unit ", s.unit, " but the step knows ", ctx.unit_tensors.size(), " units"));
+  const std::vector<zero::ParamSlot>& slots = *ctx.unit_tensors[s.unit];
+  const int64_t lo = s.unit_offset, hi = s.unit_offset + s.master.numel();
+  std::vector<TensorPiece> out;
+  for (size_t t = 0; t < slots.size(); ++t) {
+    const int64_t b = std::max(lo, slots[t].offset), e = std::min(hi, slots[t].offset + slots[t].numel);
+    for (int64_t p = b; p < e;) {
+      const int64_t end = e - p > chunk ? p + chunk : e;
+      out.push_back({index.first[s.unit] + t, p - lo, end - lo});
+      p = end;
+    }
+  }
+  return out;
+}
+
+void reduce_over_tensor_group(const StepContext& ctx, const TensorIndex& index, at::Tensor& values,
+                              comm::ReduceOp op) {
+  if (!ctx.tensor_group || ctx.tensor_group->size() == 1) return;
+  if (!ctx.tensor_split || ctx.tensor_split->size() != ctx.unit_tensors.size())
+    throw Error("the optimizer step has a tensor group but not which tensors are split over it");
+  std::vector<int64_t> split;
+  for (size_t k = 0; k < ctx.unit_tensors.size(); ++k) {
+    const std::vector<bool>& flags = (*ctx.tensor_split)[k];
+    if (flags.size() != ctx.unit_tensors[k]->size())
+      throw Error(ds::str("unit ", k, " has ", ctx.unit_tensors[k]->size(), " tensors but ", flags.size(),
+                          " split flags"));
+    for (size_t t = 0; t < flags.size(); ++t)
+      if (flags[t]) split.push_back(int64_t(index.first[k] + t));
+  }
+  if (split.empty()) return;
+  const at::Tensor columns = at::tensor(split, at::kLong);
+  at::Tensor part = values.index_select(-1, columns);
+  ctx.tensor_group->all_reduce(part, op).wait();
+  values.index_copy_(-1, columns, part);
+}
+
+std::unique_ptr<FlatOptimizer> make_lamb(const OptimizerConfig& config,
+                                         std::function<void(const std::vector<double>&)> on_ratios) {
   if (config.eps <= 0) throw ConfigError(ds::str("optimizer.params.eps: Lamb needs eps > 0, got ", config.eps));
   if (config.min_coeff < 0 || config.max_coeff < config.min_coeff)
     throw ConfigError(ds::str("optimizer.params: Lamb needs 0 <= min_coeff <= max_coeff, got ", config.min_coeff, " and ",
                               config.max_coeff));
-  return std::make_unique<Lamb>(config);
+  return std::make_unique<Lamb>(config, std::move(on_ratios));
 }
 
 }  // namespace ds::optim

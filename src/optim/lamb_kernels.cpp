@@ -1,5 +1,6 @@
 #include "lamb_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace ds::optim::detail {
@@ -46,6 +47,25 @@ void lamb_moments(const float* w, const float* g, float* m, float* v, int64_t n,
 void lamb_apply(float* w, const float* m, const float* v, int64_t n, const LambHyper& h, float step) {
   if (h.eps_inside_sqrt) apply<true>(w, m, v, n, h, step);
   else apply<false>(w, m, v, n, h, step);
+}
+
+void onebit_lamb_moments(const float* m, const float* last, const float* v, float* fresh, const float* w, int64_t n,
+                         const LambHyper& h, OneBitLambSums& sums) {
+  const float c1 = 1.0f - h.b1, c2 = 1.0f - h.b2;
+  double sp = 0.0, su = 0.0;
+  float top = sums.factor;
+#pragma omp simd reduction(+ : sp, su) reduction(max : top)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = (m[i] - last[i] * h.b1) / c1;
+    const float f = h.b2 * fresh[i] + c2 * g * g;
+    fresh[i] = f;
+    const float denom = std::sqrt(v[i]) + h.eps;
+    const float p = m[i] / denom, u = p + h.weight_decay * w[i];
+    sp += double(p * p);
+    su += double(u * u);
+    top = std::max(top, denom / (std::sqrt(f) + h.eps));
+  }
+  sums.prelim2 += sp, sums.update2 += su, sums.factor = top;
 }
 
 }  // namespace ds::optim::detail

@@ -37,11 +37,10 @@ namespace ds::optim {
 
 namespace {
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
-
-class OneBitAdam final : public FlatOptimizer {
+class OneBitAdam final : public CompressedMomentum {
  public:
-  explicit OneBitAdam(OptimizerConfig c) : FlatOptimizer(c), adam_(make_optimizer(warmup_config(c))) {}
+  explicit OneBitAdam(OptimizerConfig c)
+      : CompressedMomentum(c, "1-bit Adam"), adam_(make_optimizer(warmup_config(c))) {}
 
   std::string name() const override {
     return ds::str("OneBitAdam (freeze_step ", config_.freeze_step, "; warm-up: ", adam_->name(), ")");
@@ -53,97 +52,33 @@ class OneBitAdam final : public FlatOptimizer {
     adam_->step(master, grad, state, args, copy);
   }
 
-  zero::GradSync grad_sync(zero::GradSync standard, int64_t next_step) const override {
-    return compressed(next_step) ? zero::GradSync::kNone : standard;
-  }
-  std::string phase(int64_t step) const override {
-    if (step < 1) return "";
-    return compressed(step) ? "1-bit Adam: compressed" : "1-bit Adam: warm-up";
-  }
-
   void step_all(StepContext& ctx) override {
     if (!compressed(ctx.args.step)) return FlatOptimizer::step_all(ctx);
-    if (ctx.sync != zero::GradSync::kNone)
-      throw Error(ds::str("1-bit Adam step ", ctx.args.step, ": the gradients were averaged (", zero::to_string(ctx.sync),
-                          "), but the compressed phase needs each rank's own"));
+    check_own_gradients(ctx);
     ctx.for_each_segment([&](Segment& s) { compressed_step(s, ctx); });
   }
 
-  NamedTensors rank_states() const override {
-    NamedTensors out;
-    errors_.append_states(out);
-    return out;
-  }
-  void load_rank_states(const NamedTensors& states, const SegmentVisitor&) override {
-    units_.clear();  // the whole momentum is rebuilt from the loaded shards
-    errors_.load(states);
-  }
-  void reset_rank_states() override {
-    units_.clear();
-    errors_.reset();
-  }
-
  private:
-  // The compressed phase's per-unit state on this rank.
-  struct UnitComm {
-    compress::OneBitAllReduce* reduce = nullptr;  // in errors_; null on one rank
-    at::Tensor momentum;  // the unit's whole momentum (its real elements): exp_avg itself when this rank holds all of it
-    // Where the frozen variance is 0 (one byte per element): an element that never had a
-    // gradient keeps a zero momentum (compression cannot send an exact 0, and m / (sqrt(0) +
-    // eps) would throw it away). DeepSpeed's OnebitAdam asks the user for this mask (exp_avg_mask).
-    at::Tensor zero_variance;
-  };
-
   static OptimizerConfig warmup_config(OptimizerConfig c) {
-    if (c.freeze_step < 1)
-      throw ConfigError(ds::str("optimizer.params.freeze_step must be >= 1 (the variance is estimated during the "
-                                "warm-up and frozen after it), got ", c.freeze_step));
     c.type = OptimizerType::kAdamW;  // DeepSpeed's OnebitAdam: update += weight_decay * p
     return c;
   }
-  bool compressed(int64_t step) const { return step > config_.freeze_step; }
-
-  UnitComm& unit_comm(const Segment& s, comm::Communicator& group) {
-    auto it = units_.find(s.unit);
-    if (it != units_.end()) return it->second;
-    UnitComm c;
-    at::Tensor& exp_avg = (*s.states)[0];
-    const at::Tensor& exp_avg_sq = (*s.states)[1];
-    if (exp_avg.numel() == s.unit_padded_numel) {  // this rank holds the whole unit (stage 0)
-      c.momentum = exp_avg.narrow(0, 0, s.unit_numel);  // contiguous from element 0
-      c.zero_variance = exp_avg_sq.narrow(0, 0, s.unit_numel).eq(0);
-    } else {  // ZeRO 1-2: every rank's shard of the same momentum, in rank order
-      if (exp_avg.numel() * group.size() != s.unit_padded_numel)
-        throw Error(ds::str("1-bit Adam: unit ", s.unit, "'s part has ", exp_avg.numel(), " elements; ", group.size(),
-                            " ranks of that do not make its ", s.unit_padded_numel));
-      at::Tensor full = at::empty({s.unit_padded_numel}, at::kFloat);
-      group.all_gather(full, exp_avg).wait();
-      c.momentum = full.narrow(0, 0, s.unit_numel).clone();
-      at::Tensor zero = at::empty({s.unit_padded_numel}, at::kByte);
-      group.all_gather(zero, exp_avg_sq.eq(0).to(at::kByte)).wait();
-      c.zero_variance = zero.narrow(0, 0, s.unit_numel).to(at::kBool);
-    }
-    c.reduce = errors_.get(s.unit, s.unit_numel, group);
-    return units_.emplace(s.unit, std::move(c)).first->second;
-  }
 
   void compressed_step(Segment& s, const StepContext& ctx) {
-    comm::Communicator& group = *ctx.data_group;
-    if (!s.unit_grad.defined())
-      throw Error(ds::str("1-bit Adam: unit ", s.unit, " keeps no whole gradient on this rank"));
-    UnitComm& c = unit_comm(s, group);
+    UnitComm& c = unit_comm(s, *ctx.data_group);
     const double b1 = ctx.args.beta1.value_or(config_.betas[0]), b2 = config_.betas[1];
     const at::Tensor g = s.unit_grad.narrow(0, 0, s.unit_numel);
-    c.momentum.mul_(b1).add_(g.scalar_type() == at::kFloat ? g : g.to(at::kFloat), 1.0 - b1);
-    if (c.reduce) c.reduce->all_reduce(c.momentum);
-    c.momentum.masked_fill_(c.zero_variance, 0.0);
+    at::Tensor& momentum = c.whole.momentum;
+    momentum.mul_(b1).add_(g.scalar_type() == at::kFloat ? g : g.to(at::kFloat), 1.0 - b1);
+    if (c.reduce) c.reduce->all_reduce(momentum);
+    momentum.masked_fill_(c.whole.zero_variance, 0.0);
     // This segment's elements [unit_offset, unit_offset + n) of the unit; past unit_numel: padding.
     at::Tensor& exp_avg = (*s.states)[0];
     const at::Tensor& exp_avg_sq = (*s.states)[1];
     const int64_t n = s.master.numel(), real = std::clamp<int64_t>(s.unit_numel - s.unit_offset, 0, n);
-    if (exp_avg.data_ptr() != c.momentum.data_ptr()) {
+    if (exp_avg.data_ptr() != momentum.data_ptr()) {
       exp_avg.zero_();
-      if (real > 0) exp_avg.narrow(0, 0, real).copy_(c.momentum.narrow(0, s.unit_offset, real));
+      if (real > 0) exp_avg.narrow(0, 0, real).copy_(momentum.narrow(0, s.unit_offset, real));
     }
     const int64_t t = ctx.args.step;
     const double bc1 = config_.bias_correction ? 1.0 - std::pow(b1, double(t)) : 1.0;
@@ -156,8 +91,6 @@ class OneBitAdam final : public FlatOptimizer {
   }
 
   std::unique_ptr<FlatOptimizer> adam_;  // the warm-up steps, and the states' layout
-  std::map<size_t, UnitComm> units_;  // by unit, from the first compressed step
-  CompressedUnits errors_;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "ds/ops/cpu_optimizer.h"
 #include "lamb.h"
 #include "onebit_adam.h"
+#include "onebit_lamb.h"
 #include "zero_one_adam.h"
 
 namespace ds::optim {
@@ -155,13 +156,26 @@ void FlatOptimizer::write_copy(const at::Tensor& master, const WorkingCopy* copy
     copy->dst.copy_(master);
 }
 
+namespace {
+
+void check_betas(const OptimizerConfig& c) {
+  if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
+    throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+}
+
+}  // namespace
+
+bool keeps_local_gradients(const OptimizerConfig& c) {
+  return c.type == OptimizerType::kOneBitAdam || c.type == OptimizerType::kZeroOneAdam ||
+         c.type == OptimizerType::kOneBitLamb;
+}
+
 std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
   if (c.lr < 0) throw ConfigError(ds::str("optimizer.params.lr must be >= 0, got ", c.lr));
   switch (c.type) {
     case OptimizerType::kAdam:
     case OptimizerType::kAdamW:
-      if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
-        throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+      check_betas(c);
       if (c.torch_adam) return std::make_unique<TorchAdam>(c);  // DeepSpeed's torch_adam: torch.optim's path
       return std::make_unique<KernelOptimizer>(c, c.decoupled_weight_decay() ? ops::OptimizerKind::AdamW
                                                                              : ops::OptimizerKind::Adam);
@@ -174,17 +188,17 @@ std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerConfig& c) {
         throw ConfigError("optimizer.params: nesterov needs momentum > 0 and dampening 0");
       return std::make_unique<TorchSgd>(c);
     case OptimizerType::kOneBitAdam:
-      if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
-        throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+      check_betas(c);
       return make_onebit_adam(c);
     case OptimizerType::kZeroOneAdam:
-      if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
-        throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+      check_betas(c);
       return make_zero_one_adam(c);
     case OptimizerType::kLamb:
-      if (c.betas[0] < 0 || c.betas[0] >= 1 || c.betas[1] < 0 || c.betas[1] >= 1)
-        throw ConfigError(ds::str("optimizer.params.betas must be in [0, 1), got [", c.betas[0], ", ", c.betas[1], "]"));
+      check_betas(c);
       return make_lamb(c);
+    case OptimizerType::kOneBitLamb:
+      check_betas(c);
+      return make_onebit_lamb(c);
     case OptimizerType::kNone:
       throw ConfigError("the config has no \"optimizer\" section; add one (e.g. {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-3}})");
     default:

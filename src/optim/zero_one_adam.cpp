@@ -220,6 +220,16 @@ class ZeroOneAdam final : public FlatOptimizer {
     write_copy(s.master, s.copy);
   }
 
+  // The error feedback and the update accumulators of phase B (one per unit).
+  int64_t held_bytes() const override {
+    int64_t n = errors_.bytes();
+    for (const auto& [u, t] : accumulators_) n += int64_t(t.nbytes());
+    return n;
+  }
+  int64_t held_bytes_of_unit(int64_t numel, int64_t, int64_t, int ranks) const override {
+    return 4 * numel + CompressedUnits::bytes_of_unit(numel, ranks);
+  }
+
   CompressedUnits errors_;
   std::map<size_t, at::Tensor> accumulators_;  // u per unit (phase B)
   std::map<size_t, std::pair<at::Tensor, at::Tensor>> local_;  // (weights, momentum) views between syncs

@@ -547,6 +547,7 @@ Engine::MemoryBreakdown Engine::memory_breakdown() const {
     if (s.master.defined() && !s.layout.master_is_weights) m.masters += int64_t(s.master.nbytes());
     for (const auto& t : s.states) m.optimizer_state += int64_t(t.nbytes());
   }
+  m.optimizer_state += optimizer_->held_bytes();
   if (swapper_) {
     m.optimizer_state += swapper_->buffer_bytes();  // the I/O buffers; the rest is on disk
     m.on_disk += int64_t(swapper_->file_bytes());

@@ -237,6 +237,7 @@ ckpt::ModelStates Engine::model_states() {
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
   s.rng_states.emplace_back("cpu", gen.get_state());
+  s.optimizer_tensors = optimizer_->tensor_states();
   return s;
 }
 
@@ -363,6 +364,7 @@ ckpt::ModelStates Engine::load_model_states_for_this_rank(const ckpt::Checkpoint
     if (same_pipe && r / m.tp_world_size != groups_.coord.pipe) continue;  // another stage's layers
     ckpt::ModelStates s = reader.load_model_states(r);
     merged.module.insert(merged.module.end(), s.module.begin(), s.module.end());
+    merged.optimizer_tensors.insert(merged.optimizer_tensors.end(), s.optimizer_tensors.begin(), s.optimizer_tensors.end());
     if (merged.rng_states.empty() || (same_tensor && r == mp)) merged.rng_states = s.rng_states;
   }
   return merged;
@@ -452,10 +454,11 @@ void Engine::restore_rank_states(const ckpt::Manifest& manifest,
   const std::string mine = optimizer_type_name(config_.optimizer.type), theirs = manifest.optimizer.type;
   bool had_rank_states = false;
   for (const auto& f : manifest.files) had_rank_states |= ckpt::is_rank_states_name(f.name);
-  if (theirs != mine && (mine == "OneBitAdam" || mine == "ZeroOneAdam" || had_rank_states))
+  const bool compressing = mine == "OneBitAdam" || mine == "ZeroOneAdam" || mine == "OneBitLamb";
+  if (theirs != mine && (compressing || had_rank_states))
     std::fprintf(stderr, "warning: the checkpoint was saved by optimizer %s and this run uses %s: %s\n", theirs.c_str(),
-                 mine.c_str(), mine == "OneBitAdam" || mine == "ZeroOneAdam" ? "the momentum and variance load, the error feedback starts at zero"
-                                                    : "its per-rank states (error feedback, 0/1 Adam's local steps) are dropped");
+                 mine.c_str(), compressing ? "the momentum and variance load, the error feedback starts at zero"
+                                           : "its per-rank states (error feedback, 0/1 Adam's local steps) are dropped");
   else if (had_rank_states)
     std::fprintf(stderr, "warning: the checkpoint was saved by %d data-parallel ranks x %d pipeline stages x %d tensor ranks "
                  "and this run has %d x %d x %d: each rank's own optimizer states (error feedback, 0/1 Adam's local steps since "
@@ -527,6 +530,7 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
   restore_model_states(states);
   restore_optimizer_part(part);
   restore_rank_states(reader->manifest(), rank_states);
+  optimizer_->load_tensor_states(states.optimizer_tensors);
   restore_engine_state(reader->manifest());
   return {reader->tag_path(), reader->tag(), global_step_, reader->engine_state().client};
 }

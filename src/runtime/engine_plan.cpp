@@ -2,6 +2,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/optim/optimizer.h"
 
 namespace ds {
 
@@ -96,7 +97,7 @@ EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std:
                               "gradients accumulate in the ", zero::dtype_name(p.precision.working), " weights' own "
                               "gradient buffers there; use ZeRO stage 1 or more, or remove the key"));
   p.shard = {p.stage, groups.data->size(), groups.data->rank(), p.precision};
-  p.shard.local_grads = c.optimizer.type == OptimizerType::kOneBitAdam || c.optimizer.type == OptimizerType::kZeroOneAdam;
+  p.shard.local_grads = optim::keeps_local_gradients(c.optimizer);
   p.sync = p.stage == 0 ? zero::GradSync::kAllReduce : zero::GradSync::kReduceScatter;
 
   if (z.reduce_bucket_size < 1) throw ConfigError(ds::str("reduce_bucket_size must be >= 1, got ", z.reduce_bucket_size));

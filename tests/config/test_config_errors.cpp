@@ -131,8 +131,8 @@ TEST(ConfigErrors, OptimizerParametersAreCheckedAgainstTheType) {
 
 TEST(ConfigErrors, UnsupportedOrUnknownOptimizerIsRejectedClearly) {
   EXPECT_EQ(
-      error_of(R"({"optimizer": {"type": "OneBitLamb", "params": {"lr": 1e-3}}})"),
-      R"(ds_config.json: optimizer.type: deepspeed.cpp does not support optimizer "OneBitLamb"; supported: Adam, AdamW, SGD, Adagrad, Lion, OneBitAdam, ZeroOneAdam, Lamb)");
+      error_of(R"({"optimizer": {"type": "Muon", "params": {"lr": 1e-3}}})"),
+      R"(ds_config.json: optimizer.type: deepspeed.cpp does not support optimizer "Muon"; supported: Adam, AdamW, SGD, Adagrad, Lion, OneBitAdam, ZeroOneAdam, Lamb, OneBitLamb)");
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "RMSprop"}})"),
               HasSubstr("does not support optimizer \"RMSprop\""));
   EXPECT_THAT(error_of(R"({"optimizer": {"type": "Adma"}})"),

@@ -63,6 +63,44 @@ INSTANTIATE_TEST_SUITE_P(Layouts, EstimateModelStates,
                                           std::get<2>(info.param) ? "_bf16" : "_fp32");
                          });
 
+// The 1-bit optimizers hold more than their states in the compressed phase (the whole
+// momentum of a sharded unit, the zero-variance mask, the error feedback, 0/1 Adam's update
+// accumulators) and keep full gradients at ZeRO-2: the estimate counts what they hold.
+class EstimateCompressedOptimizers : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(EstimateCompressedOptimizers, EqualWhatTheyHoldInTheCompressedPhase) {
+  const auto [type, stage] = GetParam();
+  const std::string params = type == "ZeroOneAdam" ? R"("var_freeze_step": 2, "local_step_scaler": 1, "eps": 1e-3)"
+                             : type == "OneBitLamb" ? R"("freeze_step": 1, "bias_correction": false)"
+                                                    : R"("freeze_step": 1)";
+  const std::string json = ds::str(R"({"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": ")", type, R"(", "params": {"lr": 0.01, )", params, R"(}}, "zero_optimization": {"stage": )",
+                                   stage, "}}");
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    test::TinyRun run(c.shared_from_this(), json);
+    run.train_to(4);  // well into the compressed phase (0/1 Adam: local steps)
+    const Engine::MemoryBreakdown m = run.engine().memory_breakdown();
+    const GptConfig& g = run.model()->config();
+    estimate::ModelShape shape;
+    shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
+    shape.vocab_size = g.vocab_size;
+    estimate::Layout layout;
+    layout.ranks_per_node = 2, layout.context = g.seq_len;
+    const estimate::Estimate e = estimate::estimate(run.engine().config(), shape, layout, estimate::Rates::defaults());
+    if (c.rank() != 0) return;
+    EXPECT_GT(run.engine().optimizer().held_bytes(), 0);
+    EXPECT_EQ(m.grads, e.memory.grads) << "gradients";
+    EXPECT_EQ(m.masters, e.memory.masters) << "masters";
+    EXPECT_EQ(m.optimizer_state, e.memory.optimizer_states) << "optimizer states and what the optimizer holds";
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, EstimateCompressedOptimizers,
+                         ::testing::Values(std::make_tuple("OneBitAdam", 0), std::make_tuple("OneBitAdam", 1),
+                                           std::make_tuple("OneBitAdam", 2), std::make_tuple("OneBitLamb", 2),
+                                           std::make_tuple("ZeroOneAdam", 0)),
+                         [](const auto& info) { return ds::str(std::get<0>(info.param), "_stage", std::get<1>(info.param)); });
+
 // Pipeline x tensor x data: each rank's model states (its stage's layers, its tensor slices,
 // its ZeRO shard) equal what the engine allocates for the pipeline GPT, stage by stage.
 class EstimateThreeD : public ::testing::TestWithParam<std::tuple<int, int, int>> {};

@@ -318,6 +318,109 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
   return r;
 }
 
+std::string PlainOneBitLamb::json() const {
+  return ds::str(R"({"type": "OneBitLamb", "params": {"lr": )", lr, R"(, "weight_decay": )", weight_decay,
+                 R"(, "eps": )", eps, R"(, "betas": [)", beta1, ", ", beta2, R"(], "max_coeff": )", max_coeff,
+                 R"(, "min_coeff": )", min_coeff, R"(, "coeff_beta": )", coeff_beta, R"(, "factor_max": )", factor_max,
+                 R"(, "factor_min": )", factor_min, R"(, "factor_threshold": )", factor_threshold,
+                 R"(, "freeze_step": )", freeze_step, "}}");
+}
+
+TrainResult train_plain_onebit_lamb(const PlainOneBitLamb& o, int world, int steps, TinyShape shape) {
+  auto data = make_task("reverse", 99);
+  Gpt model = plain_model(*data, shape);
+  const std::vector<zero::UnitSpec> specs = zero::find_units(*model);
+  struct Tensor {
+    at::Tensor p;
+    int64_t offset, n;
+    double coeff = 0.0, factor = 1.0, scale = 0.0;
+  };
+  struct Unit {
+    std::vector<Tensor> tensors;
+    int64_t n = 0;
+    at::Tensor m, v, fresh;
+    std::vector<at::Tensor> worker_error, server_error;
+  };
+  std::vector<Unit> units;
+  for (const zero::UnitSpec& spec : specs) {
+    Unit u;
+    for (const auto& [name, p] : spec.params) u.tensors.push_back({p, u.n, p.numel()}), u.n += p.numel();
+    u.m = at::zeros({u.n}), u.v = at::zeros({u.n}), u.fresh = at::zeros({u.n});
+    const int64_t padded = (u.n + 8 * world - 1) / (8 * world) * (8 * world), chunk = padded / world;
+    for (int r = 0; r < world; ++r) u.worker_error.push_back(at::zeros({u.n})), u.server_error.push_back(at::zeros({chunk}));
+    units.push_back(std::move(u));
+  }
+  auto ratio = [&](const at::Tensor& w, const at::Tensor& u) {
+    const double wn = w.norm().item<double>(), un = u.norm().item<double>();
+    return wn == 0 || un == 0 ? 1.0 : std::clamp(wn / un, o.min_coeff, o.max_coeff);
+  };
+  TrainResult r;
+  for (int step = 0; step < steps; ++step) {
+    const int64_t t = step + 1;
+    std::vector<std::vector<at::Tensor>> grads;  // [unit][rank]
+    const double loss = rank_gradients(model, *data, specs, step, world, o.batch, o.accumulation, grads);
+    at::NoGradGuard no_grad;
+    if (t == o.freeze_step + 1) {  // the scales, from the warm-up's momentum
+      std::vector<double> rms;
+      for (Unit& u : units)
+        for (Tensor& x : u.tensors) rms.push_back(u.m.narrow(0, x.offset, x.n).norm().item<double>() / std::sqrt(double(x.n)));
+      double united = 0;
+      for (double v : rms) united += v / double(rms.size());
+      size_t i = 0;
+      for (Unit& u : units)
+        for (Tensor& x : u.tensors) x.scale = rms[i] > 0 ? united / rms[i] : 1.0, ++i;
+    }
+    for (size_t k = 0; k < units.size(); ++k) {
+      Unit& u = units[k];
+      if (t <= o.freeze_step) {  // Lamb on the averaged gradient
+        at::Tensor g = at::zeros({u.n});
+        for (const auto& gr : grads[k]) g += gr;
+        g /= double(world);
+        u.m.mul_(o.beta1).add_(g, 1.0 - o.beta1);
+        u.v.mul_(o.beta2).addcmul_(g, g, 1.0 - o.beta2);
+        for (Tensor& x : u.tensors) {
+          at::Tensor w = x.p.view({-1});
+          const at::Tensor upd = u.m.narrow(0, x.offset, x.n) / (u.v.narrow(0, x.offset, x.n).sqrt() + o.eps) + o.weight_decay * w;
+          const double c = ratio(w, upd);
+          if (c != 1.0) x.coeff = o.coeff_beta * x.coeff + (1 - o.coeff_beta) * c;
+          w.sub_(o.lr * c * upd);
+        }
+        if (t == o.freeze_step) u.fresh = u.v.clone();
+        continue;
+      }
+      const at::Tensor last = u.m.clone();
+      at::Tensor scale = at::empty({u.n});
+      for (Tensor& x : u.tensors) scale.narrow(0, x.offset, x.n).fill_(x.scale);
+      std::vector<at::Tensor> local;  // each rank's scaled momentum with its own gradient
+      for (int rank = 0; rank < world; ++rank) local.push_back((u.m * o.beta1 + grads[k][size_t(rank)] * (1.0 - o.beta1)) * scale);
+      u.m = (world == 1 ? local[0] : plain_compressed_mean(local, u.worker_error, u.server_error)) / scale;
+      u.m.mul_(u.v.ne(0).to(at::kFloat));  // no momentum where no gradient ever was
+      for (Tensor& x : u.tensors) {
+        at::Tensor w = x.p.view({-1});
+        const at::Tensor m = u.m.narrow(0, x.offset, x.n), v = u.v.narrow(0, x.offset, x.n);
+        at::Tensor fresh = u.fresh.narrow(0, x.offset, x.n);
+        const at::Tensor g = (m - last.narrow(0, x.offset, x.n) * o.beta1) / (1 - o.beta1);
+        fresh.mul_(o.beta2).addcmul_(g, g, 1 - o.beta2);
+        const at::Tensor denom = v.sqrt() + o.eps, prelim = m / denom, upd = prelim + o.weight_decay * w;
+        double f = (denom / (fresh.sqrt() + o.eps)).max().item<double>();
+        if (o.weight_decay > 0) {
+          const double q = std::min(1.0, prelim.norm().item<double>() / upd.norm().item<double>());
+          f = f * q + (1 - q);
+        }
+        f = std::clamp(f, o.factor_min, o.factor_max);
+        f = std::clamp(f, x.factor * (1 - o.factor_threshold), x.factor * (1 + o.factor_threshold));
+        x.factor = f;
+        w.sub_(o.lr * x.coeff * f * upd);
+      }
+    }
+    r.losses.push_back(loss);
+    r.scales.push_back(1.0);
+    r.skipped.push_back(false);
+  }
+  record_weights(*model, r);
+  return r;
+}
+
 }  // namespace ds::test
 
 namespace ds::test {

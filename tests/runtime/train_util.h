@@ -110,6 +110,21 @@ struct PlainOneBitAdam {
 };
 TrainResult train_plain_onebit_adam(const PlainOneBitAdam& opt, int world, int steps, TinyShape shape = {});
 
+// The same for 1-bit Lamb (DeepSpeed's OnebitLamb, tensor by tensor): Lamb without bias
+// correction on the averaged gradient for freeze_step steps, keeping each tensor's running
+// average of its trust ratio; then the momentum, scaled per tensor, compressed unit by unit
+// as above, the fresh variance from the reconstructed gradient, and the frozen ratio times
+// the bounded factor.
+struct PlainOneBitLamb {
+  double lr = 0.01, weight_decay = 0.01, eps = 1e-6, beta1 = 0.9, beta2 = 0.999, max_coeff = 10.0, min_coeff = 0.01;
+  double coeff_beta = 0.9, factor_max = 4.0, factor_min = 0.5, factor_threshold = 0.1;
+  int64_t freeze_step = 3;
+  int64_t batch = 8;
+  int64_t accumulation = 1;
+  std::string json() const;  // the config's optimizer section
+};
+TrainResult train_plain_onebit_lamb(const PlainOneBitLamb& opt, int world, int steps, TinyShape shape = {});
+
 // The same for 0/1 Adam: variance and exact averages at exponentially spaced steps, the
 // compressed gradient in between, then local steps on each simulated rank's own copy of the
 // weights with compressed syncs (no bias correction, as ZeroOneAdam).

@@ -49,6 +49,9 @@ struct UnitShard {
 struct ModelStates {
   NamedTensors module;      // the module's state dict (weights as the model holds them, buffers)
   NamedTensors rng_states;  // uint8 tensors, e.g. {"cpu", at::detail::getDefaultCPUGenerator().get_state()}
+  // The optimizer's per-tensor scalars by parameter name (FlatOptimizer::tensor_states(); 1-bit
+  // Lamb's), under "optimizer_tensor_states" when there are any.
+  NamedTensors optimizer_tensors;
 };
 
 class CheckpointWriter {

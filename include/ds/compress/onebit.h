@@ -37,6 +37,9 @@ class OneBitAllReduce {
   // buffer: 1-D contiguous fp32 of numel elements; replaced by the decompressed average.
   void all_reduce(at::Tensor& buffer);
 
+  // The chunk each rank serves for `numel` elements over `ranks` ranks (the length padded to a
+  // multiple of 8 x ranks, divided by ranks): the server error's length.
+  static int64_t chunk_of(int64_t numel, int ranks);
   int64_t numel() const { return n_; }
   int64_t padded_numel() const { return padded_; }
   // This rank's chunk as server: [chunk_begin, chunk_begin + chunk_size) of the padded buffer.

@@ -18,12 +18,11 @@
 namespace ds {
 
 // Optimizers deepspeed.cpp implements. kNone: no "optimizer" section (the program brings its own).
-// Rejected with a clear error: OneBitLamb, MuAdam, MuAdamW, MuSGD, Muon and other
-// torch.optim names.
-enum class OptimizerType { kNone, kAdam, kAdamW, kSGD, kAdagrad, kLion, kOneBitAdam, kZeroOneAdam, kLamb };
+// Rejected with a clear error: MuAdam, MuAdamW, MuSGD, Muon and other torch.optim names.
+enum class OptimizerType { kNone, kAdam, kAdamW, kSGD, kAdagrad, kLion, kOneBitAdam, kZeroOneAdam, kLamb, kOneBitLamb };
 
 // DeepSpeed's spelling of the type ("Adam", "AdamW", "SGD", "Adagrad", "Lion", "OneBitAdam", "ZeroOneAdam",
-// "Lamb"; "" for kNone).
+// "Lamb", "OneBitLamb"; "" for kNone).
 const char* optimizer_type_name(OptimizerType type);
 
 struct OptimizerConfig {
@@ -32,11 +31,12 @@ struct OptimizerConfig {
   // Every type.
   double lr = 1e-3;
   double weight_decay = 0.0;
-  // Adam, AdamW, Lion, OneBitAdam, Lamb.
+  // Adam, AdamW, Lion, OneBitAdam, Lamb, OneBitLamb.
   std::array<double, 2> betas{0.9, 0.999};
-  // Adam, AdamW, Adagrad, OneBitAdam, Lamb.
+  // Adam, AdamW, Adagrad, OneBitAdam, Lamb, OneBitLamb.
   double eps = 1e-8;
-  // Adam, AdamW, OneBitAdam, Lamb; ZeroOneAdam (default false there: DeepSpeed's 0/1 Adam never corrects).
+  // Adam, AdamW, OneBitAdam, Lamb; ZeroOneAdam and OneBitLamb (default false there: DeepSpeed's
+  // 0/1 Adam and OnebitLamb accept the key and never correct).
   bool bias_correction = true;
   // Adam, AdamW: torch_adam selects torch.optim's implementation in DeepSpeed; adam_w_mode
   // (default true!) makes type "Adam" apply decoupled weight decay, as DeepSpeed's code does.
@@ -49,7 +49,7 @@ struct OptimizerConfig {
   // Adagrad.
   double lr_decay = 0.0;
   double initial_accumulator_value = 0.0;
-  // OneBitAdam: plain Adam for freeze_step steps, then compressed momentum.
+  // OneBitAdam, OneBitLamb: plain Adam (Lamb) for freeze_step steps, then compressed momentum.
   int64_t freeze_step = 100000;
   bool eps_inside_sqrt = false;
   bool cuda_aware = false;
@@ -67,6 +67,15 @@ struct OptimizerConfig {
   // (honoured: eps added to v before the square root).
   double max_coeff = 10.0;
   double min_coeff = 0.01;
+  // OneBitLamb (also max_coeff, min_coeff, freeze_step and OneBitAdam's backend keys): during
+  // the warm-up each tensor's trust ratio is averaged with weight 1 - coeff_beta; in the
+  // compressed phase that average is scaled by a factor tracking how far the frozen variance
+  // is from a fresh one, clamped to [factor_min, factor_max] and to +-factor_threshold of the
+  // previous step's factor.
+  double coeff_beta = 0.9;
+  double factor_max = 4.0;
+  double factor_min = 0.5;
+  double factor_threshold = 0.1;
 
   // AdamW-style (decoupled) weight decay: type AdamW, or type Adam with adam_w_mode (DeepSpeed's rule).
   bool decoupled_weight_decay() const {
@@ -75,7 +84,7 @@ struct OptimizerConfig {
 };
 
 // The defaults DeepSpeed's code uses for `type` (FusedAdam/CPUAdam, torch SGD, CPUAdagrad, FusedLion,
-// OnebitAdam, FusedLamb).
+// OnebitAdam, FusedLamb, OnebitLamb).
 OptimizerConfig optimizer_defaults(OptimizerType type);
 
 // DeepSpeed's own LR schedules (deepspeed/runtime/lr_schedules.py). kNone: no "scheduler" section.

@@ -1,7 +1,8 @@
 // Optimizers over flat fp32 master tensors (one per unit, or this rank's chunk of it under
 // ZeRO). The state lives in tensors the engine owns (so ZeRO can shard it, offload can swap
 // it and checkpoints can save it); the optimizer object holds hyper-parameters (the config's
-// `optimizer` section) and declares its states.
+// `optimizer` section), declares its states, and keeps what is neither elementwise nor
+// sharded (per-rank error feedback, per-tensor scalars) with hooks to save and restore it.
 //
 //   auto opt = ds::optim::make_optimizer(config.optimizer);
 //   auto state = opt->init_state(master.numel());
@@ -132,6 +133,23 @@ class FlatOptimizer {
                                 const SegmentVisitor& segments) {}
   // Drops them (a checkpoint without them, or saved at another layout): they start again.
   virtual void reset_rank_states() {}
+  // Scalars the optimizer keeps per parameter tensor (1-bit Lamb's frozen trust ratio and its
+  // factor), by parameter name: equal on every rank of the data group and independent of the
+  // ZeRO stage and the model-parallel layout, so the engine saves them with each model-parallel
+  // rank's model states and hands back, on load, every entry of the checkpoint.
+  virtual std::vector<std::pair<std::string, at::Tensor>> tensor_states() const { return {}; }
+  // Takes the entries of this rank's tensors (others are another stage's); throws ds::Error
+  // for an entry whose shape does not fit. A tensor without an entry starts again.
+  virtual void load_tensor_states(const std::vector<std::pair<std::string, at::Tensor>>& states) {}
+  // Bytes of the tensors the optimizer keeps itself, beyond the states the engine owns (the
+  // 1-bit optimizers' whole momentum, error feedback and masks); Engine::memory_breakdown()
+  // counts them with the optimizer states.
+  virtual int64_t held_bytes() const { return 0; }
+  // What held_bytes() comes to per unit once the optimizer holds all it will (the 1-bit
+  // optimizers: in the compressed phase), for a unit of `numel` real elements (`padded` with
+  // padding) of which this rank's part has `own`, on `ranks` data-parallel ranks: the
+  // estimator's model, tested against held_bytes().
+  virtual int64_t held_bytes_of_unit(int64_t numel, int64_t padded, int64_t own, int ranks) const { return 0; }
   // Passes over the states per step; the engine swaps states to NVMe only for one.
   virtual int passes() const { return 1; }
   // What the progress line says about the optimizer at `step` (e.g. "warm-up"); "" for nothing.
@@ -145,6 +163,10 @@ class FlatOptimizer {
   static void write_copy(const at::Tensor& master, const WorkingCopy* copy);
   OptimizerConfig config_;
 };
+
+// Whether the optimizer communicates its own way and so needs each rank's whole local gradient
+// of every unit (1-bit Adam and Lamb, 0/1 Adam): ZeRO-2 then keeps full gradients as stage 1.
+bool keeps_local_gradients(const OptimizerConfig& config);
 
 // Adam/AdamW on the SIMD CPU kernels (or, with "torch_adam": true, torch.optim's arithmetic in
 // ATen ops), Adagrad and Lion on the kernels, SGD in ATen ops. Throws ds::ConfigError for a
