@@ -90,16 +90,14 @@ class OneBitLamb final : public CompressedMomentum {
     for (size_t t = 0; t < names_.size(); ++t) out.emplace_back(names_[t], as_tensor(scalars_[t]));
     return out;
   }
+  void check_tensor_states(const NamedTensors& states) const override {
+    for (const auto& [name, t] : states) parse(name, t);
+  }
   void load_tensor_states(const NamedTensors& states) override {
     loaded_.clear();
-    for (const auto& [name, t] : states) {
-      if (t.numel() != 3 || !at::isFloatingType(t.scalar_type()))
-        throw Error(ds::str("the checkpoint's 1-bit Lamb state of ", name, " has shape ", t.sizes(), " and type ",
-                            t.scalar_type(), "; expected 3 floating-point values (coeff, factor, scale)"));
-      const at::Tensor v = t.to(at::kDouble).reshape({3});
-      loaded_[name] = {v[0].item<double>(), v[1].item<double>(), v[2].item<double>()};
-    }
+    for (const auto& [name, t] : states) loaded_[name] = parse(name, t);
     names_.clear(), scalars_.clear();  // bound again, from loaded_, at the next step
+    after_load_ = true, scales_checked_ = false;
   }
 
  private:
@@ -111,9 +109,23 @@ class OneBitLamb final : public CompressedMomentum {
     return c;
   }
   static at::Tensor as_tensor(const TensorScalars& s) { return at::tensor({s.coeff, s.factor, s.scale}, at::kDouble); }
+  static TensorScalars parse(const std::string& name, const at::Tensor& t) {
+    if (t.numel() != 3 || !at::isFloatingType(t.scalar_type()))
+      throw Error(ds::str("the checkpoint's 1-bit Lamb state of ", name, " has shape ", t.sizes(), " and type ",
+                          t.scalar_type(), "; expected 3 floating-point values (coeff, factor, scale)"));
+    const at::Tensor v = t.to(at::kDouble).reshape({3});
+    const TensorScalars s{v[0].item<double>(), v[1].item<double>(), v[2].item<double>()};
+    if (!std::isfinite(s.coeff) || !std::isfinite(s.factor) || !std::isfinite(s.scale) || s.coeff < 0 ||
+        s.factor <= 0 || s.scale < 0)
+      throw Error(ds::str("the checkpoint's 1-bit Lamb state of ", name, " is (coeff ", s.coeff, ", factor ", s.factor,
+                          ", scale ", s.scale, "); expected finite values, coeff and scale >= 0 and factor > 0: the "
+                          "checkpoint is corrupt"));
+    return s;
+  }
 
   // Names the step's tensors (the same every step) and gives each its scalars: loaded ones
-  // when a checkpoint had them, else fresh.
+  // when a checkpoint had them, else fresh. After a load, a tensor without them is an error in
+  // the compressed phase: its frozen trust ratio would be 0 and it would never move again.
   void bind(const StepContext& ctx, const TensorIndex& index) {
     if (names_.size() == index.count() && !names_.empty()) return;
     names_.clear();
@@ -123,8 +135,13 @@ class OneBitLamb final : public CompressedMomentum {
     for (size_t t = 0; t < names_.size(); ++t) {
       auto it = loaded_.find(names_[t]);
       if (it != loaded_.end()) scalars_[t] = it->second;
+      else if (after_load_ && compressed(ctx.args.step))
+        throw Error(ds::str("1-bit Lamb step ", ctx.args.step, ": the loaded checkpoint has no per-tensor state of ",
+                            names_[t], " (its frozen trust ratio), which the compressed phase needs; load a checkpoint "
+                            "of this model saved by OneBitLamb"));
     }
     loaded_.clear();
+    after_load_ = false;
   }
 
   void warmup_step(StepContext& ctx) {
@@ -140,8 +157,9 @@ class OneBitLamb final : public CompressedMomentum {
       ctx.for_each_segment([](Segment& s) { (*s.states)[2].copy_((*s.states)[1]); });
   }
 
-  // Each tensor's scale for compression, from the momentum the warm-up left: the mean of the
-  // tensors' rms over this rank's model part, divided by the tensor's own rms.
+  // Each tensor's scale for compression (those not set yet), from the momentum the warm-up
+  // left: the mean of the tensors' rms over the whole model (every pipeline stage's, so a tied
+  // layer's copies get one scale), divided by the tensor's own rms.
   void set_scales(const StepContext& ctx, const TensorIndex& index) {
     at::Tensor sq = at::zeros({int64_t(index.count())}, at::kDouble);  // sum of m² per tensor
     at::Tensor numel = at::zeros({int64_t(index.count())}, at::kDouble);
@@ -156,10 +174,12 @@ class OneBitLamb final : public CompressedMomentum {
     at::Tensor both = at::stack({sq, numel});
     reduce_over_tensor_group(ctx, index, both, comm::ReduceOp::Sum);  // a split tensor's whole sums
     const at::Tensor rms = (both[0] / both[1].clamp_min(1.0)).sqrt();
-    const double united = rms.mean().item<double>();
+    at::Tensor mean = at::stack({rms.sum(), at::scalar_tensor(double(rms.numel()), at::kDouble)});
+    if (ctx.pipe_group) ctx.pipe_group->all_reduce(mean, comm::ReduceOp::Sum).wait();
+    const double united = (mean[0] / mean[1]).item<double>();
     for (size_t t = 0; t < scalars_.size(); ++t) {
       const double r = rms[int64_t(t)].item<double>();
-      scalars_[t].scale = r > 0.0 && united > 0.0 ? united / r : 1.0;
+      if (scalars_[t].scale == 0.0) scalars_[t].scale = r > 0.0 && united > 0.0 ? united / r : 1.0;
     }
   }
 
@@ -176,8 +196,16 @@ class OneBitLamb final : public CompressedMomentum {
   void compressed_step(StepContext& ctx, const TensorIndex& index) {
     comm::Communicator& group = *ctx.data_group;
     ctx.for_each_segment([&](Segment& s) { unit_comm(s, group); });
-    if (std::any_of(scalars_.begin(), scalars_.end(), [](const TensorScalars& s) { return s.scale == 0.0; }))
-      set_scales(ctx, index);
+    // The first compressed step since the start or a load sets the scales still unset. With
+    // pipeline stages the stages agree first whether any is (set_scales is collective over them).
+    if (!scales_checked_) {
+      at::Tensor unset = at::scalar_tensor(
+          std::any_of(scalars_.begin(), scalars_.end(), [](const TensorScalars& s) { return s.scale == 0.0; }) ? 1.0 : 0.0,
+          at::kDouble);
+      if (ctx.pipe_group) ctx.pipe_group->all_reduce(unset, comm::ReduceOp::Max).wait();
+      if (unset.item<double>() > 0) set_scales(ctx, index);
+      scales_checked_ = true;
+    }
     const int64_t T = int64_t(index.count());
     at::Tensor norms = at::zeros({2, T}, at::kDouble);  // ||p||², ||u||² per tensor
     at::Tensor factors = at::zeros({T}, at::kDouble);   // max (sqrt(v) + eps) / (sqrt(v') + eps)
@@ -276,6 +304,8 @@ class OneBitLamb final : public CompressedMomentum {
   std::vector<std::string> names_;       // the step's tensors, in TensorIndex order
   std::vector<TensorScalars> scalars_;   // per tensor, in the same order
   std::map<std::string, TensorScalars> loaded_;  // from a checkpoint, until the next step binds them
+  bool after_load_ = false;                       // no step since load_tensor_states()
+  bool scales_checked_ = false;                   // every tensor's scale set since the start or a load
   ops::ThreadPool pool_;
 };
 

@@ -516,6 +516,7 @@ LoadedCheckpoint Engine::load_checkpoint(const std::string& dir, std::string tag
                                   sharded ? dp_rank() : 0, options);
     states = load_model_states_for_this_rank(*reader);
     check_model_states(states);
+    optimizer_->check_tensor_states(states.optimizer_tensors);
     if (m.dp_world_size == dp_size() && m.pp_world_size == groups_.pipe->size() &&
         m.tp_world_size == groups_.tensor->size())
       rank_states = reader->load_rank_states(dp_rank(), groups_.model_rank());

@@ -143,6 +143,7 @@ void Engine::apply_update(double lr) {
   for (const UnitState& s : units_) ctx.unit_tensors.push_back(&s.unit->slots());
   ctx.partitioned = plan_.stage > 0 && dp_size() > 1;
   if (groups_.tensor->size() > 1) ctx.tensor_group = groups_.tensor.get(), ctx.tensor_split = &tensor_split_;
+  if (groups_.pipe->size() > 1) ctx.pipe_group = groups_.pipe.get();
   optimizer_->step_all(ctx);
   if (param_swapper_) param_swapper_->flush();
   if (coordinator_) coordinator_->refresh();  // persistent units gathered anew; the rest on use

@@ -468,6 +468,37 @@ TEST(PipelineGpt, TheTiedCopiesStartEqualWhateverEachStageBuilt) {
   });
 }
 
+// The 1-bit optimizers in a pipeline (2 stages x 2 data ranks): each stage compresses its own
+// units, and the tied embedding's two copies — one unit on each end stage, the same summed
+// gradient — stay bit-equal through the compressed phase (1-bit Lamb's scales are a mean over
+// every stage's tensors, so the copies get one scale).
+TEST(PipelineGpt, OneBitOptimizersKeepTheTiedCopiesEqual) {
+  test::run_ranks(4, [](comm::Communicator& world) {
+    for (const char* type : {"OneBitAdam", "OneBitLamb"}) {
+      auto groups = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology::for_world(4, 2, 1));
+      const std::string extra = std::string(type) == "OneBitLamb" ? R"(, "bias_correction": false)" : "";
+      Config cfg = Config::parse(
+          ds::str(R"({"train_batch_size": )", kRows * kAccum * 2, R"(, "train_micro_batch_size_per_gpu": )", kRows,
+                  R"(, "optimizer": {"type": ")", type, R"(", "params": {"lr": 0.01, "eps": 1e-3, "freeze_step": 2)",
+                  extra, R"(}}, "pipeline": {"stages": 2, "partition": "type:GptBlock"}})"),
+          "test config");
+      cfg.resolve(4);
+      torch::manual_seed(kSeed);
+      pipe::PipelineModule model(gpt_layer_specs(tiny()), pipe::PipelineLayout::from(cfg, groups));
+      Engine engine(model.ptr(), cfg, groups);
+      auto stage = model->stage_model([](const at::Tensor& out, const at::Tensor& y) { return gpt_loss(out, y, nullptr); });
+      std::vector<double> losses;
+      for (int t = 0; t < 8; ++t)
+        losses.push_back(engine.train_batch(stage, [&](int i) { return sample(t, groups.coord.data * kAccum + i); }).loss);
+      for (double l : losses) EXPECT_TRUE(std::isfinite(l)) << type;
+      at::Tensor wte = model->tied().at(0).module->parameters()[0].detach().clone();
+      at::Tensor first = wte.clone();
+      groups.pipe->broadcast(first, 0).wait();
+      EXPECT_TRUE(wte.equal(first)) << type << ", rank " << world.rank();
+    }
+  });
+}
+
 TEST(PipelineGpt, AModuleForAnotherStageOrAnIntervalWithoutAModuleIsRefused) {
   test::run_ranks(2, [](comm::Communicator& world) {
     comm::ParallelGroups groups = two_stages(world);

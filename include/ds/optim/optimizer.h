@@ -100,6 +100,9 @@ struct StepContext {
   // the others are whole and equal on every rank of the group). Null without.
   comm::Communicator* tensor_group = nullptr;
   const std::vector<std::vector<bool>>* tensor_split = nullptr;
+  // With pipeline stages: the ranks holding the other stages' parts of the model (for a
+  // statistic over the whole model; a tied layer's copy is on two stages). Null without.
+  comm::Communicator* pipe_group = nullptr;
 };
 
 class FlatOptimizer {
@@ -138,8 +141,10 @@ class FlatOptimizer {
   // ZeRO stage and the model-parallel layout, so the engine saves them with each model-parallel
   // rank's model states and hands back, on load, every entry of the checkpoint.
   virtual std::vector<std::pair<std::string, at::Tensor>> tensor_states() const { return {}; }
-  // Takes the entries of this rank's tensors (others are another stage's); throws ds::Error
-  // for an entry whose shape does not fit. A tensor without an entry starts again.
+  // Throws ds::Error for an entry that does not fit (shape, value); the engine calls it while
+  // it reads a checkpoint, before anything changes.
+  virtual void check_tensor_states(const std::vector<std::pair<std::string, at::Tensor>>& states) const {}
+  // Takes the entries of this rank's tensors (others are another stage's), checked as above.
   virtual void load_tensor_states(const std::vector<std::pair<std::string, at::Tensor>>& states) {}
   // Bytes of the tensors the optimizer keeps itself, beyond the states the engine owns (the
   // 1-bit optimizers' whole momentum, error feedback and masks); Engine::memory_breakdown()
