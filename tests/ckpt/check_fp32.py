@@ -6,7 +6,8 @@ usage: check_fp32.py CKPT_DIR OUT_BASE REFERENCE_JSON
 2. OUT_BASE.safetensors, read with nothing but json + numpy following the format's spec,
    holds the same tensors (and the `safetensors` package agrees, when installed).
 3. The checkpoint's own files load in Python: the model states' "module" and the ZeRO
-   shards, glued back together per the manifest, give the same weights.
+   shards, glued back together per the manifest, give the same weights; the per-tensor
+   optimizer scalars ("optimizer_tensor_states") are float64 triples named by parameter.
 Exits 77 (skipped) when torch or numpy cannot be imported.
 """
 import json
@@ -101,6 +102,13 @@ def main():
     check(model["global_steps"] == manifest["engine_state"]["global_steps"], "model states global_steps")
     for name, want in ref.items():
         check(same(model["module"][name].numpy(), want), f"model states module[{name}]")
+    # Per-tensor optimizer scalars (1-bit Lamb's), by parameter name: slot i holds (i, 1, 0.5).
+    scalars = model["optimizer_tensor_states"]
+    slots = [slot["name"] for unit in manifest["units"] for slot in unit["slots"]]
+    check(sorted(scalars) == sorted(slots), "optimizer_tensor_states names every parameter")
+    for i, name in enumerate(slots):
+        got = scalars[name]
+        check(got.dtype == torch.float64 and got.tolist() == [float(i), 1.0, 0.5], f"optimizer_tensor_states[{name}]")
     count = manifest["partition"]["count"]
     shards = [torch.load(os.path.join(tag_dir, f"zero_pp_rank_{k}_mp_rank_00_optim_states.pt")) for k in range(count)]
     for unit in manifest["units"]:

@@ -105,6 +105,10 @@ ModelStates toy_model_states(const std::vector<UnitInfo>& units, const FullState
   for (const auto& u : units)
     for (const auto& s : u.slots) ms.module.emplace_back(s.name, param_of(units, full, s.name));
   ms.module.emplace_back("head.steps", at::arange(5, at::kLong));
+  // Per-tensor optimizer scalars (1-bit Lamb's): slot i gets (i, 1, 0.5).
+  double i = 0;
+  for (const auto& u : units)
+    for (const auto& s : u.slots) ms.optimizer_tensors.emplace_back(s.name, at::tensor({i++, 1.0, 0.5}, at::kDouble));
   auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
   ms.rng_states.emplace_back("cpu", gen.get_state());
   return ms;

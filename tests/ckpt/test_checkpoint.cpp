@@ -92,6 +92,11 @@ TEST(Checkpoint, ModelStatesEngineStateAndFp32WeightsRoundTrip) {
   }
   ASSERT_EQ(got.rng_states.size(), 1u);
   EXPECT_TRUE(bit_equal(got.rng_states[0].second, want.rng_states[0].second));
+  ASSERT_EQ(got.optimizer_tensors.size(), want.optimizer_tensors.size());
+  for (size_t i = 0; i < want.optimizer_tensors.size(); ++i) {
+    EXPECT_EQ(got.optimizer_tensors[i].first, want.optimizer_tensors[i].first);
+    EXPECT_TRUE(bit_equal(got.optimizer_tensors[i].second, want.optimizer_tensors[i].second));
+  }
 
   auto weights = ck.load_fp32_weights();
   ASSERT_EQ(weights.size(), 9u);
