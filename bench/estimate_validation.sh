@@ -16,10 +16,12 @@ declare -A shape=(
   [s]="--n-layer 4 --n-head 4 --d-model 256 --seq-len 256"
   [m]="--n-layer 8 --n-head 8 --d-model 512 --seq-len 256"
 )
-# model ranks stage [offload|-] [pp2|tp2: 2 pipeline stages or 2 tensor ranks, 4 micro-batches a step]
+# model ranks stage [offload|-] [pp2|tp2: 2 pipeline stages or 2 tensor ranks, 4 micro-batches a step;
+# ob: OneBitAdam with freeze_step 2, so the measured steps (3 on) are its compressed phase]
 cases=("s 1 0" "s 2 0" "s 2 1" "s 2 2" "s 2 3" "s 4 3"
        "m 1 0" "m 2 0" "m 2 1" "m 2 2" "m 2 3" "m 4 0" "m 4 2" "m 4 3" "m 2 2 nvme"
-       "s 2 1 - pp2" "s 2 1 - tp2" "m 2 1 - pp2" "m 2 1 - tp2" "m 4 1 - pp2tp2")
+       "s 2 1 - pp2" "s 2 1 - tp2" "m 2 1 - pp2" "m 2 1 - tp2" "m 4 1 - pp2tp2"
+       "s 2 0 - ob" "m 2 2 - ob")
 [ -z "${CASES:-}" ] || cases=("$CASES")
 printf "%-16s %12s %12s %7s %10s %10s %7s\n" "case" "peak pred" "peak meas" "err" "step pred" "step meas" "err"
 for c in "${cases[@]}"; do
@@ -29,15 +31,17 @@ for c in "${cases[@]}"; do
   off=""
   [ "$offload" = nvme ] && off=", \"offload_optimizer\": {\"device\": \"nvme\", \"nvme_path\": \"$work\"}, \"sub_group_size\": 2000000"
   pp=1 tp=1 batch=$((2 * ranks)) layout=""
+  optimizer='{"type": "AdamW", "params": {"lr": 0.0003}}'
+  case "$split" in *ob*) optimizer='{"type": "OneBitAdam", "params": {"lr": 0.0003, "eps": 0.001, "freeze_step": 2}}' ;; esac
   case "$split" in *pp2*) pp=2 ;; esac
   case "$split" in *tp2*) tp=2 ;; esac
-  if [ -n "$split" ]; then
+  if [ "$pp" -gt 1 ] || [ "$tp" -gt 1 ]; then
     batch=$((2 * 4 * ranks / (pp * tp)))
     layout=", \"pipeline\": {\"stages\": $pp}, \"tensor_parallel\": {\"autotp_size\": $tp}"
   fi
   cat >"$work/c.json" <<EOF
 {"train_batch_size": $batch, "train_micro_batch_size_per_gpu": 2, "steps_per_print": 1000,
- "optimizer": {"type": "AdamW", "params": {"lr": 0.0003}}, "zero_optimization": {"stage": $stage$off}$layout}
+ "optimizer": $optimizer, "zero_optimization": {"stage": $stage$off}$layout}
 EOF
   # shellcheck disable=SC2086
   build/apps/ds-estimate --config "$work/c.json" ${shape[$model]} --vocab 256 --ranks-per-node "$ranks" \

@@ -81,7 +81,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
     const int64_t ahead = std::min<int64_t>(z.stage3_prefetch_bucket_size, z.stage3_max_live_parameters);
     m.gathered = std::min(total, largest_unit + ahead) * w;
   }
-  if (stage >= 2) {
+  if (stage >= 2 && !plan.local_grads) {  // (a 1-bit optimizer's ZeRO-2 keeps full gradient buffers)
     const int64_t waiting = z.overlap_comm ? std::min(total, largest_unit + z.reduce_bucket_size) : total;
     m.in_flight = waiting * w + own_total * c;
   } else if (stage == 0 && precision.reduce != precision.working) {

@@ -112,11 +112,24 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
       const double p = padded * double(c10::elementSize(precision.param));
       double bytes = 0, collectives = 0;
       const double units = double(share.units.size());
-      switch (stage) {
-        case 0: bytes = 2 * share_of * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
-        case 1: bytes = share_of * (g + p), collectives = 2 * units; break;
-        case 2: bytes = share_of * (gas * g + p), collectives = units * (gas + 1); break;
-        default: bytes = gas * share_of * (g + 2 * p), collectives = 3 * units * gas; break;
+      if (optimizer->sends_compressed_momentum()) {
+        // The compressed phase (1-bit Adam, Lamb): no gradient crosses; each unit's momentum
+        // goes as sign bits, all-to-all to the chunk's server and all-gathered back (the
+        // scales are a few bytes), then ZeRO 1-2 all-gather the updated weight shards. The
+        // passes over the whole unit are the optimizer's: the momentum's update and mask, the
+        // worker's error and sign packing, the server's sums, the unpacking (~64 bytes per
+        // element, bench/estimate_validation.sh "ob" cases).
+        bytes = 2 * share_of * padded / 8.0 + (stage >= 1 ? share_of * p : 0.0);
+        collectives = units * (4 + (stage >= 1 ? 1 : 0));
+        t.optimizer_s = std::max(t.optimizer_s, own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node) +
+                                                    padded * 64.0 / (rates.memory_bytes_per_s / per_node));
+      } else {
+        switch (stage) {
+          case 0: bytes = 2 * share_of * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
+          case 1: bytes = share_of * (g + p), collectives = 2 * units; break;
+          case 2: bytes = share_of * (gas * g + p), collectives = units * (gas + 1); break;
+          default: bytes = gas * share_of * (g + 2 * p), collectives = 3 * units * gas; break;
+        }
       }
       t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * link_latency);
     }
@@ -159,6 +172,8 @@ std::string describe(const Config& config, const Layout& layout, const zero::Pre
     s += ds::str(", pipeline ", sizes.pipeline, " x tensor ", sizes.tensor, " x data ", sizes.data);
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
+  if (optim::make_optimizer(config.optimizer)->sends_compressed_momentum())
+    s += ds::str(", ", optimizer_type_name(config.optimizer.type), " after freeze_step (compressed momentum)");
   return s;
 }
 

@@ -68,6 +68,7 @@ class CompressedMomentum : public FlatOptimizer {
   void load_rank_states(const std::vector<std::pair<std::string, at::Tensor>>& states, const SegmentVisitor&) override;
   void reset_rank_states() override;
   int64_t held_bytes() const override;
+  bool sends_compressed_momentum() const override { return true; }
   // The whole momentum when this rank holds a shard, the zero-variance mask and the error feedback.
   int64_t held_bytes_of_unit(int64_t numel, int64_t padded, int64_t own, int ranks) const override;
 

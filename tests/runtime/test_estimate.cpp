@@ -297,6 +297,29 @@ TEST(Estimate, TheStepTimeIsItsParts) {
   EXPECT_NEAR(lamb.time.optimizer_s / e.time.optimizer_s, 40.0 / 28.0, 1e-9);
 }
 
+// 1-bit Adam and Lamb are priced in their compressed phase: the data group's bytes are the
+// momentum's sign bits (1/32 of an fp32 all-reduce's), plus ZeRO 1-2's weight all-gather.
+TEST(Estimate, TheOneBitOptimizersCompressedPhaseSendsSignBits) {
+  estimate::ModelShape s;
+  s.n_layer = 4, s.d_model = 256, s.n_head = 4, s.seq_len = 256, s.vocab_size = 256;
+  estimate::Layout l;
+  l.ranks_per_node = 1, l.nodes = 4, l.context = 256;
+  estimate::Rates r = estimate::Rates::defaults();
+  r.link_bytes_per_s = 12.5e6, r.link_latency_s = 0;  // 100 Mbit/s: the bytes dominate
+  auto at = [&](const std::string& optimizer, int stage) {
+    return estimate::estimate(resolved(ds::str(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
+      "optimizer": )", optimizer, R"(, "zero_optimization": {"stage": )", stage, "}}"), 4), s, l, r);
+  };
+  const auto adam = at(R"({"type": "Adam"})", 0), onebit = at(R"({"type": "OneBitAdam"})", 0);
+  EXPECT_NEAR(onebit.time.comm_s / adam.time.comm_s, 1.0 / 32, 1e-3);
+  EXPECT_NE(onebit.describe.find("OneBitAdam after freeze_step (compressed momentum)"), std::string::npos);
+  EXPECT_EQ(adam.describe.find("compressed"), std::string::npos);
+  // Stage 2: the weights' all-gather (fp32 here) stays; 1-bit Lamb the same.
+  const auto adam2 = at(R"({"type": "Adam"})", 2), lamb2 = at(R"({"type": "OneBitLamb"})", 2);
+  EXPECT_NEAR(lamb2.time.comm_s / adam2.time.comm_s, (1.0 / 32 + 0.5) / 1.0, 1e-3);
+  EXPECT_GT(onebit.time.optimizer_s, adam.time.optimizer_s);  // the compression's passes
+}
+
 TEST(Estimate, BadInputAndRunsThatFitNowhereAreOneLineSayingWhatWouldFit) {
   EXPECT_ERROR_HAS(estimate::ModelShape::from_parameters(1000, 12, 768, 12, 1024),
                    "12 blocks of width 768 and context 1024 already hold");

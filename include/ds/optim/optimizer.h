@@ -155,6 +155,9 @@ class FlatOptimizer {
   // padding) of which this rank's part has `own`, on `ranks` data-parallel ranks: the
   // estimator's model, tested against held_bytes().
   virtual int64_t held_bytes_of_unit(int64_t numel, int64_t padded, int64_t own, int ranks) const { return 0; }
+  // After its warm-up, each step sends every unit's momentum 1-bit compressed instead of
+  // averaging gradients (1-bit Adam and Lamb): what ds-estimate prices for its steps.
+  virtual bool sends_compressed_momentum() const { return false; }
   // Passes over the states per step; the engine swaps states to NVMe only for one.
   virtual int passes() const { return 1; }
   // What the progress line says about the optimizer at `step` (e.g. "warm-up"); "" for nothing.
