@@ -2,6 +2,7 @@
 #pragma once
 
 #include "ds/estimate/estimate.h"
+#include "ds/optim/optimizer.h"
 #include "ds/zero/precision.h"
 
 namespace ds::estimate {
@@ -17,12 +18,13 @@ std::vector<StageShare> stage_shares(const Config& config, const ModelShape& sha
 // estimate counts every block checkpointed).
 bool checkpointed(const Config& config, const Layout& layout);
 
-// Each pipeline stage's ranks.
+// Each pipeline stage's ranks. `optimizer` is config.optimizer's, made once per estimate.
 std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
-                       const zero::PrecisionPolicy& precision);
+                       const zero::PrecisionPolicy& precision, const optim::FlatOptimizer& optimizer);
 int64_t activation_bytes(const ModelShape& shape, const Layout& layout, const Config& config,
                          const zero::PrecisionPolicy& precision, bool checkpointed, const StageShare& share);
 StepTime estimate_time(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
-                       const zero::PrecisionPolicy& precision, const Memory& memory);
+                       const zero::PrecisionPolicy& precision, const Memory& memory,
+                       const optim::FlatOptimizer& optimizer);
 
 }  // namespace ds::estimate

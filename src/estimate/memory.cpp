@@ -24,7 +24,8 @@ int64_t bytes_of(at::ScalarType t) { return int64_t(c10::elementSize(t)); }
 // The ranks of one pipeline stage: its units' model states at the data-parallel size, and
 // the activations of the micro-batches it keeps in flight.
 Memory stage_memory(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
-                    const zero::PrecisionPolicy& precision, const StageShare& share) {
+                    const zero::PrecisionPolicy& precision, const StageShare& share,
+                    const optim::FlatOptimizer& optimizer) {
   const ZeroConfig& z = config.zero_optimization;
   const int stage = int(z.stage);
   const int dp = parallel_sizes(config, layout).data;
@@ -34,8 +35,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
   const bool swap_optimizer = z.offload_optimizer.device == OffloadDevice::kNvme;
   const bool swap_params = stage == 3 && z.offload_param.device == OffloadDevice::kNvme;
   size_t states = 0;
-  const std::unique_ptr<optim::FlatOptimizer> optimizer = optim::make_optimizer(config.optimizer);
-  for (const optim::StateSpec& s : optimizer->state_specs())
+  for (const optim::StateSpec& s : optimizer.state_specs())
     states += s.kind == optim::StateSpec::Kind::kElementwise ? 1 : 0;
   const int64_t w = bytes_of(precision.working);
 
@@ -58,7 +58,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
     if (l.grad_shard) m.grads += l.own.length * bytes_of(precision.grad);
     if (swap_optimizer) continue;
     if (!l.master_is_weights) m.masters += l.own.length * 4;
-    m.optimizer_states += int64_t(states) * l.own.length * 4 + optimizer->held_bytes_of_unit(numel, l.padded_numel, l.own.length, dp);
+    m.optimizer_states += int64_t(states) * l.own.length * 4 + optimizer.held_bytes_of_unit(numel, l.padded_numel, l.own.length, dp);
   }
   if (swap_optimizer) {  // states (and a separate master) on disk; buffers of the largest sub-group in RAM
     const size_t tensors = states + (precision.master_is_working() ? 0 : 1);
@@ -98,10 +98,11 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
 }
 
 std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shape, const Layout& layout,
-                                    const Rates& rates, const zero::PrecisionPolicy& precision) {
+                                    const Rates& rates, const zero::PrecisionPolicy& precision,
+                                    const optim::FlatOptimizer& optimizer) {
   std::vector<Memory> out;
   for (const StageShare& share : stage_shares(config, shape, layout))
-    out.push_back(stage_memory(config, shape, layout, rates, precision, share));
+    out.push_back(stage_memory(config, shape, layout, rates, precision, share, optimizer));
   return out;
 }
 

@@ -35,7 +35,8 @@ std::string Rates::describe() const {
 }
 
 StepTime estimate_time(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates,
-                       const zero::PrecisionPolicy& precision, const Memory& memory) {
+                       const zero::PrecisionPolicy& precision, const Memory& memory,
+                       const optim::FlatOptimizer& optimizer) {
   const ZeroConfig& z = config.zero_optimization;
   const ParallelSizes sizes = parallel_sizes(config, layout);
   const int stage = int(z.stage), n = sizes.data, per_node = layout.ranks_per_node;
@@ -54,14 +55,13 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
   };
   const double activation = micro_tokens * double(shape.d_model) * double(c10::elementSize(precision.working));
 
-  const std::unique_ptr<optim::FlatOptimizer> optimizer = optim::make_optimizer(config.optimizer);
   size_t states = 0;
-  for (const optim::StateSpec& s : optimizer->state_specs())
+  for (const optim::StateSpec& s : optimizer.state_specs())
     states += s.kind == optim::StateSpec::Kind::kElementwise ? 1 : 0;
   // The optimizer reads and writes the master and each state and reads the gradient. Each
   // further pass reads the states and w again and writes w, which only the last pass writes:
   // 1 + states more (Lamb: 40 bytes per parameter against Adam's 28).
-  const double accesses = 3.0 + 2.0 * double(states) + double(optimizer->passes() - 1) * (1.0 + double(states));
+  const double accesses = 3.0 + 2.0 * double(states) + double(optimizer.passes() - 1) * (1.0 + double(states));
   zero::ShardPlan plan;
   plan.stage = stage, plan.dp_size = n, plan.precision = precision;
 
@@ -112,7 +112,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
       const double p = padded * double(c10::elementSize(precision.param));
       double bytes = 0, collectives = 0;
       const double units = double(share.units.size());
-      if (optimizer->sends_compressed_momentum()) {
+      if (optimizer.sends_compressed_momentum()) {
         // The compressed phase (1-bit Adam, Lamb): no gradient crosses; each unit's momentum
         // goes as sign bits, all-to-all to the chunk's server and all-gathered back (the
         // scales are a few bytes), then ZeRO 1-2 all-gather the updated weight shards. The
@@ -164,7 +164,8 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
 
 namespace {
 
-std::string describe(const Config& config, const Layout& layout, const zero::PrecisionPolicy& p) {
+std::string describe(const Config& config, const Layout& layout, const zero::PrecisionPolicy& p,
+                     const optim::FlatOptimizer& optimizer) {
   const ZeroConfig& z = config.zero_optimization;
   std::string s = ds::str("ZeRO-", z.stage, ", ", p.name, " (compute ", zero::dtype_name(p.working), ")");
   const ParallelSizes sizes = parallel_sizes(config, layout);
@@ -172,7 +173,7 @@ std::string describe(const Config& config, const Layout& layout, const zero::Pre
     s += ds::str(", pipeline ", sizes.pipeline, " x tensor ", sizes.tensor, " x data ", sizes.data);
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
-  if (optim::make_optimizer(config.optimizer)->sends_compressed_momentum())
+  if (optimizer.sends_compressed_momentum())
     s += ds::str(", ", optimizer_type_name(config.optimizer.type), " after freeze_step (compressed momentum)");
   return s;
 }
@@ -188,13 +189,14 @@ Estimate estimate(const Config& config, const ModelShape& shape, const Layout& l
     throw ConfigError(ds::str("the context ", layout.context, " must be from 1 to the model's ", shape.seq_len));
   check_config(config);  // what the engine refuses is not estimated
   const zero::PrecisionPolicy precision = zero::PrecisionPolicy::from_config(config);
+  const std::unique_ptr<optim::FlatOptimizer> optimizer = optim::make_optimizer(config.optimizer);
   Estimate e;
-  e.stages = estimate_memory(config, shape, layout, rates, precision);
+  e.stages = estimate_memory(config, shape, layout, rates, precision, *optimizer);
   e.memory = *std::max_element(e.stages.begin(), e.stages.end(),
                                [](const Memory& a, const Memory& b) { return a.peak() < b.peak(); });
-  e.time = estimate_time(config, shape, layout, rates, precision, e.memory);
+  e.time = estimate_time(config, shape, layout, rates, precision, e.memory, *optimizer);
   e.tokens_per_step = config.train_batch_size * layout.context;
-  e.describe = describe(config, layout, precision);
+  e.describe = describe(config, layout, precision, *optimizer);
   return e;
 }
 
@@ -223,12 +225,13 @@ bool fits(const Estimate& e, const Layout& layout, const Rates& rates) {
 std::vector<Choice> every_choice(const Config& config, const ModelShape& shape, const Layout& layout, const Rates& rates) {
   std::vector<Choice> out;
   const bool narrow = zero::PrecisionPolicy::from_config(config).param != at::kFloat;
+  const int passes = optim::make_optimizer(config.optimizer)->passes();
   for (int stage = 0; stage <= 3; ++stage) {
     std::vector<std::pair<bool, bool>> offloads = {{false, false}};
     if (stage >= 1) offloads.push_back({true, false});
     if (stage == 3 && narrow) offloads.push_back({true, true});  // weight shards on disk need bf16/fp16
     for (auto [opt, par] : offloads) {
-      if ((opt || par) && optim::make_optimizer(config.optimizer)->passes() > 1)
+      if ((opt || par) && passes > 1)
         continue;  // the engine swaps states only for a one-pass optimizer (not Lamb)
       const Config choice = with_choice(config, stage, opt, par);
       try {

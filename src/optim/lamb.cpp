@@ -34,8 +34,6 @@ namespace ds::optim {
 
 namespace {
 
-constexpr int64_t kChunk = 1 << 15;  // elements per task: 128 KiB of each array
-
 class Lamb final : public FlatOptimizer {
  public:
   Lamb(OptimizerConfig c, std::function<void(const std::vector<double>&)> on_ratios)
@@ -53,7 +51,8 @@ class Lamb final : public FlatOptimizer {
             const WorkingCopy* copy) override {
     check(master, grad, state);
     const at::Tensor g = as_float(grad);
-    const std::vector<TensorPiece> pieces = chunks(0, 0, master.numel());
+    std::vector<TensorPiece> pieces;
+    append_pieces(0, 0, master.numel(), pieces);
     double w2 = 0, u2 = 0;
     moments(master, g, state, args, pieces, &w2, &u2);
     apply(master, state, pieces, {step_size(args) * ratio(w2, u2)});
@@ -67,7 +66,7 @@ class Lamb final : public FlatOptimizer {
     double* u2 = w2 + index.count();
     ctx.for_each_segment([&](Segment& s) {
       check(s.master, s.grad, *s.states);
-      moments(s.master, as_float(s.grad), *s.states, ctx.args, tensor_pieces(ctx, s, index, kChunk), w2, u2);
+      moments(s.master, as_float(s.grad), *s.states, ctx.args, tensor_pieces(ctx, s, index), w2, u2);
     });
     if (ctx.partitioned && ctx.data_group && ctx.data_group->size() > 1)
       ctx.data_group->all_reduce(sums, comm::ReduceOp::Sum).wait();
@@ -76,7 +75,7 @@ class Lamb final : public FlatOptimizer {
     const double lr_t = step_size(ctx.args);
     for (size_t t = 0; t < scale.size(); ++t) ratios[t] = ratio(w2[t], u2[t]), scale[t] = lr_t * ratios[t];
     ctx.for_each_segment([&](Segment& s) {
-      apply(s.master, *s.states, tensor_pieces(ctx, s, index, kChunk), scale);
+      apply(s.master, *s.states, tensor_pieces(ctx, s, index), scale);
       write_copy(s.master, s.copy);
     });
     if (on_ratios_) on_ratios_(ratios);
@@ -140,12 +139,6 @@ class Lamb final : public FlatOptimizer {
     return std::clamp(std::sqrt(w2) / std::sqrt(u2), config_.min_coeff, config_.max_coeff);
   }
 
-  static std::vector<TensorPiece> chunks(size_t tensor, int64_t begin, int64_t end) {
-    std::vector<TensorPiece> out;
-    for (int64_t b = begin; b < end; b += kChunk) out.push_back({tensor, b, std::min(end, b + kChunk)});
-    return out;
-  }
-
   detail::LambHyper h_;
   std::function<void(const std::vector<double>&)> on_ratios_;
   ops::ThreadPool pool_;
@@ -157,8 +150,11 @@ TensorIndex::TensorIndex(const StepContext& ctx) : first(ctx.unit_tensors.size()
   for (size_t k = 0; k < ctx.unit_tensors.size(); ++k) first[k + 1] = first[k] + ctx.unit_tensors[k]->size();
 }
 
-std::vector<TensorPiece> tensor_pieces(const StepContext& ctx, const Segment& s, const TensorIndex& index,
-                                       int64_t chunk) {
+void append_pieces(size_t tensor, int64_t begin, int64_t end, std::vector<TensorPiece>& out) {
+  for (int64_t b = begin; b < end; b += kPieceElements) out.push_back({tensor, b, std::min(end, b + kPieceElements)});
+}
+
+std::vector<TensorPiece> tensor_pieces(const StepContext& ctx, const Segment& s, const TensorIndex& index) {
   if (s.unit >= ctx.unit_tensors.size())
     throw Error(ds::str("segment of unit ", s.unit, " but the step knows ", ctx.unit_tensors.size(), " units"));
   const std::vector<zero::ParamSlot>& slots = *ctx.unit_tensors[s.unit];
@@ -166,11 +162,7 @@ std::vector<TensorPiece> tensor_pieces(const StepContext& ctx, const Segment& s,
   std::vector<TensorPiece> out;
   for (size_t t = 0; t < slots.size(); ++t) {
     const int64_t b = std::max(lo, slots[t].offset), e = std::min(hi, slots[t].offset + slots[t].numel);
-    for (int64_t p = b; p < e;) {
-      const int64_t end = e - p > chunk ? p + chunk : e;
-      out.push_back({index.first[s.unit] + t, p - lo, end - lo});
-      p = end;
-    }
+    append_pieces(index.first[s.unit] + t, b - lo, e - lo, out);
   }
   return out;
 }

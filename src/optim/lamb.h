@@ -29,10 +29,13 @@ struct TensorPiece {
   size_t tensor;  // TensorIndex number
   int64_t begin, end;
 };
-// The pieces of every tensor overlapping segment s, at most `chunk` elements each, in order.
-// The padding after a unit's last tensor is no tensor's.
-std::vector<TensorPiece> tensor_pieces(const StepContext& ctx, const Segment& s, const TensorIndex& index,
-                                       int64_t chunk = INT64_MAX);
+// Elements per piece: one task of the element passes over a thread pool (128 KiB of each array).
+constexpr int64_t kPieceElements = 1 << 15;
+// [begin, end) of tensor `tensor` in pieces of at most kPieceElements, appended to `out`.
+void append_pieces(size_t tensor, int64_t begin, int64_t end, std::vector<TensorPiece>& out);
+// The pieces of every tensor overlapping segment s, in order. The padding after a unit's last
+// tensor is no tensor's.
+std::vector<TensorPiece> tensor_pieces(const StepContext& ctx, const Segment& s, const TensorIndex& index);
 
 // values[.., t] of the tensors split over ctx's tensor group, reduced over it with `op` (each
 // rank held one slice); the replicated tensors' values are whole already. No-op without a

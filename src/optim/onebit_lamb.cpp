@@ -47,8 +47,6 @@ namespace {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
-constexpr int64_t kChunk = 1 << 15;  // elements per task of the element passes
-
 // One parameter tensor's scalars.
 struct TensorScalars {
   double coeff = 0.0;   // the trust ratio's running average (DeepSpeed: lamb_coeff_freeze)
@@ -102,8 +100,6 @@ class OneBitLamb final : public CompressedMomentum {
 
  private:
   static OptimizerConfig warmup_config(OptimizerConfig c) {
-    if (c.bias_correction)
-      throw ConfigError("optimizer.params.bias_correction: 1-bit Lamb corrects no bias; set it to false");
     c.type = OptimizerType::kLamb;
     c.eps_inside_sqrt = false;  // OnebitLamb adds eps outside the square root
     return c;
@@ -222,7 +218,7 @@ class OneBitLamb final : public CompressedMomentum {
       rate[size_t(t)] = ctx.args.lr * coefficient(scalars_[size_t(t)], pf[t], pn[t], pn[T + t]);
     const detail::LambHyper h = hyper();
     ctx.for_each_segment([&](Segment& s) {
-      const std::vector<TensorPiece> pieces = tensor_pieces(ctx, s, index, kChunk);
+      const std::vector<TensorPiece> pieces = tensor_pieces(ctx, s, index);
       float* pw = s.master.data_ptr<float>();
       const float *pm = (*s.states)[0].data_ptr<float>(), *pv = (*s.states)[1].data_ptr<float>();
       pool_.run(int64_t(pieces.size()), [&](int64_t i, int) {
@@ -264,7 +260,7 @@ class OneBitLamb final : public CompressedMomentum {
       if (real > 0) m.narrow(0, 0, real).copy_(momentum.narrow(0, s.unit_offset, real));
     }
     // The pieces, in chunks over the pool; their sums added in a fixed order.
-    const std::vector<TensorPiece> pieces = tensor_pieces(ctx, s, index, kChunk);
+    const std::vector<TensorPiece> pieces = tensor_pieces(ctx, s, index);
     std::vector<detail::OneBitLambSums> part(pieces.size());
     detail::LambHyper h = hyper();
     h.b1 = float(b1);
@@ -312,6 +308,8 @@ class OneBitLamb final : public CompressedMomentum {
 }  // namespace
 
 std::unique_ptr<FlatOptimizer> make_onebit_lamb(const OptimizerConfig& config) {
+  if (config.bias_correction)
+    throw ConfigError("optimizer.params.bias_correction: 1-bit Lamb corrects no bias; set it to false");
   if (config.eps <= 0) throw ConfigError(ds::str("optimizer.params.eps: 1-bit Lamb needs eps > 0, got ", config.eps));
   if (config.coeff_beta < 0 || config.coeff_beta >= 1)
     throw ConfigError(ds::str("optimizer.params.coeff_beta must be in [0, 1), got ", config.coeff_beta));

@@ -92,6 +92,7 @@ TEST_P(EstimateCompressedOptimizers, EqualWhatTheyHoldInTheCompressedPhase) {
     EXPECT_EQ(m.grads, e.memory.grads) << "gradients";
     EXPECT_EQ(m.masters, e.memory.masters) << "masters";
     EXPECT_EQ(m.optimizer_state, e.memory.optimizer_states) << "optimizer states and what the optimizer holds";
+    EXPECT_EQ(e.memory.in_flight, 0) << "no gradient waits for a reduction: each rank keeps its own";
   });
 }
 

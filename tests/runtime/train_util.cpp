@@ -253,6 +253,14 @@ double rank_gradients(Gpt& model, Dataset& data, const std::vector<zero::UnitSpe
   return loss_sum / world;
 }
 
+// The error feedback of a unit of n elements on `world` simulated ranks: per rank n elements,
+// per server chunk (n padded to 8 x world, over world) its chunk.
+void add_error_feedback(int64_t n, int world, std::vector<at::Tensor>& worker_error,
+                        std::vector<at::Tensor>& server_error) {
+  const int64_t padded = (n + 8 * world - 1) / (8 * world) * (8 * world), chunk = padded / world;
+  for (int r = 0; r < world; ++r) worker_error.push_back(at::zeros({n})), server_error.push_back(at::zeros({chunk}));
+}
+
 // One unit's 1-bit Adam state across the simulated ranks.
 struct PlainUnit {
   std::vector<at::Tensor> params;
@@ -273,8 +281,7 @@ TrainResult train_plain_onebit_adam(const PlainOneBitAdam& o, int world, int ste
     PlainUnit u;
     for (const auto& [name, p] : spec.params) u.params.push_back(p), u.n += p.numel();
     u.m = at::zeros({u.n}), u.v = at::zeros({u.n});
-    const int64_t padded = (u.n + 8 * world - 1) / (8 * world) * (8 * world), chunk = padded / world;
-    for (int r = 0; r < world; ++r) u.worker_error.push_back(at::zeros({u.n})), u.server_error.push_back(at::zeros({chunk}));
+    add_error_feedback(u.n, world, u.worker_error, u.server_error);
     units.push_back(std::move(u));
   }
   TrainResult r;
@@ -346,8 +353,7 @@ TrainResult train_plain_onebit_lamb(const PlainOneBitLamb& o, int world, int ste
     Unit u;
     for (const auto& [name, p] : spec.params) u.tensors.push_back({p, u.n, p.numel()}), u.n += p.numel();
     u.m = at::zeros({u.n}), u.v = at::zeros({u.n}), u.fresh = at::zeros({u.n});
-    const int64_t padded = (u.n + 8 * world - 1) / (8 * world) * (8 * world), chunk = padded / world;
-    for (int r = 0; r < world; ++r) u.worker_error.push_back(at::zeros({u.n})), u.server_error.push_back(at::zeros({chunk}));
+    add_error_feedback(u.n, world, u.worker_error, u.server_error);
     units.push_back(std::move(u));
   }
   auto ratio = [&](const at::Tensor& w, const at::Tensor& u) {
@@ -442,11 +448,8 @@ TrainResult train_plain_zero_one_adam(const PlainZeroOneAdam& o, int world, int 
     std::vector<at::Tensor> flat;
     for (const auto& [name, p] : spec.params) u.params.push_back(p), u.n += p.numel(), flat.push_back(p.detach().reshape({-1}));
     const at::Tensor p0 = at::cat(flat);
-    const int64_t padded = (u.n + 8 * world - 1) / (8 * world) * (8 * world), chunk = padded / world;
-    for (int r = 0; r < world; ++r) {
-      u.p.push_back(p0.clone()), u.m.push_back(at::zeros({u.n})), u.u.push_back(at::zeros({u.n}));
-      u.worker_error.push_back(at::zeros({u.n})), u.server_error.push_back(at::zeros({chunk}));
-    }
+    for (int r = 0; r < world; ++r) u.p.push_back(p0.clone()), u.m.push_back(at::zeros({u.n})), u.u.push_back(at::zeros({u.n}));
+    add_error_feedback(u.n, world, u.worker_error, u.server_error);
     u.v = at::zeros({u.n});
     units.push_back(std::move(u));
   }
