@@ -36,6 +36,7 @@
 #include "ds/models/gpt.h"
 #include "ds/models/gpt2_hf.h"
 #include "ds/pipe/module.h"
+#include "ds/seq/ulysses.h"
 #include "ds/deepspeed.h"
 #include "ds/zero/init.h"
 
@@ -210,17 +211,30 @@ struct Model {
   ds::Gpt gpt{nullptr};
   ds::pipe::PipelineModule pipe{nullptr};
   ds::tp::Group tensor;  // tensor_parallel.autotp_size > 1: each rank holds a slice of every layer
+  ds::seq::Group sequence;  // sequence_parallel_size > 1: each rank takes a slice of every sequence
   std::shared_ptr<torch::nn::Module> module() {
     if (pipe) return pipe.ptr();
     return gpt.ptr();
   }
   ds::pipe::StageModel stage_model() {
-    return pipe->stage_model([t = tensor](const at::Tensor& out, const at::Tensor& y) { return ds::gpt_loss(out, y, t); });
+    return pipe->stage_model(
+        [t = tensor, s = sequence](const at::Tensor& out, const at::Tensor& y) { return ds::gpt_loss(out, y, t, s); });
   }
-  // Logits on every rank (collective over the pipe and tensor groups).
+  // Logits of whole sequences on every rank (collective over the pipe, tensor and sequence
+  // groups): each rank of a sequence group computes its slice.
   at::Tensor logits(ds::Engine& engine, const at::Tensor& tokens) {
-    if (!pipe) return gpt->forward(tokens);
-    return ds::tp::gather_from(engine.forward_pipeline(stage_model(), tokens), tensor);
+    const at::Tensor mine = slice({tokens, at::zeros_like(tokens)}).tokens;
+    at::Tensor out = pipe ? ds::tp::gather_from(engine.forward_pipeline(stage_model(), mine), tensor) : gpt->forward(mine);
+    return ds::seq::gather(out, sequence, 1).narrow(1, 0, tokens.size(1));  // without the padding
+  }
+  // This rank's part of an example batch: its slice of the sequences, padded to a multiple of
+  // the sequence group's size.
+  ds::Batch slice(ds::Batch b) const {
+    if (!sequence) return b;
+    b = ds::pad_sequences(std::move(b), sequence->size());
+    b.tokens = ds::seq::slice(b.tokens, sequence, 1);
+    b.targets = ds::seq::slice(b.targets, sequence, 1);
+    return b;
   }
 };
 
@@ -239,8 +253,11 @@ Curve train(const Args& a, ds::Engine& engine, Model& model, const RunIdentity& 
   int64_t saved_at = a.load.empty() ? -1 : first;  // a resumed run's first step is saved already
   for (int64_t step = first; step < a.steps; ++step) {
     // Example indices in the global batch: micro-batch m of data-parallel rank r covers
-    // [(m*N + r)*micro, +micro) (the ranks of one model replica read the same examples).
-    auto micro_batch = [&](int64_t m) { return data.batch(step, (m * engine.dp_size() + engine.dp_rank()) * micro, micro); };
+    // [(m*N + r)*micro, +micro) (the ranks of one model replica read the same examples, the
+    // ranks of one sequence group too, each its slice of them).
+    auto micro_batch = [&](int64_t m) {
+      return model.slice(data.batch(step, (m * engine.sample_ranks() + engine.sample_rank()) * micro, micro));
+    };
     std::optional<ds::StepStats> stats;
     if (model.pipe) {
       stats = engine.train_batch(model.stage_model(), [&](int m) {
@@ -289,6 +306,11 @@ void print_start(const ds::GptConfig& mc, const ds::Dataset& data, const ds::Eng
                                  : "");
   if (model.pipe)
     for (int s = 0; s < g.pipe->size(); ++s) std::printf("ds-train:   %s\n", model.pipe->describe_stage(s).c_str());
+  if (const int s = g.sequence->size(); s > 1)
+    std::printf("ds-train: Ulysses sequence parallelism: each of %d ranks takes %lld of every %lld tokens and computes "
+                "attention over all of them for %lld of %lld heads\n",
+                s, (long long)((data.context() + s - 1) / s), (long long)data.context(),
+                (long long)(mc.n_head / g.tensor->size() / s), (long long)mc.n_head);
   if (mc.dropout > 0.0 || mc.checkpoint_blocks > 0)
     std::printf("ds-train: dropout %g; %lld of %lld blocks recomputed in the backward (activation checkpointing)\n",
                 mc.dropout, (long long)mc.checkpoint_blocks, (long long)mc.n_layer);
@@ -367,8 +389,10 @@ int64_t checkpoint_blocks(const ds::Config& config, const ds::GptConfig& mc) {
 }
 
 // A micro-batch whose activations cannot fit is refused before minutes of set-up.
+// Sequence parallelism divides every activation, attention's included, by its size.
 void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
-  const double need = mc.activation_bytes(config.train_micro_batch_size_per_gpu, mc.seq_len);
+  const double need = mc.activation_bytes(config.train_micro_batch_size_per_gpu, mc.seq_len) /
+                      double(config.parallel.sequence_parallel_size);
   const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE));
   if (need > have)
     throw ds::ConfigError(ds::str("a micro-batch of ", config.train_micro_batch_size_per_gpu, " x ", mc.seq_len,
@@ -444,10 +468,16 @@ int run(Args a) {
   std::unique_ptr<ds::Dataset> data = open_data(a, seed);
   ds::GptConfig mc;
   mc.n_layer = a.n_layer, mc.n_head = a.n_head, mc.d_model = a.d_model, mc.vocab_size = data->vocab_size();
-  mc.seq_len = a.seq_len > 0 ? a.seq_len : data->context();
-  if (mc.seq_len < data->context())
+  // Sequence parallelism pads the examples to a multiple of its size (at the end, no loss there).
+  const int64_t sp = config.parallel.sequence_parallel_size;
+  const int64_t padded = (data->context() + sp - 1) / sp * sp;
+  mc.seq_len = a.seq_len > 0 ? a.seq_len : padded;
+  if (mc.seq_len < padded)
     throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),
-                                  " tokens); use --seq-len ", data->context(), " or more"));
+                                  " tokens", padded > data->context() ? ds::str(", padded to ", padded, " to split over ",
+                                                                                 sp, " sequence-parallel ranks")
+                                                                       : std::string(),
+                                  "); use --seq-len ", padded, " or more"));
   mc.dropout = a.dropout;
   mc.dense_attention = a.dense_attention;
   mc.activation = a.activation;
@@ -464,10 +494,12 @@ int run(Args a) {
   ds::zero::Init init(groups.data, config);  // ZeRO stage 3: each unit is sharded as soon as it is built
   Model model;
   if (groups.tensor->size() > 1) model.tensor = groups.tensor;
+  if (groups.sequence->size() > 1) model.sequence = groups.sequence;
   if (groups.pipe->size() > 1)
-    model.pipe = ds::pipe::PipelineModule(ds::gpt_layer_specs(mc, model.tensor), ds::pipe::PipelineLayout::from(config, groups));
+    model.pipe = ds::pipe::PipelineModule(ds::gpt_layer_specs(mc, model.tensor, model.sequence),
+                                          ds::pipe::PipelineLayout::from(config, groups));
   else
-    model.gpt = ds::Gpt(mc, model.tensor);
+    model.gpt = ds::Gpt(mc, model.tensor, model.sequence);
   ds::EngineOptions options;
   options.sharded_units = init.take_units();
   options.skip_nonfinite_steps = a.skip_nonfinite;

@@ -39,15 +39,16 @@
 namespace ds {
 
 // The rank groups of `config`'s parallel layout (resolved for world->size() ranks): pipe x
-// data x tensor, as DeepSpeed lays them out. Collective over `world`; first the ranks check
+// data x tensor, as DeepSpeed lays them out, with sequence_parallel_size consecutive data
+// ranks in each sequence group. Collective over `world`; first the ranks check
 // that they all have the same config (one line naming the first difference otherwise).
 inline comm::ParallelGroups parallel_groups(std::shared_ptr<comm::Communicator> world, const Config& config) {
   if (!config.resolved()) throw ConfigError("parallel_groups needs a resolved config: call config.resolve(world_size) first");
   // Ranks with other configs would create other groups (and hang in their rendezvous).
   comm::check_ranks_agree(*world, "the config", config.fingerprint());
   const int pipe = int(config.parallel.pipeline_stages), tensor = int(config.parallel.tensor_parallel_size);
-  const int world_size = world->size();
-  return comm::ParallelGroups::create(std::move(world), comm::Topology::for_world(world_size, pipe, tensor));
+  const int world_size = world->size(), sequence = int(config.parallel.sequence_parallel_size);
+  return comm::ParallelGroups::create(std::move(world), comm::Topology::for_world(world_size, pipe, tensor, sequence));
 }
 
 inline std::unique_ptr<Engine> initialize(std::shared_ptr<torch::nn::Module> model, const Config& config,

@@ -152,10 +152,15 @@ class GlooCommunicator final : public QueuedCommunicator {
     if (ranks.size() == 1)  // nothing to meet: a private store, no traffic
       return std::make_shared<GlooCommunicator>(c10::make_intrusive<c10d::HashStore>(), device_, 0, 1, options(),
                                                 logger_ptr(), global);
-    // The members of a group call this the same number of times with its name: the count
-    // keeps a second group of the same name (a second engine) apart from the first.
-    const int seq = groups_made_[name]++;
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(ds::str("ds/group/", name, "/", seq), store_);
+    // The members of a group call this the same number of times with its name and members:
+    // the count keeps a second group of the same name and members (a second engine) apart from
+    // the first. The members are part of the key: groups of one name with other members (a
+    // second layout in the same processes) are counted apart, so every member agrees.
+    uint64_t members = 1469598103934665603ull;  // FNV-1a over the global ranks
+    for (int r : global) members = (members ^ uint64_t(uint32_t(r))) * 1099511628211ull;
+    const std::string key = ds::str(name, "/", ranks.size(), "-", members);
+    const int seq = groups_made_[key]++;
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(ds::str("ds/group/", key, "/", seq), store_);
     return std::make_shared<GlooCommunicator>(prefixed, device_, group_rank, static_cast<int>(ranks.size()),
                                               options(), logger_ptr(), global);
   }

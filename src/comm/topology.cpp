@@ -15,16 +15,22 @@ const char* to_string(Axis axis) {
   return "?";
 }
 
-Topology::Topology(int pipe, int data, int tensor) : pipe_(pipe), data_(data), tensor_(tensor) {
-  if (pipe < 1 || data < 1 || tensor < 1)
-    throw ConfigError(ds::str("topology sizes must be >= 1, got pipe=", pipe, " data=", data, " tensor=", tensor));
+Topology::Topology(int pipe, int data, int tensor, int sequence)
+    : pipe_(pipe), data_(data), tensor_(tensor), sequence_(sequence) {
+  if (pipe < 1 || data < 1 || tensor < 1 || sequence < 1)
+    throw ConfigError(ds::str("topology sizes must be >= 1, got pipe=", pipe, " data=", data, " tensor=", tensor,
+                              " sequence=", sequence));
+  if (data % sequence != 0)
+    throw ConfigError(ds::str("sequence_parallel_size ", sequence, " does not divide the ", data,
+                              " ranks of the data axis: use a size that divides it"));
 }
 
-Topology Topology::for_world(int world_size, int pipe, int tensor) {
-  if (pipe < 1 || tensor < 1 || world_size % (pipe * tensor) != 0)
+Topology Topology::for_world(int world_size, int pipe, int tensor, int sequence) {
+  if (pipe < 1 || tensor < 1 || sequence < 1 || world_size % (pipe * tensor * sequence) != 0)
     throw ConfigError(ds::str("world size ", world_size, " is not divisible by pipeline stages ", pipe, " x tensor parallel ",
-                          tensor, " = ", pipe * tensor));
-  return Topology(pipe, world_size / (pipe * tensor), tensor);
+                          tensor, sequence > 1 ? ds::str(" x sequence parallel ", sequence) : std::string(), " = ",
+                          pipe * tensor * sequence));
+  return Topology(pipe, world_size / (pipe * tensor), tensor, sequence);
 }
 
 int Topology::size(Axis axis) const {
@@ -80,7 +86,18 @@ std::vector<int> Topology::model_group(int rank) const {
   return out;
 }
 
-std::string Topology::describe() const { return ds::str("pipe=", pipe_, " x data=", data_, " x tensor=", tensor_); }
+std::vector<int> Topology::sequence_group(int rank) const {
+  const Coord c = coord_of(rank);
+  std::vector<int> out;
+  const int first = c.data - c.data % sequence_;
+  for (int d = first; d < first + sequence_; ++d) out.push_back(rank_of({c.pipe, d, c.tensor}));
+  return out;
+}
+
+std::string Topology::describe() const {
+  return ds::str("pipe=", pipe_, " x data=", data_, sequence_ > 1 ? ds::str(" (sequence ", sequence_, ")") : std::string(),
+                 " x tensor=", tensor_);
+}
 
 ParallelGroups ParallelGroups::create(std::shared_ptr<Communicator> world, const Topology& topology) {
   if (topology.world_size() != world->size())
@@ -98,6 +115,7 @@ ParallelGroups ParallelGroups::create(std::shared_ptr<Communicator> world, const
     (axis == Axis::Pipe ? g.pipe : axis == Axis::Data ? g.data : g.tensor) =
         make(topology.group_along(axis, world->rank()), to_string(axis));
   g.model = make(topology.model_group(world->rank()), "model");
+  g.sequence = make(topology.sequence_group(world->rank()), "sequence");
   return g;
 }
 

@@ -128,7 +128,7 @@ std::string Config::fingerprint() const {
   for (const auto& [path, value] : flat.items()) out += path + " = " + value.dump() + "\n";
   if (resolved_)
     out += str("(layout) data ", parallel.data_parallel_size, " x pipe ", parallel.pipeline_stages, " x tensor ",
-               parallel.tensor_parallel_size, "\n");
+               parallel.tensor_parallel_size, " x sequence ", parallel.sequence_parallel_size, "\n");
   return out;
 }
 

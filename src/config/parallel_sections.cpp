@@ -150,7 +150,7 @@ void check_unsupported_section(ObjectReader& root, const UnsupportedSection& s) 
 void add_parallel_sections(Schema<Config>& root) {
   root.object("pipeline", &Config::pipeline, pipeline_schema())
       .object("tensor_parallel", &Config::tensor_parallel, tensor_parallel_schema())
-      .unsupported("sequence_parallel_size", 1, "Ulysses sequence parallelism")
+      .field("sequence_parallel_size", &Config::sequence_parallel_size, between(1, 1 << 20))
       .unsupported("expert_parallel", nullptr, "expert parallelism (MoE)");
 }
 

@@ -1,6 +1,7 @@
 // The batch keys and Config::resolve(): the batch identity
 //   train_batch_size = train_micro_batch_size_per_gpu x gradient_accumulation_steps x data-parallel size,
-// with data-parallel size = world size / (pipeline stages x tensor-parallel size). Any two batch keys
+// with data-parallel size = world size / (pipeline stages x tensor-parallel size x sequence-parallel
+// size) (the ranks of one sequence group read the same samples). Any two batch keys
 // imply the third; train_batch_size alone or the micro batch alone mean accumulation 1 (DeepSpeed's
 // _set_batch_related_parameters, but with exact division and the arithmetic in every message).
 #include <algorithm>
@@ -40,9 +41,12 @@ struct BatchSolver {
 
   std::string dp_text() const {
     std::string why =
-        layout.pipeline_stages * layout.tensor_parallel_size > 1
+        layout.pipeline_stages * layout.tensor_parallel_size * layout.sequence_parallel_size > 1
             ? str("world size ", layout.world_size, " / (pipeline stages ", layout.pipeline_stages,
-                  " x tensor-parallel size ", layout.tensor_parallel_size, ")")
+                  " x tensor-parallel size ", layout.tensor_parallel_size,
+                  layout.sequence_parallel_size > 1 ? str(" x sequence_parallel_size ", layout.sequence_parallel_size)
+                                                    : std::string(),
+                  ")")
             : str("world size ", layout.world_size);
     return str("data-parallel size ", layout.data_parallel_size, " (", why, ")");
   }
@@ -129,12 +133,19 @@ void Config::resolve(const ResolveOptions& options) {
   layout.world_size = options.world_size;
   layout.pipeline_stages = pipeline.stages > 0 ? pipeline.stages : 1;
   layout.tensor_parallel_size = tensor_parallel.autotp_size > 1 ? tensor_parallel.autotp_size : 1;
+  layout.sequence_parallel_size = sequence_parallel_size;
   int64_t model_ranks = multiply(layout.pipeline_stages, layout.tensor_parallel_size, ctx, "pipeline.stages");
+  model_ranks = multiply(model_ranks, layout.sequence_parallel_size, ctx, "sequence_parallel_size");
   if (layout.world_size % model_ranks != 0) {
     ctx.fail(
-        layout.pipeline_stages > 1 ? "pipeline.stages" : "tensor_parallel.autotp_size",
+        layout.sequence_parallel_size > 1 ? "sequence_parallel_size"
+        : layout.pipeline_stages > 1      ? "pipeline.stages"
+                                          : "tensor_parallel.autotp_size",
         str("world size ", layout.world_size, " is not divisible by pipeline stages ", layout.pipeline_stages,
-            " x tensor-parallel size ", layout.tensor_parallel_size, " = ", model_ranks));
+            " x tensor-parallel size ", layout.tensor_parallel_size,
+            layout.sequence_parallel_size > 1 ? str(" x sequence_parallel_size ", layout.sequence_parallel_size)
+                                              : std::string(),
+            " = ", model_ranks));
   }
   layout.data_parallel_size = layout.world_size / model_ranks;
   if (layout.pipeline_stages > 1 && zero_optimization.stage >= 2) {

@@ -79,6 +79,15 @@ std::string digits(uint64_t value, int width) {
 
 }  // namespace
 
+Batch pad_sequences(Batch b, int64_t multiple) {
+  if (multiple < 1) throw Error(ds::str("pad_sequences: multiple must be >= 1, got ", multiple));
+  const int64_t T = b.tokens.size(1), pad = (multiple - T % multiple) % multiple;
+  if (pad == 0) return b;
+  b.tokens = at::constant_pad_nd(b.tokens, {0, pad}, 0);
+  b.targets = at::constant_pad_nd(b.targets, {0, pad}, -1);
+  return b;
+}
+
 std::vector<std::string> task_names() { return {"reverse", "add"}; }
 
 std::unique_ptr<Dataset> make_task(const std::string& name, uint64_t seed) {

@@ -107,6 +107,10 @@ std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shap
 }
 
 ParallelSizes parallel_sizes(const Config& config, const Layout& layout) {
+  if (config.sequence_parallel_size > 1)
+    throw ConfigError(ds::str("sequence_parallel_size ", config.sequence_parallel_size, ": ds-estimate does not model "
+                              "sequence parallelism yet; estimate with the key removed (activations per rank then "
+                              "shrink by about that factor)"));
   ParallelSizes p;
   p.pipeline = int(std::max<int64_t>(1, config.pipeline.stages));
   p.tensor = int(std::max<int64_t>(1, config.tensor_parallel.autotp_size));

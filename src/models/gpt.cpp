@@ -1,4 +1,5 @@
 #include "ds/models/gpt.h"
+#include "ds/seq/ulysses.h"
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
@@ -32,10 +33,20 @@ at::Tensor scoped_layer_norm(const char* scope, torch::nn::LayerNormImpl& ln, co
   return layer_norm(ln, x);
 }
 
-void check_tokens(const at::Tensor& tokens, int64_t seq_len) {
+// With a sequence group, `tokens` is this rank's slice: the whole sequence is s times longer.
+void check_tokens(const at::Tensor& tokens, int64_t seq_len, const seq::Group& sequence) {
   if (tokens.dim() != 2) throw Error(ds::str("GPT input must be [batch, time], got shape ", tokens.sizes()));
-  if (tokens.size(1) > seq_len)
-    throw Error(ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq_len));
+  const int64_t s = sequence ? sequence->size() : 1;
+  if (tokens.size(1) * s > seq_len)
+    throw Error(s > 1 ? ds::str("a slice of ", tokens.size(1), " tokens on each of ", s, " sequence-parallel ranks is a "
+                                "sequence of ", tokens.size(1) * s, " tokens, which exceeds the model's context of ", seq_len)
+                      : ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq_len));
+}
+
+// Positions of this rank's slice of the sequence.
+at::Tensor positions(int64_t local, const seq::Group& sequence) {
+  const int64_t first = seq::first_position(local, sequence);
+  return at::arange(first, first + local, at::kLong);
 }
 
 int64_t block_parameters(int64_t d) {
@@ -193,24 +204,26 @@ at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
 }
 
 // With tensor parallelism: this rank's heads; copy_to before the column-parallel qkv,
-// reduce_from after the row-parallel projection.
+// reduce_from after the row-parallel projection. With a sequence group (Ulysses): x holds this
+// rank's T tokens; one all-to-all gives it all s T tokens of 1/s of those heads for attention,
+// another gives its tokens back with every head.
 at::Tensor GptBlockImpl::attention(const at::Tensor& x) {
   RECORD_USER_SCOPE("attn");
   const int64_t B = x.size(0), T = x.size(1), H = local_heads_, hd = x.size(2) / n_head_, C = H * hd;
-  at::Tensor qkv = nn::linear(tp::copy_to(x, tensor_), qkv_->weight, qkv_->bias)
-                       .view({B, T, 3, H, hd})
-                       .permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
-  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
-  if (blocks_attn_) {
-    at::Tensor y = blocks_attn_->forward(q, k, v).transpose(1, 2).reshape({B, T, C});
-    return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
-  }
-  at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
+  at::Tensor qkv = nn::linear(tp::copy_to(x, tensor_), qkv_->weight, qkv_->bias).view({B, T, 3, H, hd});
+  qkv = seq::all_to_all(qkv, sequence_, 3, 1).permute({2, 0, 3, 1, 4});  // [3, B, H/s, s T, hd]
+  at::Tensor y = causal_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2);  // [B, s T, H/s, hd]
+  y = seq::all_to_all(y, sequence_, 1, 2).reshape({B, T, C});
+  return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
+}
+
+at::Tensor GptBlockImpl::causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (blocks_attn_) return blocks_attn_->forward(q, k, v);
+  const int64_t T = q.size(2);
+  at::Tensor att = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(q.size(3))));
   at::Tensor causal = at::ones({T, T}, at::kBool).triu(1);
   att = at::softmax(att.masked_fill(causal, -std::numeric_limits<float>::infinity()), -1);
-  att = dropout(att);
-  at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, C});
-  return dropout(tp::reduce_from(nn::linear(y, attn_proj_->weight), tensor_) + attn_proj_->bias);
+  return at::matmul(dropout(att), v);
 }
 
 // This rank's MLP columns (column-parallel fc, row-parallel projection).
@@ -242,8 +255,21 @@ void GptBlockImpl::split_over(tp::Group group) {
   fc_->bias.set_data(fc_->bias.narrow(0, cols.begin, cols.length).clone());
   mlp_proj_->weight.set_data(mlp_proj_->weight.narrow(1, cols.begin, cols.length).clone());
   local_heads_ = heads.length;
+  first_head_ = heads.begin;
   if (blocks_attn_) blocks_attn_->keep_heads(heads.begin, heads.length);
   tensor_ = std::move(group);
+}
+
+void GptBlockImpl::split_sequence(seq::Group group) {
+  if (!group || group->size() == 1) return;
+  if (sequence_) throw Error("GptBlock::split_sequence: the block is split over a sequence group already");
+  const int64_t s = group->size();
+  if (local_heads_ % s != 0)
+    throw ConfigError(ds::str("sequence_parallel_size ", s, " does not divide the ", local_heads_, " heads",
+                              local_heads_ == n_head_ ? std::string() : " of a tensor-parallel rank",
+                              ": Ulysses gives each rank a share of the heads; use a size that divides them"));
+  if (blocks_attn_) blocks_attn_->keep_heads(first_head_ + group->rank() * (local_heads_ / s), local_heads_ / s);
+  sequence_ = std::move(group);
 }
 
 std::vector<tp::Split> GptBlockImpl::sharded_parameters() const {
@@ -253,12 +279,13 @@ std::vector<tp::Split> GptBlockImpl::sharded_parameters() const {
           {"mlp_proj.weight", 1}};
 }
 
-GptImpl::GptImpl(const GptConfig& c, tp::Group tensor) : config_(c), tensor_(std::move(tensor)) {
+GptImpl::GptImpl(const GptConfig& c, tp::Group tensor, seq::Group sequence)
+    : config_(c), tensor_(std::move(tensor)), sequence_(std::move(sequence)) {
   c.validate();
   // The layers of gpt_layer_specs, seeded as a PipelineModule seeds them. Each unit is
   // finished (initialised) before the next is built: under ds::Init, unit_built shards it at
   // once, so the whole model never exists on one rank.
-  const std::vector<pipe::LayerSpec> specs = gpt_layer_specs(c, tensor_);
+  const std::vector<pipe::LayerSpec> specs = gpt_layer_specs(c, tensor_, sequence_);
   const uint64_t base = pipe::layer_seed_base(false);
   auto build = [&](size_t i) { return pipe::build_layer(specs[i], base + i); };
   wte_ = register_module("wte", std::dynamic_pointer_cast<tp::VocabParallelEmbeddingImpl>(build(0)));
@@ -278,7 +305,7 @@ GptImpl::GptImpl(const GptConfig& c, tp::Group tensor) : config_(c), tensor_(std
 at::Tensor GptImpl::forward(const at::Tensor& tokens) { return tp::gather_from(logits_part(tokens), tensor_); }
 
 at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
-  check_tokens(tokens, config_.seq_len);
+  check_tokens(tokens, config_.seq_len, sequence_);
   const int64_t T = tokens.size(1);
   at::Tensor x = nn::run_unit(*wte_, [&] {
     RECORD_USER_SCOPE("wte");
@@ -286,7 +313,7 @@ at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
   });
   x = x + nn::run_unit(*wpe_, [&] {
     RECORD_USER_SCOPE("wpe");
-    return wpe_(at::arange(T, at::kLong));
+    return wpe_(positions(T, sequence_));
   });
   if (config_.dropout > 0.0 && is_training()) x = at::dropout(x, config_.dropout, true);
   int64_t l = 0;
@@ -309,16 +336,31 @@ at::Tensor GptImpl::logits_part(const at::Tensor& tokens) {
 }
 
 at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
-  return gpt_loss(logits_part(tokens), targets, tensor_);
+  return gpt_loss(logits_part(tokens), targets, tensor_, sequence_);
 }
 
-at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor) {
+at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor,
+                    const seq::Group& sequence) {
   RECORD_USER_SCOPE("loss");
-  if (tensor && tensor->size() > 1) return tp::vocab_parallel_cross_entropy(logits, targets, tensor);
-  // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
-  const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
-  return torch::nn::functional::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}),
-                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
+  const bool split = sequence && sequence->size() > 1;
+  at::Tensor loss;  // the mean over this rank's counted targets (0 when it has none)
+  if (tensor && tensor->size() > 1) {
+    loss = tp::vocab_parallel_cross_entropy(logits, targets, tensor);
+  } else {
+    // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
+    const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
+    namespace F = torch::nn::functional;
+    if (!split) return F::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}), F::CrossEntropyFuncOptions().ignore_index(-1));
+    loss = F::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}),
+                            F::CrossEntropyFuncOptions().ignore_index(-1).reduction(torch::kSum));
+    loss = loss / double(std::max<int64_t>(1, (targets != -1).sum().item<int64_t>()));
+  }
+  if (!split) return loss;
+  // The engine averages over the group: rank r's mean x its count x s / the group's count.
+  const int64_t mine = (targets != -1).sum().item<int64_t>();
+  at::Tensor total = at::full({1}, double(mine), at::kDouble);
+  sequence->all_reduce(total).wait();
+  return loss * (double(std::max<int64_t>(1, mine)) * double(sequence->size()) / std::max(1.0, total.item<double>()));
 }
 
 std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer) {
@@ -335,12 +377,17 @@ std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer
   throw Error(ds::str("'", pipeline_name, "' is not a parameter of the pipeline GPT with ", n_layer, " blocks"));
 }
 
-std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tensor) {
+std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tensor, seq::Group sequence) {
   c.validate();
   if (tensor && tensor->size() > 1) {  // what cannot split, named before any layer is built
     tp::slice_of(c.n_head, tensor, "the heads n_head");
     tp::slice_of(c.vocab_size, tensor, "the vocabulary vocab_size");
   }
+  const int64_t s = sequence ? sequence->size() : 1;
+  if (s > 1 && (c.n_head / (tensor ? tensor->size() : 1)) % s != 0)
+    throw ConfigError(ds::str("sequence_parallel_size ", s, " does not divide the ", c.n_head / (tensor ? tensor->size() : 1),
+                              " heads", tensor && tensor->size() > 1 ? " of a tensor-parallel rank" : "",
+                              ": Ulysses gives each rank a share of the heads; use a size that divides them"));
   const int64_t d = c.d_model, seq = c.seq_len;
   auto embedding = [](int64_t n, int64_t d) {
     return [n, d]() -> std::shared_ptr<torch::nn::Module> {
@@ -356,27 +403,28 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tenso
     return std::make_shared<tp::VocabParallelEmbeddingImpl>(whole->weight, tensor);
   };
   specs.push_back({"TokenEmbedding", token_embedding,
-                   [seq](M& m, const at::Tensor& tokens) {
-                     check_tokens(tokens, seq);
+                   [seq, sequence](M& m, const at::Tensor& tokens) {
+                     check_tokens(tokens, seq, sequence);
                      return dynamic_cast<tp::VocabParallelEmbeddingImpl&>(m).forward(tokens);
                    },
                    c.vocab_size * d, "wte"});
   specs.push_back({"PositionEmbedding", embedding(seq, d),
-                   [p = c.dropout](M& m, const at::Tensor& x) {
-                     at::Tensor h = x + dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(at::arange(x.size(1), at::kLong));
+                   [p = c.dropout, sequence](M& m, const at::Tensor& x) {
+                     at::Tensor h = x + dynamic_cast<torch::nn::EmbeddingImpl&>(m).forward(positions(x.size(1), sequence));
                      return p > 0.0 && m.is_training() ? at::dropout(h, p, true) : h;
                    },
                    seq * d, ""});
   const int64_t block_params = block_parameters(d);
   for (int64_t l = 0; l < c.n_layer; ++l)
     specs.push_back({"GptBlock",
-                     [c, l, tensor]() -> std::shared_ptr<M> {
+                     [c, l, tensor, sequence]() -> std::shared_ptr<M> {
                        auto block = std::make_shared<GptBlockImpl>(c, l);
                        block->split_over(tensor);
+                       block->split_sequence(sequence);
                        return block;
                      },
                      [](M& m, const at::Tensor& x) { return dynamic_cast<GptBlockImpl&>(m).forward(x); }, block_params, "",
-                     c.sparse.enabled});
+                     c.sparse.enabled, int(s)});
   specs.push_back({"LayerNorm",
                    [d]() -> std::shared_ptr<M> {
                      return std::make_shared<torch::nn::LayerNormImpl>(torch::nn::LayerNormOptions({d}));

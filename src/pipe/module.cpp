@@ -166,6 +166,12 @@ bool PipelineModuleImpl::uses_sparse_attention() const {
   return std::any_of(specs_.begin(), specs_.end(), [](const LayerSpec& s) { return s.sparse_attention; });
 }
 
+int PipelineModuleImpl::sequence_parallel_size() const {
+  int out = 1;
+  for (const LayerSpec& s : specs_) out = std::max(out, s.sequence_parallel);
+  return out;
+}
+
 std::string PipelineModuleImpl::describe_stage(int stage) const {
   if (stage < 0) stage = layout_.stage;
   const int begin = bounds_[size_t(stage)], end = bounds_[size_t(stage) + 1];

@@ -15,6 +15,7 @@
 #include "ds/comm/agreement.h"
 #include "ds/common/error.h"
 #include "ds/common/progress.h"
+#include "ds/nn/sequence_parallel_user.h"
 #include "ds/nn/sparse_attention_user.h"
 #include "ds/common/strings.h"
 #include "ds/offload/optimizer_swapper.h"
@@ -71,6 +72,15 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                         "GptConfig::sparse carries the section; a model of your own: ds::sparse::SparseSelfAttention "
                         "and ds::nn::SparseAttentionUser); remove the section or use it in the model");
   }
+  // The model must split its sequences over exactly the engine's sequence group: a model that
+  // does not would attend within each rank's slice only, one that does without the key would
+  // read other samples on the ranks it exchanges with.
+  if (const auto* user = dynamic_cast<const nn::SequenceParallelUser*>(model_.get());
+      (user ? user->sequence_parallel_size() : 1) != groups_.sequence->size())
+    throw ConfigError(ds::str("sequence_parallel_size is ", groups_.sequence->size(), " but the model splits its "
+                              "sequences over ", user ? user->sequence_parallel_size() : 1, " ranks (ds::Gpt does with "
+                              "the engine's sequence group, groups.sequence; a model of your own: ds/seq/ulysses.h and "
+                              "ds::nn::SequenceParallelUser); build the model with that group or change the key"));
   skip_nonfinite_steps_ = options.skip_nonfinite_steps;
   const std::string allocator = install_caching_allocator();
   // The config reader refuses this for a config's Lamb; an optimizer the program passes is checked here.

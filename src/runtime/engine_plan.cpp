@@ -20,8 +20,12 @@ void check_supported(const Config& c, const comm::ParallelGroups& g) {
     throw ConfigError(ds::str("pipeline.stages is ", c.parallel.pipeline_stages, " but the pipe group has ",
                               g.pipe->size(), " ranks: build the groups with ds::comm::Topology::for_world(world, ",
                               c.parallel.pipeline_stages, ", 1)"));
-  if (c.parallel.data_parallel_size != g.data->size())
-    throw ConfigError(ds::str("the config was resolved for ", c.parallel.data_parallel_size,
+  if (c.parallel.sequence_parallel_size != g.sequence->size())
+    throw ConfigError(ds::str("sequence_parallel_size is ", c.parallel.sequence_parallel_size,
+                              " but the sequence group has ", g.sequence->size(), " ranks: build the groups with "
+                              "ds::parallel_groups(world, config)"));
+  if (c.parallel.zero_group_size() != g.data->size())
+    throw ConfigError(ds::str("the config was resolved for ", c.parallel.zero_group_size(),
                               " data-parallel ranks but the data-parallel group has ", g.data->size()));
 }
 

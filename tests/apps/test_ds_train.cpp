@@ -127,23 +127,72 @@ TEST(DsTrain, BadInputIsOneErrorLineAndExitOne) {
   }
 }
 
+namespace {
+
+// `ranks` ranks of ds-train with `config` and `args` stop at start-up, every rank with one
+// error line, and the output names `message`.
+void expect_refused_on_every_rank(int ranks, const std::string& config, const std::vector<std::string>& args,
+                                  const char* message) {
+  std::vector<std::string> argv = {"--num_procs", std::to_string(ranks), bin("ds-train"), "--config", config, "--steps", "1",
+                                   "--plot", ""};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunOutput r = run_launch(argv, 120);
+  EXPECT_NE(r.exit_code(), 0) << diag(r);
+  for (int rank = 0; rank < ranks; ++rank)
+    EXPECT_NE(r.err.find(ds::str("[rank", rank, "]: ds-train: error: ")), std::string::npos) << diag(r);
+  EXPECT_NE(r.err.find(message), std::string::npos) << diag(r);
+}
+
+}  // namespace
+
 TEST(DsTrain, LayoutsThatCannotSplitTheModelStopAtStartUpOnEveryRank) {
   TempDir dir;
   std::string tp2 = dir.write("tp2.json", R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 2}})");
-  struct Case {
-    std::vector<std::string> args;
-    const char* message;
+  expect_refused_on_every_rank(2, tp2, {"--n-head", "3", "--d-model", "48"},
+                               "tensor_parallel.autotp_size 2 does not divide the heads n_head 3");
+  expect_refused_on_every_rank(2, tp2, {"--n-head", "1", "--d-model", "32"},
+                               "tensor_parallel.autotp_size 2 does not divide the heads n_head 1");
+}
+
+// Ulysses sequence parallelism from the command line: the reverse task's 16 tokens split over
+// 2 ranks at ZeRO-3, padded to 18 and split over 3 ranks at ZeRO-2, and over 2 sequence ranks
+// in each stage of a 2-stage pipeline, train to the 1-process run's losses and evaluate alike
+// (the held-out accuracy gathers the slices' logits).
+TEST(DsTrain, SequenceParallelismTrainsAndEvaluatesAsOneProcess) {
+  TempDir dir;
+  auto config = [&](const std::string& name, const std::string& extra) {
+    return dir.write(name, R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}})" + extra + "}");
   };
-  for (const Case& c : {Case{{"--n-head", "3", "--d-model", "48"}, "tensor_parallel.autotp_size 2 does not divide the heads n_head 3"},
-                        Case{{"--n-head", "1", "--d-model", "32"}, "tensor_parallel.autotp_size 2 does not divide the heads n_head 1"}}) {
-    std::vector<std::string> args = {"--num_procs", "2", bin("ds-train"), "--config", tp2, "--steps", "1", "--plot", ""};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    RunOutput r = run_launch(args, 120);
-    EXPECT_NE(r.exit_code(), 0) << diag(r);
-    for (const char* rank : {"[rank0]: ds-train: error: ", "[rank1]: ds-train: error: "})
-      EXPECT_NE(r.err.find(rank), std::string::npos) << diag(r);
-    EXPECT_NE(r.err.find(c.message), std::string::npos) << diag(r);
+  const std::vector<std::string> model = {"--n-layer", "1", "--n-head", "6", "--d-model", "48"};
+  auto train = [&](int ranks, const std::string& cfg, const std::string& csv) {
+    std::vector<std::string> args = {"--num_procs", std::to_string(ranks), bin("ds-train"), "--config", cfg, "--steps", "8",
+                                     "--seq-len", "18", "--eval-interval", "0", "--eval-examples", "64", "--plot", "",
+                                     "--metrics", dir.file(csv)};
+    args.insert(args.end(), model.begin(), model.end());
+    RunOutput r = run_launch(args, 180);
+    EXPECT_EQ(r.exit_code(), 0) << diag(r);
+    const auto at = r.out.find("held-out accuracy ", r.out.find("done:"));
+    EXPECT_NE(at, std::string::npos) << diag(r);
+    if (ranks == 3) EXPECT_NE(r.out.find("each of 3 ranks takes 6 of every 16 tokens"), std::string::npos) << diag(r);
+    return std::make_pair(losses_of(dir.file(csv)), at == std::string::npos ? std::string() : r.out.substr(at, 24));
+  };
+  const auto one = train(1, config("one.json", ""), "one.csv");
+  const auto sp2 = train(2, config("sp2.json", R"(, "sequence_parallel_size": 2, "zero_optimization": {"stage": 3})"), "sp2.csv");
+  const auto sp3 = train(3, config("sp3.json", R"(, "sequence_parallel_size": 3, "zero_optimization": {"stage": 2})"), "sp3.csv");
+  const auto piped = train(4, config("pp.json", R"(, "sequence_parallel_size": 2, "train_micro_batch_size_per_gpu": 4,
+                                                   "pipeline": {"stages": 2}, "zero_optimization": {"stage": 1})"), "pp.csv");
+  ASSERT_EQ(one.first.size(), 8u);
+  for (const auto* run : {&sp2, &sp3, &piped}) {
+    ASSERT_EQ(run->first.size(), 8u);
+    for (size_t i = 0; i < 8; ++i) EXPECT_NEAR(run->first[i], one.first[i], 1e-5) << "step " << i + 1;
+    EXPECT_EQ(run->second, one.second);
   }
+  // What cannot split stops at start-up on every rank, naming the key.
+  const std::string bad = config("bad.json", R"(, "sequence_parallel_size": 3)");
+  expect_refused_on_every_rank(3, bad, {"--seq-len", "16"},
+                               "padded to 18 to split over 3 sequence-parallel ranks); use --seq-len 18");
+  expect_refused_on_every_rank(3, bad, {"--n-head", "2", "--d-model", "32"},
+                               "sequence_parallel_size 3 does not divide the 2 heads");
 }
 
 // sparse_attention in the config (per-head layouts: the heads' global blocks differ): every
@@ -176,6 +225,10 @@ TEST(DsTrain, SparseAttentionTrainsAlikeAtStageThreeInAPipelineSplitOverHeadsAnd
   const auto two = train(2, config(3, ""), "two.csv");
   const auto piped = train(2, config(0, R"("train_micro_batch_size_per_gpu": 4, "pipeline": {"stages": 2}, )"), "pipe.csv");
   const auto split = train(2, config(0, R"("tensor_parallel": {"autotp_size": 2}, )"), "tp.csv");
+  // Ulysses: each rank attends over the whole 64 tokens with its head's own layout.
+  const auto ulysses = train(2, config(0, R"("sequence_parallel_size": 2, )"), "sp.csv");
+  ASSERT_EQ(ulysses.size(), 6u);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(ulysses[i], one[i], 1e-5) << "sequence 2, step " << i + 1;
   ASSERT_EQ(one.size(), 6u);
   ASSERT_EQ(two.size(), 6u);
   ASSERT_EQ(piped.size(), 6u);

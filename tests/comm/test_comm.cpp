@@ -315,17 +315,24 @@ TEST(Topology, ModelGroupsSpanPipeAndTensorAndGroupsCanBeMadeAgain) {
   EXPECT_EQ(t.model_group(2), (std::vector<int>{2, 3, 6, 7}));  // data coordinate 1
   test::run_ranks(4, [](comm::Communicator& world) {
     // Every layout of 4 ranks, twice each: a second set of groups (a second engine) must not
-    // meet the first one's rendezvous keys.
+    // meet the first one's rendezvous keys. The sequence groups "sequence/0" are {0, 1} in the
+    // first layout with them and {0, 2} in the second: a count kept by name alone would differ
+    // between ranks 0 and 2, and they would wait for each other forever.
     for (int round = 0; round < 2; ++round) {
-      for (auto [pipe, data, tensor] : {std::array<int, 3>{1, 2, 2}, {2, 1, 2}, {1, 4, 1}}) {
-        auto g = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology(pipe, data, tensor));
+      for (auto [pipe, data, tensor, sequence] :
+           {std::array<int, 4>{1, 2, 2, 1}, {2, 1, 2, 1}, {1, 4, 1, 1}, {1, 4, 1, 2}, {1, 2, 2, 2}}) {
+        auto g = comm::ParallelGroups::create(world.shared_from_this(), comm::Topology(pipe, data, tensor, sequence));
         EXPECT_EQ(g.model->size(), pipe * tensor);
         EXPECT_EQ(g.data->size(), data);
-        at::Tensor sum = at::full({1}, float(world.rank()));
-        g.model->all_reduce(sum).wait();
-        float want = 0;
-        for (int r : g.topology.model_group(world.rank())) want += float(r);
-        EXPECT_EQ(sum.item<float>(), want) << pipe << "x" << data << "x" << tensor << " rank " << world.rank();
+        EXPECT_EQ(g.sequence->size(), sequence);
+        for (const auto& [group, ranks] : {std::pair{g.model, g.topology.model_group(world.rank())},
+                                           std::pair{g.sequence, g.topology.sequence_group(world.rank())}}) {
+          at::Tensor sum = at::full({1}, float(world.rank()));
+          group->all_reduce(sum).wait();
+          float want = 0;
+          for (int r : ranks) want += float(r);
+          EXPECT_EQ(sum.item<float>(), want) << g.topology.describe() << " rank " << world.rank();
+        }
       }
     }
     auto dp = comm::ParallelGroups::data_parallel(world.shared_from_this());

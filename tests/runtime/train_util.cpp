@@ -33,7 +33,8 @@ at::Tensor key_bias_mask(const std::vector<std::pair<std::string, int64_t>>& slo
 // The tiny GPT of the tests (seed 7) for a plain loop.
 Gpt plain_model(const Dataset& data, const TinyShape& shape) {
   GptConfig mc;
-  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data.context();
+  mc.n_layer = shape.n_layer, mc.n_head = shape.n_head, mc.d_model = shape.d_model;
+  mc.seq_len = shape.seq_len > 0 ? shape.seq_len : data.context();
   mc.dropout = shape.dropout, mc.checkpoint_blocks = shape.checkpoint_blocks;
   torch::manual_seed(7);
   return Gpt(mc);
@@ -63,16 +64,25 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   Config config = Config::parse(config_json, "test config");
   config.resolve(comm_->size());
   GptConfig mc;
-  mc.n_layer = shape.n_layer, mc.n_head = 2, mc.d_model = shape.d_model, mc.seq_len = data_->context();
+  mc.n_layer = shape.n_layer, mc.n_head = shape.n_head, mc.d_model = shape.d_model;
+  mc.seq_len = shape.seq_len > 0 ? shape.seq_len : data_->context();
   mc.dropout = shape.dropout, mc.checkpoint_blocks = shape.checkpoint_blocks;
   torch::manual_seed(7);
   EngineOptions options;
   options.compute_dtype = shape.compute_dtype;
   if (shape.optimizer) options.optimizer = shape.optimizer();
-  if (shape.tensor > 1) {  // the same whole model, split over the tensor group
-    auto groups = comm::ParallelGroups::create(comm_, comm::Topology::for_world(comm_->size(), 1, shape.tensor));
-    data_rank_ = groups.coord.data, data_size_ = groups.data->size();
-    model_ = Gpt(mc, groups.tensor);
+  if (shape.tensor > 1 || shape.sequence > 1) {  // the same whole model, split over the tensor / sequence group
+    auto groups = comm::ParallelGroups::create(comm_, comm::Topology::for_world(comm_->size(), 1, shape.tensor, shape.sequence));
+    data_rank_ = groups.coord.data / shape.sequence, data_size_ = groups.data->size() / shape.sequence;
+    if (shape.sequence > 1) sequence_ = groups.sequence;
+    if (shape.zero_init) {
+      const zero::PrecisionPolicy policy = zero::PrecisionPolicy::from_config(config, shape.compute_dtype);
+      zero::Init init(groups.data, config, {policy.working, policy.param});
+      model_ = Gpt(mc, groups.tensor, sequence_);
+      options.sharded_units = init.take_units();
+    } else {
+      model_ = Gpt(mc, groups.tensor, sequence_);
+    }
     engine_ = std::make_unique<Engine>(model_.ptr(), config, groups, std::move(options));
     return;
   }
@@ -94,6 +104,10 @@ void TinyRun::train_to(int64_t steps, const std::function<void(Engine&, int)>& b
   for (int64_t step = engine_->global_step(); step < steps; ++step) {
     for (int64_t m = 0; m < gas; ++m) {
       Batch b = data_->batch(step, (m * data_size_ + data_rank_) * micro, micro);
+      if (sequence_) {  // this rank's slice of the padded examples
+        b = pad_sequences(std::move(b), sequence_->size());
+        b.tokens = seq::slice(b.tokens, sequence_, 1), b.targets = seq::slice(b.targets, sequence_, 1);
+      }
       at::Tensor loss = engine_->forward([&] { return model_->loss(b.tokens, b.targets); });
       if (before_backward) before_backward(*engine_, int(step));
       engine_->backward(loss);

@@ -37,6 +37,10 @@ struct TinyShape {
   // EngineOptions::optimizer (null: the config's)
   std::function<std::unique_ptr<optim::FlatOptimizer>()> optimizer;
   int tensor = 1;  // tensor-parallel ranks (the config's tensor_parallel.autotp_size must agree)
+  int sequence = 1;  // sequence-parallel ranks (the config's sequence_parallel_size must agree);
+                     // the examples are padded to a multiple and each rank takes its slice
+  int64_t n_head = 2;
+  int64_t seq_len = 0;  // the model's context; 0: the task's
 };
 
 // The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The
@@ -62,7 +66,8 @@ class TinyRun {
   Gpt model_{nullptr};
   std::unique_ptr<Engine> engine_;
   TrainResult recorded_;
-  int data_rank_ = 0, data_size_ = 1;  // the batch is split over the data group
+  int data_rank_ = 0, data_size_ = 1;  // the batch is split over the data group (its sample ranks)
+  seq::Group sequence_;                // sequence parallelism: each rank takes a slice of each example
 };
 
 // TinyRun for `steps` steps from scratch.

@@ -63,6 +63,9 @@ struct Config {
   DataTypesConfig data_types;
   PipelineConfig pipeline;
   TensorParallelConfig tensor_parallel;
+  // Ulysses sequence parallelism: this many ranks of the data axis split every sequence (the
+  // model exchanges heads for sequence around attention; ds::Gpt with a sequence group).
+  int64_t sequence_parallel_size = 1;
 
   double gradient_clipping = 0.0;          // 0: off
   std::optional<int64_t> steps_per_print;  // empty or 0: never (DeepSpeed's default since PR #6602; was 10)

@@ -140,12 +140,16 @@ struct TensorParallelConfig {
   bool tp_overlap_comm = false;
 };
 
-// The parallel layout, filled by Config::resolve(): world = pipeline x tensor x data.
+// The parallel layout, filled by Config::resolve(): world = pipeline x tensor x sequence x
+// data. data_parallel_size counts the ranks that read distinct samples (the batch identity's
+// factor, DeepSpeed's dp world size); ZeRO shards over data x sequence ranks.
 struct ParallelLayout {
   int64_t world_size = 0;
   int64_t pipeline_stages = 0;
   int64_t tensor_parallel_size = 0;
+  int64_t sequence_parallel_size = 0;
   int64_t data_parallel_size = 0;
+  int64_t zero_group_size() const { return data_parallel_size * sequence_parallel_size; }
 };
 
 }  // namespace ds

@@ -69,6 +69,11 @@ class TextDataset final : public Dataset {
   uint64_t seed_ = 0;
 };
 
+// `b` with every sequence padded at its end to a multiple of `multiple` tokens: token 0,
+// target -1 (no loss is taken there, and under causal attention no earlier position sees
+// them). Sequence parallelism splits sequences so padded into equal slices.
+Batch pad_sequences(Batch b, int64_t multiple);
+
 // Share of examples whose answer tokens (targets != -1) are all arg-max of the logits that
 // `logits_of(tokens)` returns; evaluated in chunks of 256.
 double exact_match_accuracy(const Dataset& data, const std::function<at::Tensor(const at::Tensor&)>& logits_of,

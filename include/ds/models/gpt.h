@@ -24,7 +24,9 @@
 #include <string>
 
 #include "ds/config/sections.h"
+#include "ds/nn/sequence_parallel_user.h"
 #include "ds/nn/sparse_attention_user.h"
+#include "ds/seq/ulysses.h"
 #include "ds/sparse/self_attention.h"
 #include "ds/nn/unit.h"
 #include "ds/pipe/module.h"
@@ -108,10 +110,17 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   at::Tensor forward(const at::Tensor& x);
   // Throws ds::ConfigError when the group's size does not divide the heads.
   void split_over(tp::Group group);
+  // Ulysses sequence parallelism over `group` (after split_over): the block then takes this
+  // rank's slice of every sequence and computes attention over the whole sequence for 1/s of
+  // its heads (ds/seq/ulysses.h); its parameters stay whole. Throws ds::ConfigError when the
+  // group's size does not divide the (tensor rank's) heads.
+  void split_sequence(seq::Group group);
   std::vector<tp::Split> sharded_parameters() const override;
 
  private:
   at::Tensor attention(const at::Tensor& x);  // x: the normalised input; without the residual
+  // q, k, v: [B, heads, T, hd] -> [B, heads, T, hd], causal.
+  at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
   at::Tensor mlp(const at::Tensor& x);
   at::Tensor dropout(const at::Tensor& x) const;  // in training mode, with GptConfig::dropout
   double dropout_;
@@ -120,7 +129,9 @@ class GptBlockImpl : public torch::nn::Module, public tp::ShardedParameters {
   sparse::SparseSelfAttention blocks_attn_{nullptr};
   bool gelu_tanh_;
   int64_t n_head_, local_heads_;  // local: this rank's heads (all without tensor parallelism)
+  int64_t first_head_ = 0;        // the first of them
   tp::Group tensor_;
+  seq::Group sequence_;
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
   torch::nn::Linear qkv_{nullptr}, attn_proj_{nullptr}, fc_{nullptr}, mlp_proj_{nullptr};
 };
@@ -133,33 +144,49 @@ TORCH_MODULE(GptBlock);
 // ds::Gpt (layer i from the drawn base + i), so both start from the same weights.
 // With a tensor group the layers are split as ds::Gpt splits them, and the head returns this
 // rank's vocabulary slice of the logits (give gpt_loss the same group).
-std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tensor = nullptr);
+// With a sequence group, every layer takes this rank's slice of the sequence (as ds::Gpt).
+std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tensor = nullptr,
+                                             seq::Group sequence = nullptr);
 // ds::Gpt's name for a parameter of the pipeline GPT: "tied_modules.wte.weight" -> "wte.weight",
 // "1.weight" -> "wpe.weight", "3.fc.bias" -> "blocks.1.fc.bias", "<n_layer + 2>.weight" ->
 // "ln_f.weight". Throws ds::Error for a name that is not one of them.
 std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer);
 // The GPT's loss from logits and targets: mean cross-entropy in fp32 over targets != -1. With
 // a tensor group, `logits` is this rank's vocabulary slice (vocab-parallel cross-entropy).
-at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor = nullptr);
+// With a sequence group, logits and targets are this rank's slice of the sequences, and the
+// loss is scaled so that its mean over the group is the mean over the whole sequences' counted
+// targets (one all-reduce of the count; the slices may count different numbers).
+at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const tp::Group& tensor = nullptr,
+                    const seq::Group& sequence = nullptr);
 
-class GptImpl : public torch::nn::Module, public nn::UnitAware, public nn::SparseAttentionUser {
+class GptImpl : public torch::nn::Module,
+                public nn::UnitAware,
+                public nn::SparseAttentionUser,
+                public nn::SequenceParallelUser {
  public:
   // With a tensor group of t > 1 ranks, each rank holds 1/t of the heads, the MLP width and
   // the vocabulary (the embedding and the tied head are vocab-parallel); the weights are
   // slices of those the unsplit model has with the same seed.
-  explicit GptImpl(const GptConfig& c, tp::Group tensor = nullptr);
-  // tokens: [B, T] int64 with T <= seq_len. Returns logits [B, T, vocab] (gathered over the
-  // tensor group).
+  // With a sequence group of s > 1 ranks (Ulysses; the engine's groups.sequence), each rank
+  // takes its slice of every sequence (tokens [B, T / s], positions [r T / s, (r + 1) T / s))
+  // and holds every weight; the blocks exchange heads for tokens around attention.
+  explicit GptImpl(const GptConfig& c, tp::Group tensor = nullptr, seq::Group sequence = nullptr);
+  // tokens: [B, T] int64 with T <= seq_len (T x s <= seq_len for this rank's slice). Returns
+  // logits [B, T, vocab] (gathered over the tensor group; this rank's slice of the sequence).
   at::Tensor forward(const at::Tensor& tokens);
-  // Mean cross-entropy over positions whose target is not -1.
+  // Mean cross-entropy over positions whose target is not -1 (of this rank's slice: the
+  // engine's average over the data-parallel group, sequence ranks included, is the whole
+  // sequence's mean when no target is -1).
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
   const GptConfig& config() const { return config_; }
   bool uses_sparse_attention() const override { return config_.sparse.enabled; }
+  int sequence_parallel_size() const override { return sequence_ ? sequence_->size() : 1; }
 
  private:
   at::Tensor logits_part(const at::Tensor& tokens);  // this rank's vocabulary slice
   GptConfig config_;
   tp::Group tensor_;
+  seq::Group sequence_;
   std::shared_ptr<tp::VocabParallelEmbeddingImpl> wte_;
   torch::nn::Embedding wpe_{nullptr};
   torch::nn::ModuleList blocks_{nullptr};

@@ -40,6 +40,7 @@
 
 #include "ds/comm/topology.h"
 #include "ds/config/config.h"
+#include "ds/nn/sequence_parallel_user.h"
 #include "ds/nn/sparse_attention_user.h"
 #include "ds/nn/unit.h"
 #include "ds/pipe/executor.h"
@@ -59,6 +60,9 @@ struct LayerSpec {
   // The layer computes block-sparse attention from the config's sparse_attention section
   // (the pipeline then tells the engine it honours the section; ds::nn::SparseAttentionUser).
   bool sparse_attention = false;
+  // The layer splits its sequences over this many ranks (Ulysses; the pipeline then tells the
+  // engine so; ds::nn::SequenceParallelUser).
+  int sequence_parallel = 1;
 };
 
 struct PipelineLayout {
@@ -82,7 +86,10 @@ struct TiedLayer {
 uint64_t layer_seed_base(bool seed_layers);
 std::shared_ptr<torch::nn::Module> build_layer(const LayerSpec& spec, uint64_t seed);
 
-class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware, public nn::SparseAttentionUser {
+class PipelineModuleImpl : public torch::nn::Module,
+                           public nn::UnitAware,
+                           public nn::SparseAttentionUser,
+                           public nn::SequenceParallelUser {
  public:
   // Throws ds::ConfigError for more stages than layers, a bad partition method, a stage out
   // of range or a spec without build/forward.
@@ -99,6 +106,8 @@ class PipelineModuleImpl : public torch::nn::Module, public nn::UnitAware, publi
   const std::vector<TiedLayer>& tied() const { return tied_; }
   // True when a spec (on any stage: every rank answers alike) says it uses sparse attention.
   bool uses_sparse_attention() const override;
+  // The largest sequence split a spec states (every stage answers alike).
+  int sequence_parallel_size() const override;
   // What this stage saves as DeepSpeed's per-layer files: each of its layers by global index,
   // a tied module under its first spec's index (on the stage holding that spec; the other
   // specs of the key reuse it and save nothing).

@@ -186,12 +186,19 @@ class Engine {
   // Rank 0 appends one row per optimizer step (overrides csv_monitor's path).
   void set_metrics_csv(const std::string& path);
 
-  // The ranks: every rank (world), this rank's data-parallel group (data loaders split the
-  // global batch by dp_rank()), and the model-parallel groups.
+  // The ranks: every rank (world), this rank's data-parallel group (ZeRO's shards and the
+  // gradient average; sequence ranks included), and the model-parallel groups.
   const comm::ParallelGroups& groups() const { return groups_; }
   comm::Communicator& comm() { return *groups_.world; }
   int dp_rank() const { return groups_.data->rank(); }
   int dp_size() const { return groups_.data->size(); }
+  // Data loaders split the global batch by sample_rank() of sample_ranks() (DeepSpeed's
+  // data-parallel rank and world size): the ranks of one sequence group read the same samples,
+  // and each takes its sp_rank()'th of sp_size() slices of every sequence.
+  int sp_rank() const { return groups_.sequence->rank(); }
+  int sp_size() const { return groups_.sequence->size(); }
+  int sample_rank() const { return dp_rank() / sp_size(); }
+  int sample_ranks() const { return dp_size() / sp_size(); }
 
   size_t unit_count() const { return units_.size(); }
   const zero::FlatUnit& unit(size_t u) const { return *units_[u].unit; }
