@@ -30,7 +30,7 @@ struct Args {
   double params = 0;
   int64_t micro_batch = 0, accumulation = 0;  // 0: not given
   int ranks_per_node = 1, nodes = 1;
-  int stage = -1, pipeline = 0, tensor = 0;
+  int stage = -1, pipeline = 0, tensor = 0, sequence = 0;
   std::string dtype, offload;
   bool checkpoint = false, calibrate = false;
   std::string disk_dir, scale;
@@ -114,6 +114,7 @@ int run(const Args& a, const char* argv0) {
   }
   if (a.stage >= 0) config.zero_optimization.stage = a.stage;
   if (a.tensor > 0) config.tensor_parallel.autotp_size = a.tensor;
+  if (a.sequence > 0) config.sequence_parallel_size = a.sequence;
   if (!a.dtype.empty()) {
     config.bf16.enabled = a.dtype == "bf16";
     config.fp16.enabled = a.dtype == "fp16";
@@ -204,6 +205,7 @@ int main(int argc, char** argv) {
   app.add_option("--stage", a.stage, "ZeRO stage (default: the config's)")->check(CLI::Range(0, 3));
   app.add_option("--pipeline", a.pipeline, "pipeline stages (default: the config's pipeline.stages)")->check(CLI::Range(1, 4096));
   app.add_option("--tensor", a.tensor, "tensor-parallel size (default: the config's tensor_parallel.autotp_size)")->check(CLI::Range(1, 4096));
+  app.add_option("--sequence", a.sequence, "Ulysses sequence-parallel size (default: the config's sequence_parallel_size)")->check(CLI::Range(1, 4096));
   app.add_option("--dtype", a.dtype, "fp32 | bf16 | fp16 (default: the config's)")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_option("--offload", a.offload, "none | optimizer | all (optimizer states, and at stage 3 weights, on nvme)")->check(CLI::IsMember({"none", "optimizer", "all"}));
   app.add_flag("--checkpoint", a.checkpoint, "activation checkpointing of every block (also: an activation_checkpointing section; with pipeline stages pipeline.activation_checkpoint_interval)");

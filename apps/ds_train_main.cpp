@@ -35,6 +35,7 @@
 #include "ds/data/tokens.h"
 #include "ds/models/gpt.h"
 #include "ds/models/gpt2_hf.h"
+#include "ds/ckpt/checkpoint.h"
 #include "ds/pipe/module.h"
 #include "ds/seq/ulysses.h"
 #include "ds/deepspeed.h"
@@ -401,6 +402,19 @@ void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
                                   "(raise gradient_accumulation_steps to keep the global batch)"));
 }
 
+// The context a checkpoint under `dir` was trained with (0 when it cannot tell: resume()
+// then names what is wrong with the checkpoint).
+int64_t checkpoint_context(const std::string& dir) {
+  try {
+    const ds::ckpt::CheckpointReader reader(dir);
+    const nlohmann::json& c = reader.engine_state().client;
+    if (c.contains("gpt") && c["gpt"].is_object() && c["gpt"].contains("seq_len") && c["gpt"]["seq_len"].is_number_integer())
+      return c["gpt"]["seq_len"].get<int64_t>();
+  } catch (const std::exception&) {
+  }
+  return 0;
+}
+
 bool is_token_data(const Args& a) {
   return a.data_format == "llmc" || a.data_format == "nanogpt" ||
          (a.data_format == "auto" && a.data.size() > 4 && a.data.compare(a.data.size() - 4, 4, ".bin") == 0);
@@ -468,16 +482,20 @@ int run(Args a) {
   std::unique_ptr<ds::Dataset> data = open_data(a, seed);
   ds::GptConfig mc;
   mc.n_layer = a.n_layer, mc.n_head = a.n_head, mc.d_model = a.d_model, mc.vocab_size = data->vocab_size();
-  // Sequence parallelism pads the examples to a multiple of its size (at the end, no loss there).
+  // Sequence parallelism pads the examples to a multiple of its size (at the end, no loss
+  // there), so the default context depends on it; a resumed run keeps its checkpoint's.
   const int64_t sp = config.parallel.sequence_parallel_size;
   const int64_t padded = (data->context() + sp - 1) / sp * sp;
-  mc.seq_len = a.seq_len > 0 ? a.seq_len : padded;
+  const int64_t resumed = a.seq_len > 0 || a.load.empty() ? 0 : checkpoint_context(a.load);
+  mc.seq_len = a.seq_len > 0 ? a.seq_len : resumed > 0 ? resumed : padded;
   if (mc.seq_len < padded)
-    throw ds::ConfigError(ds::str("--seq-len ", mc.seq_len, " is shorter than the task's examples (", data->context(),
-                                  " tokens", padded > data->context() ? ds::str(", padded to ", padded, " to split over ",
-                                                                                 sp, " sequence-parallel ranks")
-                                                                       : std::string(),
-                                  "); use --seq-len ", padded, " or more"));
+    throw ds::ConfigError(ds::str(resumed > 0 ? "the checkpoint's context " : "--seq-len ", mc.seq_len,
+                                  " is shorter than the task's examples (", data->context(), " tokens",
+                                  padded > data->context() ? ds::str(", padded to ", padded, " to split over ", sp,
+                                                                     " sequence-parallel ranks")
+                                                           : std::string(),
+                                  resumed > 0 ? "); resume with a sequence_parallel_size that divides it"
+                                              : ds::str("); use --seq-len ", padded, " or more")));
   mc.dropout = a.dropout;
   mc.dense_attention = a.dense_attention;
   mc.activation = a.activation;

@@ -17,11 +17,12 @@ declare -A shape=(
   [m]="--n-layer 8 --n-head 8 --d-model 512 --seq-len 256"
 )
 # model ranks stage [offload|-] [pp2|tp2: 2 pipeline stages or 2 tensor ranks, 4 micro-batches a step;
-# ob: OneBitAdam with freeze_step 2, so the measured steps (3 on) are its compressed phase]
+# ob: OneBitAdam with freeze_step 2, so the measured steps (3 on) are its compressed phase;
+# sp2: Ulysses over 2 sequence ranks, which read the same samples]
 cases=("s 1 0" "s 2 0" "s 2 1" "s 2 2" "s 2 3" "s 4 3"
        "m 1 0" "m 2 0" "m 2 1" "m 2 2" "m 2 3" "m 4 0" "m 4 2" "m 4 3" "m 2 2 nvme"
        "s 2 1 - pp2" "s 2 1 - tp2" "m 2 1 - pp2" "m 2 1 - tp2" "m 4 1 - pp2tp2"
-       "s 2 0 - ob" "m 2 2 - ob")
+       "s 2 0 - ob" "m 2 2 - ob" "s 2 1 - sp2" "m 2 2 - sp2")
 [ -z "${CASES:-}" ] || cases=("$CASES")
 printf "%-16s %12s %12s %7s %10s %10s %7s\n" "case" "peak pred" "peak meas" "err" "step pred" "step meas" "err"
 for c in "${cases[@]}"; do
@@ -39,6 +40,7 @@ for c in "${cases[@]}"; do
     batch=$((2 * 4 * ranks / (pp * tp)))
     layout=", \"pipeline\": {\"stages\": $pp}, \"tensor_parallel\": {\"autotp_size\": $tp}"
   fi
+  case "$split" in *sp2*) batch=$((2 * ranks / 2)) layout=", \"sequence_parallel_size\": 2" ;; esac
   cat >"$work/c.json" <<EOF
 {"train_batch_size": $batch, "train_micro_batch_size_per_gpu": 2, "steps_per_print": 1000,
  "optimizer": $optimizer, "zero_optimization": {"stage": $stage$off}$layout}

@@ -7,8 +7,11 @@
 
 namespace ds::estimate {
 
+// data: every rank of the data axis (ZeRO's group; sequence ranks included); sequence: the
+// ranks that split each sequence (Ulysses; they read the same samples).
 struct ParallelSizes {
-  int pipeline = 1, tensor = 1, data = 1;
+  int pipeline = 1, tensor = 1, data = 1, sequence = 1;
+  int model_ranks() const { return pipeline * tensor * sequence; }  // the ranks of one sample
 };
 // From the config's pipeline and tensor_parallel sections over layout.world() ranks.
 ParallelSizes parallel_sizes(const Config& config, const Layout& layout);

@@ -107,16 +107,14 @@ std::vector<Memory> estimate_memory(const Config& config, const ModelShape& shap
 }
 
 ParallelSizes parallel_sizes(const Config& config, const Layout& layout) {
-  if (config.sequence_parallel_size > 1)
-    throw ConfigError(ds::str("sequence_parallel_size ", config.sequence_parallel_size, ": ds-estimate does not model "
-                              "sequence parallelism yet; estimate with the key removed (activations per rank then "
-                              "shrink by about that factor)"));
   ParallelSizes p;
   p.pipeline = int(std::max<int64_t>(1, config.pipeline.stages));
   p.tensor = int(std::max<int64_t>(1, config.tensor_parallel.autotp_size));
-  if (layout.world() % (p.pipeline * p.tensor) != 0)
+  p.sequence = int(std::max<int64_t>(1, config.sequence_parallel_size));
+  if (layout.world() % p.model_ranks() != 0)
     throw ConfigError(ds::str(layout.world(), " ranks are not divisible by pipeline stages ", p.pipeline,
-                              " x tensor-parallel size ", p.tensor));
+                              " x tensor-parallel size ", p.tensor,
+                              p.sequence > 1 ? ds::str(" x sequence_parallel_size ", p.sequence) : std::string()));
   p.data = layout.world() / (p.pipeline * p.tensor);
   return p;
 }
@@ -142,8 +140,11 @@ int64_t activation_bytes(const ModelShape& s, const Layout& layout, const Config
   GptConfig::RankShare r;
   r.blocks = share.blocks, r.tensor = p.tensor, r.head = share.last;
   r.in_flight = std::min<int64_t>(p.pipeline - share.stage, config.gradient_accumulation_steps);
+  // Ulysses: a rank holds the activations of its 1/s of the tokens, and attention's of every
+  // token for 1/s of the heads: 1/s of the whole either way.
   return int64_t(g.activation_bytes(config.train_micro_batch_size_per_gpu, layout.context,
-                                    int64_t(c10::elementSize(precision.working)), r));
+                                    int64_t(c10::elementSize(precision.working)), r) /
+                 double(p.sequence));
 }
 
 }  // namespace ds::estimate

@@ -41,7 +41,8 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
   const ParallelSizes sizes = parallel_sizes(config, layout);
   const int stage = int(z.stage), n = sizes.data, per_node = layout.ranks_per_node;
   const double gas = double(config.gradient_accumulation_steps);
-  const double micro_tokens = double(config.train_micro_batch_size_per_gpu) * double(layout.context);
+  // A rank's tokens of one micro-batch (its slice of each sequence under Ulysses).
+  const double micro_tokens = double(config.train_micro_batch_size_per_gpu) * double(layout.context) / sizes.sequence;
   // Compute: the ranks of a node share its cores.
   const double rank_flops = rates.gemm_flops * rates.model_efficiency / per_node;
   // The tensor group is inside a node (a ring runs at its slowest edge; ranks of one node share
@@ -79,6 +80,17 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
     const double slice = sizes.tensor > 1 && rates.tensor_size == sizes.tensor ? rates.tensor_efficiency : 1.0;
     const double compute = flops / sizes.tensor / (rank_flops * slice);
     double comm = 0;
+    if (sizes.sequence > 1) {
+      // Ulysses: each block exchanges q, k, v (3 activations) and attention's output forward,
+      // and their gradients backward, all-to-all over the sequence group (inside a node while
+      // tensor x sequence ranks fit one); (s - 1)/s of each leaves the rank. And the loss's
+      // count, one scalar all-reduce.
+      const int s = sizes.sequence;
+      const double bandwidth = sizes.tensor * s <= per_node ? node_bandwidth : data_bandwidth;
+      const double exchanges = 2.0 * double(share.blocks);  // forward and backward
+      comm += exchanges * ((s - 1.0) / s * 4.0 * activation / sizes.tensor / bandwidth + 2.0 * (s - 1) * link_latency) +
+              (share.last ? all_reduce_s(0, s, bandwidth) : 0.0);
+    }
     if (sizes.tensor > 1) {
       const double big = 4.0 * double(share.blocks) + (share.first ? 1 : 0) + (share.last ? 1 : 0);
       comm += big * all_reduce_s(activation, sizes.tensor, node_bandwidth) +
@@ -171,6 +183,7 @@ std::string describe(const Config& config, const Layout& layout, const zero::Pre
   const ParallelSizes sizes = parallel_sizes(config, layout);
   if (sizes.pipeline * sizes.tensor > 1)
     s += ds::str(", pipeline ", sizes.pipeline, " x tensor ", sizes.tensor, " x data ", sizes.data);
+  if (sizes.sequence > 1) s += ds::str(", sequence ", sizes.sequence, " (Ulysses)");
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
   if (optimizer.sends_compressed_momentum())
@@ -188,6 +201,14 @@ Estimate estimate(const Config& config, const ModelShape& shape, const Layout& l
   if (layout.context < 1 || layout.context > shape.seq_len)
     throw ConfigError(ds::str("the context ", layout.context, " must be from 1 to the model's ", shape.seq_len));
   check_config(config);  // what the engine refuses is not estimated
+  if (const ParallelSizes p = parallel_sizes(config, layout); p.sequence > 1) {
+    if (shape.n_head % (p.tensor * p.sequence) != 0)
+      throw ConfigError(ds::str("sequence_parallel_size ", p.sequence, " does not divide the ", shape.n_head / p.tensor,
+                                " heads of a tensor rank: use a size that divides them"));
+    if (layout.context % p.sequence != 0)
+      throw ConfigError(ds::str("sequence_parallel_size ", p.sequence, " does not divide the context ", layout.context,
+                                ": ds-train pads examples to a multiple; estimate that length"));
+  }
   const zero::PrecisionPolicy precision = zero::PrecisionPolicy::from_config(config);
   const std::unique_ptr<optim::FlatOptimizer> optimizer = optim::make_optimizer(config.optimizer);
   Estimate e;
@@ -261,9 +282,8 @@ std::string what_would_fit(const Config& config, const ModelShape& shape, const 
       l.nodes = nodes, l.checkpoint_blocks = checkpoint;
       Config resolved = config;
       if (nodes != layout.nodes) {  // the same micro-batch per rank and accumulation
-        const ParallelSizes model = parallel_sizes(config, layout);
         resolved.train_batch_size = config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps *
-                                    l.world() / (model.pipeline * model.tensor);
+                                    l.world() / parallel_sizes(config, layout).model_ranks();
       }
       for (const Choice& c : every_choice(resolved, shape, l, rates)) {
         if (!c.fits) continue;
@@ -288,8 +308,9 @@ std::string scaling_table(const Config& config, const ModelShape& shape, const L
                           const std::vector<int>& world_sizes) {
   std::ostringstream out;
   out << "ranks  | per-rank peak (model states) at ZeRO-0 / 1 / 2 / 3                     | comm share of the step 0 / 1 / 2 / 3\n";
-  const int64_t model_ranks =
-      std::max<int64_t>(1, config.pipeline.stages) * std::max<int64_t>(1, config.tensor_parallel.autotp_size);
+  const int64_t model_ranks = std::max<int64_t>(1, config.pipeline.stages) *
+                              std::max<int64_t>(1, config.tensor_parallel.autotp_size) *
+                              std::max<int64_t>(1, config.sequence_parallel_size);
   for (int n : world_sizes) {
     Layout l = layout;
     l.ranks_per_node = std::min(layout.ranks_per_node, n);
@@ -299,7 +320,7 @@ std::string scaling_table(const Config& config, const ModelShape& shape, const L
       continue;
     }
     if (n % model_ranks != 0) {
-      out << ds::str(n, " ranks: not a multiple of pipeline stages x tensor size (", model_ranks, ")\n");
+      out << ds::str(n, " ranks: not a multiple of pipeline stages x tensor x sequence size (", model_ranks, ")\n");
       continue;
     }
     Config c = config;

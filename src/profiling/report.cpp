@@ -57,6 +57,7 @@ void summary(std::ostringstream& out, const Profile& p, const ReportOptions& o) 
   const int mp = o.tensor_parallel * o.pipeline_parallel;
   row(out, "world size:", std::to_string(o.world_size));
   row(out, "data parallel size:", std::to_string(o.data_parallel));
+  if (o.sequence_parallel > 1) row(out, "sequence parallel size (Ulysses):", std::to_string(o.sequence_parallel));
   row(out, "model parallel size (tensor x pipeline):", ds::str(o.tensor_parallel, " x ", o.pipeline_parallel));
   if (o.micro_batch > 0)
     row(out, "batch size per rank (micro-batch x accumulation):", ds::str(o.micro_batch, " x ", o.accumulation));
@@ -68,7 +69,7 @@ void summary(std::ostringstream& out, const Profile& p, const ReportOptions& o) 
       ds::str(si(p.backward_flops), " (", p.forward_flops > 0 ? fixed(p.backward_flops / p.forward_flops, 2) : "-",
               " x fwd)"));
   if (o.tokens_per_sample > 0 && o.micro_batch > 0) {
-    const double tokens = double(o.micro_batch * o.accumulation * o.tokens_per_sample);
+    const double tokens = double(o.micro_batch * o.accumulation * o.tokens_per_sample) / std::max(1, o.sequence_parallel);
     row(out, "fwd+bwd flops per token:", si((p.forward_flops + p.backward_flops) / tokens));
   }
   row(out, "fwd latency:", seconds(fwd_s));

@@ -119,8 +119,9 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                  zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
     std::printf("[ds] %s\n", allocator.c_str());
     if (groups_.pipe->size() > 1)
-      std::printf("[ds] pipeline: %d stages (1F1B, %lld micro-batches per step) x %d data-parallel\n",
-                  groups_.pipe->size(), (long long)config_.gradient_accumulation_steps, groups_.data->size());
+      std::printf("[ds] pipeline: %d stages (1F1B, %lld micro-batches per step) x %d data-parallel%s\n",
+                  groups_.pipe->size(), (long long)config_.gradient_accumulation_steps, groups_.data->size(),
+                  sp_size() > 1 ? ds::str(" (", sample_ranks(), " x sequence ", sp_size(), ")").c_str() : "");
     std::fflush(stdout);
   }
   std::string blas = loaded_blas_library();

@@ -62,7 +62,7 @@ void Engine::finish_flops_profile(const StepStats& s) {
   o.step = s.step;
   o.module_depth = f.module_depth, o.top_modules = f.top_modules, o.detailed = f.detailed;
   o.rank = groups_.world->rank(), o.world_size = groups_.world->size();
-  o.data_parallel = groups_.data->size(), o.tensor_parallel = groups_.tensor->size();
+  o.data_parallel = sample_ranks(), o.sequence_parallel = sp_size(), o.tensor_parallel = groups_.tensor->size();
   o.pipeline_parallel = groups_.pipe->size();
   o.micro_batch = config_.train_micro_batch_size_per_gpu, o.accumulation = config_.gradient_accumulation_steps;
   if (tokens_per_step_ > 0) o.tokens_per_sample = tokens_per_step_ / config_.train_batch_size;

@@ -200,7 +200,7 @@ TEST(Estimate, APipelinesBubbleAndATensorGroupsAllReducesAreInTheStep) {
   EXPECT_NE(table.find("6 ranks: not whole nodes of 4 ranks"), std::string::npos) << table;
   const std::string odd = estimate::scaling_table(resolved(R"({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
       "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "pipeline": {"stages": 2}})", 4), s, three, r, {3, 6});
-  EXPECT_NE(odd.find("3 ranks: not a multiple of pipeline stages x tensor size (2)"), std::string::npos) << odd;
+  EXPECT_NE(odd.find("3 ranks: not a multiple of pipeline stages x tensor x sequence size (2)"), std::string::npos) << odd;
   EXPECT_NE(odd.find("\n6      | "), std::string::npos) << odd;
   // Stages on 2 nodes joined by a slow link: split over 2 tensor ranks (pipe_partitioned, the
   // default), half of each activation crosses it and the node's group gathers the rest.
@@ -226,6 +226,36 @@ TEST(Estimate, APipelinesBubbleAndATensorGroupsAllReducesAreInTheStep) {
     EXPECT_LT(c.stage, 2);
     EXPECT_EQ(c.offload, "none");
   }
+}
+
+// Ulysses over 4 ranks against 4 data ranks: the same model states (ZeRO shards over both
+// alike), a quarter of the activations and of the compute per rank, the all-to-alls in the
+// step; what cannot split is named.
+TEST(Estimate, SequenceParallelismDividesActivationsAndComputeAndAddsItsExchanges) {
+  estimate::ModelShape s;
+  s.n_layer = 4, s.d_model = 256, s.n_head = 4, s.seq_len = 128, s.vocab_size = 512;
+  estimate::Layout l;
+  l.ranks_per_node = 4, l.context = 128;
+  const auto r = estimate::Rates::defaults();
+  auto run = [&](int sequence, int world, const estimate::Layout& layout) {
+    return estimate::estimate(resolved(ds::str(R"({"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW"},
+      "zero_optimization": {"stage": 2}, "sequence_parallel_size": )", sequence, "}"), world), s, layout, r);
+  };
+  const auto data = run(1, 4, l), seq = run(4, 4, l);
+  EXPECT_EQ(seq.memory.params, data.memory.params);
+  EXPECT_EQ(seq.memory.grads, data.memory.grads);
+  EXPECT_EQ(seq.memory.optimizer_states, data.memory.optimizer_states);
+  EXPECT_NEAR(double(seq.memory.activations), double(data.memory.activations) / 4, 1.0);
+  EXPECT_NEAR(seq.time.compute_s, data.time.compute_s / 4, 1e-12);
+  EXPECT_GT(seq.time.comm_s, data.time.comm_s);  // the same gradient reduction plus the exchanges
+  EXPECT_EQ(seq.tokens_per_step, 2 * 128);         // one sample's worth of ranks
+  EXPECT_NE(seq.describe.find("sequence 4 (Ulysses)"), std::string::npos) << seq.describe;
+  estimate::Layout odd = l;
+  odd.context = 126;
+  EXPECT_ERROR_HAS(run(4, 4, odd), "does not divide the context 126");
+  estimate::Layout eight = l;
+  eight.ranks_per_node = 8;
+  EXPECT_ERROR_HAS(run(8, 8, eight), "sequence_parallel_size 8 does not divide the 4 heads");
 }
 
 // --calibrate's rates on this machine, for a tiny model over 2 tensor ranks: every rate

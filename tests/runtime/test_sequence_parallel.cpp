@@ -10,6 +10,7 @@
 #include "ds/config/config.h"
 #include "ds/seq/ulysses.h"
 #include "support/errors.h"
+#include "support/files.h"
 #include "support/ranks.h"
 #include "train_util.h"
 
@@ -116,6 +117,17 @@ TEST(SequenceParallel, ComposesWithDataAndTensorParallelism) {
       EXPECT_LT(test::max_abs_diff(run.result().losses, one4.losses), 1e-5) << "sequence 2 x tensor 2, stage 1";
     }
   });
+  // 3 ranks: the 16 tokens padded to 18 (token 0, target -1 at the end), 6 per rank, 1 of 3 heads.
+  test::TinyShape three = shape(3, 3);
+  three.d_model = 48;
+  test::TinyShape alone = three;
+  alone.sequence = 1;
+  const auto ref = test::train_tiny_shape(test::solo(), config(0, 8), 8, alone);
+  test::run_ranks(3, [&](comm::Communicator& c) {
+    const auto got =
+        test::train_tiny_shape(c.shared_from_this(), config(2, 8, R"(, "sequence_parallel_size": 3)"), 8, three);
+    expect_close(got, ref, 1e-5, "sequence 3 (padded), stage 2");
+  });
 }
 
 TEST(SequenceParallel, WhatCannotSplitIsRefusedWithTheKey) {
@@ -150,5 +162,39 @@ TEST(SequenceParallel, WhatCannotSplitIsRefusedWithTheKey) {
     mc.n_head = 2;
     Gpt model(mc, nullptr, groups.sequence);
     EXPECT_ERROR_HAS(model->forward(at::zeros({1, 10}, at::kLong)), "a sequence of 20 tokens, which exceeds the model's context of 18");
+  });
+}
+
+TEST(SequenceParallel, CheckpointsMoveBetweenSequenceRanksAndOneProcess) {
+  // A sequence-parallel checkpoint is a data-parallel one over data x sequence ranks: 2
+  // sequence ranks at ZeRO-2 save at step 5 and one process resumes; one process saves and 2
+  // sequence ranks resume at ZeRO-3. Both follow the 1-process run of 10 steps.
+  test::TempDir dir("ds_sp_ckpt");
+  const std::string sp2 = R"(, "sequence_parallel_size": 2)";
+  const auto one = test::train_tiny_shape(test::solo(), config(0, 8), 10, shape(1));
+  auto expect_tail = [&](const test::TrainResult& got, const std::string& what) {
+    ASSERT_EQ(got.losses.size(), 5u) << what;
+    test::TrainResult tail = one;
+    tail.losses.assign(one.losses.begin() + 5, one.losses.end());
+    expect_close(got, tail, 1e-5, what);
+  };
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    test::TinyRun run(c.shared_from_this(), config(2, 8, sp2), shape(2));
+    run.train_to(5);
+    run.engine().save_checkpoint(dir / "sp");
+  });
+  test::TinyRun resumed(test::solo(), config(0, 8), shape(1));
+  resumed.engine().load_checkpoint(dir / "sp");
+  resumed.train_to(10);
+  expect_tail(resumed.result(), "2 sequence ranks -> 1 process");
+
+  test::TinyRun first(test::solo(), config(0, 8), shape(1));
+  first.train_to(5);
+  first.engine().save_checkpoint(dir / "one");
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    test::TinyRun run(c.shared_from_this(), config(3, 8, sp2), shape(2));
+    run.engine().load_checkpoint(dir / "one");
+    run.train_to(10);
+    expect_tail(run.result(), "1 process -> 2 sequence ranks at ZeRO-3");
   });
 }

@@ -174,9 +174,9 @@ class GptImpl : public torch::nn::Module,
   // tokens: [B, T] int64 with T <= seq_len (T x s <= seq_len for this rank's slice). Returns
   // logits [B, T, vocab] (gathered over the tensor group; this rank's slice of the sequence).
   at::Tensor forward(const at::Tensor& tokens);
-  // Mean cross-entropy over positions whose target is not -1 (of this rank's slice: the
-  // engine's average over the data-parallel group, sequence ranks included, is the whole
-  // sequence's mean when no target is -1).
+  // Mean cross-entropy over positions whose target is not -1. With a sequence group: this
+  // rank's slice's part, weighted by its count (gpt_loss), so that the engine's average over
+  // the data-parallel group, sequence ranks included, is the mean over the whole sequences.
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
   const GptConfig& config() const { return config_; }
   bool uses_sparse_attention() const override { return config_.sparse.enabled; }

@@ -3,8 +3,9 @@
 // refuses the key for any other model: attention over a rank's own slice of the sequence
 // alone would train silently on the wrong function. ds::Gpt does when built with a sequence
 // group (and the pipeline's PipelineModule when a layer spec says so); a model of your own
-// exchanges heads for sequence around its attention with ds::seq::sequence_to_heads and
-// ds::seq::heads_to_sequence (ds/seq/ulysses.h) and returns the group's size.
+// exchanges heads for tokens around its attention with ds::seq::all_to_all (ds/seq/ulysses.h)
+// and returns the group's size. Only the size is compared: build the model with the engine's
+// own group (groups.sequence), not another of the same size.
 #pragma once
 
 namespace ds::nn {

@@ -98,7 +98,9 @@ struct ReportOptions {
   int64_t module_depth = -1;  // -1: every depth
   int64_t top_modules = 1;
   bool detailed = true;
-  int rank = 0, world_size = 1, data_parallel = 1, tensor_parallel = 1, pipeline_parallel = 1;
+  // data_parallel: the ranks that read distinct samples; sequence_parallel: the ranks that
+  // split each of them (Ulysses), so a rank computes 1/sequence_parallel of its tokens.
+  int rank = 0, world_size = 1, data_parallel = 1, tensor_parallel = 1, pipeline_parallel = 1, sequence_parallel = 1;
   int64_t micro_batch = 0, accumulation = 1, tokens_per_sample = 0;
   double backward_s = 0, optimizer_s = 0, iteration_s = 0;  // 0: not measured
   double gemm_flops_per_s = 0;  // the measured GEMM rate; 0: no utilisation line
