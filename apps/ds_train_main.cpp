@@ -156,6 +156,7 @@ nlohmann::json data_position(int64_t next_step, const RunIdentity& run) {
   return {{"data_step", next_step},
           {"seed", run.seed},
           {"data", run.data->describe()},
+          {"context", run.data->context()},
           {"model", run.model.describe()},
           {"gpt", run.model.to_json()}};
 }
@@ -402,17 +403,22 @@ void check_memory(const ds::GptConfig& mc, const ds::Config& config) {
                                   "(raise gradient_accumulation_steps to keep the global batch)"));
 }
 
-// The context a checkpoint under `dir` was trained with (0 when it cannot tell: resume()
-// then names what is wrong with the checkpoint).
-int64_t checkpoint_context(const std::string& dir) {
+// The contexts a checkpoint under `dir` was trained with: the model's and the examples'
+// (0 when it cannot tell: resume() then names what is wrong with the checkpoint).
+struct Contexts {
+  int64_t model = 0, data = 0;
+};
+Contexts checkpoint_contexts(const std::string& dir) {
+  Contexts out;
   try {
     const ds::ckpt::CheckpointReader reader(dir);
     const nlohmann::json& c = reader.engine_state().client;
     if (c.contains("gpt") && c["gpt"].is_object() && c["gpt"].contains("seq_len") && c["gpt"]["seq_len"].is_number_integer())
-      return c["gpt"]["seq_len"].get<int64_t>();
+      out.model = c["gpt"]["seq_len"].get<int64_t>();
+    out.data = c.contains("context") && c["context"].is_number_integer() ? c["context"].get<int64_t>() : out.model;
   } catch (const std::exception&) {
   }
-  return 0;
+  return out;
 }
 
 bool is_token_data(const Args& a) {
@@ -479,23 +485,30 @@ int run(Args a) {
   check_outputs(a, rank0);
   if (!a.init.empty()) shapes_from_init(a);
 
-  std::unique_ptr<ds::Dataset> data = open_data(a, seed);
+  // Without --seq-len a resumed run keeps its checkpoint's contexts: the model's and, for a
+  // file, the examples' (the default otherwise depends on sequence_parallel_size, below).
+  const Contexts resumed = a.seq_len > 0 || a.load.empty() ? Contexts{} : checkpoint_contexts(a.load);
+  Args opened = a;
+  if (resumed.data > 0 && !a.data.empty()) opened.seq_len = resumed.data;
+  std::unique_ptr<ds::Dataset> data = open_data(opened, seed);
   ds::GptConfig mc;
   mc.n_layer = a.n_layer, mc.n_head = a.n_head, mc.d_model = a.d_model, mc.vocab_size = data->vocab_size();
   // Sequence parallelism pads the examples to a multiple of its size (at the end, no loss
-  // there), so the default context depends on it; a resumed run keeps its checkpoint's.
+  // there), so the default model context depends on it.
   const int64_t sp = config.parallel.sequence_parallel_size;
   const int64_t padded = (data->context() + sp - 1) / sp * sp;
-  const int64_t resumed = a.seq_len > 0 || a.load.empty() ? 0 : checkpoint_context(a.load);
-  mc.seq_len = a.seq_len > 0 ? a.seq_len : resumed > 0 ? resumed : padded;
-  if (mc.seq_len < padded)
-    throw ds::ConfigError(ds::str(resumed > 0 ? "the checkpoint's context " : "--seq-len ", mc.seq_len,
+  mc.seq_len = a.seq_len > 0 ? a.seq_len : resumed.model > 0 ? resumed.model : padded;
+  if (mc.seq_len < padded) {
+    const bool other_data = resumed.model > 0 && resumed.model < data->context();
+    throw ds::ConfigError(ds::str(resumed.model > 0 ? "the checkpoint's context " : "--seq-len ", mc.seq_len,
                                   " is shorter than the task's examples (", data->context(), " tokens",
                                   padded > data->context() ? ds::str(", padded to ", padded, " to split over ", sp,
                                                                      " sequence-parallel ranks")
                                                            : std::string(),
-                                  resumed > 0 ? "); resume with a sequence_parallel_size that divides it"
-                                              : ds::str("); use --seq-len ", padded, " or more")));
+                                  other_data            ? "); resume on the data it was trained on"
+                                  : resumed.model > 0   ? "); resume with a sequence_parallel_size that divides it"
+                                                        : ds::str("); use --seq-len ", padded, " or more")));
+  }
   mc.dropout = a.dropout;
   mc.dense_attention = a.dense_attention;
   mc.activation = a.activation;

@@ -86,9 +86,12 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
       // tensor x sequence ranks fit one); (s - 1)/s of each leaves the rank. And the loss's
       // count, one scalar all-reduce.
       const int s = sizes.sequence;
-      const double bandwidth = sizes.tensor * s <= per_node ? node_bandwidth : data_bandwidth;
-      const double exchanges = 2.0 * double(share.blocks);  // forward and backward
-      comm += exchanges * ((s - 1.0) / s * 4.0 * activation / sizes.tensor / bandwidth + 2.0 * (s - 1) * link_latency) +
+      const bool inside = sizes.tensor * s <= per_node;
+      const double bandwidth = inside ? node_bandwidth : data_bandwidth;
+      const double latency = inside ? rates.latency_s : link_latency;
+      // Forward and backward, and the forward again where blocks are recomputed.
+      const double exchanges = (checkpointed(config, layout) ? 3.0 : 2.0) * double(share.blocks);
+      comm += exchanges * ((s - 1.0) / s * 4.0 * activation / sizes.tensor / bandwidth + 2.0 * (s - 1) * latency) +
               (share.last ? all_reduce_s(0, s, bandwidth) : 0.0);
     }
     if (sizes.tensor > 1) {
@@ -202,7 +205,8 @@ Estimate estimate(const Config& config, const ModelShape& shape, const Layout& l
     throw ConfigError(ds::str("the context ", layout.context, " must be from 1 to the model's ", shape.seq_len));
   check_config(config);  // what the engine refuses is not estimated
   if (const ParallelSizes p = parallel_sizes(config, layout); p.sequence > 1) {
-    if (shape.n_head % (p.tensor * p.sequence) != 0)
+    // (A tensor size that does not divide the heads is named by stage_shares.)
+    if (shape.n_head % p.tensor == 0 && shape.n_head % (p.tensor * p.sequence) != 0)
       throw ConfigError(ds::str("sequence_parallel_size ", p.sequence, " does not divide the ", shape.n_head / p.tensor,
                                 " heads of a tensor rank: use a size that divides them"));
     if (layout.context % p.sequence != 0)

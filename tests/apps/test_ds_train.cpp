@@ -213,6 +213,18 @@ TEST(DsTrain, SequenceParallelismTrainsEvaluatesAndResumesAsOneProcess) {
   EXPECT_GT(alone, 0.0);
   EXPECT_NEAR(held_out(2, config("t2.json", R"(, "sequence_parallel_size": 2)"), "t2.csv"), alone, 2e-4);
   EXPECT_NEAR(held_out(3, config("t3.json", R"(, "sequence_parallel_size": 3)"), "t3.csv"), alone, 2e-4);
+  // Text's default 64 tokens padded to 66 over 3 ranks, resumed in one process without
+  // --seq-len: the examples keep 64 tokens and the model 66 (both from the checkpoint), so it
+  // continues as the 3 ranks would have.
+  const std::string t3 = config("t3p.json", R"(, "sequence_parallel_size": 3)");
+  const auto whole = train(3, t3, "w.csv", {"--data", data, "--steps", "4", "--eval-examples", "4"}).first;
+  train(3, t3, "h.csv", {"--data", data, "--steps", "2", "--eval-examples", "4", "--save", dir.file("tk")});
+  const auto [rest, rest_out] = train(1, config("t1p.json", ""), "r.csv", {"--data", data, "--steps", "4", "--eval-examples", "4",
+                                                                      "--load", dir.file("tk")});
+  EXPECT_NE(rest_out.find("context 66"), std::string::npos) << rest_out;
+  ASSERT_EQ(whole.size(), 4u);
+  ASSERT_EQ(rest.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(rest[i], whole[2 + i], 1e-5) << "resumed text, step " << 3 + i;
   // What cannot split stops at start-up on every rank, naming the key.
   const std::string bad = config("bad.json", R"(, "sequence_parallel_size": 3)");
   expect_refused_on_every_rank(3, bad, {"--seq-len", "16"},

@@ -247,7 +247,12 @@ TEST(Estimate, SequenceParallelismDividesActivationsAndComputeAndAddsItsExchange
   EXPECT_EQ(seq.memory.optimizer_states, data.memory.optimizer_states);
   EXPECT_NEAR(double(seq.memory.activations), double(data.memory.activations) / 4, 1.0);
   EXPECT_NEAR(seq.time.compute_s, data.time.compute_s / 4, 1e-12);
-  EXPECT_GT(seq.time.comm_s, data.time.comm_s);  // the same gradient reduction plus the exchanges
+  // The same gradient reduction plus, per block, two rounds (forward, backward) of exchanges
+  // of q, k, v and the output, 3/4 of each leaving the rank inside the node, and the loss's
+  // count all-reduced.
+  const double bandwidth = r.loopback_bytes_per_s * 2.0 / 4.0, slice = 2.0 * 128 / 4 * 256 * 4;
+  const double exchange = 0.75 * 4 * slice / bandwidth + 2.0 * 3 * r.latency_s;
+  EXPECT_NEAR(seq.time.comm_s - data.time.comm_s, 2 * 4 * exchange + 2.0 * 3 * r.latency_s, 1e-12);
   EXPECT_EQ(seq.tokens_per_step, 2 * 128);         // one sample's worth of ranks
   EXPECT_NE(seq.describe.find("sequence 4 (Ulysses)"), std::string::npos) << seq.describe;
   estimate::Layout odd = l;

@@ -165,6 +165,36 @@ TEST(SequenceParallel, WhatCannotSplitIsRefusedWithTheKey) {
   });
 }
 
+TEST(SequenceParallel, PaddedSlicesGatherToTheWholeSequencesLogits) {
+  // What ds-train's evaluation does: 16 tokens padded to 18 (token 0, target -1), a slice of 6
+  // on each of 3 ranks, the slices' logits gathered and the padding cut off: the logits of one
+  // process on the unpadded tokens.
+  GptConfig mc;
+  mc.n_layer = 2, mc.n_head = 3, mc.d_model = 24, mc.seq_len = 18;
+  auto data = make_task("reverse", 5);
+  const Batch b = data->held_out(4);
+  ASSERT_EQ(b.tokens.size(1), 16);
+  torch::manual_seed(3);
+  const at::Tensor want = Gpt(mc)->forward(b.tokens);
+  test::run_ranks(3, [&](comm::Communicator& c) {
+    auto groups = comm::ParallelGroups::create(c.shared_from_this(), comm::Topology::for_world(3, 1, 1, 3));
+    torch::manual_seed(3);
+    Gpt model(mc, nullptr, groups.sequence);
+    const Batch padded = pad_sequences(b, 3);
+    ASSERT_EQ(padded.tokens.size(1), 18);
+    EXPECT_TRUE(at::all(padded.targets.narrow(1, 16, 2) == -1).item<bool>());
+    const at::Tensor got =
+        seq::gather(model->forward(seq::slice(padded.tokens, groups.sequence, 1)), groups.sequence, 1).narrow(1, 0, 16);
+    EXPECT_TRUE(at::allclose(got, want, 1e-5, 1e-5)) << (got - want).abs().max().item<double>();
+    // The loss of the slices, weighed by their counts, is the whole sequences' mean.
+    const at::Tensor mine = seq::slice(padded.targets, groups.sequence, 1);
+    const double loss = model->loss(seq::slice(padded.tokens, groups.sequence, 1), mine).item<double>();
+    at::Tensor mean = at::full({1}, loss, at::kDouble);
+    groups.sequence->all_reduce(mean, comm::ReduceOp::Avg).wait();
+    EXPECT_NEAR(mean.item<double>(), gpt_loss(want, b.targets).item<double>(), 1e-5);
+  });
+}
+
 TEST(SequenceParallel, CheckpointsMoveBetweenSequenceRanksAndOneProcess) {
   // A sequence-parallel checkpoint is a data-parallel one over data x sequence ranks: 2
   // sequence ranks at ZeRO-2 save at step 5 and one process resumes; one process saves and 2
