@@ -207,3 +207,40 @@ TEST_F(TwoHosts, APipelineAcrossTwoHostsTrainsAsOneProcess) {
   ASSERT_EQ(want.size(), 6u);
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5) << "step " << i + 1;
 }
+
+// Ulysses across hosts: sequence_parallel_size 4 over 2 nodes x 2 ranks makes one sequence
+// group of all four, so every block's all-to-alls (q, k, v and the output, forward and
+// backward) and the loss's count cross the veth link; the losses must be a 1-process run's
+// (1e-5).
+TEST_F(TwoHosts, ASequenceSplitAcrossTwoHostsTrainsAsOneProcess) {
+  const std::string train = std::string(DS_APPS_DIR) + "/ds-train";
+  auto config = [&](const std::string& name, const std::string& extra) {
+    return dir_.write(name, R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}},
+      "gradient_clipping": 1.0)" + extra + "}");
+  };
+  const std::vector<std::string> model = {"--steps", "6", "--n-layer", "2", "--n-head", "4", "--d-model", "32",
+                                          "--eval-interval", "0", "--eval-examples", "8", "--plot", ""};
+  std::vector<std::string> split = {"--hostfile", hostfile_, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
+                                    net_.ip_a, "--kill_timeout", "2", train, "--config",
+                                    config("sp.json", R"(, "sequence_parallel_size": 4, "zero_optimization": {"stage": 2})"),
+                                    "--metrics", dir_.file("sp.csv")};
+  split.insert(split.end(), model.begin(), model.end());
+  RunOutput r = run_launch(split, 110);
+  ASSERT_EQ(r.exit_code(), 0) << diag(r);
+  EXPECT_NE(r.out.find("each of 4 ranks takes 4 of every 16 tokens"), std::string::npos) << r.out;
+  std::vector<std::string> solo = {"--num_procs", "1", train, "--config", config("one.json", ""), "--metrics",
+                                   dir_.file("one.csv")};
+  solo.insert(solo.end(), model.begin(), model.end());
+  RunOutput s = run_launch(solo, 60);
+  ASSERT_EQ(s.exit_code(), 0) << diag(s);
+  auto losses = [&](const std::string& csv) {
+    std::vector<double> out;
+    auto lines = lines_of(read_file(dir_.file(csv)));
+    for (size_t i = 1; i < lines.size(); ++i) out.push_back(std::stod(lines[i].substr(lines[i].find(',') + 1)));
+    return out;
+  };
+  const auto got = losses("sp.csv"), want = losses("one.csv");
+  ASSERT_EQ(got.size(), 6u);
+  ASSERT_EQ(want.size(), 6u);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5) << "step " << i + 1;
+}
