@@ -232,11 +232,7 @@ struct Model {
   // This rank's part of an example batch: its slice of the sequences, padded to a multiple of
   // the sequence group's size.
   ds::Batch slice(ds::Batch b) const {
-    if (!sequence) return b;
-    b = ds::pad_sequences(std::move(b), sequence->size());
-    b.tokens = ds::seq::slice(b.tokens, sequence, 1);
-    b.targets = ds::seq::slice(b.targets, sequence, 1);
-    return b;
+    return sequence ? ds::sequence_slice(std::move(b), sequence->rank(), sequence->size()) : b;
   }
 };
 

@@ -88,6 +88,15 @@ Batch pad_sequences(Batch b, int64_t multiple) {
   return b;
 }
 
+Batch sequence_slice(Batch b, int64_t rank, int64_t ranks) {
+  if (rank < 0 || rank >= ranks) throw Error(ds::str("sequence_slice: rank ", rank, " is not one of ", ranks));
+  b = pad_sequences(std::move(b), ranks);
+  const int64_t length = b.tokens.size(1) / ranks;
+  b.tokens = b.tokens.narrow(1, rank * length, length).contiguous();
+  b.targets = b.targets.narrow(1, rank * length, length).contiguous();
+  return b;
+}
+
 std::vector<std::string> task_names() { return {"reverse", "add"}; }
 
 std::unique_ptr<Dataset> make_task(const std::string& name, uint64_t seed) {

@@ -43,6 +43,14 @@ void check_tokens(const at::Tensor& tokens, int64_t seq_len, const seq::Group& s
                       : ds::str("sequence of ", tokens.size(1), " tokens exceeds the model's context of ", seq_len));
 }
 
+// Ulysses gives each of s ranks a share of the `heads` (a tensor rank's when `tensor_rank`).
+void check_sequence_heads(int64_t heads, int64_t s, bool tensor_rank) {
+  if (s > 1 && heads % s != 0)
+    throw ConfigError(ds::str("sequence_parallel_size ", s, " does not divide the ", heads, " heads",
+                              tensor_rank ? " of a tensor-parallel rank" : "",
+                              ": Ulysses gives each rank a share of the heads; use a size that divides them"));
+}
+
 // Positions of this rank's slice of the sequence.
 at::Tensor positions(int64_t local, const seq::Group& sequence) {
   const int64_t first = seq::first_position(local, sequence);
@@ -264,10 +272,7 @@ void GptBlockImpl::split_sequence(seq::Group group) {
   if (!group || group->size() == 1) return;
   if (sequence_) throw Error("GptBlock::split_sequence: the block is split over a sequence group already");
   const int64_t s = group->size();
-  if (local_heads_ % s != 0)
-    throw ConfigError(ds::str("sequence_parallel_size ", s, " does not divide the ", local_heads_, " heads",
-                              local_heads_ == n_head_ ? std::string() : " of a tensor-parallel rank",
-                              ": Ulysses gives each rank a share of the heads; use a size that divides them"));
+  check_sequence_heads(local_heads_, s, local_heads_ != n_head_);
   if (blocks_attn_) blocks_attn_->keep_heads(first_head_ + group->rank() * (local_heads_ / s), local_heads_ / s);
   sequence_ = std::move(group);
 }
@@ -343,24 +348,25 @@ at::Tensor gpt_loss(const at::Tensor& logits, const at::Tensor& targets, const t
                     const seq::Group& sequence) {
   RECORD_USER_SCOPE("loss");
   const bool split = sequence && sequence->size() > 1;
-  at::Tensor loss;  // the mean over this rank's counted targets (0 when it has none)
-  if (tensor && tensor->size() > 1) {
-    loss = tp::vocab_parallel_cross_entropy(logits, targets, tensor);
-  } else {
-    // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
-    const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
-    namespace F = torch::nn::functional;
-    if (!split) return F::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}), F::CrossEntropyFuncOptions().ignore_index(-1));
-    loss = F::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}),
-                            F::CrossEntropyFuncOptions().ignore_index(-1).reduction(torch::kSum));
-    loss = loss / double(std::max<int64_t>(1, (targets != -1).sum().item<int64_t>()));
+  // Ulysses: the engine averages over the group, so each rank returns its slice's sum x s / the
+  // group's count, whose mean is the whole sequences' mean (one all-reduce of the count).
+  const int64_t mine = split ? (targets != -1).sum().item<int64_t>() : 0;
+  double scale = 1.0;
+  if (split) {
+    at::Tensor total = at::full({1}, double(mine), at::kDouble);
+    sequence->all_reduce(total).wait();
+    scale = double(sequence->size()) / std::max(1.0, total.item<double>());
   }
-  if (!split) return loss;
-  // The engine averages over the group: rank r's mean x its count x s / the group's count.
-  const int64_t mine = (targets != -1).sum().item<int64_t>();
-  at::Tensor total = at::full({1}, double(mine), at::kDouble);
-  sequence->all_reduce(total).wait();
-  return loss * (double(std::max<int64_t>(1, mine)) * double(sequence->size()) / std::max(1.0, total.item<double>()));
+  if (tensor && tensor->size() > 1)  // the mean over max(1, count) targets
+    return split ? tp::vocab_parallel_cross_entropy(logits, targets, tensor) * (double(std::max<int64_t>(1, mine)) * scale)
+                 : tp::vocab_parallel_cross_entropy(logits, targets, tensor);
+  // The loss in fp32 whatever the model computes in (log-softmax over the vocabulary).
+  const at::Tensor l = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
+  namespace F = torch::nn::functional;
+  auto options = F::CrossEntropyFuncOptions().ignore_index(-1);
+  if (split) options.reduction(torch::kSum);
+  const at::Tensor loss = F::cross_entropy(l.reshape({-1, l.size(-1)}), targets.reshape({-1}), options);
+  return split ? loss * scale : loss;
 }
 
 std::string gpt_parameter_name(const std::string& pipeline_name, int64_t n_layer) {
@@ -384,10 +390,8 @@ std::vector<pipe::LayerSpec> gpt_layer_specs(const GptConfig& c, tp::Group tenso
     tp::slice_of(c.vocab_size, tensor, "the vocabulary vocab_size");
   }
   const int64_t s = sequence ? sequence->size() : 1;
-  if (s > 1 && (c.n_head / (tensor ? tensor->size() : 1)) % s != 0)
-    throw ConfigError(ds::str("sequence_parallel_size ", s, " does not divide the ", c.n_head / (tensor ? tensor->size() : 1),
-                              " heads", tensor && tensor->size() > 1 ? " of a tensor-parallel rank" : "",
-                              ": Ulysses gives each rank a share of the heads; use a size that divides them"));
+  const int64_t t = tensor ? tensor->size() : 1;
+  check_sequence_heads(c.n_head / t, s, t > 1);
   const int64_t d = c.d_model, seq = c.seq_len;
   auto embedding = [](int64_t n, int64_t d) {
     return [n, d]() -> std::shared_ptr<torch::nn::Module> {

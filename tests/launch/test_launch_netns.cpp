@@ -99,6 +99,37 @@ class TwoHosts : public ::testing::Test {
     return a;
   }
 
+  // ds-train with `extra` config keys on both hosts (2 nodes x 2 ranks) against 1 process:
+  // the same losses (1e-5) for 6 steps of AdamW with clipping; the two-host run's output
+  // must contain `expect`.
+  void expect_trains_as_one_process(const std::string& extra, const std::vector<std::string>& model,
+                                    const std::string& expect) {
+    const std::string train = std::string(DS_APPS_DIR) + "/ds-train";
+    auto config = [&](const std::string& name, const std::string& keys) {
+      return dir_.write(name, R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}},
+        "gradient_clipping": 1.0)" + keys + "}");
+    };
+    auto run = [&](std::vector<std::string> args, const std::string& csv, int timeout) {
+      args.insert(args.end(), {"--metrics", dir_.file(csv), "--steps", "6", "--eval-interval", "0", "--eval-examples", "8",
+                               "--plot", ""});
+      args.insert(args.end(), model.begin(), model.end());
+      RunOutput r = run_launch(args, timeout);
+      EXPECT_EQ(r.exit_code(), 0) << diag(r);
+      std::vector<double> out;
+      auto lines = lines_of(read_file(dir_.file(csv)));
+      for (size_t i = 1; i < lines.size(); ++i) out.push_back(std::stod(lines[i].substr(lines[i].find(',') + 1)));
+      return std::make_pair(out, r.out);
+    };
+    const auto [got, out] = run({"--hostfile", hostfile_, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
+                                 net_.ip_a, "--kill_timeout", "2", train, "--config", config("split.json", extra)},
+                                "split.csv", 110);
+    EXPECT_NE(out.find(expect), std::string::npos) << out;
+    const auto want = run({"--num_procs", "1", train, "--config", config("one.json", "")}, "one.csv", 60).first;
+    ASSERT_EQ(got.size(), 6u);
+    ASSERT_EQ(want.size(), 6u);
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5) << "step " << i + 1;
+  }
+
   TwoHostNetwork net_;  // destroyed last: after every process of the test is gone
   TempDir dir_;
   std::string hostfile_;
@@ -176,36 +207,9 @@ TEST_F(TwoHosts, ALinkThatGoesDownMidTrainingEndsTheJobNamingTheRank) {
 // every activation and its gradient crosses the veth link; the losses must be a 1-process
 // run's (1e-5).
 TEST_F(TwoHosts, APipelineAcrossTwoHostsTrainsAsOneProcess) {
-  const std::string train = std::string(DS_APPS_DIR) + "/ds-train";
-  auto config = [&](const std::string& name, const std::string& extra) {
-    return dir_.write(name, R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
-      "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "gradient_clipping": 1.0)" + extra + "}");
-  };
-  const std::vector<std::string> model = {"--steps", "6", "--n-layer", "2", "--n-head", "2", "--d-model", "32",
-                                          "--eval-interval", "0", "--eval-examples", "8", "--plot", ""};
-  std::vector<std::string> piped = {"--hostfile", hostfile_, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
-                                    net_.ip_a, "--kill_timeout", "2", train, "--config",
-                                    config("pipe.json", R"(, "pipeline": {"stages": 2}, "zero_optimization": {"stage": 1})"),
-                                    "--metrics", dir_.file("pipe.csv")};
-  piped.insert(piped.end(), model.begin(), model.end());
-  RunOutput r = run_launch(piped, 110);
-  ASSERT_EQ(r.exit_code(), 0) << diag(r);
-  EXPECT_NE(r.out.find("layout pipe=2 x data=2 x tensor=1"), std::string::npos) << r.out;
-  std::vector<std::string> solo = {"--num_procs", "1", train, "--config", config("one.json", ""), "--metrics",
-                                   dir_.file("one.csv")};
-  solo.insert(solo.end(), model.begin(), model.end());
-  RunOutput s = run_launch(solo, 60);
-  ASSERT_EQ(s.exit_code(), 0) << diag(s);
-  auto losses = [&](const std::string& csv) {
-    std::vector<double> out;
-    auto lines = lines_of(read_file(dir_.file(csv)));
-    for (size_t i = 1; i < lines.size(); ++i) out.push_back(std::stod(lines[i].substr(lines[i].find(',') + 1)));
-    return out;
-  };
-  const auto got = losses("pipe.csv"), want = losses("one.csv");
-  ASSERT_EQ(got.size(), 6u);
-  ASSERT_EQ(want.size(), 6u);
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5) << "step " << i + 1;
+  expect_trains_as_one_process(R"(, "train_micro_batch_size_per_gpu": 2, "pipeline": {"stages": 2},
+                                  "zero_optimization": {"stage": 1})",
+                               {"--n-layer", "2", "--n-head", "2", "--d-model", "32"}, "layout pipe=2 x data=2 x tensor=1");
 }
 
 // Ulysses across hosts: sequence_parallel_size 4 over 2 nodes x 2 ranks makes one sequence
@@ -213,34 +217,7 @@ TEST_F(TwoHosts, APipelineAcrossTwoHostsTrainsAsOneProcess) {
 // backward) and the loss's count cross the veth link; the losses must be a 1-process run's
 // (1e-5).
 TEST_F(TwoHosts, ASequenceSplitAcrossTwoHostsTrainsAsOneProcess) {
-  const std::string train = std::string(DS_APPS_DIR) + "/ds-train";
-  auto config = [&](const std::string& name, const std::string& extra) {
-    return dir_.write(name, R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}},
-      "gradient_clipping": 1.0)" + extra + "}");
-  };
-  const std::vector<std::string> model = {"--steps", "6", "--n-layer", "2", "--n-head", "4", "--d-model", "32",
-                                          "--eval-interval", "0", "--eval-examples", "8", "--plot", ""};
-  std::vector<std::string> split = {"--hostfile", hostfile_, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
-                                    net_.ip_a, "--kill_timeout", "2", train, "--config",
-                                    config("sp.json", R"(, "sequence_parallel_size": 4, "zero_optimization": {"stage": 2})"),
-                                    "--metrics", dir_.file("sp.csv")};
-  split.insert(split.end(), model.begin(), model.end());
-  RunOutput r = run_launch(split, 110);
-  ASSERT_EQ(r.exit_code(), 0) << diag(r);
-  EXPECT_NE(r.out.find("each of 4 ranks takes 4 of every 16 tokens"), std::string::npos) << r.out;
-  std::vector<std::string> solo = {"--num_procs", "1", train, "--config", config("one.json", ""), "--metrics",
-                                   dir_.file("one.csv")};
-  solo.insert(solo.end(), model.begin(), model.end());
-  RunOutput s = run_launch(solo, 60);
-  ASSERT_EQ(s.exit_code(), 0) << diag(s);
-  auto losses = [&](const std::string& csv) {
-    std::vector<double> out;
-    auto lines = lines_of(read_file(dir_.file(csv)));
-    for (size_t i = 1; i < lines.size(); ++i) out.push_back(std::stod(lines[i].substr(lines[i].find(',') + 1)));
-    return out;
-  };
-  const auto got = losses("sp.csv"), want = losses("one.csv");
-  ASSERT_EQ(got.size(), 6u);
-  ASSERT_EQ(want.size(), 6u);
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5) << "step " << i + 1;
+  expect_trains_as_one_process(R"(, "sequence_parallel_size": 4, "zero_optimization": {"stage": 2})",
+                               {"--n-layer", "2", "--n-head", "4", "--d-model", "32"},
+                               "each of 4 ranks takes 4 of every 16 tokens");
 }

@@ -104,10 +104,7 @@ void TinyRun::train_to(int64_t steps, const std::function<void(Engine&, int)>& b
   for (int64_t step = engine_->global_step(); step < steps; ++step) {
     for (int64_t m = 0; m < gas; ++m) {
       Batch b = data_->batch(step, (m * data_size_ + data_rank_) * micro, micro);
-      if (sequence_) {  // this rank's slice of the padded examples
-        b = pad_sequences(std::move(b), sequence_->size());
-        b.tokens = seq::slice(b.tokens, sequence_, 1), b.targets = seq::slice(b.targets, sequence_, 1);
-      }
+      if (sequence_) b = sequence_slice(std::move(b), sequence_->rank(), sequence_->size());
       at::Tensor loss = engine_->forward([&] { return model_->loss(b.tokens, b.targets); });
       if (before_backward) before_backward(*engine_, int(step));
       engine_->backward(loss);

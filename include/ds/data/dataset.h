@@ -73,6 +73,9 @@ class TextDataset final : public Dataset {
 // target -1 (no loss is taken there, and under causal attention no earlier position sees
 // them). Sequence parallelism splits sequences so padded into equal slices.
 Batch pad_sequences(Batch b, int64_t multiple);
+// Slice `rank` of `ranks` equal slices of every padded sequence (tokens and targets): what a
+// rank of a sequence group trains on.
+Batch sequence_slice(Batch b, int64_t rank, int64_t ranks);
 
 // Share of examples whose answer tokens (targets != -1) are all arg-max of the logits that
 // `logits_of(tokens)` returns; evaluated in chunks of 256.
