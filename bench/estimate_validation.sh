@@ -18,11 +18,12 @@ declare -A shape=(
 )
 # model ranks stage [offload|-] [pp2|tp2: 2 pipeline stages or 2 tensor ranks, 4 micro-batches a step;
 # ob: OneBitAdam with freeze_step 2, so the measured steps (3 on) are its compressed phase;
-# sp2: Ulysses over 2 sequence ranks, which read the same samples]
+# sp2: Ulysses over 2 sequence ranks, which read the same samples;
+# zpp: ZeRO++ (qwZ, qgZ and hpZ over 2 ranks; stage 3)]
 cases=("s 1 0" "s 2 0" "s 2 1" "s 2 2" "s 2 3" "s 4 3"
        "m 1 0" "m 2 0" "m 2 1" "m 2 2" "m 2 3" "m 4 0" "m 4 2" "m 4 3" "m 2 2 nvme"
        "s 2 1 - pp2" "s 2 1 - tp2" "m 2 1 - pp2" "m 2 1 - tp2" "m 4 1 - pp2tp2"
-       "s 2 0 - ob" "m 2 2 - ob" "s 2 1 - sp2" "m 2 2 - sp2")
+       "s 2 0 - ob" "m 2 2 - ob" "s 2 1 - sp2" "m 2 2 - sp2" "m 2 3 - zpp" "m 4 3 - zpp")
 [ -z "${CASES:-}" ] || cases=("$CASES")
 printf "%-16s %12s %12s %7s %10s %10s %7s\n" "case" "peak pred" "peak meas" "err" "step pred" "step meas" "err"
 for c in "${cases[@]}"; do
@@ -41,6 +42,9 @@ for c in "${cases[@]}"; do
     layout=", \"pipeline\": {\"stages\": $pp}, \"tensor_parallel\": {\"autotp_size\": $tp}"
   fi
   case "$split" in *sp2*) batch=$((2 * ranks / 2)) layout=", \"sequence_parallel_size\": 2" ;; esac
+  case "$split" in
+    *zpp*) off="$off, \"zero_quantized_weights\": true, \"zero_quantized_gradients\": true, \"zero_hpz_partition_size\": 2" ;;
+  esac
   cat >"$work/c.json" <<EOF
 {"train_batch_size": $batch, "train_micro_batch_size_per_gpu": 2, "steps_per_print": 1000,
  "optimizer": $optimizer, "zero_optimization": {"stage": $stage$off}$layout}

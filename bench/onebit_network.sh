@@ -15,15 +15,7 @@ rates=${RATES:-"100mbit 1gbit"}
 data=$(realpath "${DATA:-../shared/data/tinyshakespeare.txt}")
 model=(--n-layer "${LAYERS:-4}" --n-head 4 --d-model "${WIDTH:-256}" --seq-len "${CONTEXT:-128}")
 mkdir -p "$out"
-id=$$
-a=dsob${id}a b=dsob${id}b va=dob${id}a vb=dob${id}b ip_a=10.231.$((id % 250)).1 ip_b=10.231.$((id % 250)).2
-cleanup() { ip netns del "$a" 2>/dev/null || true; ip netns del "$b" 2>/dev/null || true; }
-trap cleanup EXIT
-ip netns add "$a"; ip netns add "$b"
-ip link add "$va" netns "$a" type veth peer name "$vb" netns "$b"
-ip -n "$a" addr add "$ip_a/24" dev "$va"; ip -n "$b" addr add "$ip_b/24" dev "$vb"
-ip -n "$a" link set "$va" up; ip -n "$b" link set "$vb" up
-ip -n "$a" link set lo up; ip -n "$b" link set lo up
+source bench/two_hosts.sh
 printf '%s slots=1\n%s slots=1\n' "$a" "$b" > "$out/hostfile"
 config() {  # config OPTIMIZER
   local params='"lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 0.01'
@@ -52,10 +44,7 @@ stats() {  # stats CSV FROM TARGET
 echo "1-bit Adam and 0/1 Adam on a slow link: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); 2 hosts x 1 rank," \
      "$steps steps (freeze_step $freeze), batch $batch, model ${model[*]}"
 for rate in $rates; do
-  for side in "$a $va" "$b $vb"; do
-    read -r ns dev <<<"$side"
-    ip netns exec "$ns" tc qdisc replace dev "$dev" root tbf rate "$rate" burst 512kb latency 100ms
-  done
+  limit_link "$rate"
   for name in adam onebit zeroone; do
     build/apps/ds-launch --hostfile "$out/hostfile" --launcher_cmd "ip netns exec {host}" --master_addr "$ip_a" \
       build/apps/ds-train --config "$out/$name.json" --data "$data" "${model[@]}" --steps "$steps" --threads 1 \

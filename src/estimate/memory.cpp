@@ -51,6 +51,8 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
       const int64_t shard = l.own.length * bytes_of(precision.param);
       (swap_params ? m.on_disk : m.params) += shard;
       if (numel <= z.stage3_param_persistence_threshold) persistent += l.padded_numel * w;
+      else if (z.zero_hpz_partition_size > 1)  // hpZ: this rank's chunk of the unit over its node's ranks
+        m.params += l.padded_numel / z.zero_hpz_partition_size * bytes_of(precision.param);
     } else {
       m.params += l.padded_numel * w;
     }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ds/common/error.h"
+#include "ds/compress/quantize.h"
 #include "ds/common/strings.h"
 #include "ds/estimate/estimate.h"
 #include "internal.h"
@@ -125,7 +126,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
       const double share_of = double(n - 1) / double(n);
       const double g = padded * double(c10::elementSize(precision.reduce));
       const double p = padded * double(c10::elementSize(precision.param));
-      double bytes = 0, collectives = 0;
+      double bytes = 0, collectives = 0, comm_local = 0;
       const double units = double(share.units.size());
       if (optimizer.sends_compressed_momentum()) {
         // The compressed phase (1-bit Adam, Lamb): no gradient crosses; each unit's momentum
@@ -139,14 +140,33 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         t.optimizer_s = std::max(t.optimizer_s, own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node) +
                                                     padded * 64.0 / (rates.memory_bytes_per_s / per_node));
       } else {
+        // ZeRO++: int8 blocks (a byte per value and a 4-byte scale per group) for the
+        // gradients' reduce-scatter (qgZ) and stage 3's gathers over the data group (qwZ); with
+        // hpZ only a unit's first gather of a step crosses the data group, the others (the
+        // backward's, later micro-batches') run inside the node over the secondary group.
+        const double int8 = padded * (1.0 + 4.0 / double(compress::kZeroPlusPlusGroup));
+        const double gr = z.zero_quantized_gradients ? int8 : g, pg = z.zero_quantized_weights ? int8 : p;
+        const double pe = double(c10::elementSize(precision.param)), re = double(c10::elementSize(precision.reduce));
+        const double pass = rates.memory_bytes_per_s / per_node;
         switch (stage) {
           case 0: bytes = 2 * share_of * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
-          case 1: bytes = share_of * (g + p), collectives = 2 * units; break;
-          case 2: bytes = share_of * (gas * g + p), collectives = units * (gas + 1); break;
-          default: bytes = gas * share_of * (g + 2 * p), collectives = 3 * units * gas; break;
+          case 1: bytes = share_of * (gr + p), collectives = 2 * units; break;
+          case 2: bytes = share_of * (gas * gr + p), collectives = units * (gas + 1); break;
+          default: {
+            const int hpz = int(z.zero_hpz_partition_size);
+            const double primary = hpz > 1 ? 1.0 : 2.0 * gas, secondary = 2.0 * gas - primary;
+            bytes = gas * share_of * gr + primary * share_of * pg, collectives = units * (gas + primary);
+            if (hpz > 1)
+              comm_local += secondary * (double(hpz - 1) / hpz * p / node_bandwidth + units * 2 * (hpz - 1) * rates.latency_s);
+            if (z.zero_quantized_weights)  // quantize the shard, dequantize the unit
+              comm_local += primary * (padded / n * (pe + 1) + padded * (1 + pe)) / pass;
+            break;
+          }
         }
+        if (z.zero_quantized_gradients)  // quantize every chunk, sum the n dequantized contributions
+          comm_local += (stage >= 2 ? gas : 1.0) * (padded * (re + 1) + padded * (1 + 8)) / pass;
       }
-      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * link_latency);
+      t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * link_latency + comm_local);
     }
   }
   // 1F1B: the slowest stage's micro-batch sets the pace; the first result leaves the last stage
@@ -189,6 +209,9 @@ std::string describe(const Config& config, const Layout& layout, const zero::Pre
   if (sizes.sequence > 1) s += ds::str(", sequence ", sizes.sequence, " (Ulysses)");
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
+  if (z.zero_quantized_weights) s += ", qwZ";
+  if (z.zero_hpz_partition_size > 1) s += ds::str(", hpZ ", z.zero_hpz_partition_size);
+  if (z.zero_quantized_gradients) s += ", qgZ";
   if (optimizer.sends_compressed_momentum())
     s += ds::str(", ", optimizer_type_name(config.optimizer.type), " after freeze_step (compressed momentum)");
   return s;
@@ -204,6 +227,7 @@ Estimate estimate(const Config& config, const ModelShape& shape, const Layout& l
   if (layout.context < 1 || layout.context > shape.seq_len)
     throw ConfigError(ds::str("the context ", layout.context, " must be from 1 to the model's ", shape.seq_len));
   check_config(config);  // what the engine refuses is not estimated
+  check_hpz(config, parallel_sizes(config, layout).data);
   if (const ParallelSizes p = parallel_sizes(config, layout); p.sequence > 1) {
     // (A tensor size that does not divide the heads is named by stage_shares.)
     if (shape.n_head % p.tensor == 0 && shape.n_head % (p.tensor * p.sequence) != 0)

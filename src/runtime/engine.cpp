@@ -65,6 +65,12 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
       schedule_(optim::LrSchedule::from_config(config_.scheduler, config_.optimizer.lr)),
       scaler_(plan_.precision.loss_scaling ? LossScaler::from_config(config_.fp16) : LossScaler::none()) {
   groups_.world->logger().set_enabled(config_.comms_logger.enabled);
+  if (options.quantization_group < 0)
+    throw Error(ds::str("EngineOptions::quantization_group must be >= 0, got ", options.quantization_group));
+  if (options.quantization_group > 0) {
+    if (plan_.gather.quantize_group > 0) plan_.gather.quantize_group = options.quantization_group;
+    if (plan_.reduce.quantize_group > 0) plan_.reduce.quantize_group = options.quantization_group;
+  }
   if (config_.sparse_attention.enabled) {
     const auto* user = dynamic_cast<const nn::SparseAttentionUser*>(model_.get());
     if (!user || !user->uses_sparse_attention())
@@ -118,6 +124,10 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                  plan_.compute_slow ? "warning: " : "", plan_.precision.describe().c_str(),
                  zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
     std::printf("[ds] %s\n", allocator.c_str());
+    if (plan_.gather.quantize_group > 0 || plan_.hpz > 1 || plan_.reduce.quantize_group > 0)
+      std::printf("[ds] ZeRO++:%s%s%s\n", plan_.gather.quantize_group > 0 ? " weights gathered as int8 blocks (qwZ);" : "",
+                  plan_.hpz > 1 ? ds::str(" a secondary weight copy over ", plan_.hpz, " data-parallel ranks (hpZ);").c_str() : "",
+                  plan_.reduce.quantize_group > 0 ? " gradients reduce-scattered as int8 blocks (qgZ)" : "");
     if (groups_.pipe->size() > 1)
       std::printf("[ds] pipeline: %d stages (1F1B, %lld micro-batches per step) x %d data-parallel%s\n",
                   groups_.pipe->size(), (long long)config_.gradient_accumulation_steps, groups_.data->size(),
@@ -278,6 +288,12 @@ void Engine::start_stage3() {
   std::vector<zero::FlatUnit*> raw;
   for (auto& s : units_) raw.push_back(s.unit.get());
   co.report_progress = groups_.world->rank() == 0;
+  if (plan_.hpz > 1) {  // hpZ: consecutive data-parallel ranks (those of a node) hold the secondary copy
+    const int first = groups_.data->rank() / plan_.hpz * plan_.hpz;
+    std::vector<int> members;
+    for (int r = first; r < first + plan_.hpz; ++r) members.push_back(r);
+    co.secondary = plan_.hpz == groups_.data->size() ? groups_.data : groups_.data->new_group(members, "hpz");
+  }
   coordinator_ = std::make_unique<zero::ParamCoordinator>(raw, groups_.data, co);
   unit_aware_ = dynamic_cast<nn::UnitAware*>(model_.get()) != nullptr;
   if (groups_.world->rank() != 0) return;
@@ -516,6 +532,7 @@ void Engine::write_back(size_t u, int modifier_rank) {
       s.unit->shard_data().copy_(mine);
     }
   }
+  if (coordinator_) coordinator_->weights_changed(int(u));
 }
 
 void Engine::gathered_parameters(const std::vector<std::string>& names, const std::function<void()>& f,
@@ -558,6 +575,7 @@ Engine::MemoryBreakdown Engine::memory_breakdown() const {
     if (s.master.defined() && !s.layout.master_is_weights) m.masters += int64_t(s.master.nbytes());
     for (const auto& t : s.states) m.optimizer_state += int64_t(t.nbytes());
   }
+  if (coordinator_) m.params += coordinator_->secondary_bytes();  // hpZ's copies
   m.optimizer_state += optimizer_->held_bytes();
   if (swapper_) {
     m.optimizer_state += swapper_->buffer_bytes();  // the I/O buffers; the rest is on disk

@@ -2,6 +2,7 @@
 
 #include "ds/common/error.h"
 #include "ds/common/strings.h"
+#include "ds/compress/quantize.h"
 #include "ds/optim/optimizer.h"
 
 namespace ds {
@@ -27,6 +28,7 @@ void check_supported(const Config& c, const comm::ParallelGroups& g) {
   if (c.parallel.zero_group_size() != g.data->size())
     throw ConfigError(ds::str("the config was resolved for ", c.parallel.zero_group_size(),
                               " data-parallel ranks but the data-parallel group has ", g.data->size()));
+  check_hpz(c, g.data->size());
 }
 
 aio::AioOptions aio_options(const AioConfig& a) {
@@ -40,6 +42,14 @@ aio::AioOptions aio_options(const AioConfig& a) {
 }
 
 }  // namespace
+
+void check_hpz(const Config& c, int data_ranks) {
+  const int64_t hpz = c.zero_optimization.zero_hpz_partition_size;
+  if (hpz > 1 && (hpz > data_ranks || data_ranks % hpz != 0))
+    throw ConfigError(ds::str("zero_optimization.zero_hpz_partition_size ", hpz, " does not divide the ", data_ranks,
+                              " data-parallel ranks; set it to the data-parallel ranks per node (a divisor of ",
+                              data_ranks, ")"));
+}
 
 void check_config(const Config& c) {
   if (c.tensor_parallel.tp_overlap_comm)
@@ -57,6 +67,7 @@ void check_config(const Config& c) {
     throw ConfigError("pipeline.activation_checkpoint_interval with ZeRO stage 3 is not supported yet (the recompute "
                       "would need the units gathered again); use stage 0-2 or set it to 0");
   check_offload(c);
+  check_zero_plus_plus(c);
   if (c.gradient_clipping < 0) throw ConfigError(ds::str("gradient_clipping must be >= 0, got ", c.gradient_clipping));
   if (c.checkpoint.use_node_local_storage)
     throw ConfigError("checkpoint.use_node_local_storage: the engine saves every rank's part into one shared "
@@ -77,6 +88,22 @@ void check_offload(const Config& c) {
   if (z.offload_param.device == OffloadDevice::kNvme && !c.bf16.enabled && !c.fp16.enabled)
     throw ConfigError("zero_optimization.offload_param.device \"nvme\" needs bf16 or fp16: under fp32 the weight shard "
                       "is the optimizer's master and stays in memory; enable bf16");
+}
+
+void check_zero_plus_plus(const Config& c) {
+  const auto& z = c.zero_optimization;
+  if (z.zero_quantized_weights && z.stage != 3)
+    throw ConfigError(ds::str("zero_optimization.zero_quantized_weights needs ZeRO stage 3 (it quantizes stage 3's "
+                              "weight gathers), stage is ", z.stage, "; set stage 3 or remove the key"));
+  if (z.zero_hpz_partition_size > 1 && z.stage != 3)
+    throw ConfigError(ds::str("zero_optimization.zero_hpz_partition_size needs ZeRO stage 3 (it keeps a secondary "
+                              "copy of stage 3's weights), stage is ", z.stage, "; set stage 3 or remove the key"));
+  if (z.zero_quantized_gradients && z.stage == 0)
+    throw ConfigError("zero_optimization.zero_quantized_gradients needs ZeRO stage 1, 2 or 3 (it quantizes their "
+                      "gradient reduce-scatter; stage 0 all-reduces)");
+  if (z.zero_quantized_gradients && optim::keeps_local_gradients(c.optimizer))
+    throw ConfigError(ds::str("zero_optimization.zero_quantized_gradients with optimizer ", optimizer_type_name(c.optimizer.type),
+                              ": the 1-bit optimizers compress their own communication; remove one of the two"));
 }
 
 EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std::optional<at::ScalarType> compute) {
@@ -115,6 +142,9 @@ EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std:
   p.gather.max_live_elements = z.stage3_max_live_parameters;
   p.gather.max_reuse_distance = z.stage3_max_reuse_distance;
   p.gather.persistence_threshold = z.stage3_param_persistence_threshold;
+  if (z.zero_quantized_weights) p.gather.quantize_group = compress::kZeroPlusPlusGroup;
+  if (z.zero_quantized_gradients) p.reduce.quantize_group = compress::kZeroPlusPlusGroup;
+  p.hpz = int(z.zero_hpz_partition_size);
   p.allgather_bucket_elements = z.allgather_bucket_size;
   p.gradient_clipping = c.gradient_clipping;
 

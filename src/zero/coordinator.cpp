@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "ds/common/error.h"
+#include "ds/compress/quantize.h"
 
 namespace ds::zero {
 
@@ -24,6 +25,11 @@ ParamCoordinator::ParamCoordinator(std::vector<FlatUnit*> units, std::shared_ptr
     for (const at::Tensor& p : unit.tensors()) unit_of_param_[p.unsafeGetTensorImpl()] = int(u);
   }
   pool_limit_bytes_ = 2 * largest * int64_t(sizeof(float));
+  DS_CHECK(options_.quantize_group >= 0, "the quantization group must not be negative");
+  if (options_.secondary)
+    DS_CHECK(options_.secondary->size() <= comm_->size() && comm_->size() % options_.secondary->size() == 0,
+             "the secondary group of ", options_.secondary->size(), " ranks does not divide the coordinator's ",
+             comm_->size());
   gathered_once_.assign(units_.size(), false);
   first_forward_ = std::make_unique<Progress>(options_.report_progress, "ZeRO-3: gathering the units of the first forward",
                                               double(units_.size()), Progress::Unit::kCount, "units");
@@ -84,7 +90,16 @@ void ParamCoordinator::fetch(int u, bool ahead) {
 void ParamCoordinator::issue(int u) {
   Slot& s = slots_[size_t(u)];
   FlatUnit& unit = *units_[size_t(u)];
-  s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
+  s.state = State::kInFlight;
+  ++stats_.gathers;
+  if (s.secondary_valid) {  // hpZ: within the node, from the copies of the first gather
+    s.source = Source::kSecondary;
+    ++stats_.secondary;
+    s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
+    s.work = options_.secondary->all_gather(s.wire, s.secondary);
+    s.from_store = false;
+    return;
+  }
   s.from_store = options_.store != nullptr;
   at::Tensor source;
   if (s.from_store) {
@@ -96,6 +111,16 @@ void ParamCoordinator::issue(int u) {
   } else {
     source = unit.shard_data();
   }
+  if (options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u)) {  // qwZ
+    s.source = Source::kQuantized;
+    ++stats_.quantized;
+    s.work = compress::quantized_all_gather(*comm_, source, options_.quantize_group, s.wire);
+    if (s.from_store) options_.store->give_back(u);  // quantized already: the shard is no longer read
+    s.from_store = false;
+    return;
+  }
+  s.source = Source::kPrimary;
+  s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
   if (comm_->size() == 1) {
     s.wire.copy_(source);
     if (s.from_store) options_.store->give_back(u);
@@ -103,8 +128,6 @@ void ParamCoordinator::issue(int u) {
   } else {
     s.work = comm_->all_gather(s.wire, source);
   }
-  s.state = State::kInFlight;
-  ++stats_.gathers;
 }
 
 // With a store: starts the reads of the units the trace needs after the gather window, at
@@ -140,15 +163,26 @@ void ParamCoordinator::wait(int u) {
   s.from_store = false;
   stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   FlatUnit& unit = *units_[size_t(u)];
-  if (unit.dtype() == unit.shard_dtype()) {
-    unit.attach(s.wire);
-  } else {  // e.g. bf16 shards, fp32 working weights: widened once
-    at::Tensor full = take_buffer(s.wire.numel(), unit.dtype());
-    full.copy_(s.wire);
-    unit.attach(full);
-    give_back(std::move(s.wire));
+  at::Tensor gathered = s.wire;  // the shard dtype
+  if (s.source == Source::kQuantized) {
+    gathered = take_buffer(unit.padded_numel(), unit.shard_dtype());
+    compress::dequantize_gathered(s.wire, comm_->size(), options_.quantize_group, gathered);
   }
   s.wire = at::Tensor();
+  if (options_.secondary && !s.secondary_valid && !persistent(u)) {  // hpZ: keep this rank's chunk
+    const comm::Chunk c = comm::chunk_of(unit.padded_numel(), options_.secondary->size(), options_.secondary->rank());
+    if (!s.secondary.defined()) s.secondary = at::empty({c.length}, gathered.options());
+    s.secondary.copy_(gathered.slice(0, c.offset, c.offset + c.length));
+    s.secondary_valid = true;
+  }
+  if (unit.dtype() == unit.shard_dtype()) {
+    unit.attach(gathered);
+  } else {  // e.g. bf16 shards, fp32 working weights: widened once
+    at::Tensor full = take_buffer(gathered.numel(), unit.dtype());
+    full.copy_(gathered);
+    unit.attach(full);
+    give_back(std::move(gathered));
+  }
   s.state = State::kAvailable;
 }
 
@@ -290,6 +324,7 @@ void ParamCoordinator::gather_all() {
 }
 
 void ParamCoordinator::refresh() {
+  for (Slot& s : slots_) s.secondary_valid = false;  // the weights changed: the copies are stale
   std::vector<int> again;
   for (size_t u = 0; u < units_.size(); ++u) {
     if (slots_[u].state == State::kReleased) continue;
@@ -299,6 +334,15 @@ void ParamCoordinator::refresh() {
   }
   for (int u : again) fetch(u);
   for (int u : again) wait(u);
+}
+
+void ParamCoordinator::weights_changed(int u) { slots_[size_t(u)].secondary_valid = false; }
+
+int64_t ParamCoordinator::secondary_bytes() const {
+  int64_t bytes = 0;
+  for (const Slot& s : slots_)
+    if (s.secondary.defined()) bytes += int64_t(s.secondary.nbytes());
+  return bytes;
 }
 
 void ParamCoordinator::pin(int u) {

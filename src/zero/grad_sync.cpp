@@ -106,9 +106,13 @@ void GradReducer::launch(size_t u) {
     b.unit = u;
     b.wire = unit.pack_grads(dtype);  // a copy (persistent grads) or the released grads
     if (options_.predivide_factor != 1.0) b.wire.div_(options_.predivide_factor);
-    b.wire_out = at::empty({shards_[u].numel()}, b.wire.options());
-    if (comm_->size() == 1) b.wire_out.copy_(b.wire);
-    else b.work = comm_->reduce_scatter(b.wire_out, b.wire, comm::ReduceOp::Sum);
+    if (options_.quantize_group > 0 && comm_->size() > 1) {
+      b.quantized = compress::QuantizedReduceScatter(*comm_, b.wire, options_.quantize_group);
+    } else {
+      b.wire_out = at::empty({shards_[u].numel()}, b.wire.options());
+      if (comm_->size() == 1) b.wire_out.copy_(b.wire);
+      else b.work = comm_->reduce_scatter(b.wire_out, b.wire, comm::ReduceOp::Sum);
+    }
     wire_elements_ += b.wire.numel();
     in_flight_.push_back(std::move(b));
     if (options_.on_packed) options_.on_packed(u);
@@ -135,8 +139,19 @@ void GradReducer::settle(Bucket& b) {
   const double post = options_.predivide_factor / comm_->size();
   const auto start = std::chrono::steady_clock::now();
   b.work.wait();
-  wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
+  if (!b.quantized.active()) wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (b.quantized.active()) {  // qgZ: the owner sums the dequantized contributions in fp32
+    at::Tensor& shard = shards_[b.unit];
+    if (shard.scalar_type() == at::kFloat) {
+      b.quantized.finish(shard, float(post));
+    } else {
+      at::Tensor sum = at::zeros({shard.numel()}, at::TensorOptions().dtype(at::kFloat));
+      b.quantized.finish(sum, float(post));
+      shard.add_(sum);
+    }
+    wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();  // the exchange's wait too
+    wire_elements_ -= b.wire.numel();
+  } else if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
     shards_[b.unit].add_(b.wire_out, post);
     wire_elements_ -= b.wire.numel();
   } else {

@@ -197,10 +197,11 @@ TEST(ConfigErrors, KnownButUnsupportedFeaturesSayHowToFixThem) {
   EXPECT_NO_THROW(Config::parse(R"({"amp": {"enabled": false}, "elasticity": {"enabled": false},
                                     "autotuning": {"enabled": false, "fast": true}})"));
   EXPECT_THAT(
-      error_of(R"({"zero_optimization": {"stage": 3, "zero_quantized_weights": true}})"),
-      HasSubstr(
-          "zero_optimization.zero_quantized_weights: deepspeed.cpp does not support ZeRO++ quantized weights "
-          "(qwZ); remove it or set it to false"));
+      error_of(R"({"zero_optimization": {"stage": 3, "zero_quantized_nontrainable_weights": true}})"),
+      HasSubstr("zero_optimization.zero_quantized_nontrainable_weights: deepspeed.cpp does not support ZeRO++ "
+                "quantized non-trainable weights"));
+  EXPECT_THAT(error_of(R"({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 0}})"),
+              HasSubstr("zero_optimization.zero_hpz_partition_size"));
   EXPECT_THAT(error_of(R"({"aio": {"use_gds": true}})"),
               HasSubstr("aio.use_gds: deepspeed.cpp does not support"));
 }

@@ -20,6 +20,13 @@ using namespace ds;
 
 namespace {
 
+estimate::ModelShape shape_of(const GptConfig& g) {
+  estimate::ModelShape shape;
+  shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
+  shape.vocab_size = g.vocab_size;
+  return shape;
+}
+
 Config resolved(const std::string& json, int world) {
   Config c = Config::parse(json, "test config");
   c.resolve(world);
@@ -40,9 +47,7 @@ TEST_P(EstimateModelStates, EqualTheEnginesAllocation) {
     run.train_to(1);  // after a step: stage 3's persistent units are gathered again
     const Engine::MemoryBreakdown m = run.engine().memory_breakdown();
     const GptConfig& g = run.model()->config();
-    estimate::ModelShape shape;
-    shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
-    shape.vocab_size = g.vocab_size;
+    const estimate::ModelShape shape = shape_of(g);
     ASSERT_EQ(shape.parameters(), g.parameter_count());
     estimate::Layout layout;
     layout.ranks_per_node = world, layout.context = g.seq_len;
@@ -81,9 +86,7 @@ TEST_P(EstimateCompressedOptimizers, EqualWhatTheyHoldInTheCompressedPhase) {
     run.train_to(4);  // well into the compressed phase (0/1 Adam: local steps)
     const Engine::MemoryBreakdown m = run.engine().memory_breakdown();
     const GptConfig& g = run.model()->config();
-    estimate::ModelShape shape;
-    shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
-    shape.vocab_size = g.vocab_size;
+    const estimate::ModelShape shape = shape_of(g);
     estimate::Layout layout;
     layout.ranks_per_node = 2, layout.context = g.seq_len;
     const estimate::Estimate e = estimate::estimate(run.engine().config(), shape, layout, estimate::Rates::defaults());
@@ -124,9 +127,7 @@ TEST_P(EstimateThreeD, ModelStatesOfEveryStageEqualTheEnginesAllocation) {
                                pipe::PipelineLayout::from(cfg, groups));
     Engine engine(model.ptr(), cfg, groups);
     const Engine::MemoryBreakdown m = engine.memory_breakdown();
-    estimate::ModelShape shape;
-    shape.n_layer = g.n_layer, shape.d_model = g.d_model, shape.n_head = g.n_head, shape.seq_len = g.seq_len;
-    shape.vocab_size = g.vocab_size;
+    const estimate::ModelShape shape = shape_of(g);
     estimate::Layout layout;
     layout.ranks_per_node = kWorld, layout.context = g.seq_len;
     const estimate::Estimate e = estimate::estimate(cfg, shape, layout, estimate::Rates::defaults());
@@ -354,6 +355,49 @@ TEST(Estimate, TheOneBitOptimizersCompressedPhaseSendsSignBits) {
   const auto adam2 = at(R"({"type": "Adam"})", 2), lamb2 = at(R"({"type": "OneBitLamb"})", 2);
   EXPECT_NEAR(lamb2.time.comm_s / adam2.time.comm_s, (1.0 / 32 + 0.5) / 1.0, 1e-3);
   EXPECT_GT(onebit.time.optimizer_s, adam.time.optimizer_s);  // the compression's passes
+}
+
+// ZeRO++: hpZ's secondary copies are model states the estimate counts as the engine holds
+// them; over a slow link qwZ and qgZ send int8 blocks (about a quarter of fp32's bytes) and
+// hpZ keeps all but a unit's first gather of a step off the link.
+TEST(Estimate, ZeroPlusPlusSecondaryCopiesAndQuantizedBytes) {
+  for (bool bf16 : {false, true}) {
+    const std::string json = ds::str(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 1,
+      "optimizer": {"type": "AdamW", "params": {"lr": 0.01}}, "bf16": {"enabled": )", bf16 ? "true" : "false",
+      R"(}, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "zero_hpz_partition_size": 2,
+      "zero_quantized_weights": true}})");
+    test::run_ranks(4, [&](comm::Communicator& c) {
+      test::TinyRun run(c.shared_from_this(), json);
+      run.train_to(1);  // the copies' buffers stay allocated after the step
+      const Engine::MemoryBreakdown m = run.engine().memory_breakdown();
+      EXPECT_GT(run.engine().coordinator()->secondary_bytes(), 0);
+      const GptConfig& g = run.model()->config();
+      const estimate::ModelShape shape = shape_of(g);
+      estimate::Layout layout;
+      layout.ranks_per_node = 4, layout.context = g.seq_len;
+      const estimate::Estimate e = estimate::estimate(run.engine().config(), shape, layout, estimate::Rates::defaults());
+      EXPECT_EQ(m.params, e.memory.params + e.memory.persistent) << (bf16 ? "bf16" : "fp32");
+      EXPECT_NE(e.describe.find("qwZ, hpZ 2"), std::string::npos) << e.describe;
+    });
+  }
+  estimate::ModelShape s;
+  s.n_layer = 4, s.d_model = 256, s.n_head = 4, s.seq_len = 256, s.vocab_size = 256;
+  estimate::Rates r = estimate::Rates::defaults();
+  r.link_bytes_per_s = 12.5e6, r.link_latency_s = r.latency_s = 0;  // the link's bytes dominate
+  r.loopback_bytes_per_s = r.memory_bytes_per_s = 1e18;              // inside a node: free
+  auto at = [&](int per_node, const std::string& keys) {
+    estimate::Layout l;
+    l.ranks_per_node = per_node, l.nodes = 4 / per_node, l.context = 256;
+    return estimate::estimate(resolved(ds::str(R"({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 2,
+      "optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 3)", keys, "}}"), 4), s, l, r).time.comm_s;
+  };
+  const double plain = at(1, "");
+  // 2 micro-batches: per unit 2 reduce-scatters and 4 gathers of 4 bytes per value, or of int8 blocks.
+  EXPECT_NEAR(at(1, R"(, "zero_quantized_weights": true, "zero_quantized_gradients": true)") / plain,
+              (1.0 + 4.0 / 2048) / 4.0, 1e-3);
+  // hpZ over the 2 ranks of a node: of the 4 gathers, 1 crosses the link.
+  EXPECT_NEAR(at(2, R"(, "zero_hpz_partition_size": 2)") / at(2, ""), (2.0 + 1.0) / (2.0 + 4.0), 1e-3);
+  EXPECT_ERROR_HAS(at(2, R"(, "zero_hpz_partition_size": 3)"), "zero_hpz_partition_size 3 does not divide the 4");
 }
 
 TEST(Estimate, BadInputAndRunsThatFitNowhereAreOneLineSayingWhatWouldFit) {

@@ -70,6 +70,7 @@ TinyRun::TinyRun(std::shared_ptr<comm::Communicator> comm, const std::string& co
   torch::manual_seed(7);
   EngineOptions options;
   options.compute_dtype = shape.compute_dtype;
+  options.quantization_group = shape.quantization_group;
   if (shape.optimizer) options.optimizer = shape.optimizer();
   if (shape.tensor > 1 || shape.sequence > 1) {  // the same whole model, split over the tensor / sequence group
     auto groups = comm::ParallelGroups::create(comm_, comm::Topology::for_world(comm_->size(), 1, shape.tensor, shape.sequence));

@@ -41,6 +41,7 @@ struct TinyShape {
                      // the examples are padded to a multiple and each rank takes its slice
   int64_t n_head = 2;
   int64_t seq_len = 0;  // the model's context; 0: the task's
+  int64_t quantization_group = 0;  // EngineOptions::quantization_group (ZeRO++'s int8 blocks)
 };
 
 // The tiny GPT (seed 7) and its engine, trained step by step: train_to(10), save, ... The

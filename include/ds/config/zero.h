@@ -62,6 +62,12 @@ struct ZeroConfig {
   int64_t stage3_max_reuse_distance = 1000000000;   // 1e9 (alias: max_reuse_distance)
   // Aliases: gather_16bit_weights_on_model_save; deprecated stage3_gather_fp16_weights_on_model_save.
   bool stage3_gather_16bit_weights_on_model_save = false;
+  // ZeRO++: stage 3's weight gathers as int8 blocks (qwZ), a secondary copy of the weights
+  // over this many data-parallel ranks (hpZ, the ranks of a node), gradients reduce-scattered
+  // as int8 blocks (qgZ, stages 1-3).
+  int64_t zero_hpz_partition_size = 1;
+  bool zero_quantized_weights = false;
+  bool zero_quantized_gradients = false;
 };
 
 // The `aio` section: asynchronous NVMe I/O used by ZeRO-Infinity swapping.

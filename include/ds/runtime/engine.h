@@ -98,6 +98,11 @@ struct EngineOptions {
   // default step() throws ds::Error naming the step (nothing is updated); true skips the step
   // instead, as fp16 skips an overflow (the lr schedule does not advance).
   bool skip_nonfinite_steps = false;
+  // ZeRO++ (zero_quantized_weights / zero_quantized_gradients): values per fp32 scale in the
+  // int8 blocks; 0: compress::kZeroPlusPlusGroup (2048). Smaller groups are more accurate and
+  // send more scales (4 bytes per group); 1 makes every value its own scale (exact but for
+  // rounding, what the tests use to check the wiring).
+  int64_t quantization_group = 0;
 };
 
 class Engine {

@@ -29,7 +29,8 @@ struct EnginePlan {
   zero::ShardPlan shard;                  // the stage, the data-parallel group and the policy
   zero::GradSync sync = zero::GradSync::kAllReduce;  // the stage's standard gradient sync
   zero::GradReducerOptions reduce;        // on_packed is the engine's to set
-  zero::CoordinatorOptions gather;        // stage 3; the store is the engine's to set
+  zero::CoordinatorOptions gather;        // stage 3; the store and the secondary group are the engine's to set
+  int hpz = 1;                            // zero_hpz_partition_size: the secondary group's ranks (1: none)
   std::optional<offload::SwapOptions> swap_optimizer;  // offload_optimizer.device "nvme"
   std::optional<offload::ParamSwapOptions> swap_params;  // offload_param.device "nvme"
   double gradient_clipping = 0.0;
@@ -45,6 +46,10 @@ void check_offload(const Config& config);
 // pipeline's limits, keys it cannot honour); ds::ConfigError naming the key. plan_engine
 // checks it; ds-estimate too, so a layout the engine refuses is not estimated.
 void check_config(const Config& config);
+// ZeRO++'s keys: what they need of the stage and the optimizer (check_config calls it), and
+// whether the secondary group divides `data_ranks` data-parallel ranks.
+void check_zero_plus_plus(const Config& config);
+void check_hpz(const Config& config, int data_ranks);
 
 EnginePlan plan_engine(const Config& config, const comm::ParallelGroups& groups,
                        std::optional<at::ScalarType> compute = std::nullopt);

@@ -18,6 +18,18 @@
 // lands in a buffer of that dtype; when the working dtype is the same, that buffer becomes the
 // unit's weights directly, otherwise it is widened once.
 //
+// ZeRO++ (Wang et al., 2023). With `quantize_group` (zero_quantized_weights, qwZ) the gathers
+// of units above the persistence threshold send each shard as int8 blocks
+// (ds/compress/quantize.h): about a quarter of fp32's bytes, half of bf16's; the weights the
+// forward and backward compute with are the dequantized values, the optimizer's master stays
+// exact. Persistent units (norms, biases: few bytes, gathered once a step) gather exactly.
+// With a `secondary` group (zero_hpz_partition_size, hpZ: the data-parallel ranks of one node)
+// the first gather of a unit after an optimizer step also keeps this rank's chunk of the
+// gathered weights over the secondary group; until the weights change again (refresh(),
+// weights_changed()) the unit is gathered from those chunks, within the node, exactly as the
+// first gather delivered it. The price is a copy of the model's non-persistent weights
+// divided by the secondary group's size, per rank.
+//
 // With a ShardStore (offload_param nvme) the shards live on disk. Reads run ahead of the
 // gathers along the trace: beyond the prefetch window, the next units' shards are read (at
 // most max_reads_ahead at a time) while the forward computes, and a gather, issued at its
@@ -58,6 +70,8 @@ struct CoordinatorOptions {
   ShardStore* store = nullptr;                // null: shards in memory (FlatUnit::shard_data)
   int max_reads_ahead = 4;                    // with a store: reads started ahead of their gather, at most
   bool report_progress = false;               // say how far the first forward's gathers are when slow (ds::Progress)
+  int64_t quantize_group = 0;                 // qwZ: int8 blocks of this many values (0: gathers are exact)
+  std::shared_ptr<comm::Communicator> secondary;  // hpZ: a subgroup of the coordinator's (null: none)
 };
 
 class ParamCoordinator final : public nn::UnitHooks {
@@ -83,6 +97,8 @@ class ParamCoordinator final : public nn::UnitHooks {
   void after_reduce(int unit);
   // After the optimizer updated the shards: gathered (persistent) units are gathered anew.
   void refresh();
+  // Unit u's shard was rewritten outside a step (GatheredParameters): its secondary copy goes.
+  void weights_changed(int unit);
 
   // Explicit use (GatheredParameters, checkpoints): pin() gathers and keeps a unit until the
   // matching unpin(). Collective: every rank pins the same units in the same order.
@@ -100,16 +116,24 @@ class ParamCoordinator final : public nn::UnitHooks {
     int64_t peak_live = 0;   // elements
     double wait_s = 0;       // time spent waiting for a gather to land
     double read_wait_s = 0;  // with a store: time spent waiting for a shard's read
+    int64_t quantized = 0;   // of the gathers, sent as int8 blocks (qwZ)
+    int64_t secondary = 0;   // of the gathers, from the secondary group's copies (hpZ)
   };
   const Stats& stats() const { return stats_; }
+  // Bytes of the secondary copies (hpZ; their buffers stay allocated between steps).
+  int64_t secondary_bytes() const;
   const std::vector<int>& trace() const { return trace_; }
   bool trace_valid() const { return trace_valid_; }
 
  private:
   enum class State { kReleased, kInFlight, kAvailable };
+  enum class Source { kPrimary, kQuantized, kSecondary };
   struct Slot {
     State state = State::kReleased;
-    at::Tensor wire;  // the gathered buffer in the shard dtype while in flight
+    Source source = Source::kPrimary;
+    at::Tensor wire;  // the gathered buffer while in flight: the shard dtype, or int8 blocks (kQuantized)
+    at::Tensor secondary;  // hpZ: this rank's chunk over the secondary group (kept; refilled after a step)
+    bool secondary_valid = false;  // it holds the current weights
     comm::Work work;
     bool from_store = false;  // the source is a store buffer, given back once the gather landed
     int users = 0;            // forward scopes and pins currently using the unit

@@ -13,6 +13,9 @@
 //    rank's averaged chunk is added to `shards[u]`. Stage 1 does it on the last micro-batch
 //    from the unit's persistent gradient; stages 2-3 on every micro-batch, from gradients the
 //    unit packs and releases (FlatUnit without persistent grads).
+//    With `quantize_group` (zero_quantized_gradients, ZeRO++'s qgZ) the reduce-scatter sends
+//    int8 blocks by one all-to-all (ds::compress::QuantizedReduceScatter): each rank's
+//    contribution is quantized once and summed in fp32 by the chunk's owner.
 //  * kNone: nothing is sent; the units' persistent gradients keep this rank's own sum (an
 //    optimizer that communicates itself, e.g. 1-bit Adam, reads them).
 #pragma once
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "ds/comm/communicator.h"
+#include "ds/compress/quantize.h"
 #include "ds/zero/flat_unit.h"
 #include "ds/zero/grad_sync_mode.h"
 
@@ -37,6 +41,7 @@ struct GradReducerOptions {
   int64_t bucket_elements = 500'000'000;
   at::ScalarType comm_dtype = at::kFloat;   // bf16/fp16 halve the bytes on the wire
   double predivide_factor = 1.0;            // divide before, multiply after (fp16 range)
+  int64_t quantize_group = 0;               // kReduceScatter: int8 blocks of this many values (0: exact)
   // kReduceScatter: called with the unit's index once its gradients are packed and on the
   // wire (ZeRO stage 3 releases the gathered unit then).
   std::function<void(size_t)> on_packed;
@@ -74,6 +79,7 @@ class GradReducer {
     at::Tensor wire;        // what goes on the wire
     at::Tensor wire_out;    // kReduceScatter: this rank's chunk, in the wire dtype
     comm::Work work;
+    compress::QuantizedReduceScatter quantized;  // kReduceScatter with quantize_group
   };
   void on_param_ready(size_t unit);
   void launch(size_t unit);
