@@ -51,7 +51,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
       const int64_t shard = l.own.length * bytes_of(precision.param);
       (swap_params ? m.on_disk : m.params) += shard;
       if (numel <= z.stage3_param_persistence_threshold) persistent += l.padded_numel * w;
-      else if (z.zero_hpz_partition_size > 1)  // hpZ: this rank's chunk of the unit over its node's ranks
+      else if (z.zero_hpz_partition_size > 1 && z.zero_hpz_partition_size < dp)  // hpZ: this rank's chunk over its node's ranks
         m.params += l.padded_numel / z.zero_hpz_partition_size * bytes_of(precision.param);
     } else {
       m.params += l.padded_numel * w;
@@ -85,7 +85,8 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
   }
   if (stage >= 2 && !plan.local_grads) {  // (a 1-bit optimizer's ZeRO-2 keeps full gradient buffers)
     const int64_t waiting = z.overlap_comm ? std::min(total, largest_unit + z.reduce_bucket_size) : total;
-    m.in_flight = waiting * w + own_total * c;
+    // qgZ: a waiting unit's gradients are freed once quantized; its int8 blocks sent and received stay.
+    m.in_flight = z.zero_quantized_gradients && dp > 1 ? largest_unit * w + waiting * 2 : waiting * w + own_total * c;
   } else if (stage == 0 && precision.reduce != precision.working) {
     m.in_flight = std::min(total, z.reduce_bucket_size) * c;
   }

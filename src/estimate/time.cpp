@@ -153,11 +153,14 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
           case 1: bytes = share_of * (gr + p), collectives = 2 * units; break;
           case 2: bytes = share_of * (gas * gr + p), collectives = units * (gas + 1); break;
           default: {
-            const int hpz = int(z.zero_hpz_partition_size);
+            // (all n ranks: the engine turns hpZ off; a group wider than a node crosses the link)
+            const int hpz = z.zero_hpz_partition_size < n ? int(z.zero_hpz_partition_size) : 1;
+            const bool inside = hpz * sizes.tensor <= per_node;
             const double primary = hpz > 1 ? 1.0 : 2.0 * gas, secondary = 2.0 * gas - primary;
             bytes = gas * share_of * gr + primary * share_of * pg, collectives = units * (gas + primary);
             if (hpz > 1)
-              comm_local += secondary * (double(hpz - 1) / hpz * p / node_bandwidth + units * 2 * (hpz - 1) * rates.latency_s);
+              comm_local += secondary * (double(hpz - 1) / hpz * p / (inside ? node_bandwidth : data_bandwidth) +
+                                         units * 2 * (hpz - 1) * (inside ? rates.latency_s : link_latency));
             if (z.zero_quantized_weights)  // quantize the shard, dequantize the unit
               comm_local += primary * (padded / n * (pe + 1) + padded * (1 + pe)) / pass;
             break;
@@ -210,7 +213,8 @@ std::string describe(const Config& config, const Layout& layout, const zero::Pre
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
   if (z.zero_quantized_weights) s += ", qwZ";
-  if (z.zero_hpz_partition_size > 1) s += ds::str(", hpZ ", z.zero_hpz_partition_size);
+  if (z.zero_hpz_partition_size > 1 && z.zero_hpz_partition_size < parallel_sizes(config, layout).data)
+    s += ds::str(", hpZ ", z.zero_hpz_partition_size);
   if (z.zero_quantized_gradients) s += ", qgZ";
   if (optimizer.sends_compressed_momentum())
     s += ds::str(", ", optimizer_type_name(config.optimizer.type), " after freeze_step (compressed momentum)");

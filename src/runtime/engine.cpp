@@ -124,6 +124,7 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
                  plan_.compute_slow ? "warning: " : "", plan_.precision.describe().c_str(),
                  zero::dtype_name(plan_.precision.working), plan_.compute_reason.c_str());
     std::printf("[ds] %s\n", allocator.c_str());
+    if (!plan_.hpz_note.empty()) std::fprintf(stderr, "warning: %s\n", plan_.hpz_note.c_str());
     if (plan_.gather.quantize_group > 0 || plan_.hpz > 1 || plan_.reduce.quantize_group > 0)
       std::printf("[ds] ZeRO++:%s%s%s\n", plan_.gather.quantize_group > 0 ? " weights gathered as int8 blocks (qwZ);" : "",
                   plan_.hpz > 1 ? ds::str(" a secondary weight copy over ", plan_.hpz, " data-parallel ranks (hpZ);").c_str() : "",
@@ -292,7 +293,7 @@ void Engine::start_stage3() {
     const int first = groups_.data->rank() / plan_.hpz * plan_.hpz;
     std::vector<int> members;
     for (int r = first; r < first + plan_.hpz; ++r) members.push_back(r);
-    co.secondary = plan_.hpz == groups_.data->size() ? groups_.data : groups_.data->new_group(members, "hpz");
+    co.secondary = groups_.data->new_group(members, "hpz");
   }
   coordinator_ = std::make_unique<zero::ParamCoordinator>(raw, groups_.data, co);
   unit_aware_ = dynamic_cast<nn::UnitAware*>(model_.get()) != nullptr;

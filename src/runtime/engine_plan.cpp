@@ -145,6 +145,12 @@ EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std:
   if (z.zero_quantized_weights) p.gather.quantize_group = compress::kZeroPlusPlusGroup;
   if (z.zero_quantized_gradients) p.reduce.quantize_group = compress::kZeroPlusPlusGroup;
   p.hpz = int(z.zero_hpz_partition_size);
+  if (p.hpz > 1 && p.hpz == groups.data->size()) {  // the copies would be gathered over the same ranks
+    p.hpz = 1;
+    p.hpz_note = ds::str("zero_optimization.zero_hpz_partition_size ", z.zero_hpz_partition_size, " is all ",
+                         groups.data->size(), " data-parallel ranks: a secondary copy would be gathered over the same "
+                         "ranks as the shards, so hpZ is off; set it to the ranks per node on several nodes");
+  }
   p.allgather_bucket_elements = z.allgather_bucket_size;
   p.gradient_clipping = c.gradient_clipping;
 

@@ -74,26 +74,28 @@ std::vector<int> ParamCoordinator::units_of(torch::nn::Module& module) {
   return out;
 }
 
-void ParamCoordinator::fetch(int u, bool ahead) {
+void ParamCoordinator::fetch(int u, bool ahead, bool exact) {
   Slot& s = slots_[size_t(u)];
   if (s.state != State::kReleased) return;
   live_ += units_[size_t(u)]->padded_numel();
   stats_.peak_live = std::max(stats_.peak_live, live_);
   if (ahead) ++stats_.prefetched;
-  issue(u);
+  issue(u, exact);
 }
 
 // The all-gather of unit u from this rank's shard: in memory, or a store's buffer (waiting
 // for its read, started now unless read ahead). Collectives must be issued in the same order
 // on every rank, so a gather is issued here, at its place in the trace, never when a read
 // happens to complete.
-void ParamCoordinator::issue(int u) {
+void ParamCoordinator::issue(int u, bool exact) {
   Slot& s = slots_[size_t(u)];
   FlatUnit& unit = *units_[size_t(u)];
   s.state = State::kInFlight;
+  s.exact = exact;
   ++stats_.gathers;
-  if (s.secondary_valid) {  // hpZ: within the node, from the copies of the first gather
+  if (s.secondary_valid && !exact) {  // hpZ: within the node, from the copies of the first gather
     s.source = Source::kSecondary;
+    s.lossy = s.secondary_lossy;
     ++stats_.secondary;
     s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
     s.work = options_.secondary->all_gather(s.wire, s.secondary);
@@ -111,8 +113,9 @@ void ParamCoordinator::issue(int u) {
   } else {
     source = unit.shard_data();
   }
-  if (options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u)) {  // qwZ
+  if (options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u) && !exact) {  // qwZ
     s.source = Source::kQuantized;
+    s.lossy = true;
     ++stats_.quantized;
     s.work = compress::quantized_all_gather(*comm_, source, options_.quantize_group, s.wire);
     if (s.from_store) options_.store->give_back(u);  // quantized already: the shard is no longer read
@@ -120,6 +123,7 @@ void ParamCoordinator::issue(int u) {
     return;
   }
   s.source = Source::kPrimary;
+  s.lossy = false;
   s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
   if (comm_->size() == 1) {
     s.wire.copy_(source);
@@ -137,6 +141,7 @@ void ParamCoordinator::read_ahead(size_t from) {
   for (size_t i = from; i < trace_.size() && int(reads_ahead_.size()) < options_.max_reads_ahead; ++i) {
     const int u = trace_[i];
     if (slots_[size_t(u)].state != State::kReleased || reads_ahead_.count(u)) continue;
+    if (slots_[size_t(u)].secondary_valid) continue;  // hpZ: gathered from the copies, not from the disk
     options_.store->start_read(u);
     reads_ahead_.insert(u);
   }
@@ -169,11 +174,12 @@ void ParamCoordinator::wait(int u) {
     compress::dequantize_gathered(s.wire, comm_->size(), options_.quantize_group, gathered);
   }
   s.wire = at::Tensor();
-  if (options_.secondary && !s.secondary_valid && !persistent(u)) {  // hpZ: keep this rank's chunk
+  if (options_.secondary && !s.secondary_valid && !s.exact && !persistent(u)) {  // hpZ: keep this rank's chunk
     const comm::Chunk c = comm::chunk_of(unit.padded_numel(), options_.secondary->size(), options_.secondary->rank());
     if (!s.secondary.defined()) s.secondary = at::empty({c.length}, gathered.options());
     s.secondary.copy_(gathered.slice(0, c.offset, c.offset + c.length));
     s.secondary_valid = true;
+    s.secondary_lossy = s.source == Source::kQuantized;
   }
   if (unit.dtype() == unit.shard_dtype()) {
     unit.attach(gathered);
@@ -324,14 +330,14 @@ void ParamCoordinator::gather_all() {
 }
 
 void ParamCoordinator::refresh() {
-  for (Slot& s : slots_) s.secondary_valid = false;  // the weights changed: the copies are stale
   std::vector<int> again;
   for (size_t u = 0; u < units_.size(); ++u) {
     if (slots_[u].state == State::kReleased) continue;
     DS_CHECK(slots_[u].users == 0 || persistent(int(u)), "unit ", units_[u]->name(), " is in use during an optimizer step");
-    release(int(u));
+    release(int(u));  // (a gather still in flight lands first, and may fill a copy)
     again.push_back(int(u));
   }
+  for (Slot& s : slots_) s.secondary_valid = false;  // the weights changed: the copies are stale
   for (int u : again) fetch(u);
   for (int u : again) wait(u);
 }
@@ -346,7 +352,15 @@ int64_t ParamCoordinator::secondary_bytes() const {
 }
 
 void ParamCoordinator::pin(int u) {
-  fetch(u);
+  Slot& s = slots_[size_t(u)];
+  if (s.state != State::kReleased && s.lossy) {  // qwZ: explicit use needs the exact weights
+    if (s.users > 0)
+      throw Error(ds::str("unit ", units_[size_t(u)]->name(), " is in use by a forward with zero_quantized_weights, ",
+                          "which computes with quantized weights; gather its parameters (gathered_parameters, a ",
+                          "checkpoint save) outside the forward"));
+    release(u);
+  }
+  fetch(u, /*ahead=*/false, /*exact=*/true);
   wait(u);
   ++slots_[size_t(u)].users;
 }

@@ -73,6 +73,7 @@ GradReducer::~GradReducer() {
   for (auto& b : in_flight_) {
     try {
       b.work.wait();
+      if (b.quantized.active()) b.quantized.wait();
     } catch (...) {
     }
   }
@@ -106,14 +107,16 @@ void GradReducer::launch(size_t u) {
     b.unit = u;
     b.wire = unit.pack_grads(dtype);  // a copy (persistent grads) or the released grads
     if (options_.predivide_factor != 1.0) b.wire.div_(options_.predivide_factor);
+    b.elements = b.wire.numel();
     if (options_.quantize_group > 0 && comm_->size() > 1) {
       b.quantized = compress::QuantizedReduceScatter(*comm_, b.wire, options_.quantize_group);
+      b.wire = at::Tensor();  // quantized: the gradients are no longer needed
     } else {
       b.wire_out = at::empty({shards_[u].numel()}, b.wire.options());
       if (comm_->size() == 1) b.wire_out.copy_(b.wire);
       else b.work = comm_->reduce_scatter(b.wire_out, b.wire, comm::ReduceOp::Sum);
     }
-    wire_elements_ += b.wire.numel();
+    wire_elements_ += b.elements;
     in_flight_.push_back(std::move(b));
     if (options_.on_packed) options_.on_packed(u);
     // reduce_bucket_size bounds what waits on the wire: older units are settled first.
@@ -150,10 +153,10 @@ void GradReducer::settle(Bucket& b) {
       shard.add_(sum);
     }
     wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();  // the exchange's wait too
-    wire_elements_ -= b.wire.numel();
+    wire_elements_ -= b.elements;
   } else if (b.wire_out.defined()) {  // reduce-scatter: accumulate this rank's chunk (scaled in fp32)
     shards_[b.unit].add_(b.wire_out, post);
-    wire_elements_ -= b.wire.numel();
+    wire_elements_ -= b.elements;
   } else {
     if (b.wire.data_ptr() != b.grad_slice.data_ptr()) b.grad_slice.copy_(b.wire);
     if (post != 1.0) b.grad_slice.mul_(post);

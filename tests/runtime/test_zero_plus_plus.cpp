@@ -7,9 +7,11 @@
 //  * a checkpoint saved with all three resumes on the uninterrupted run;
 //  * what cannot work is refused at start-up with the key's name.
 #include <ATen/ATen.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "ds/common/error.h"
+#include "ds/data/dataset.h"
 #include "support/errors.h"
 #include "support/files.h"
 #include "support/ranks.h"
@@ -142,23 +144,102 @@ TEST(ZeroPlusPlus, HpzOnQuantizedWeightsIsQuantizedWeightsExactly) {
   });
 }
 
+// The resumed engine had trained, been changed by gathered_parameters and evaluated (so its
+// secondary copies held other weights) before the load: the load must drop them.
 TEST(ZeroPlusPlus, ACheckpointSavedWithAllThreeResumesOnTheUninterruptedRun) {
   test::TempDir dir("zeropp_ckpt");
   const std::string keys =
       R"(, "zero_quantized_weights": true, "zero_quantized_gradients": true, "zero_hpz_partition_size": 2)";
-  test::run_ranks(2, [&](comm::Communicator& c) {
-    test::TinyRun whole(c.shared_from_this(), config(3, 2, keys));
+  test::run_ranks(4, [&](comm::Communicator& c) {
+    test::TinyRun whole(c.shared_from_this(), config(3, 1, keys));
     whole.train_to(10);
-    test::TinyRun first(c.shared_from_this(), config(3, 2, keys));
+    test::TinyRun first(c.shared_from_this(), config(3, 1, keys));
     first.train_to(5);
     first.engine().save_checkpoint(dir / "at5");
-    test::TinyRun second(c.shared_from_this(), config(3, 2, keys));
+    test::TinyRun second(c.shared_from_this(), config(3, 1, keys));
+    second.train_to(3);
+    const zero::FlatUnit& unit = second.engine().unit(1);  // other weights than the checkpoint's, in the copies
+    second.engine().gathered_parameters({unit.slots()[0].name}, [&] { unit.params().fill_(0.3); }, 0);
+    const Batch b = second.data().batch(3, 0, 1);
+    {
+      at::NoGradGuard no_grad;
+      second.engine().forward([&] { return second.model()->loss(b.tokens, b.targets); });
+    }
+    EXPECT_GT(second.engine().coordinator()->stats().secondary, 0);
     second.engine().load_checkpoint(dir / "at5");
     second.train_to(10);
-    const auto a = whole.result(), b = second.result();
-    EXPECT_LT(weight_diff(b, a), 1e-6);
-    ASSERT_EQ(b.losses.size(), 5u);
-    for (size_t i = 0; i < 5; ++i) EXPECT_NEAR(b.losses[i], a.losses[5 + i], 1e-6) << "step " << 6 + i;
+    const auto a = whole.result(), r = second.result();
+    EXPECT_LT(weight_diff(r, a), 1e-6);
+    ASSERT_EQ(r.losses.size(), 3u + 5u);
+    for (size_t i = 0; i < 5; ++i) EXPECT_NEAR(r.losses[3 + i], a.losses[5 + i], 1e-6) << "step " << 6 + i;
+  });
+}
+
+// gathered_parameters (and a checkpoint's gathered weights) see the exact weights under qwZ,
+// also inside a forward where the unit is held quantized for its backward; a modifier changes
+// only what it writes (the others' masters are not rounded to the int8 grid).
+TEST(ZeroPlusPlus, ExplicitGathersAreExactAndAModifierChangesOnlyWhatItWrites) {
+  test::run_ranks(2, [&](comm::Communicator& c) {
+    test::TinyRun run(c.shared_from_this(), config(3, 4, R"(, "zero_quantized_weights": true)"));
+    run.train_to(3);
+    Engine& engine = run.engine();
+    const size_t u = 1;
+    const zero::FlatUnit& unit = engine.unit(u);
+    const std::string name = unit.slots()[0].name;
+    const int64_t first = unit.slots()[0].numel;
+    // This rank's chunk of the unit: the exact weights (fp32 stage 3: the master is the shard).
+    const comm::Chunk own = comm::chunk_of(unit.padded_numel(), c.size(), c.rank());
+    const int64_t mine = std::max<int64_t>(0, std::min(own.offset + own.length, unit.numel()) - own.offset);
+    auto exact_part = [&](const at::Tensor& full) { return full.slice(0, own.offset, own.offset + mine); };
+    const at::Tensor master = unit.shard_data().slice(0, 0, mine).clone();
+    at::Tensor exact, inside;
+    engine.gathered_parameters({name}, [&] { exact = unit.params().slice(0, 0, unit.numel()).clone(); });
+    EXPECT_TRUE(exact_part(exact).equal(master)) << "a gather between steps";
+    const Batch b = run.data().batch(3, c.rank() * 4, 4);
+    at::Tensor loss = engine.forward([&] {
+      at::Tensor l = run.model()->loss(b.tokens, b.targets);
+      EXPECT_TRUE(engine.coordinator()->gathered(int(u))) << "kept for the backward (max_reuse_distance)";
+      engine.gathered_parameters({name}, [&] { inside = unit.params().slice(0, 0, unit.numel()).clone(); });
+      return l;
+    });
+    engine.backward(loss);
+    EXPECT_TRUE(exact_part(inside).equal(master)) << "a gather inside the forward";
+    const auto before = run.result();
+    engine.gathered_parameters({name}, [&] { unit.params().slice(0, 0, first).fill_(0.5); }, /*modifier_rank=*/0);
+    const auto after = run.result();
+    // The master: the written parameter's part is 0.5, the rest untouched (not rounded to int8).
+    at::Tensor now = unit.shard_data().slice(0, 0, mine);
+    const int64_t written = std::max<int64_t>(0, std::min(first - own.offset, mine));
+    EXPECT_TRUE(now.slice(0, 0, written).eq(0.5).all().item<bool>());
+    EXPECT_TRUE(now.slice(0, written).equal(master.slice(0, written))) << "the unit's other weights, this rank's chunk";
+    int64_t at = 0;  // where unit u's first parameter is in the concatenated weights
+    for (size_t v = 0; v < u; ++v) at += engine.unit(v).numel();
+    EXPECT_TRUE(after.weights.slice(0, at, at + first).eq(0.5).all().item<bool>());
+    EXPECT_TRUE(after.weights.slice(0, 0, at).equal(before.weights.slice(0, 0, at)));
+    EXPECT_TRUE(after.weights.slice(0, at + first).equal(before.weights.slice(0, at + first)))
+        << "the unit's other parameters and the other units are untouched";
+  });
+}
+
+// Weight shards on disk (offload_param nvme, bf16): qwZ and hpZ gather as they do from memory,
+// and the units gathered from the copies read nothing from the disk.
+TEST(ZeroPlusPlus, ShardsOnDiskGatherAsFromMemory) {
+  test::TempDir dir("ds_swap_zpp", "/tmp");
+  const std::string keys = R"(, "zero_quantized_weights": true, "zero_hpz_partition_size": 2)";
+  auto json = [&](const std::string& offload) {
+    std::string j = config(3, 1, keys + offload);
+    return j.insert(j.rfind('}'), R"(, "bf16": {"enabled": true})");
+  };
+  test::run_ranks(4, [&](comm::Communicator& c) {
+    const auto memory = test::train_tiny(c.shared_from_this(), json(""), 6);
+    test::TinyRun run(c.shared_from_this(),
+                      json(ds::str(R"(, "offload_param": {"device": "nvme", "nvme_path": ")", dir.path(), R"("})")));
+    run.train_to(6);
+    const zero::ParamCoordinator& pc = *run.engine().coordinator();
+    EXPECT_GT(pc.stats().secondary, 0);
+    EXPECT_EQ(run.engine().param_swapper()->stats().reads, pc.stats().gathers - pc.stats().secondary)
+        << "a shard is read for each gather that is not from the copies, no more";
+    expect_close(run.result(), memory, 1e-6, "qwZ + hpZ with the shards on disk");
   });
 }
 
@@ -171,6 +252,13 @@ TEST(ZeroPlusPlus, WhatCannotWorkIsRefusedAtStartUpWithTheKey) {
                      "zero_optimization.zero_hpz_partition_size needs ZeRO stage 3");
     EXPECT_ERROR_HAS(refused(config(3, 1, R"(, "zero_hpz_partition_size": 3)")),
                      "zero_optimization.zero_hpz_partition_size 3 does not divide the 4 data-parallel ranks");
+    {  // all 4 data-parallel ranks: a copy would be gathered over the same ranks; hpZ is off (a warning)
+      test::TinyRun run(c.shared_from_this(), config(3, 1, R"(, "zero_hpz_partition_size": 4)"));
+      EXPECT_EQ(run.engine().plan().hpz, 1);
+      EXPECT_THAT(run.engine().plan().hpz_note, ::testing::HasSubstr("is all 4 data-parallel ranks"));
+      run.train_to(1);
+      EXPECT_EQ(run.engine().coordinator()->stats().secondary, 0);
+    }
     EXPECT_ERROR_HAS(refused(config(0, 1, R"(, "zero_quantized_gradients": true)")),
                      "zero_optimization.zero_quantized_gradients needs ZeRO stage 1, 2 or 3");
     EXPECT_ERROR_HAS(refused(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 1,

@@ -59,6 +59,8 @@ class QuantizedReduceScatter {
   bool active() const { return ranks_ > 0; }
   // Waits, then out (fp32, this rank's chunk) += alpha * the sum of the contributions.
   void finish(at::Tensor& out, float alpha);
+  // Waits for the exchange only (teardown); finish() is not called after it.
+  void wait() { work_.wait(); }
   // Bytes this rank sends (what the logger counts as the all-to-all's).
   int64_t sent_bytes() const { return sent_.defined() ? sent_.numel() : 0; }
 

@@ -31,6 +31,7 @@ struct EnginePlan {
   zero::GradReducerOptions reduce;        // on_packed is the engine's to set
   zero::CoordinatorOptions gather;        // stage 3; the store and the secondary group are the engine's to set
   int hpz = 1;                            // zero_hpz_partition_size: the secondary group's ranks (1: none)
+  std::string hpz_note;                   // why a zero_hpz_partition_size > 1 is off (the start-up warning)
   std::optional<offload::SwapOptions> swap_optimizer;  // offload_optimizer.device "nvme"
   std::optional<offload::ParamSwapOptions> swap_params;  // offload_param.device "nvme"
   double gradient_clipping = 0.0;

@@ -101,7 +101,8 @@ class ParamCoordinator final : public nn::UnitHooks {
   void weights_changed(int unit);
 
   // Explicit use (GatheredParameters, checkpoints): pin() gathers and keeps a unit until the
-  // matching unpin(). Collective: every rank pins the same units in the same order.
+  // matching unpin(), with its exact weights (under qwZ a unit gathered quantized is gathered
+  // again). Collective: every rank pins the same units in the same order.
   void pin(int unit);
   void unpin(int unit);
 
@@ -134,12 +135,16 @@ class ParamCoordinator final : public nn::UnitHooks {
     at::Tensor wire;  // the gathered buffer while in flight: the shard dtype, or int8 blocks (kQuantized)
     at::Tensor secondary;  // hpZ: this rank's chunk over the secondary group (kept; refilled after a step)
     bool secondary_valid = false;  // it holds the current weights
+    bool secondary_lossy = false;  // ... as a quantized gather delivered them
+    bool lossy = false;            // the gathered weights are dequantized values (qwZ)
+    bool exact = false;            // the gather in flight was asked exact (leaves the copy alone)
     comm::Work work;
     bool from_store = false;  // the source is a store buffer, given back once the gather landed
     int users = 0;            // forward scopes and pins currently using the unit
   };
-  void fetch(int u, bool ahead = false);
-  void issue(int u);
+  // exact: the shard's values, neither quantized nor from the secondary copy (pin()).
+  void fetch(int u, bool ahead = false, bool exact = false);
+  void issue(int u, bool exact);
   void read_ahead(size_t from);
   void drop_reads();
   void wait(int u);

@@ -79,7 +79,8 @@ class GradReducer {
     at::Tensor wire;        // what goes on the wire
     at::Tensor wire_out;    // kReduceScatter: this rank's chunk, in the wire dtype
     comm::Work work;
-    compress::QuantizedReduceScatter quantized;  // kReduceScatter with quantize_group
+    compress::QuantizedReduceScatter quantized;  // kReduceScatter with quantize_group (b.wire freed once sent)
+    int64_t elements = 0;   // kReduceScatter: the packed gradient's, counted against bucket_elements
   };
   void on_param_ready(size_t unit);
   void launch(size_t unit);
