@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <functional>
 #include <sstream>
@@ -98,6 +100,21 @@ void check_ranks_agree(Communicator& comm, const std::string& what, const std::s
       broadcast_string(comm, comm.rank() == differs ? first_difference(text, reference, differs) : "", differs);
   throw Error(ds::str("the ranks disagree on ", what, ": ", difference,
                       "; start every rank with the same program, arguments and config"));
+}
+
+std::vector<uint64_t> host_keys(Communicator& comm) {
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  char netns[128] = {};
+  if (::readlink("/proc/self/ns/net", netns, sizeof(netns) - 1) < 0) netns[0] = 0;
+  const uint64_t mine = uint64_t(std::hash<std::string>{}(std::string(host) + " " + netns));
+  at::Tensor all = at::empty({comm.size()}, at::kLong);
+  at::Tensor one = at::full({1}, int64_t(mine), at::kLong);
+  if (comm.size() == 1) all.copy_(one);
+  else comm.all_gather(all, one).wait();
+  std::vector<uint64_t> keys;
+  for (int r = 0; r < comm.size(); ++r) keys.push_back(uint64_t(all[r].item<int64_t>()));
+  return keys;
 }
 
 }  // namespace ds::comm

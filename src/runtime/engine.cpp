@@ -294,6 +294,7 @@ void Engine::start_stage3() {
     std::vector<int> members;
     for (int r = first; r < first + plan_.hpz; ++r) members.push_back(r);
     co.secondary = groups_.data->new_group(members, "hpz");
+    warn_hpz_across_hosts();
   }
   coordinator_ = std::make_unique<zero::ParamCoordinator>(raw, groups_.data, co);
   unit_aware_ = dynamic_cast<nn::UnitAware*>(model_.get()) != nullptr;
@@ -307,6 +308,27 @@ void Engine::start_stage3() {
     std::fprintf(stderr, "warning: ZeRO stage 3: the model does not run its units through ds::nn::run_unit "
                          "(ds/nn/unit.h), so all %zu units are gathered before each forward; parameters are "
                          "sharded only between steps\n", units_.size());
+}
+
+// hpZ's groups are consecutive data-parallel ranks; where placement or the tensor size puts a
+// group on several hosts, its gathers cross the network. Said once, at start-up.
+void Engine::warn_hpz_across_hosts() {
+  const std::vector<uint64_t> hosts = comm::host_keys(*groups_.data);
+  std::vector<std::string> spanning;
+  for (size_t first = 0; first < hosts.size(); first += size_t(plan_.hpz))
+    for (size_t r = first + 1; r < first + size_t(plan_.hpz); ++r)
+      if (hosts[r] != hosts[first]) {
+        spanning.push_back(ds::str(first, "-", first + size_t(plan_.hpz) - 1));
+        break;
+      }
+  if (spanning.empty() || groups_.world->rank() != 0) return;
+  std::string list;
+  for (size_t i = 0; i < spanning.size() && i < 4; ++i) list += (i ? ", " : "") + spanning[i];
+  std::fprintf(stderr, "warning: zero_optimization.zero_hpz_partition_size %d: %zu of %zu secondary groups span "
+                       "hosts (data-parallel ranks %s%s), so their gathers cross the network; set it to the "
+                       "data-parallel ranks per host\n",
+               plan_.hpz, spanning.size(), hosts.size() / size_t(plan_.hpz), list.c_str(),
+               spanning.size() > 4 ? ", ..." : "");
 }
 
 void Engine::set_metrics_csv(const std::string& path) {

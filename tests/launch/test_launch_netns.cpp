@@ -253,4 +253,17 @@ TEST_F(TwoHosts, HpzKeepsTheBackwardsGathersOnTheHost) {
                                                    "a secondary weight copy over 2 data-parallel ranks (hpZ)");
   std::printf("bytes over the link: %lld with hpZ, %lld without\n", (long long)hpz, (long long)plain);
   EXPECT_LT(double(hpz), 0.85 * double(plain)) << hpz << " bytes over the link with hpZ, " << plain << " without";
+  // 3 ranks on the first host and 1 on the second: the pair of data-parallel ranks 2-3 spans
+  // both hosts, and the start-up says so.
+  const std::string uneven = dir_.write("uneven", net_.ns_a + " slots=3\n" + net_.ns_b + " slots=1\n");
+  const std::string cfg = dir_.write("uneven.json", R"({"train_batch_size": 8, "optimizer": {"type": "AdamW"})" +
+                                                        stage3 + R"(, "zero_hpz_partition_size": 2}})");
+  std::vector<std::string> run = {"--hostfile", uneven, "--launcher_cmd", "ip netns exec {host}", "--master_addr",
+                                  net_.ip_a, "--kill_timeout", "2", std::string(DS_APPS_DIR) + "/ds-train", "--config",
+                                  cfg, "--steps", "1", "--eval-interval", "0", "--plot", ""};
+  run.insert(run.end(), model.begin(), model.end());
+  RunOutput r = run_launch(run, 60);
+  EXPECT_EQ(r.exit_code(), 0) << diag(r);
+  EXPECT_NE((r.out + r.err).find("1 of 2 secondary groups span hosts (data-parallel ranks 2-3)"), std::string::npos)
+      << diag(r);
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "ds/comm/communicator.h"
 
@@ -30,6 +31,10 @@ void all_or_nothing(Communicator& comm, const std::function<void()>& phase);
 // Whether every rank passed the same `value` (a hash of what they should agree on):
 // collective, one all-reduce of two integers; true on every rank or false on every rank.
 bool same_on_every_rank(Communicator& comm, uint64_t value);
+
+// Which ranks share a machine: every rank's host key (a hash of its host name and network
+// namespace, so namespaces on one machine count as hosts), indexed by rank. Collective.
+std::vector<uint64_t> host_keys(Communicator& comm);
 
 // Rank `root`'s `text`, on every rank (collective).
 std::string broadcast_string(Communicator& comm, const std::string& text, int root);

@@ -255,6 +255,7 @@ class Engine {
   void add_unit(const zero::UnitSpec& spec, const zero::UnitLayout& layout, std::unique_ptr<zero::FlatUnit> sharded,
                 std::vector<at::Tensor>& initial_masters);
   void start_offload(std::vector<at::Tensor>& initial_masters);
+  void warn_hpz_across_hosts();
   void start_stage3();
   // What the step reads (norm, clipping, tied sums) for unit u: the all-reduced gradient of
   // this rank's part, this rank's shard after a reduce-scatter, or under GradSync::kNone the
