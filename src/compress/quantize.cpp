@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "ds/common/error.h"
 
@@ -25,27 +27,29 @@ void check_packed(const at::Tensor& packed, const Int8Blocks& b) {
            b.bytes(), " bytes, not ", packed.numel());
 }
 
-// One group: the codes and the scale. Plain loops over floats, which the compiler vectorizes.
-template <typename T>
-float quantize_group(const T* x, int64_t n, int8_t* codes) {
-  float amax = 0.0f;
-  bool finite = true;
+// One group of floats: the codes and the scale. The largest |x| is found on the bits (the sign
+// cleared, floats order as integers, and anything from 0x7f800000 up is an infinity or a NaN),
+// an integer max the compiler vectorizes where a float max with NaN semantics stays scalar.
+float quantize_group(const float* x, int64_t n, int8_t* codes) {
+  uint32_t top = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = float(x[i]);
-    finite &= std::isfinite(v);
-    amax = std::max(amax, std::fabs(v));
+    uint32_t bits;
+    std::memcpy(&bits, x + i, 4);  // (no aliasing through a cast; compiles to the load)
+    top = std::max(top, bits & 0x7fffffffu);
   }
-  if (!finite) {
+  if (top >= 0x7f800000u) {  // not finite
     std::memset(codes, 0, size_t(n));
     return std::nanf("");
   }
+  float amax;
+  std::memcpy(&amax, &top, 4);
   if (amax == 0.0f) {
     std::memset(codes, 0, size_t(n));
     return 0.0f;
   }
   const float scale = amax / 127.0f;
   for (int64_t i = 0; i < n; ++i) {
-    const float q = float(x[i]) / scale;  // within [-127, 127] up to rounding; x / scale, as the format says
+    const float q = x[i] / scale;  // within [-127, 127] up to rounding; x / scale, as the format says
     const float r = q + (q >= 0.0f ? 0.5f : -0.5f);
     codes[i] = int8_t(std::max(-127.0f, std::min(127.0f, r)));  // truncation of r: halves away from zero
   }
@@ -57,9 +61,17 @@ void quantize_typed(const T* x, const Int8Blocks& b, uint8_t* out) {
   auto* codes = reinterpret_cast<int8_t*>(out);
   auto* scales = reinterpret_cast<float*>(out + b.scales_offset());
   std::memset(out + b.numel, 0, size_t(b.scales_offset() - b.numel));
+  std::vector<float> widened(std::is_same_v<T, float> ? 0 : size_t(std::min(b.group, b.numel)));
   for (int64_t g = 0; g < b.groups(); ++g) {
     const int64_t begin = g * b.group, n = std::min(b.group, b.numel - begin);
-    scales[g] = quantize_group(x + begin, n, codes + begin);
+    const float* values;
+    if constexpr (std::is_same_v<T, float>) {
+      values = x + begin;
+    } else {  // bf16 / fp16: widened a group at a time
+      for (int64_t i = 0; i < n; ++i) widened[size_t(i)] = float(x[begin + i]);
+      values = widened.data();
+    }
+    scales[g] = quantize_group(values, n, codes + begin);
   }
 }
 
