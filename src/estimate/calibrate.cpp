@@ -16,12 +16,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <tuple>
 #include <utility>
 
 #include "ds/comm/communicator.h"
+#include "ds/compress/onebit.h"
+#include "ds/compress/quantize.h"
 #include "ds/common/error.h"
 #include "ds/estimate/estimate.h"
 #include "ds/models/gpt.h"
@@ -178,6 +181,29 @@ double streaming_copy_rate() {
   return 5.0 * 2.0 * double(a.nbytes()) / since(start);  // read and write
 }
 
+// The compressions' loops on this thread: the 1-bit all-reduce on a world of one (its passes
+// over the values are the same as on n ranks: each rank serves 1/n of n ranks' chunks), and
+// ZeRO++'s int8 quantize and dequantize. The fastest of a few runs of 4M values.
+std::tuple<double, double, double> compression_rates() {
+  constexpr int64_t kValues = 4 << 20;
+  auto fastest = [](const std::function<void()>& f) {
+    double best = 1e30;
+    for (int i = 0; i < 4; ++i) {
+      const auto start = Clock::now();
+      f();
+      if (i > 0) best = std::min(best, since(start));  // the first runs cold
+    }
+    return double(kValues) / best;
+  };
+  at::Tensor x = at::randn({kValues});
+  compress::OneBitAllReduce onebit(kValues, comm::make_gloo(comm::GlooOptions{}));
+  const double onebit_rate = fastest([&] { onebit.all_reduce(x); });
+  at::Tensor packed = at::empty({compress::Int8Blocks{kValues, compress::kZeroPlusPlusGroup}.bytes()}, at::kByte);
+  const double quantize = fastest([&] { compress::quantize_int8(x, compress::kZeroPlusPlusGroup, packed); });
+  const double dequantize = fastest([&] { compress::dequantize_int8(packed, compress::kZeroPlusPlusGroup, x); });
+  return {onebit_rate, quantize, dequantize};
+}
+
 // O_DIRECT write then read of 256 MiB in 1 MiB blocks under `dir`.
 std::pair<double, double> disk_rates(const std::string& dir) {
   const std::string path = dir + "/ds-estimate-calibrate.tmp";
@@ -268,6 +294,8 @@ Rates calibrate(const ModelShape& shape, const Layout& layout, int64_t micro_bat
     r.tensor_size = tensor;
     r.tensor_efficiency = model_rate(shape, layout.context, micro_batch, tensor) / whole;
   }
+  set_threads(1);
+  std::tie(r.onebit_values_per_s, r.quantize_values_per_s, r.dequantize_values_per_s) = compression_rates();
   set_threads(r.cores);
   if (!disk_dir.empty()) std::tie(r.disk_read_bytes_per_s, r.disk_write_bytes_per_s) = disk_rates(disk_dir);
   if (!bin_dir.empty()) r.runtime_bytes = runtime_bytes(bin_dir, std::min(layout.ranks_per_node, 2));

@@ -26,8 +26,9 @@ std::string Rates::describe() const {
                  tensor_size > 1 ? ds::str(" (a tensor slice of ", tensor_size, " at ", std::lround(tensor_efficiency * 100),
                                            "% of the whole's rate)")
                                  : std::string(),
-                 ", memory ", ds::format_bytes(memory_bytes_per_s),
-                 "/s, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s (latency ", std::lround(latency_s * 1e6),
+                 ", memory ", ds::format_bytes(memory_bytes_per_s), "/s, 1-bit ", std::lround(onebit_values_per_s / 1e6),
+                 " M values/s, int8 ", std::lround(quantize_values_per_s / 1e6), "/", std::lround(dequantize_values_per_s / 1e6),
+                 " M values/s (quantize/dequantize) a thread, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s (latency ", std::lround(latency_s * 1e6),
                  " us a step), link ",
                  ds::format_bytes(link_bytes_per_s), "/s (latency ", std::lround(link_latency_s * 1e6), " us), disk read ", ds::format_bytes(disk_read_bytes_per_s),
                  "/s write ", ds::format_bytes(disk_write_bytes_per_s), "/s, runtime ",
@@ -52,6 +53,9 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
   const double node_bandwidth = rates.loopback_bytes_per_s * std::min(1.0, 2.0 / double(per_node));
   const double data_bandwidth = layout.nodes > 1 ? std::min(node_bandwidth, rates.link_bytes_per_s) : node_bandwidth;
   const double link_latency = layout.nodes > 1 ? rates.link_latency_s : rates.latency_s;
+  // A rank's share of one thread for the single-threaded compression loops (more ranks than
+  // cores share them).
+  const double thread_share = std::min(1.0, double(rates.cores) / double(per_node));
   auto all_reduce_s = [&](double bytes, int ranks, double bandwidth) {
     return ranks > 1 ? 2.0 * (ranks - 1) / ranks * bytes / bandwidth + 2.0 * (ranks - 1) * rates.latency_s : 0.0;
   };
@@ -132,13 +136,14 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         // The compressed phase (1-bit Adam, Lamb): no gradient crosses; each unit's momentum
         // goes as sign bits, all-to-all to the chunk's server and all-gathered back (the
         // scales are a few bytes), then ZeRO 1-2 all-gather the updated weight shards. The
-        // passes over the whole unit are the optimizer's: the momentum's update and mask, the
-        // worker's error and sign packing, the server's sums, the unpacking (~64 bytes per
-        // element, bench/estimate_validation.sh "ob" cases).
+        // passes over the whole unit are the optimizer's: the momentum's update and mask (~16
+        // bytes per element at the memory rate) and the all-reduce's own loops (the worker's
+        // error and sign packing, the server's sums, the unpacking), at their calibrated rate.
         bytes = 2 * share_of * padded / 8.0 + (stage >= 1 ? share_of * p : 0.0);
         collectives = units * (4 + (stage >= 1 ? 1 : 0));
         t.optimizer_s = std::max(t.optimizer_s, own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node) +
-                                                    padded * 64.0 / (rates.memory_bytes_per_s / per_node));
+                                                    padded * 16.0 / (rates.memory_bytes_per_s / per_node) +
+                                                    padded / (rates.onebit_values_per_s * thread_share));
       } else {
         // ZeRO++: int8 blocks (a byte per value and a 4-byte scale per group) for the
         // gradients' reduce-scatter (qgZ) and stage 3's gathers over the data group (qwZ); with
@@ -146,8 +151,8 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         // backward's, later micro-batches') run inside the node over the secondary group.
         const double int8 = padded * (1.0 + 4.0 / double(compress::kZeroPlusPlusGroup));
         const double gr = z.zero_quantized_gradients ? int8 : g, pg = z.zero_quantized_weights ? int8 : p;
-        const double pe = double(c10::elementSize(precision.param)), re = double(c10::elementSize(precision.reduce));
-        const double pass = rates.memory_bytes_per_s / per_node;
+        const double quantize = rates.quantize_values_per_s * thread_share,
+                     dequantize = rates.dequantize_values_per_s * thread_share;
         switch (stage) {
           case 0: bytes = 2 * share_of * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
           case 1: bytes = share_of * (gr + p), collectives = 2 * units; break;
@@ -162,12 +167,12 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
               comm_local += secondary * (double(hpz - 1) / hpz * p / (inside ? node_bandwidth : data_bandwidth) +
                                          units * 2 * (hpz - 1) * (inside ? rates.latency_s : link_latency));
             if (z.zero_quantized_weights)  // quantize the shard, dequantize the unit
-              comm_local += primary * (padded / n * (pe + 1) + padded * (1 + pe)) / pass;
+              comm_local += primary * (padded / n / quantize + padded / dequantize);
             break;
           }
         }
         if (z.zero_quantized_gradients)  // quantize every chunk, sum the n dequantized contributions
-          comm_local += (stage >= 2 ? gas : 1.0) * (padded * (re + 1) + padded * (1 + 8)) / pass;
+          comm_local += (stage >= 2 ? gas : 1.0) * (padded / quantize + padded / dequantize);
       }
       t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * link_latency + comm_local);
     }

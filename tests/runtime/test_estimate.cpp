@@ -276,8 +276,17 @@ TEST(Estimate, CalibrationMeasuresTheRatesAndATensorSlice) {
     const estimate::Rates r = estimate::calibrate(s, l, 2, "", "", 2);
     std::printf("%s\n", r.describe().c_str());
     for (double v : {r.gemm_flops, r.model_efficiency, r.memory_bytes_per_s, r.loopback_bytes_per_s, r.latency_s,
-                     r.tensor_efficiency})
+                     r.tensor_efficiency, r.onebit_values_per_s, r.quantize_values_per_s, r.dequantize_values_per_s})
       EXPECT_TRUE(std::isfinite(v) && v > 0) << r.describe();
+    // The compressions' loops: measured, so not the defaults; a value takes at least a
+    // nanosecond's share of a copy and less than a microsecond.
+    const estimate::Rates defaults = estimate::Rates::defaults();
+    EXPECT_NE(r.onebit_values_per_s, defaults.onebit_values_per_s);
+    EXPECT_NE(r.quantize_values_per_s, defaults.quantize_values_per_s);
+    for (double v : {r.onebit_values_per_s, r.quantize_values_per_s, r.dequantize_values_per_s}) {
+      EXPECT_GT(v, 1e6) << r.describe();
+      EXPECT_LT(v, 1e11) << r.describe();
+    }
     EXPECT_EQ(r.tensor_size, 2);
     EXPECT_GT(r.tensor_efficiency, 0.2) << "a slice computes half the FLOPs; at 1/5 of the rate something is wrong";
     EXPECT_LT(r.tensor_efficiency, 5.0);
@@ -385,6 +394,7 @@ TEST(Estimate, ZeroPlusPlusSecondaryCopiesAndQuantizedBytes) {
   estimate::Rates r = estimate::Rates::defaults();
   r.link_bytes_per_s = 12.5e6, r.link_latency_s = r.latency_s = 0;  // the link's bytes dominate
   r.loopback_bytes_per_s = r.memory_bytes_per_s = 1e18;              // inside a node: free
+  r.quantize_values_per_s = r.dequantize_values_per_s = 1e18;        // and so are the int8 loops
   auto at = [&](int per_node, const std::string& keys) {
     estimate::Layout l;
     l.ranks_per_node = per_node, l.nodes = 4 / per_node, l.context = 256;

@@ -87,6 +87,11 @@ struct Rates {
   double latency_s = 500e-6;
   double link_latency_s = 50e-6;
   double disk_read_bytes_per_s = 1e9, disk_write_bytes_per_s = 0.5e9;
+  // The compressions' own loops, values per second on one thread (a rank's): the 1-bit
+  // all-reduce's (error feedback, sign packing, the server's sums, unpacking; OneBitAllReduce on
+  // one rank) and ZeRO++'s int8 blocks (quantizing fp32; dequantizing into fp32).
+  double onebit_values_per_s = 125e6;
+  double quantize_values_per_s = 800e6, dequantize_values_per_s = 3e9;
   int64_t runtime_bytes = 200ll << 20;  // one rank's RSS with LibTorch, BLAS and the comm up, no model
   int64_t node_memory_bytes = 24ll << 30;
   std::string source = "defaults";
