@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <sstream>
 #include <vector>
@@ -107,7 +108,9 @@ std::vector<uint64_t> host_keys(Communicator& comm) {
   ::gethostname(host, sizeof(host) - 1);
   char netns[128] = {};
   if (::readlink("/proc/self/ns/net", netns, sizeof(netns) - 1) < 0) netns[0] = 0;
-  const uint64_t mine = uint64_t(std::hash<std::string>{}(std::string(host) + " " + netns));
+  std::string boot;  // machines cloned with one host name still boot apart
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
+  const uint64_t mine = uint64_t(std::hash<std::string>{}(std::string(host) + " " + netns + " " + boot));
   at::Tensor all = at::empty({comm.size()}, at::kLong);
   at::Tensor one = at::full({1}, int64_t(mine), at::kLong);
   if (comm.size() == 1) all.copy_(one);

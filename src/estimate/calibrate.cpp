@@ -183,8 +183,12 @@ double streaming_copy_rate() {
 
 // The compressions' loops on this thread: the 1-bit all-reduce on a world of one (its passes
 // over the values are the same as on n ranks: each rank serves 1/n of n ranks' chunks), and
-// ZeRO++'s int8 quantize and dequantize. The fastest of a few runs of 4M values.
-std::tuple<double, double, double> compression_rates() {
+// ZeRO++'s int8 quantize, dequantize and dequantize-accumulate. The fastest of a few runs of
+// 4M values.
+struct CompressionRates {
+  double onebit, quantize, dequantize, accumulate;
+};
+CompressionRates compression_rates() {
   constexpr int64_t kValues = 4 << 20;
   auto fastest = [](const std::function<void()>& f) {
     double best = 1e30;
@@ -201,7 +205,9 @@ std::tuple<double, double, double> compression_rates() {
   at::Tensor packed = at::empty({compress::Int8Blocks{kValues, compress::kZeroPlusPlusGroup}.bytes()}, at::kByte);
   const double quantize = fastest([&] { compress::quantize_int8(x, compress::kZeroPlusPlusGroup, packed); });
   const double dequantize = fastest([&] { compress::dequantize_int8(packed, compress::kZeroPlusPlusGroup, x); });
-  return {onebit_rate, quantize, dequantize};
+  const double accumulate =
+      fastest([&] { compress::dequantize_int8(packed, compress::kZeroPlusPlusGroup, x, /*accumulate=*/true, 0.5f); });
+  return {onebit_rate, quantize, dequantize, accumulate};
 }
 
 // O_DIRECT write then read of 256 MiB in 1 MiB blocks under `dir`.
@@ -295,7 +301,9 @@ Rates calibrate(const ModelShape& shape, const Layout& layout, int64_t micro_bat
     r.tensor_efficiency = model_rate(shape, layout.context, micro_batch, tensor) / whole;
   }
   set_threads(1);
-  std::tie(r.onebit_values_per_s, r.quantize_values_per_s, r.dequantize_values_per_s) = compression_rates();
+  const CompressionRates c = compression_rates();
+  r.onebit_values_per_s = c.onebit, r.quantize_values_per_s = c.quantize;
+  r.dequantize_values_per_s = c.dequantize, r.accumulate_values_per_s = c.accumulate;
   set_threads(r.cores);
   if (!disk_dir.empty()) std::tie(r.disk_read_bytes_per_s, r.disk_write_bytes_per_s) = disk_rates(disk_dir);
   if (!bin_dir.empty()) r.runtime_bytes = runtime_bytes(bin_dir, std::min(layout.ranks_per_node, 2));

@@ -28,7 +28,8 @@ std::string Rates::describe() const {
                                  : std::string(),
                  ", memory ", ds::format_bytes(memory_bytes_per_s), "/s, 1-bit ", std::lround(onebit_values_per_s / 1e6),
                  " M values/s, int8 ", std::lround(quantize_values_per_s / 1e6), "/", std::lround(dequantize_values_per_s / 1e6),
-                 " M values/s (quantize/dequantize) a thread, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s (latency ", std::lround(latency_s * 1e6),
+                 "/", std::lround(accumulate_values_per_s / 1e6),
+                 " M values/s (quantize/dequantize/accumulate) a thread, loopback ", ds::format_bytes(loopback_bytes_per_s), "/s (latency ", std::lround(latency_s * 1e6),
                  " us a step), link ",
                  ds::format_bytes(link_bytes_per_s), "/s (latency ", std::lround(link_latency_s * 1e6), " us), disk read ", ds::format_bytes(disk_read_bytes_per_s),
                  "/s write ", ds::format_bytes(disk_write_bytes_per_s), "/s, runtime ",
@@ -53,9 +54,13 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
   const double node_bandwidth = rates.loopback_bytes_per_s * std::min(1.0, 2.0 / double(per_node));
   const double data_bandwidth = layout.nodes > 1 ? std::min(node_bandwidth, rates.link_bytes_per_s) : node_bandwidth;
   const double link_latency = layout.nodes > 1 ? rates.link_latency_s : rates.latency_s;
-  // A rank's share of one thread for the single-threaded compression loops (more ranks than
-  // cores share them).
+  // The single-threaded compression loops of a rank: its share of a core (more ranks than
+  // cores share them) and at most its share of the node's memory bandwidth for the bytes a
+  // value moves.
   const double thread_share = std::min(1.0, double(rates.cores) / double(per_node));
+  auto loop_rate = [&](double values_per_s, double bytes_per_value) {
+    return std::min(values_per_s * thread_share, rates.memory_bytes_per_s / per_node / bytes_per_value);
+  };
   auto all_reduce_s = [&](double bytes, int ranks, double bandwidth) {
     return ranks > 1 ? 2.0 * (ranks - 1) / ranks * bytes / bandwidth + 2.0 * (ranks - 1) * rates.latency_s : 0.0;
   };
@@ -143,7 +148,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         collectives = units * (4 + (stage >= 1 ? 1 : 0));
         t.optimizer_s = std::max(t.optimizer_s, own * 4.0 * accesses / (rates.memory_bytes_per_s / per_node) +
                                                     padded * 16.0 / (rates.memory_bytes_per_s / per_node) +
-                                                    padded / (rates.onebit_values_per_s * thread_share));
+                                                    padded / loop_rate(rates.onebit_values_per_s, 12.0));
       } else {
         // ZeRO++: int8 blocks (a byte per value and a 4-byte scale per group) for the
         // gradients' reduce-scatter (qgZ) and stage 3's gathers over the data group (qwZ); with
@@ -151,8 +156,9 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
         // backward's, later micro-batches') run inside the node over the secondary group.
         const double int8 = padded * (1.0 + 4.0 / double(compress::kZeroPlusPlusGroup));
         const double gr = z.zero_quantized_gradients ? int8 : g, pg = z.zero_quantized_weights ? int8 : p;
-        const double quantize = rates.quantize_values_per_s * thread_share,
-                     dequantize = rates.dequantize_values_per_s * thread_share;
+        const double quantize = loop_rate(rates.quantize_values_per_s, 5.0),
+                     dequantize = loop_rate(rates.dequantize_values_per_s, 5.0),
+                     accumulate = loop_rate(rates.accumulate_values_per_s, 9.0);
         switch (stage) {
           case 0: bytes = 2 * share_of * g, collectives = std::ceil(padded / double(std::max<int64_t>(1, z.reduce_bucket_size))); break;
           case 1: bytes = share_of * (gr + p), collectives = 2 * units; break;
@@ -172,7 +178,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
           }
         }
         if (z.zero_quantized_gradients)  // quantize every chunk, sum the n dequantized contributions
-          comm_local += (stage >= 2 ? gas : 1.0) * (padded / quantize + padded / dequantize);
+          comm_local += (stage >= 2 ? gas : 1.0) * (padded / quantize + padded / accumulate);
       }
       t.comm_s = std::max(t.comm_s, bytes / data_bandwidth + collectives * 2 * double(n - 1) * link_latency + comm_local);
     }

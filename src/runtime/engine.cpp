@@ -564,8 +564,15 @@ void Engine::gathered_parameters(const std::vector<std::string>& names, const st
     throw Error(ds::str("gathered_parameters: modifier_rank ", modifier_rank, " but there are ", dp_size(),
                         " data-parallel ranks"));
   const std::vector<size_t> units = units_holding(names);
-  if (coordinator_)
-    for (size_t u : units) coordinator_->pin(int(u));
+  if (coordinator_) {
+    size_t pinned = 0;
+    try {
+      for (; pinned < units.size(); ++pinned) coordinator_->pin(int(units[pinned]));
+    } catch (...) {  // (every rank fails at the same unit) the earlier ones are not left pinned
+      for (size_t i = 0; i < pinned; ++i) coordinator_->unpin(int(units[i]));
+      throw;
+    }
+  }
   std::exception_ptr failed;
   try {
     at::NoGradGuard no_grad;

@@ -369,7 +369,10 @@ void ParamCoordinator::unpin(int u) {
   Slot& s = slots_[size_t(u)];
   DS_CHECK(s.users > 0, "unit ", units_[size_t(u)]->name(), " is not pinned");
   --s.users;
-  maybe_release(u);
+  // Under qwZ the forward, backward and recompute compute with quantized weights: exact
+  // weights a pin gathered do not stay for them.
+  if (s.users == 0 && s.exact && options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u)) release(u);
+  else maybe_release(u);
 }
 
 }  // namespace ds::zero

@@ -407,6 +407,11 @@ TEST(Estimate, ZeroPlusPlusSecondaryCopiesAndQuantizedBytes) {
               (1.0 + 4.0 / 2048) / 4.0, 1e-3);
   // hpZ over the 2 ranks of a node: of the 4 gathers, 1 crosses the link.
   EXPECT_NEAR(at(2, R"(, "zero_hpz_partition_size": 2)") / at(2, ""), (2.0 + 1.0) / (2.0 + 4.0), 1e-3);
+  // hpZ over all 4 ranks is off, as the engine turns it off; a group of 2 ranks on nodes of 1
+  // crosses the link: of 4 gathers of 4 bytes and 2 reduce-scatters, 1 gather goes whole and 3
+  // from the copies (half each) instead of 4 whole: (2 + 1 + 3/2) / (2 + 4) of plain's bytes.
+  EXPECT_DOUBLE_EQ(at(1, R"(, "zero_hpz_partition_size": 4)"), plain);
+  EXPECT_NEAR(at(1, R"(, "zero_hpz_partition_size": 2)") / plain, (2.0 * 0.75 + 0.75 + 1.5) / (6.0 * 0.75), 1e-3);
   EXPECT_ERROR_HAS(at(2, R"(, "zero_hpz_partition_size": 3)"), "zero_hpz_partition_size 3 does not divide the 4");
 }
 

@@ -200,6 +200,7 @@ TEST(ZeroPlusPlus, ExplicitGathersAreExactAndAModifierChangesOnlyWhatItWrites) {
       at::Tensor l = run.model()->loss(b.tokens, b.targets);
       EXPECT_TRUE(engine.coordinator()->gathered(int(u))) << "kept for the backward (max_reuse_distance)";
       engine.gathered_parameters({name}, [&] { inside = unit.params().slice(0, 0, unit.numel()).clone(); });
+      EXPECT_FALSE(engine.coordinator()->gathered(int(u))) << "the exact weights do not stay for the backward";
       return l;
     });
     engine.backward(loss);

@@ -32,8 +32,8 @@ void all_or_nothing(Communicator& comm, const std::function<void()>& phase);
 // collective, one all-reduce of two integers; true on every rank or false on every rank.
 bool same_on_every_rank(Communicator& comm, uint64_t value);
 
-// Which ranks share a machine: every rank's host key (a hash of its host name and network
-// namespace, so namespaces on one machine count as hosts), indexed by rank. Collective.
+// Which ranks share a machine: every rank's host key (a hash of its host name, boot id and
+// network namespace, so namespaces on one machine count as hosts), indexed by rank. Collective.
 std::vector<uint64_t> host_keys(Communicator& comm);
 
 // Rank `root`'s `text`, on every rank (collective).

@@ -89,9 +89,10 @@ struct Rates {
   double disk_read_bytes_per_s = 1e9, disk_write_bytes_per_s = 0.5e9;
   // The compressions' own loops, values per second on one thread (a rank's): the 1-bit
   // all-reduce's (error feedback, sign packing, the server's sums, unpacking; OneBitAllReduce on
-  // one rank) and ZeRO++'s int8 blocks (quantizing fp32; dequantizing into fp32).
-  double onebit_values_per_s = 125e6;
-  double quantize_values_per_s = 800e6, dequantize_values_per_s = 3e9;
+  // one rank) and ZeRO++'s int8 blocks (quantizing fp32; dequantizing into fp32; adding the
+  // dequantized values to an fp32 sum, qgZ's). Defaults: the AMD EPYC of 2026-12-02.
+  double onebit_values_per_s = 87e6;
+  double quantize_values_per_s = 968e6, dequantize_values_per_s = 2.9e9, accumulate_values_per_s = 2.7e9;
   int64_t runtime_bytes = 200ll << 20;  // one rank's RSS with LibTorch, BLAS and the comm up, no model
   int64_t node_memory_bytes = 24ll << 30;
   std::string source = "defaults";
