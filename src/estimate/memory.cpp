@@ -7,6 +7,7 @@
 #include "ds/common/error.h"
 #include "ds/estimate/estimate.h"
 #include "internal.h"
+#include "ds/runtime/engine_plan.h"
 #include "ds/models/gpt.h"
 #include "ds/offload/optimizer_swapper.h"
 #include "ds/optim/optimizer.h"
@@ -29,6 +30,7 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
   const ZeroConfig& z = config.zero_optimization;
   const int stage = int(z.stage);
   const int dp = parallel_sizes(config, layout).data;
+  const int hpz = hpz_ranks(config, dp);
   zero::ShardPlan plan;
   plan.stage = stage, plan.dp_size = dp, plan.dp_rank = 0, plan.precision = precision;
   plan.local_grads = optim::keeps_local_gradients(config.optimizer);  // ZeRO-2 keeps full gradients then
@@ -51,8 +53,8 @@ Memory stage_memory(const Config& config, const ModelShape& shape, const Layout&
       const int64_t shard = l.own.length * bytes_of(precision.param);
       (swap_params ? m.on_disk : m.params) += shard;
       if (numel <= z.stage3_param_persistence_threshold) persistent += l.padded_numel * w;
-      else if (z.zero_hpz_partition_size > 1 && z.zero_hpz_partition_size < dp)  // hpZ: this rank's chunk over its node's ranks
-        m.params += l.padded_numel / z.zero_hpz_partition_size * bytes_of(precision.param);
+      else if (hpz > 1)  // hpZ: this rank's chunk over its node's ranks
+        m.params += l.padded_numel / hpz * bytes_of(precision.param);
     } else {
       m.params += l.padded_numel * w;
     }

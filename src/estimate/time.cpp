@@ -165,7 +165,7 @@ StepTime estimate_time(const Config& config, const ModelShape& shape, const Layo
           case 2: bytes = share_of * (gas * gr + p), collectives = units * (gas + 1); break;
           default: {
             // (all n ranks: the engine turns hpZ off; a group wider than a node crosses the link)
-            const int hpz = z.zero_hpz_partition_size < n ? int(z.zero_hpz_partition_size) : 1;
+            const int hpz = hpz_ranks(config, n);
             const bool inside = hpz * sizes.tensor <= per_node;
             const double primary = hpz > 1 ? 1.0 : 2.0 * gas, secondary = 2.0 * gas - primary;
             bytes = gas * share_of * gr + primary * share_of * pg, collectives = units * (gas + primary);
@@ -224,8 +224,7 @@ std::string describe(const Config& config, const Layout& layout, const zero::Pre
   if (z.offload_optimizer.device == OffloadDevice::kNvme) s += ", offload_optimizer nvme";
   if (z.stage == 3 && z.offload_param.device == OffloadDevice::kNvme) s += ", offload_param nvme";
   if (z.zero_quantized_weights) s += ", qwZ";
-  if (z.zero_hpz_partition_size > 1 && z.zero_hpz_partition_size < parallel_sizes(config, layout).data)
-    s += ds::str(", hpZ ", z.zero_hpz_partition_size);
+  if (const int hpz = hpz_ranks(config, sizes.data); hpz > 1) s += ds::str(", hpZ ", hpz);
   if (z.zero_quantized_gradients) s += ", qgZ";
   if (optimizer.sends_compressed_momentum())
     s += ds::str(", ", optimizer_type_name(config.optimizer.type), " after freeze_step (compressed momentum)");

@@ -60,17 +60,11 @@ Engine::Engine(std::shared_ptr<torch::nn::Module> model, const Config& config, c
     : model_(std::move(model)),
       config_(config),
       groups_(std::move(groups)),
-      plan_(plan_engine(config_, groups_, options.compute_dtype)),
+      plan_(plan_engine(config_, groups_, options.compute_dtype, options.quantization_group)),
       optimizer_(options.optimizer ? std::move(options.optimizer) : optim::make_optimizer(config_.optimizer)),
       schedule_(optim::LrSchedule::from_config(config_.scheduler, config_.optimizer.lr)),
       scaler_(plan_.precision.loss_scaling ? LossScaler::from_config(config_.fp16) : LossScaler::none()) {
   groups_.world->logger().set_enabled(config_.comms_logger.enabled);
-  if (options.quantization_group < 0)
-    throw Error(ds::str("EngineOptions::quantization_group must be >= 0, got ", options.quantization_group));
-  if (options.quantization_group > 0) {
-    if (plan_.gather.quantize_group > 0) plan_.gather.quantize_group = options.quantization_group;
-    if (plan_.reduce.quantize_group > 0) plan_.reduce.quantize_group = options.quantization_group;
-  }
   if (config_.sparse_attention.enabled) {
     const auto* user = dynamic_cast<const nn::SparseAttentionUser*>(model_.get());
     if (!user || !user->uses_sparse_attention())

@@ -51,6 +51,11 @@ void check_hpz(const Config& c, int data_ranks) {
                               data_ranks, ")"));
 }
 
+int hpz_ranks(const Config& c, int data_ranks) {
+  const int64_t h = c.zero_optimization.zero_hpz_partition_size;
+  return h > 1 && h < data_ranks ? int(h) : 1;
+}
+
 void check_config(const Config& c) {
   if (c.tensor_parallel.tp_overlap_comm)
     throw ConfigError("tensor_parallel.tp_overlap_comm: overlapping the tensor-parallel all-reduces with compute is not "
@@ -106,8 +111,11 @@ void check_zero_plus_plus(const Config& c) {
                               ": the 1-bit optimizers compress their own communication; remove one of the two"));
 }
 
-EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std::optional<at::ScalarType> compute) {
+EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std::optional<at::ScalarType> compute,
+                       int64_t quantization_group) {
   check_supported(c, groups);
+  if (quantization_group < 0)
+    throw Error(ds::str("EngineOptions::quantization_group must be >= 0, got ", quantization_group));
   const ZeroConfig& z = c.zero_optimization;
   EnginePlan p;
   p.stage = int(z.stage);
@@ -142,11 +150,11 @@ EnginePlan plan_engine(const Config& c, const comm::ParallelGroups& groups, std:
   p.gather.max_live_elements = z.stage3_max_live_parameters;
   p.gather.max_reuse_distance = z.stage3_max_reuse_distance;
   p.gather.persistence_threshold = z.stage3_param_persistence_threshold;
-  if (z.zero_quantized_weights) p.gather.quantize_group = compress::kZeroPlusPlusGroup;
-  if (z.zero_quantized_gradients) p.reduce.quantize_group = compress::kZeroPlusPlusGroup;
-  p.hpz = int(z.zero_hpz_partition_size);
-  if (p.hpz > 1 && p.hpz == groups.data->size()) {  // the copies would be gathered over the same ranks
-    p.hpz = 1;
+  const int64_t group = quantization_group > 0 ? quantization_group : compress::kZeroPlusPlusGroup;
+  if (z.zero_quantized_weights) p.gather.quantize_group = group;
+  if (z.zero_quantized_gradients) p.reduce.quantize_group = group;
+  p.hpz = hpz_ranks(c, groups.data->size());
+  if (p.hpz == 1 && z.zero_hpz_partition_size > 1) {  // all data-parallel ranks (check_hpz refused the rest)
     p.hpz_note = ds::str("zero_optimization.zero_hpz_partition_size ", z.zero_hpz_partition_size, " is all ",
                          groups.data->size(), " data-parallel ranks: a secondary copy would be gathered over the same "
                          "ranks as the shards, so hpZ is off; set it to the ranks per node on several nodes");

@@ -61,6 +61,10 @@ ParamCoordinator::~ParamCoordinator() {
 
 bool ParamCoordinator::persistent(int u) const { return units_[size_t(u)]->numel() <= options_.persistence_threshold; }
 
+bool ParamCoordinator::quantizes(int u) const {
+  return options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u);
+}
+
 std::vector<int> ParamCoordinator::units_of(torch::nn::Module& module) {
   auto it = units_of_module_.find(&module);
   if (it != units_of_module_.end()) return it->second;
@@ -91,11 +95,9 @@ void ParamCoordinator::issue(int u, bool exact) {
   Slot& s = slots_[size_t(u)];
   FlatUnit& unit = *units_[size_t(u)];
   s.state = State::kInFlight;
-  s.exact = exact;
   ++stats_.gathers;
   if (s.secondary_valid && !exact) {  // hpZ: within the node, from the copies of the first gather
     s.source = Source::kSecondary;
-    s.lossy = s.secondary_lossy;
     ++stats_.secondary;
     s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
     s.work = options_.secondary->all_gather(s.wire, s.secondary);
@@ -113,9 +115,8 @@ void ParamCoordinator::issue(int u, bool exact) {
   } else {
     source = unit.shard_data();
   }
-  if (options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u) && !exact) {  // qwZ
+  if (quantizes(u) && !exact) {  // qwZ
     s.source = Source::kQuantized;
-    s.lossy = true;
     ++stats_.quantized;
     s.work = compress::quantized_all_gather(*comm_, source, options_.quantize_group, s.wire);
     if (s.from_store) options_.store->give_back(u);  // quantized already: the shard is no longer read
@@ -123,7 +124,6 @@ void ParamCoordinator::issue(int u, bool exact) {
     return;
   }
   s.source = Source::kPrimary;
-  s.lossy = false;
   s.wire = take_buffer(unit.padded_numel(), unit.shard_dtype());
   if (comm_->size() == 1) {
     s.wire.copy_(source);
@@ -174,12 +174,13 @@ void ParamCoordinator::wait(int u) {
     compress::dequantize_gathered(s.wire, comm_->size(), options_.quantize_group, gathered);
   }
   s.wire = at::Tensor();
-  if (options_.secondary && !s.secondary_valid && !s.exact && !persistent(u)) {  // hpZ: keep this rank's chunk
+  // hpZ: keep this rank's chunk of what the unit's gathers deliver (not a pin's exact weights
+  // of a unit qwZ quantizes).
+  if (options_.secondary && !s.secondary_valid && !persistent(u) && !(quantizes(u) && s.source == Source::kPrimary)) {
     const comm::Chunk c = comm::chunk_of(unit.padded_numel(), options_.secondary->size(), options_.secondary->rank());
     if (!s.secondary.defined()) s.secondary = at::empty({c.length}, gathered.options());
     s.secondary.copy_(gathered.slice(0, c.offset, c.offset + c.length));
     s.secondary_valid = true;
-    s.secondary_lossy = s.source == Source::kQuantized;
   }
   if (unit.dtype() == unit.shard_dtype()) {
     unit.attach(gathered);
@@ -353,7 +354,7 @@ int64_t ParamCoordinator::secondary_bytes() const {
 
 void ParamCoordinator::pin(int u) {
   Slot& s = slots_[size_t(u)];
-  if (s.state != State::kReleased && s.lossy) {  // qwZ: explicit use needs the exact weights
+  if (s.state != State::kReleased && quantizes(u) && s.source != Source::kPrimary) {  // qwZ: explicit use needs the exact weights
     if (s.users > 0)
       throw Error(ds::str("unit ", units_[size_t(u)]->name(), " is in use by a forward with zero_quantized_weights, ",
                           "which computes with quantized weights; gather its parameters (gathered_parameters, a ",
@@ -371,7 +372,7 @@ void ParamCoordinator::unpin(int u) {
   --s.users;
   // Under qwZ the forward, backward and recompute compute with quantized weights: exact
   // weights a pin gathered do not stay for them.
-  if (s.users == 0 && s.exact && options_.quantize_group > 0 && comm_->size() > 1 && !persistent(u)) release(u);
+  if (s.users == 0 && quantizes(u) && s.source == Source::kPrimary) release(u);
   else maybe_release(u);
 }
 

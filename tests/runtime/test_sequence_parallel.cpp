@@ -18,12 +18,8 @@ using namespace ds;
 
 namespace {
 
-const char* kAdamW = R"({"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.01, "eps": 1e-6}})";
-
 std::string config(int stage, int64_t micro, const std::string& extra = "") {
-  return ds::str(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": )", micro, R"(, "optimizer": )", kAdamW,
-                 R"(, "gradient_clipping": 0.5, "zero_optimization": {"stage": )", stage,
-                 stage == 3 ? R"(, "stage3_param_persistence_threshold": 0)" : "", "}", extra, "}");
+  return test::plain_adamw_config(stage, micro, "", extra);
 }
 
 void expect_close(const test::TrainResult& run, const test::TrainResult& ref, double tol, const std::string& what) {

@@ -21,14 +21,10 @@ using namespace ds;
 
 namespace {
 
-const char* kAdamW = R"({"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.01, "eps": 1e-6}})";
-
 // 8 examples per step; `micro` per rank and micro-batch. Stage 3 gathers every unit (no
 // persistent ones), so every gather is quantized / secondary where the keys say.
 std::string config(int stage, int64_t micro, const std::string& zero_extra = "") {
-  return ds::str(R"({"train_batch_size": 8, "train_micro_batch_size_per_gpu": )", micro, R"(, "optimizer": )", kAdamW,
-                 R"(, "gradient_clipping": 0.5, "zero_optimization": {"stage": )", stage,
-                 stage == 3 ? R"(, "stage3_param_persistence_threshold": 0)" : "", zero_extra, "}}");
+  return test::plain_adamw_config(stage, micro, zero_extra);
 }
 
 double weight_diff(const test::TrainResult& a, const test::TrainResult& b) {
@@ -116,11 +112,7 @@ TEST(ZeroPlusPlus, WithOneValuePerScaleQuantizedRunsAreTheExactRun) {
       for (int stage : {2, 3}) {
         const std::string keys = stage == 3 ? R"(, "zero_quantized_weights": true, "zero_quantized_gradients": true)"
                                             : R"(, "zero_quantized_gradients": true)";
-        auto json = [&](const std::string& extra) {
-          return ds::str(R"({"train_batch_size": )", 2 * world, R"(, "train_micro_batch_size_per_gpu": 2, "optimizer": )",
-                         kAdamW, R"(, "gradient_clipping": 0.5, "zero_optimization": {"stage": )", stage,
-                         R"(, "stage3_param_persistence_threshold": 0)", extra, "}}");
-        };
+        auto json = [&](const std::string& extra) { return test::plain_adamw_config(stage, 2, extra, "", 2 * world); };
         const auto got = test::train_tiny_shape(c.shared_from_this(), json(keys), 8, one_per_scale);
         const auto exact = test::train_tiny_shape(c.shared_from_this(), json(""), 8, {});
         const std::string what = ds::str(world, " ranks, stage ", stage, keys);

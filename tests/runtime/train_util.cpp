@@ -11,6 +11,15 @@
 
 namespace ds::test {
 
+std::string plain_adamw_config(int stage, int64_t micro, const std::string& zero_keys, const std::string& top_keys,
+                               int64_t batch) {
+  const PlainAdamW a;
+  return ds::str(R"({"train_batch_size": )", batch, R"(, "train_micro_batch_size_per_gpu": )", micro,
+                 R"(, "optimizer": {"type": "AdamW", "params": {"lr": )", a.lr, R"(, "weight_decay": )", a.weight_decay,
+                 R"(, "eps": )", a.eps, R"(}}, "gradient_clipping": )", a.clip, R"(, "zero_optimization": {"stage": )",
+                 stage, stage == 3 ? R"(, "stage3_param_persistence_threshold": 0)" : "", zero_keys, "}", top_keys, "}");
+}
+
 std::shared_ptr<comm::Communicator> solo() {
   comm::GlooOptions o;  // world of 1: a HashStore, no port
   return comm::make_gloo(o);

@@ -96,6 +96,11 @@ struct PlainAdamW {
   int64_t batch = 8;
 };
 TrainResult train_plain_libtorch(const PlainAdamW& opt, int steps, TinyShape shape = {});
+// The ds_config of that loop (PlainAdamW's defaults): `batch` examples per step, `micro` per
+// rank and micro-batch, ZeRO `stage` (at 3 no unit persists, so every unit is gathered),
+// `zero_keys` inside zero_optimization, `top_keys` at the top level (each starting ", ").
+std::string plain_adamw_config(int stage, int64_t micro, const std::string& zero_keys = "",
+                               const std::string& top_keys = "", int64_t batch = 8);
 // The same loop with any update: `update(model, step)` runs after each backward (under
 // NoGradGuard) and changes the parameters from their .grad(); `batch` examples per step.
 TrainResult train_plain_loop(const std::function<void(Gpt&, int)>& update, int steps, int64_t batch,

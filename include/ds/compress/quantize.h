@@ -28,7 +28,7 @@ inline constexpr int64_t kZeroPlusPlusGroup = 2048;
 
 struct Int8Blocks {
   int64_t numel = 0;
-  int64_t group = 2048;
+  int64_t group = kZeroPlusPlusGroup;
   int64_t groups() const { return (numel + group - 1) / group; }
   int64_t scales_offset() const { return (numel + 3) / 4 * 4; }
   int64_t bytes() const { return scales_offset() + 4 * groups(); }
@@ -61,8 +61,6 @@ class QuantizedReduceScatter {
   void finish(at::Tensor& out, float alpha);
   // Waits for the exchange only (teardown); finish() is not called after it.
   void wait() { work_.wait(); }
-  // Bytes this rank sends (what the logger counts as the all-to-all's).
-  int64_t sent_bytes() const { return sent_.defined() ? sent_.numel() : 0; }
 
  private:
   comm::Work work_;

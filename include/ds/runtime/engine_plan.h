@@ -51,8 +51,13 @@ void check_config(const Config& config);
 // whether the secondary group divides `data_ranks` data-parallel ranks.
 void check_zero_plus_plus(const Config& config);
 void check_hpz(const Config& config, int data_ranks);
+// The ranks of hpZ's secondary groups over `data_ranks` data-parallel ranks: 1 (no copies)
+// unless zero_hpz_partition_size is more than 1 and fewer than all of them (over all of them
+// the copies would be gathered over the same ranks as the shards). The engine and ds-estimate.
+int hpz_ranks(const Config& config, int data_ranks);
 
+// `quantization_group` > 0 replaces ZeRO++'s values per scale (EngineOptions::quantization_group).
 EnginePlan plan_engine(const Config& config, const comm::ParallelGroups& groups,
-                       std::optional<at::ScalarType> compute = std::nullopt);
+                       std::optional<at::ScalarType> compute = std::nullopt, int64_t quantization_group = 0);
 
 }  // namespace ds

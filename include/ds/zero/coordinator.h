@@ -134,14 +134,13 @@ class ParamCoordinator final : public nn::UnitHooks {
     Source source = Source::kPrimary;
     at::Tensor wire;  // the gathered buffer while in flight: the shard dtype, or int8 blocks (kQuantized)
     at::Tensor secondary;  // hpZ: this rank's chunk over the secondary group (kept; refilled after a step)
-    bool secondary_valid = false;  // it holds the current weights
-    bool secondary_lossy = false;  // ... as a quantized gather delivered them
-    bool lossy = false;            // the gathered weights are dequantized values (qwZ)
-    bool exact = false;            // the gather in flight was asked exact (leaves the copy alone)
+    bool secondary_valid = false;  // it holds the current weights (as the unit's gathers deliver them)
     comm::Work work;
     bool from_store = false;  // the source is a store buffer, given back once the gather landed
     int users = 0;            // forward scopes and pins currently using the unit
   };
+  // qwZ gathers unit u as int8 blocks (else exactly).
+  bool quantizes(int u) const;
   // exact: the shard's values, neither quantized nor from the secondary copy (pin()).
   void fetch(int u, bool ahead = false, bool exact = false);
   void issue(int u, bool exact);
